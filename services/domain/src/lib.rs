@@ -1,0 +1,17 @@
+//! Domain of vtx: what an upload, a video, a job and a rendition are, which states they move
+//! through, and the small typed messages the services pass over the broker.
+//!
+//! This crate performs no I/O and depends on no adapter (no sqlx, lapin, aws or ffmpeg), so the
+//! rules here can be read and tested on their own.
+
+pub mod error_code;
+pub mod ids;
+pub mod ladder;
+pub mod messages;
+pub mod state;
+
+pub use error_code::ErrorCode;
+pub use ids::{ChunkIndex, JobId, UploadId, VideoId};
+pub use ladder::{Rung, plan_ladder};
+pub use messages::Task;
+pub use state::{JobState, UploadState, VideoState};

@@ -1,0 +1,69 @@
+//! The vtx media engine, on FFmpeg's libraries through ffmpeg-next.
+//!
+//! Every function here blocks and may run for minutes: call it from `spawn_blocking` or a
+//! dedicated thread, and pass a [`Deadline`] so that untrusted input cannot hold a thread forever.
+
+mod error;
+mod probe;
+mod transcode;
+
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+pub use error::MediaError;
+pub use probe::{AudioInfo, Probe, VideoInfo, probe};
+pub use transcode::{Preset, RenditionOutput, RenditionReport, TranscodeRequest, transcode_ladder};
+
+/// Limits applied to untrusted input before and while decoding it.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_duration: Duration,
+    /// Pixels per frame (width x height).
+    pub max_pixels: u64,
+    pub max_file_bytes: u64,
+    pub max_frames: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_duration: Duration::from_secs(60 * 60),
+            max_pixels: 4096 * 2304,
+            max_file_bytes: 8 << 30,
+            // One hour at 120 fps.
+            max_frames: 60 * 60 * 120,
+        }
+    }
+}
+
+/// A point in time after which media work stops with [`MediaError::Timeout`].
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline(Option<Instant>);
+
+impl Deadline {
+    pub fn none() -> Self {
+        Self(None)
+    }
+    pub fn after(d: Duration) -> Self {
+        Self(Instant::now().checked_add(d))
+    }
+    pub fn expired(&self) -> bool {
+        self.0.is_some_and(|t| Instant::now() >= t)
+    }
+    pub(crate) fn check(&self) -> Result<(), MediaError> {
+        if self.expired() {
+            Err(MediaError::Timeout)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Initialises FFmpeg once per process and keeps its own logging to errors only.
+pub fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        ffmpeg_next::init().expect("FFmpeg libraries failed to initialise");
+        ffmpeg_next::log::set_level(ffmpeg_next::log::Level::Error);
+    });
+}

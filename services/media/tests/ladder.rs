@@ -1,0 +1,203 @@
+//! The media engine on real clips from shared/media and inputs derived from them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use vtx_domain::{ErrorCode, plan_ladder};
+use vtx_media::{
+    Deadline, Limits, Preset, RenditionOutput, TranscodeRequest, probe, transcode_ladder,
+};
+
+fn media(name: &str) -> PathBuf {
+    let dir = std::env::var_os("VTX_MEDIA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/media"));
+    let p = dir.join(name);
+    assert!(p.exists(), "sample clip {} missing", p.display());
+    p
+}
+
+/// Derives an input with the ffmpeg command line (installed by the setup script).
+fn ffmpeg(args: &[&str]) {
+    let st = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(args)
+        .status()
+        .expect("ffmpeg command line is installed by deploy/local/setup.sh");
+    assert!(st.success(), "ffmpeg {args:?}");
+}
+
+fn ladder_request(input: &Path, dir: &Path) -> TranscodeRequest {
+    let p = probe(input, &Limits::default(), Deadline::none()).unwrap();
+    TranscodeRequest {
+        input: input.to_path_buf(),
+        outputs: plan_ladder(p.video.width, p.video.height)
+            .into_iter()
+            .map(|rung| RenditionOutput {
+                path: dir.join(format!("{}.mp4", rung.name)),
+                rung,
+            })
+            .collect(),
+        preset: Preset::Fast,
+        gop_seconds: 2.0,
+        deadline: Deadline::none(),
+    }
+}
+
+/// Offset of the first top-level MP4 box of `kind`.
+fn box_offset(path: &Path, kind: &[u8; 4]) -> Option<u64> {
+    let data = std::fs::read(path).unwrap();
+    let mut off = 0usize;
+    while off + 8 <= data.len() {
+        let size = u32::from_be_bytes(data[off..off + 4].try_into().unwrap()) as usize;
+        if &data[off + 4..off + 8] == kind {
+            return Some(off as u64);
+        }
+        let size = if size == 1 {
+            u64::from_be_bytes(data[off + 8..off + 16].try_into().unwrap()) as usize
+        } else {
+            size
+        };
+        if size < 8 {
+            return None;
+        }
+        off += size;
+    }
+    None
+}
+
+#[test]
+fn probe_reads_the_sample_clip() {
+    let p = probe(
+        &media("bigbuckbunny.mp4"),
+        &Limits::default(),
+        Deadline::none(),
+    )
+    .unwrap();
+    assert_eq!((p.video.width, p.video.height), (1280, 720));
+    assert_eq!(p.video.frames, 132);
+    assert!((p.video.frame_rate - 25.0).abs() < 1e-9);
+    assert!(p.video.keyframes >= 1);
+    let a = p.audio.expect("bigbuckbunny has audio");
+    assert!(a.sample_rate > 0 && a.channels > 0);
+}
+
+#[test]
+fn one_decode_ladder_keeps_every_frame_on_every_rung() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = media("bigbuckbunny.mp4");
+    let source = probe(&src, &Limits::default(), Deadline::none()).unwrap();
+    let req = ladder_request(&src, dir.path());
+    assert_eq!(req.outputs.len(), 4, "240p..720p for a 720p source");
+    let reports = transcode_ladder(&req).unwrap();
+    for r in &reports {
+        let out = probe(&r.path, &Limits::default(), Deadline::none()).unwrap();
+        assert_eq!(out.video.frames, source.video.frames, "{}", r.name);
+        assert_eq!(r.frames, source.video.frames, "{}", r.name);
+        assert_eq!((out.video.width, out.video.height), (r.width, r.height));
+        assert!(
+            (out.video.duration_seconds - source.video.duration_seconds).abs() < 1.0 / 25.0,
+            "{}: {} vs {}",
+            r.name,
+            out.video.duration_seconds,
+            source.video.duration_seconds
+        );
+        let audio = out.audio.as_ref().expect("audio kept");
+        assert_eq!(audio.codec, "aac");
+        // Audio and video end together (AAC frames are 1024 samples: allow one of them + a frame).
+        assert!(
+            (audio.duration_seconds - out.video.duration_seconds).abs() < 0.1,
+            "{}: audio {} video {}",
+            r.name,
+            audio.duration_seconds,
+            out.video.duration_seconds
+        );
+        let (moov, mdat) = (box_offset(&r.path, b"moov"), box_offset(&r.path, b"mdat"));
+        assert!(
+            moov.unwrap() < mdat.unwrap(),
+            "{}: index must come first",
+            r.name
+        );
+    }
+}
+
+#[test]
+fn video_without_audio_transcodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = media("bikes.mp4");
+    let reports = transcode_ladder(&ladder_request(&src, dir.path())).unwrap();
+    assert_eq!(reports.len(), 2);
+    for r in reports {
+        let out = probe(&r.path, &Limits::default(), Deadline::none()).unwrap();
+        assert_eq!(out.video.frames, 250);
+        assert!(out.audio.is_none());
+    }
+}
+
+#[test]
+fn text_file_is_not_a_video() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("notes.txt");
+    std::fs::write(&p, "this is not a video, just some words\n".repeat(200)).unwrap();
+    let err = probe(&p, &Limits::default(), Deadline::none()).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::NotAVideo);
+}
+
+#[test]
+fn audio_only_file_has_no_video_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("audio.m4a");
+    ffmpeg(&[
+        "-i",
+        media("bigbuckbunny.mp4").to_str().unwrap(),
+        "-vn",
+        "-c",
+        "copy",
+        p.to_str().unwrap(),
+    ]);
+    let err = probe(&p, &Limits::default(), Deadline::none()).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::NoVideoStream);
+}
+
+#[test]
+fn limits_refuse_long_and_large_inputs() {
+    let src = media("bikes.mp4");
+    let short = Limits {
+        max_duration: std::time::Duration::from_secs(5),
+        ..Limits::default()
+    };
+    assert_eq!(
+        probe(&src, &short, Deadline::none()).unwrap_err().code(),
+        ErrorCode::TooLong
+    );
+    let small = Limits {
+        max_pixels: 320 * 240,
+        ..Limits::default()
+    };
+    assert_eq!(
+        probe(&src, &small, Deadline::none()).unwrap_err().code(),
+        ErrorCode::TooLarge
+    );
+    let tiny_file = Limits {
+        max_file_bytes: 1000,
+        ..Limits::default()
+    };
+    assert_eq!(
+        probe(&src, &tiny_file, Deadline::none())
+            .unwrap_err()
+            .code(),
+        ErrorCode::TooLarge
+    );
+}
+
+#[test]
+fn expired_deadline_stops_and_leaves_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut req = ladder_request(&media("bikes.mp4"), dir.path());
+    req.deadline = Deadline::after(std::time::Duration::ZERO);
+    let err = transcode_ladder(&req).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::TranscodeTimeout);
+    for o in &req.outputs {
+        assert!(!o.path.exists(), "{} left behind", o.path.display());
+    }
+}
