@@ -1,1 +1,208 @@
-fn main() {}
+//! `vtx`: every service as a subcommand, plus the client commands. Thin: it reads
+//! configuration, connects the adapters and hands them to the service crates.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use vtx_domain::{JobId, VideoId};
+use vtx_gateway::Gateway;
+use vtx_infra::broker::BrokerClient;
+use vtx_infra::{Config, ObjectStore, db, outbox, telemetry};
+use vtx_worker::Worker;
+
+#[derive(Parser)]
+#[command(
+    name = "vtx",
+    version,
+    about = "Distributed video transcoding for short-video upload"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply database migrations and create the bucket.
+    Migrate,
+    /// Run the upload gateway and status API.
+    Gateway,
+    /// Run the scheduler.
+    Scheduler,
+    /// Run a transcode worker.
+    Worker,
+    /// Run every service in one process (local use).
+    Up,
+    /// Upload a video file; prints the video id.
+    Upload {
+        file: PathBuf,
+        /// Chunk size in bytes.
+        #[arg(long, default_value_t = 4 << 20)]
+        chunk_size: u64,
+        /// Wait until the video is ready (or failed) and print its status.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, env = "VTX_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
+    /// Show a video's (or a job's) state and, once ready, its playback URLs.
+    Status {
+        id: String,
+        /// Wait until the video is ready or failed.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, env = "VTX_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Upload {
+            file,
+            chunk_size,
+            wait,
+            url,
+        } => upload(file, chunk_size, wait, url).await,
+        Command::Status { id, wait, url } => status(id, wait, url).await,
+        server => serve(server).await,
+    }
+}
+
+async fn serve(command: Command) -> anyhow::Result<()> {
+    let cfg = Config::from_env()?;
+    tracing::debug!(?cfg, "configuration");
+    let pool = db::connect(&cfg)
+        .await
+        .context("connecting to PostgreSQL")?;
+    let store = ObjectStore::new(&cfg.s3);
+    let broker = BrokerClient::new(cfg.amqp_url.clone(), cfg.queue_prefix.clone());
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+
+    let (gateway, scheduler, worker) = match command {
+        Command::Migrate => {
+            db::migrate(&pool).await.context("applying migrations")?;
+            store.ensure_bucket().await.context("creating the bucket")?;
+            broker.check().await.context("declaring queues")?;
+            println!("migrations applied, bucket {} ready", cfg.s3.bucket);
+            return Ok(());
+        }
+        Command::Gateway => (true, false, false),
+        Command::Scheduler => (false, true, false),
+        Command::Worker => (false, false, true),
+        Command::Up => {
+            db::migrate(&pool).await.context("applying migrations")?;
+            store.ensure_bucket().await.context("creating the bucket")?;
+            (true, true, true)
+        }
+        Command::Upload { .. } | Command::Status { .. } => unreachable!("client commands"),
+    };
+    if gateway || scheduler {
+        // Whoever writes the outbox relays it.
+        tasks.spawn(outbox::run_relay(
+            pool.clone(),
+            broker.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if gateway {
+        let gw = Gateway::build(&cfg, pool.clone(), store.clone(), broker.clone()).await?;
+        println!("vtx gateway on {}", gw.public_url());
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = gw.run_until(token).await {
+                tracing::error!(error = %e, "gateway stopped");
+            }
+        });
+    }
+    if scheduler {
+        tasks.spawn(vtx_scheduler::run(
+            pool.clone(),
+            broker.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if worker {
+        let w = Worker::new(pool.clone(), store.clone(), cfg.worker.clone());
+        tasks.spawn(w.run(broker.clone(), shutdown.clone()));
+    }
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: finishing in-flight work");
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn upload(file: PathBuf, chunk_size: u64, wait: bool, url: String) -> anyhow::Result<()> {
+    let client = vtx_client::Client::new(url);
+    let progress = |sent: u64, total: u64| {
+        eprint!(
+            "\ruploading {:>5.1}% ({sent}/{total} bytes)",
+            sent as f64 * 100.0 / total as f64
+        );
+    };
+    let done = client.upload_file(&file, chunk_size, &progress).await?;
+    eprintln!();
+    println!("{}", done.video_id);
+    if wait {
+        let v = client
+            .wait_for_video(done.video_id, Duration::from_secs(600))
+            .await?;
+        eprintln!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    Ok(())
+}
+
+async fn status(id: String, wait: bool, url: String) -> anyhow::Result<()> {
+    let client = vtx_client::Client::new(url);
+    let video_id: VideoId = id
+        .parse()
+        .context("ID must be a video or job id (a UUID)")?;
+    let view = match client.video(video_id).await {
+        Ok(v) => v,
+        Err(e) if is_not_found(&e) => {
+            // Perhaps a job id.
+            let job = client.job(JobId::from_uuid(video_id.as_uuid())).await?;
+            client.video(job.video_id).await?
+        }
+        Err(e) => return Err(e),
+    };
+    let view = if wait {
+        client
+            .wait_for_video(view.id, Duration::from_secs(600))
+            .await?
+    } else {
+        view
+    };
+    println!("{}", serde_json::to_string_pretty(&view)?);
+    Ok(())
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<vtx_client::ApiFailure>()
+        .is_some_and(|f| f.status.as_u16() == 404)
+}

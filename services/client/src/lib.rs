@@ -1,1 +1,240 @@
+//! HTTP client for the vtx gateway: what `vtx upload` and `vtx status` use, and what the
+//! end-to-end tests drive.
 
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use vtx_domain::api::{
+    ChunkView, CompleteRequest, ErrorBody, JobView, UploadCompleted, UploadCreated, UploadView,
+    VideoView,
+};
+use vtx_domain::{JobId, UploadId, VideoId};
+
+/// An error response from the gateway, with its stable code.
+#[derive(Debug, thiserror::Error)]
+#[error("{status}: {code}: {message}")]
+pub struct ApiFailure {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// Progress callback: (bytes sent, total bytes).
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
+
+impl Client {
+    pub fn new(base: impl Into<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(300))
+            .build()
+            .expect("HTTP client builds");
+        Self {
+            http,
+            base: base.into().trim_end_matches('/').to_string(),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn parse<T: DeserializeOwned>(resp: reqwest::Response) -> anyhow::Result<T> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp.json().await?);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(b) => (b.error.code, b.error.message),
+            Err(_) => ("http-error".to_string(), text),
+        };
+        Err(ApiFailure {
+            status,
+            code,
+            message,
+        }
+        .into())
+    }
+
+    pub async fn create_upload(&self) -> anyhow::Result<UploadCreated> {
+        Self::parse(self.http.post(self.url("/v1/uploads")).send().await?).await
+    }
+
+    pub async fn upload(&self, id: UploadId) -> anyhow::Result<UploadView> {
+        Self::parse(
+            self.http
+                .get(self.url(&format!("/v1/uploads/{id}")))
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// Sends one chunk with its SHA-256; returns the status (201 new, 200 already stored).
+    pub async fn put_chunk(
+        &self,
+        id: UploadId,
+        index: u32,
+        data: Bytes,
+    ) -> anyhow::Result<(StatusCode, ChunkView)> {
+        let sha = hex::encode(Sha256::digest(&data));
+        self.put_chunk_with_sha(id, index, data, Some(&sha)).await
+    }
+
+    pub async fn put_chunk_with_sha(
+        &self,
+        id: UploadId,
+        index: u32,
+        data: Bytes,
+        sha256: Option<&str>,
+    ) -> anyhow::Result<(StatusCode, ChunkView)> {
+        let mut req = self
+            .http
+            .put(self.url(&format!("/v1/uploads/{id}/chunks/{index}")))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(data);
+        if let Some(sha) = sha256 {
+            req = req.header("x-vtx-chunk-sha256", sha);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        Ok((status, Self::parse(resp).await?))
+    }
+
+    pub async fn complete(
+        &self,
+        id: UploadId,
+        chunks: Option<u32>,
+    ) -> anyhow::Result<UploadCompleted> {
+        let resp = self
+            .http
+            .post(self.url(&format!("/v1/uploads/{id}/complete")))
+            .json(&CompleteRequest { chunks })
+            .send()
+            .await?;
+        Self::parse(resp).await
+    }
+
+    pub async fn job(&self, id: JobId) -> anyhow::Result<JobView> {
+        Self::parse(
+            self.http
+                .get(self.url(&format!("/v1/jobs/{id}")))
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    pub async fn video(&self, id: VideoId) -> anyhow::Result<VideoView> {
+        Self::parse(
+            self.http
+                .get(self.url(&format!("/v1/videos/{id}")))
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// Uploads a file in chunks of `chunk_bytes`, retrying each chunk on transient failures,
+    /// then completes the upload.
+    pub async fn upload_file(
+        &self,
+        path: &Path,
+        chunk_bytes: u64,
+        progress: Progress<'_>,
+    ) -> anyhow::Result<UploadCompleted> {
+        anyhow::ensure!(chunk_bytes > 0, "chunk size must be positive");
+        let total = tokio::fs::metadata(path).await?.len();
+        anyhow::ensure!(total > 0, "{} is empty", path.display());
+        let session = self.create_upload().await?;
+        let chunk_bytes = chunk_bytes.min(session.max_chunk_bytes);
+        let mut file = tokio::fs::File::open(path).await?;
+        let (mut index, mut sent) = (0u32, 0u64);
+        while sent < total {
+            let n = chunk_bytes.min(total - sent) as usize;
+            let mut buf = vec![0u8; n];
+            file.read_exact(&mut buf).await?;
+            let data = Bytes::from(buf);
+            self.put_chunk_retrying(session.id, index, data).await?;
+            sent += n as u64;
+            index += 1;
+            progress(sent, total);
+        }
+        self.complete(session.id, Some(index)).await
+    }
+
+    async fn put_chunk_retrying(
+        &self,
+        id: UploadId,
+        index: u32,
+        data: Bytes,
+    ) -> anyhow::Result<()> {
+        let mut delay = Duration::from_millis(250);
+        for attempt in 1.. {
+            match self.put_chunk(id, index, data.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    let transient = match e.downcast_ref::<ApiFailure>() {
+                        Some(f) => f.status.is_server_error(),
+                        None => true, // connection-level failure
+                    };
+                    if !transient || attempt >= 5 {
+                        return Err(e.context(format!("chunk {index}")));
+                    }
+                    tracing::warn!(index, attempt, error = %e, "chunk upload failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Polls a video until it is ready or failed, or `timeout` passes.
+    pub async fn wait_for_video(
+        &self,
+        id: VideoId,
+        timeout: Duration,
+    ) -> anyhow::Result<VideoView> {
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            let v = self.video(id).await?;
+            if v.state == "ready" || v.state == "failed" {
+                return Ok(v);
+            }
+            if tokio::time::Instant::now() >= until {
+                anyhow::bail!("video {id} still {} after {timeout:?}", v.state);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Downloads a URL to a file (playback check).
+    pub async fn download(&self, url: &str, to: &Path) -> anyhow::Result<u64> {
+        let resp = self.http.get(url).send().await?;
+        anyhow::ensure!(resp.status().is_success(), "GET {url}: {}", resp.status());
+        let bytes = resp.bytes().await?;
+        tokio::fs::write(to, &bytes).await?;
+        Ok(bytes.len() as u64)
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+}

@@ -4,6 +4,7 @@
 //! This crate performs no I/O and depends on no adapter (no sqlx, lapin, aws or ffmpeg), so the
 //! rules here can be read and tested on their own.
 
+pub mod api;
 pub mod error_code;
 pub mod ids;
 pub mod ladder;

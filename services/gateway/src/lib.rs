@@ -1,1 +1,117 @@
+//! The upload gateway and status API.
+//!
+//! `Gateway::build` binds (port 0 in tests) and exposes the real address; `run_until` serves
+//! until the token is cancelled, then drains in-flight requests.
 
+mod error;
+mod health;
+mod media;
+mod status;
+mod uploads;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post, put};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+use vtx_infra::broker::BrokerClient;
+use vtx_infra::config::UploadLimits;
+use vtx_infra::{Config, ObjectStore};
+
+pub use error::{ApiError, ApiResult};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub store: ObjectStore,
+    pub broker: BrokerClient,
+    pub limits: Arc<UploadLimits>,
+    /// Base of playback URLs, without a trailing slash.
+    pub public_url: Arc<str>,
+}
+
+pub struct Gateway {
+    listener: TcpListener,
+    router: Router,
+    addr: SocketAddr,
+    public_url: String,
+}
+
+impl Gateway {
+    pub async fn build(
+        cfg: &Config,
+        pool: PgPool,
+        store: ObjectStore,
+        broker: BrokerClient,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(cfg.http_addr).await?;
+        let addr = listener.local_addr()?;
+        let public_url = cfg
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"))
+            .trim_end_matches('/')
+            .to_string();
+        let state = AppState {
+            pool,
+            store,
+            broker,
+            limits: Arc::new(cfg.uploads.clone()),
+            public_url: public_url.as_str().into(),
+        };
+        Ok(Self {
+            listener,
+            router: router(state),
+            addr,
+            public_url,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn public_url(&self) -> &str {
+        &self.public_url
+    }
+
+    pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.addr, "gateway listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await?;
+        Ok(())
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/v1/uploads", post(uploads::create))
+        .route("/v1/uploads/{id}", get(uploads::show))
+        .route("/v1/uploads/{id}/chunks/{index}", put(uploads::put_chunk))
+        .route("/v1/uploads/{id}/complete", post(uploads::complete))
+        .route("/v1/jobs/{id}", get(status::job))
+        .route("/v1/videos/{id}", get(status::video))
+        .route("/v1/media/{*key}", get(media::serve))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Parses a path id, answering 404 with `code` for anything that is not one.
+pub(crate) fn parse_id<T: std::str::FromStr>(
+    raw: &str,
+    code: &'static str,
+    what: &str,
+) -> ApiResult<T> {
+    raw.parse().map_err(|_| ApiError::not_found(code, what))
+}
+
+pub(crate) fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Sets up everything vtx needs on this machine, and starts what is not running. Idempotent: on a
+# machine where all is in place it only checks, in a few seconds.
+#
+#   - Debian packages: FFmpeg dev libraries + CLI, clang, pkg-config, PostgreSQL, RabbitMQ
+#   - PostgreSQL running, with role/database `vtx` (password `vtx`, CREATEDB for per-test DBs)
+#   - RabbitMQ running (guest/guest over loopback)
+#   - s3s-fs (an S3-compatible server from crates.io) built once and running on 127.0.0.1:9000,
+#     its data under .vtx/s3 in this checkout (ignored by git)
+#   - migrations applied and the bucket created (`vtx migrate`)
+#
+# Works as root or through sudo. No systemd needed.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+STATE="$ROOT/.vtx"
+mkdir -p "$STATE/s3"
+
+S3_PORT="${VTX_S3_PORT:-9000}"
+S3_ACCESS_KEY="${VTX_S3_ACCESS_KEY:-vtx}"
+S3_SECRET_KEY="${VTX_S3_SECRET_KEY:-vtx-local-secret}"
+S3S_VERSION="0.14.1" # 0.17 wants a newer rustc than this toolchain
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() { # port seconds name
+  for _ in $(seq 1 "$2"); do port_open "$1" && return 0; sleep 1; done
+  log "$3 did not come up on port $1 within $2 s"; return 1
+}
+
+# --- Debian packages --------------------------------------------------------------------------
+PACKAGES=(libavcodec-dev libavformat-dev libavfilter-dev libswscale-dev libswresample-dev
+          libavdevice-dev libavutil-dev ffmpeg clang libclang-dev pkg-config
+          postgresql rabbitmq-server)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- PostgreSQL -------------------------------------------------------------------------------
+if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  version="$(ls /etc/postgresql | sort -V | tail -n 1)"
+  log "starting PostgreSQL $version"
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+  for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
+pg_isready -q -h 127.0.0.1 -p 5432 || { log "PostgreSQL is not accepting connections"; exit 1; }
+psql_admin() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 "$@"
+  else sudo -u postgres psql -X -q -v ON_ERROR_STOP=1 "$@"; fi
+}
+if [ "$(psql_admin -tAc "SELECT 1 FROM pg_roles WHERE rolname = 'vtx'")" != "1" ]; then
+  log "creating PostgreSQL role vtx"
+  psql_admin -c "CREATE ROLE vtx LOGIN CREATEDB PASSWORD 'vtx'"
+fi
+if [ "$(psql_admin -tAc "SELECT 1 FROM pg_database WHERE datname = 'vtx'")" != "1" ]; then
+  log "creating database vtx"
+  psql_admin -c "CREATE DATABASE vtx OWNER vtx"
+fi
+
+# --- RabbitMQ ---------------------------------------------------------------------------------
+if ! port_open 5672; then
+  log "starting RabbitMQ"
+  as_root rabbitmq-server -detached
+  wait_port 5672 90 RabbitMQ
+  # The port opens a moment before the broker takes connections.
+  as_root rabbitmqctl -q await_startup >/dev/null 2>&1 || sleep 5
+fi
+
+# --- S3-compatible server ---------------------------------------------------------------------
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  log "building s3s-fs $S3S_VERSION (once, several minutes)"
+  cargo install --quiet --locked s3s-fs --version "$S3S_VERSION" --features binary
+fi
+if ! port_open "$S3_PORT"; then
+  log "starting s3s-fs on 127.0.0.1:$S3_PORT (data in $STATE/s3)"
+  setsid nohup s3s-fs --host 127.0.0.1 --port "$S3_PORT" \
+    --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" "$STATE/s3" \
+    >"$STATE/s3s-fs.log" 2>&1 < /dev/null &
+  wait_port "$S3_PORT" 30 s3s-fs
+fi
+
+# --- Schema and bucket ------------------------------------------------------------------------
+cd "$ROOT"
+log "applying migrations and creating the bucket"
+cargo run --quiet --bin vtx -- migrate
+log "ready: PostgreSQL 127.0.0.1:5432, RabbitMQ 127.0.0.1:5672, S3 http://127.0.0.1:$S3_PORT"

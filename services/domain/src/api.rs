@@ -1,0 +1,109 @@
+//! The REST API's bodies: serialised by the gateway, parsed by the client, so both sides share
+//! one definition.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{JobId, UploadId, VideoId};
+
+/// Every error response: `{"error": {"code": "...", "message": "..."}}`. `code` is stable.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UploadCreated {
+    pub id: UploadId,
+    /// RFC 3339.
+    pub expires_at: String,
+    pub max_chunk_bytes: u64,
+    pub max_chunks: u32,
+    pub max_upload_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChunkView {
+    pub index: u32,
+    pub size_bytes: u64,
+    pub sha256: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UploadView {
+    pub id: UploadId,
+    pub state: String,
+    pub expires_at: String,
+    pub bytes: u64,
+    pub chunks: Vec<ChunkView>,
+    pub video_id: Option<VideoId>,
+    pub job_id: Option<JobId>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CompleteRequest {
+    /// How many chunks the client sent; the server refuses to complete with any missing.
+    pub chunks: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UploadCompleted {
+    pub video_id: VideoId,
+    pub job_id: JobId,
+    pub source_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: JobId,
+    pub video_id: VideoId,
+    pub state: String,
+    pub attempts: u32,
+    pub error: Option<ErrorDetail>,
+    pub created_at: String,
+    pub scheduled_at: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RenditionView {
+    pub name: String,
+    pub container: String,
+    pub width: u32,
+    pub height: u32,
+    pub frames: u64,
+    pub duration_ms: u64,
+    pub size_bytes: u64,
+    pub bitrate: u64,
+    pub url: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Playback {
+    /// Smallest first.
+    pub mp4: Vec<RenditionView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VideoView {
+    pub id: VideoId,
+    pub state: String,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub frames: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub source_bytes: u64,
+    pub error: Option<ErrorDetail>,
+    /// Present once the video is ready.
+    pub playback: Option<Playback>,
+    /// The newest job working on this video.
+    pub job_id: Option<JobId>,
+    pub created_at: String,
+    pub updated_at: String,
+}

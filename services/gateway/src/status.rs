@@ -1,0 +1,94 @@
+//! Job and video status for internal services, with playback URLs once a video is ready.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use vtx_domain::api::{ErrorDetail, JobView, Playback, RenditionView, VideoView};
+use vtx_domain::{JobId, VideoId, VideoState};
+use vtx_infra::db::{self, JobRow};
+
+use crate::{ApiError, ApiResult, AppState, parse_id, rfc3339};
+
+fn error_detail(code: Option<String>, message: Option<String>) -> Option<ErrorDetail> {
+    code.map(|code| ErrorDetail {
+        code,
+        message: message.unwrap_or_default(),
+    })
+}
+
+fn job_view(j: JobRow) -> JobView {
+    JobView {
+        id: JobId::from_uuid(j.id),
+        video_id: VideoId::from_uuid(j.video_id),
+        state: j.state,
+        attempts: j.attempts.max(0) as u32,
+        error: error_detail(j.error_code, j.error_message),
+        created_at: rfc3339(j.created_at),
+        scheduled_at: j.scheduled_at.map(rfc3339),
+        started_at: j.started_at.map(rfc3339),
+        finished_at: j.finished_at.map(rfc3339),
+    }
+}
+
+pub async fn job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JobView>> {
+    let id: JobId = parse_id(&id, "job-not-found", "job")?;
+    let row = db::get_job(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job-not-found", "job"))?;
+    Ok(Json(job_view(row)))
+}
+
+/// URL under which the gateway serves an object (see `media::serve`).
+pub fn media_url(state: &AppState, key: &str) -> String {
+    format!("{}/v1/media/{key}", state.public_url)
+}
+
+pub async fn video(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<VideoView>> {
+    let id: VideoId = parse_id(&id, "video-not-found", "video")?;
+    let v = db::get_video(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("video-not-found", "video"))?;
+    let playback = if v.state == VideoState::Ready.as_str() {
+        let mp4 = db::renditions(&state.pool, id)
+            .await?
+            .into_iter()
+            .map(|r| RenditionView {
+                url: media_url(&state, &r.object_key),
+                name: r.name,
+                container: r.container,
+                width: r.width as u32,
+                height: r.height as u32,
+                frames: r.frames as u64,
+                duration_ms: r.duration_ms as u64,
+                size_bytes: r.size_bytes as u64,
+                bitrate: r.bitrate as u64,
+            })
+            .collect();
+        Some(Playback { mp4 })
+    } else {
+        None
+    };
+    let job_id = db::jobs_of_video(&state.pool, id)
+        .await?
+        .first()
+        .map(|j| JobId::from_uuid(j.id));
+    Ok(Json(VideoView {
+        id,
+        state: v.state,
+        width: v.width.map(|x| x as u32),
+        height: v.height.map(|x| x as u32),
+        frames: v.frames.map(|x| x as u64),
+        duration_ms: v.duration_ms.map(|x| x as u64),
+        source_bytes: v.source_bytes as u64,
+        error: error_detail(v.error_code, v.error_message),
+        playback,
+        job_id,
+        created_at: rfc3339(v.created_at),
+        updated_at: rfc3339(v.updated_at),
+    }))
+}

@@ -1,0 +1,419 @@
+//! Upload sessions: create, store chunks (streamed to S3, checksummed, idempotent), inspect for
+//! resume, complete.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use vtx_domain::api::{ChunkView, CompleteRequest, UploadCompleted, UploadCreated, UploadView};
+use vtx_domain::{ChunkIndex, JobId, UploadId, UploadState, VideoId};
+use vtx_infra::db::{self, ChunkInsert, UploadRow};
+
+use crate::{ApiError, ApiResult, AppState, parse_id, rfc3339};
+
+/// Optional request header with the hex SHA-256 of the chunk body.
+pub const CHUNK_SHA256_HEADER: &str = "x-vtx-chunk-sha256";
+
+fn chunk_key(upload: UploadId, index: ChunkIndex, attempt: uuid::Uuid) -> String {
+    // Each attempt writes its own object; the database decides which one counts.
+    format!("uploads/{upload}/chunks/{:05}-{attempt}", index.get())
+}
+
+fn source_key(video: VideoId) -> String {
+    format!("sources/{video}/source")
+}
+
+pub async fn create(State(state): State<AppState>) -> ApiResult<(StatusCode, Json<UploadCreated>)> {
+    let id = UploadId::new();
+    let ttl = chrono::Duration::from_std(state.limits.session_ttl).map_err(ApiError::internal)?;
+    let row = db::create_upload(&state.pool, id, chrono::Utc::now() + ttl).await?;
+    tracing::info!(upload_id = %id, "upload created");
+    Ok((
+        StatusCode::CREATED,
+        Json(UploadCreated {
+            id,
+            expires_at: rfc3339(row.expires_at),
+            max_chunk_bytes: state.limits.max_chunk_bytes,
+            max_chunks: state.limits.max_chunks,
+            max_upload_bytes: state.limits.max_upload_bytes,
+        }),
+    ))
+}
+
+async fn load_open_upload(state: &AppState, id: UploadId) -> ApiResult<UploadRow> {
+    let row = db::get_upload(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("upload-not-found", "upload"))?;
+    match row.state() {
+        UploadState::Open if row.expires_at <= chrono::Utc::now() => Err(ApiError::new(
+            StatusCode::GONE,
+            "upload-expired",
+            "the upload session has expired; start a new one",
+        )),
+        UploadState::Open => Ok(row),
+        other => Err(ApiError::conflict(
+            "upload-not-open",
+            format!("the upload is {other}; it takes no more chunks"),
+        )),
+    }
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<UploadView>> {
+    let id: UploadId = parse_id(&id, "upload-not-found", "upload")?;
+    let row = db::get_upload(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("upload-not-found", "upload"))?;
+    let mut conn = state.pool.acquire().await?;
+    let chunks = db::list_chunks(&mut conn, id).await?;
+    let ids = db::video_for_upload(&mut conn, id).await?;
+    Ok(Json(UploadView {
+        id,
+        state: row.state.clone(),
+        expires_at: rfc3339(row.expires_at),
+        bytes: chunks.iter().map(|c| c.size_bytes as u64).sum(),
+        chunks: chunks
+            .into_iter()
+            .map(|c| ChunkView {
+                index: c.idx as u32,
+                size_bytes: c.size_bytes as u64,
+                sha256: c.sha256,
+            })
+            .collect(),
+        video_id: ids.map(|(v, _)| v),
+        job_id: ids.map(|(_, j)| j),
+    }))
+}
+
+/// Stores chunk `index`. 201 when new, 200 when the same bytes were already stored, 409 when
+/// different bytes hold that index.
+pub async fn put_chunk(
+    State(state): State<AppState>,
+    Path((id, index)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<ChunkView>)> {
+    let id: UploadId = parse_id(&id, "upload-not-found", "upload")?;
+    let index = index
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n < state.limits.max_chunks)
+        .and_then(ChunkIndex::new)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid-chunk-index",
+                format!(
+                    "chunk index must be a number below {}",
+                    state.limits.max_chunks
+                ),
+            )
+        })?;
+    load_open_upload(&state, id).await?;
+
+    let len: u64 = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::LENGTH_REQUIRED,
+                "length-required",
+                "send a Content-Length header",
+            )
+        })?;
+    if len == 0 {
+        return Err(ApiError::bad_request(
+            "empty-chunk",
+            "a chunk must hold at least one byte",
+        ));
+    }
+    if len > state.limits.max_chunk_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "chunk-too-large",
+            format!(
+                "a chunk may hold at most {} bytes",
+                state.limits.max_chunk_bytes
+            ),
+        ));
+    }
+    let claimed_sha = match headers.get(CHUNK_SHA256_HEADER) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .map(str::to_ascii_lowercase)
+                .filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid-checksum",
+                        format!("{CHUNK_SHA256_HEADER} must be 64 hex digits"),
+                    )
+                })?,
+        ),
+    };
+
+    // A retry of a chunk we hold: answer without reading the body again.
+    if let (Some(sha), Some(existing)) = (
+        &claimed_sha,
+        db::get_chunk(&state.pool, id, index.get()).await?,
+    ) {
+        return if &existing.sha256 == sha {
+            Ok((
+                StatusCode::OK,
+                Json(chunk_view(
+                    index,
+                    existing.size_bytes as u64,
+                    existing.sha256,
+                )),
+            ))
+        } else {
+            Err(chunk_conflict(index))
+        };
+    }
+    let stored = db::upload_bytes(&state.pool, id).await? as u64;
+    if stored + len > state.limits.max_upload_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "upload-too-large",
+            format!(
+                "an upload may hold at most {} bytes",
+                state.limits.max_upload_bytes
+            ),
+        ));
+    }
+
+    let key = chunk_key(id, index, uuid::Uuid::new_v4());
+    let sha = stream_to_store(&state, &key, len, body).await?;
+    if let Some(claimed) = &claimed_sha
+        && claimed != &sha
+    {
+        discard(&state, &key).await;
+        return Err(ApiError::bad_request(
+            "checksum-mismatch",
+            "the chunk's SHA-256 does not match the header; nothing was stored",
+        ));
+    }
+    match db::insert_chunk(&state.pool, id, index.get(), len, &sha, &key).await {
+        Ok(Some(ChunkInsert::Stored)) => {
+            tracing::info!(upload_id = %id, index = index.get(), bytes = len, "chunk stored");
+            Ok((StatusCode::CREATED, Json(chunk_view(index, len, sha))))
+        }
+        Ok(Some(ChunkInsert::Existing(existing))) => {
+            discard(&state, &key).await;
+            if existing.sha256 == sha {
+                Ok((StatusCode::OK, Json(chunk_view(index, len, sha))))
+            } else {
+                Err(chunk_conflict(index))
+            }
+        }
+        Ok(None) => {
+            discard(&state, &key).await;
+            Err(ApiError::conflict(
+                "upload-not-open",
+                "the upload takes no more chunks",
+            ))
+        }
+        Err(e) => {
+            discard(&state, &key).await;
+            Err(e.into())
+        }
+    }
+}
+
+fn chunk_view(index: ChunkIndex, size: u64, sha256: String) -> ChunkView {
+    ChunkView {
+        index: index.get(),
+        size_bytes: size,
+        sha256,
+    }
+}
+
+fn chunk_conflict(index: ChunkIndex) -> ApiError {
+    ApiError::conflict(
+        "chunk-conflict",
+        format!("chunk {index} is already stored with different bytes"),
+    )
+}
+
+async fn discard(state: &AppState, key: &str) {
+    if let Err(e) = state.store.delete(key).await {
+        tracing::warn!(key, error = %e, "could not delete a discarded chunk object");
+    }
+}
+
+/// Streams the request body into the store while hashing it; returns the hex SHA-256.
+/// Memory stays bounded: the channel holds a few body frames at most.
+async fn stream_to_store(state: &AppState, key: &str, len: u64, body: Body) -> ApiResult<String> {
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
+    let pump = async move {
+        let mut hasher = Sha256::new();
+        let mut seen = 0u64;
+        let mut stream = body.into_data_stream();
+        while let Some(frame) = stream.next().await {
+            let bytes = match frame {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                    return Err(ApiError::bad_request(
+                        "body-interrupted",
+                        "the request body ended early",
+                    ));
+                }
+            };
+            seen += bytes.len() as u64;
+            if seen > len {
+                let _ = tx
+                    .send(Err(std::io::Error::other(
+                        "body longer than Content-Length",
+                    )))
+                    .await;
+                return Err(ApiError::bad_request(
+                    "length-mismatch",
+                    "the body is longer than Content-Length",
+                ));
+            }
+            hasher.update(&bytes);
+            if tx.send(Ok(bytes)).await.is_err() {
+                break; // the store gave up; its error is reported below
+            }
+        }
+        if seen != len {
+            let _ = tx
+                .send(Err(std::io::Error::other(
+                    "body shorter than Content-Length",
+                )))
+                .await;
+            return Err(ApiError::bad_request(
+                "length-mismatch",
+                "the body is shorter than Content-Length",
+            ));
+        }
+        Ok(hex::encode(hasher.finalize()))
+    };
+    let put = state
+        .store
+        .put_stream(key, len, rx, "application/octet-stream");
+    let (hashed, stored) = tokio::join!(pump, put);
+    match (hashed, stored) {
+        (Ok(sha), Ok(())) => Ok(sha),
+        (Err(e), _) => {
+            discard(state, key).await;
+            Err(e)
+        }
+        (Ok(_), Err(e)) => {
+            discard(state, key).await;
+            Err(ApiError::storage(e))
+        }
+    }
+}
+
+/// Assembles the source from the chunks, creates the video and its job, and queues the job, once.
+/// Completing again returns the same ids.
+pub async fn complete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Option<Json<CompleteRequest>>,
+) -> ApiResult<(StatusCode, Json<UploadCompleted>)> {
+    let id: UploadId = parse_id(&id, "upload-not-found", "upload")?;
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let mut tx = state.pool.begin().await?;
+    let upload = db::lock_upload(&mut tx, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("upload-not-found", "upload"))?;
+    match upload.state() {
+        UploadState::Completed => {
+            let (video_id, job_id) = db::video_for_upload(&mut tx, id)
+                .await?
+                .ok_or_else(|| ApiError::internal("completed upload without a video"))?;
+            let source_bytes = db::upload_bytes(&state.pool, id).await? as u64;
+            return Ok((
+                StatusCode::OK,
+                Json(UploadCompleted {
+                    video_id,
+                    job_id,
+                    source_bytes,
+                }),
+            ));
+        }
+        UploadState::Aborted => {
+            return Err(ApiError::conflict(
+                "upload-not-open",
+                "the upload was aborted",
+            ));
+        }
+        UploadState::Open if upload.expires_at <= chrono::Utc::now() => {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "upload-expired",
+                "the upload session has expired",
+            ));
+        }
+        UploadState::Open => {}
+    }
+    let chunks = db::list_chunks(&mut tx, id).await?;
+    if chunks.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no-chunks",
+            "the upload holds no chunks",
+        ));
+    }
+    let expected = req.chunks.unwrap_or(chunks.len() as u32);
+    let missing: Vec<u32> = (0..expected)
+        .filter(|i| {
+            chunks
+                .binary_search_by_key(&(*i as i32), |c| c.idx)
+                .is_err()
+        })
+        .take(50)
+        .collect();
+    let extra = chunks.iter().any(|c| c.idx as u32 >= expected);
+    if !missing.is_empty() || extra {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing-chunks",
+            if extra {
+                format!("the upload holds chunks at or beyond index {expected}")
+            } else {
+                format!("chunks missing: {missing:?}")
+            },
+        ));
+    }
+
+    let (video, job) = (VideoId::new(), JobId::new());
+    let source = source_key(video);
+    let keys: Vec<String> = chunks.iter().map(|c| c.object_key.clone()).collect();
+    let bytes = state
+        .store
+        .concat(&keys, &source, "application/octet-stream")
+        .await
+        .map_err(ApiError::storage)?;
+    db::complete_upload(&mut tx, id, video, job, &source, bytes).await?;
+    tx.commit().await?;
+    tracing::info!(upload_id = %id, video_id = %video, job_id = %job, bytes, "upload completed");
+
+    // The source now holds every byte; the chunk objects are no longer needed.
+    let store = state.store.clone();
+    tokio::spawn(async move {
+        for key in keys {
+            if let Err(e) = store.delete(&key).await {
+                tracing::warn!(key, error = %e, "could not delete a chunk after assembly");
+            }
+        }
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(UploadCompleted {
+            video_id: video,
+            job_id: job,
+            source_bytes: bytes,
+        }),
+    ))
+}

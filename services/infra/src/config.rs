@@ -1,0 +1,197 @@
+//! Configuration from `VTX_*` environment variables, with defaults that match the local setup
+//! (`deploy/local/setup.sh`). Values are validated when loaded; secrets never reach `Debug`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// A value that prints as `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `VTX_DATABASE_URL`; may hold a password, hence secret.
+    pub database_url: Secret,
+    pub database_max_connections: u32,
+    /// `VTX_AMQP_URL`.
+    pub amqp_url: Secret,
+    /// `VTX_QUEUE_PREFIX`: every queue name starts with it (tests use a random one).
+    pub queue_prefix: String,
+    pub s3: S3Config,
+    /// `VTX_HTTP_ADDR`: where the gateway listens; port 0 picks a free port.
+    pub http_addr: SocketAddr,
+    /// `VTX_PUBLIC_URL`: base of the playback URLs handed to clients. Defaults to the gateway.
+    pub public_url: Option<String>,
+    pub uploads: UploadLimits,
+    pub worker: WorkerConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct S3Config {
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: Secret,
+    /// Every object key starts with it (tests use a random one).
+    pub key_prefix: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct UploadLimits {
+    pub max_chunk_bytes: u64,
+    pub max_upload_bytes: u64,
+    pub max_chunks: u32,
+    pub session_ttl: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Tasks one worker process runs at once.
+    pub concurrency: u16,
+    pub transcode_timeout: Duration,
+    /// Deliveries of one task before its job fails with `retries-exhausted`.
+    pub max_attempts: u32,
+    pub max_source_seconds: u64,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads configuration through `get`, so tests can supply their own values.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let env = Env(&get);
+        let cfg = Config {
+            database_url: Secret::new(
+                env.string("VTX_DATABASE_URL", "postgres://vtx:vtx@127.0.0.1:5432/vtx"),
+            ),
+            database_max_connections: env.parse("VTX_DATABASE_MAX_CONNECTIONS", 10)?,
+            amqp_url: Secret::new(
+                env.string("VTX_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            ),
+            queue_prefix: env.string("VTX_QUEUE_PREFIX", "vtx"),
+            s3: S3Config {
+                endpoint: env.string("VTX_S3_ENDPOINT", "http://127.0.0.1:9000"),
+                region: env.string("VTX_S3_REGION", "us-east-1"),
+                bucket: env.string("VTX_S3_BUCKET", "vtx"),
+                access_key: env.string("VTX_S3_ACCESS_KEY", "vtx"),
+                secret_key: Secret::new(env.string("VTX_S3_SECRET_KEY", "vtx-local-secret")),
+                key_prefix: env.string("VTX_S3_PREFIX", ""),
+            },
+            http_addr: env.parse("VTX_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            public_url: get("VTX_PUBLIC_URL").filter(|s| !s.is_empty()),
+            uploads: UploadLimits {
+                max_chunk_bytes: env.parse("VTX_MAX_CHUNK_BYTES", 64 << 20)?,
+                max_upload_bytes: env.parse("VTX_MAX_UPLOAD_BYTES", 4 << 30)?,
+                max_chunks: env.parse("VTX_MAX_CHUNKS", 2_000)?,
+                session_ttl: Duration::from_secs(env.parse("VTX_UPLOAD_TTL_SECS", 24 * 3600)?),
+            },
+            worker: WorkerConfig {
+                concurrency: env.parse("VTX_WORKER_CONCURRENCY", 1)?,
+                transcode_timeout: Duration::from_secs(
+                    env.parse("VTX_TRANSCODE_TIMEOUT_SECS", 30 * 60)?,
+                ),
+                max_attempts: env.parse("VTX_MAX_ATTEMPTS", 3)?,
+                max_source_seconds: env.parse("VTX_MAX_SOURCE_SECONDS", 3600)?,
+            },
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if !self
+            .queue_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            bail!("VTX_QUEUE_PREFIX may hold only letters, digits, '-', '_' and '.'");
+        }
+        if self.s3.bucket.is_empty() {
+            bail!("VTX_S3_BUCKET must not be empty");
+        }
+        if self.uploads.max_chunk_bytes == 0 || self.uploads.max_chunks == 0 {
+            bail!("upload limits must be positive");
+        }
+        if self.worker.concurrency == 0 || self.worker.max_attempts == 0 {
+            bail!("VTX_WORKER_CONCURRENCY and VTX_MAX_ATTEMPTS must be positive");
+        }
+        Ok(())
+    }
+}
+
+struct Env<'a, F: Fn(&str) -> Option<String>>(&'a F);
+
+impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
+    fn string(&self, key: &str, default: &str) -> String {
+        (self.0)(key)
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| default.to_string())
+    }
+
+    fn parse<T: FromStr>(&self, key: &str, default: T) -> anyhow::Result<T>
+    where
+        T::Err: std::error::Error + Send + Sync + 'static,
+    {
+        match (self.0)(key).filter(|s| !s.is_empty()) {
+            Some(v) => v
+                .parse()
+                .with_context(|| format!("{key}={v:?} is not valid")),
+            None => Ok(default),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_local_setup() {
+        let cfg = Config::from_lookup(|_| None).unwrap();
+        assert_eq!(cfg.http_addr.port(), 8080);
+        assert_eq!(cfg.s3.bucket, "vtx");
+        assert_eq!(cfg.queue_prefix, "vtx");
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let cfg = Config::from_lookup(|k| {
+            (k == "VTX_DATABASE_URL").then(|| "postgres://u:hunter2@h/db".to_string())
+        })
+        .unwrap();
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains("hunter2"));
+        assert!(!dbg.contains("vtx-local-secret"));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_variable_name() {
+        let err =
+            Config::from_lookup(|k| (k == "VTX_MAX_ATTEMPTS").then(|| "lots".into())).unwrap_err();
+        assert!(err.to_string().contains("VTX_MAX_ATTEMPTS"));
+        assert!(Config::from_lookup(|k| (k == "VTX_QUEUE_PREFIX").then(|| "a b".into())).is_err());
+    }
+}

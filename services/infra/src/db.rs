@@ -1,0 +1,484 @@
+//! PostgreSQL: the durable truth. Every state change is a guarded `UPDATE` whose `WHERE` clause
+//! comes from the domain's transition rules, so concurrent or duplicate handlers cannot move a
+//! row backwards.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{FromRow, PgConnection, Postgres, Transaction};
+use uuid::Uuid;
+use vtx_domain::{ErrorCode, JobId, JobState, Task, UploadId, UploadState, VideoId, VideoState};
+
+use crate::config::Config;
+use crate::outbox;
+
+/// Migrations under the repository's `migrations/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+pub async fn connect(cfg: &Config) -> anyhow::Result<PgPool> {
+    let pool = PgPoolOptions::new()
+        .max_connections(cfg.database_max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect(cfg.database_url.expose())
+        .await?;
+    Ok(pool)
+}
+
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Uploads and chunks
+
+#[derive(Clone, Debug, FromRow, Serialize)]
+pub struct UploadRow {
+    pub id: Uuid,
+    pub state: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl UploadRow {
+    pub fn state(&self) -> UploadState {
+        self.state
+            .parse()
+            .expect("CHECK constraint keeps states valid")
+    }
+}
+
+#[derive(Clone, Debug, FromRow, Serialize)]
+pub struct ChunkRow {
+    pub idx: i32,
+    pub size_bytes: i64,
+    pub sha256: String,
+    #[serde(skip)]
+    pub object_key: String,
+}
+
+pub async fn create_upload(
+    pool: &PgPool,
+    id: UploadId,
+    expires_at: DateTime<Utc>,
+) -> sqlx::Result<UploadRow> {
+    sqlx::query_as(
+        "INSERT INTO uploads (id, expires_at) VALUES ($1, $2)
+         RETURNING id, state, created_at, expires_at, completed_at",
+    )
+    .bind(id.as_uuid())
+    .bind(expires_at)
+    .fetch_one(pool)
+    .await
+}
+
+pub async fn get_upload(pool: &PgPool, id: UploadId) -> sqlx::Result<Option<UploadRow>> {
+    sqlx::query_as(
+        "SELECT id, state, created_at, expires_at, completed_at FROM uploads WHERE id = $1",
+    )
+    .bind(id.as_uuid())
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn list_chunks(conn: &mut PgConnection, id: UploadId) -> sqlx::Result<Vec<ChunkRow>> {
+    sqlx::query_as(
+        "SELECT idx, size_bytes, sha256, object_key FROM upload_chunks
+         WHERE upload_id = $1 ORDER BY idx",
+    )
+    .bind(id.as_uuid())
+    .fetch_all(conn)
+    .await
+}
+
+pub async fn get_chunk(pool: &PgPool, id: UploadId, idx: u32) -> sqlx::Result<Option<ChunkRow>> {
+    sqlx::query_as(
+        "SELECT idx, size_bytes, sha256, object_key FROM upload_chunks
+         WHERE upload_id = $1 AND idx = $2",
+    )
+    .bind(id.as_uuid())
+    .bind(idx as i32)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Bytes stored so far for an upload.
+pub async fn upload_bytes(pool: &PgPool, id: UploadId) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT COALESCE(SUM(size_bytes), 0)::bigint FROM upload_chunks WHERE upload_id = $1",
+    )
+    .bind(id.as_uuid())
+    .fetch_one(pool)
+    .await
+}
+
+pub enum ChunkInsert {
+    Stored,
+    /// The index was already stored; here is what it holds.
+    Existing(ChunkRow),
+}
+
+/// Records a chunk unless its index is already taken (first writer wins), and only while the
+/// upload is open.
+pub async fn insert_chunk(
+    pool: &PgPool,
+    id: UploadId,
+    idx: u32,
+    size_bytes: u64,
+    sha256: &str,
+    object_key: &str,
+) -> sqlx::Result<Option<ChunkInsert>> {
+    let mut tx = pool.begin().await?;
+    let open: Option<(String,)> =
+        sqlx::query_as("SELECT state FROM uploads WHERE id = $1 FOR SHARE")
+            .bind(id.as_uuid())
+            .fetch_optional(&mut *tx)
+            .await?;
+    if open.is_none_or(|(s,)| s != UploadState::Open.as_str()) {
+        return Ok(None);
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO upload_chunks (upload_id, idx, size_bytes, sha256, object_key)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (upload_id, idx) DO NOTHING",
+    )
+    .bind(id.as_uuid())
+    .bind(idx as i32)
+    .bind(size_bytes as i64)
+    .bind(sha256)
+    .bind(object_key)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let result = if inserted == 1 {
+        ChunkInsert::Stored
+    } else {
+        let row: ChunkRow = sqlx::query_as(
+            "SELECT idx, size_bytes, sha256, object_key FROM upload_chunks
+             WHERE upload_id = $1 AND idx = $2",
+        )
+        .bind(id.as_uuid())
+        .bind(idx as i32)
+        .fetch_one(&mut *tx)
+        .await?;
+        ChunkInsert::Existing(row)
+    };
+    tx.commit().await?;
+    Ok(Some(result))
+}
+
+/// Locks an upload row for the rest of the transaction (completion runs once at a time).
+pub async fn lock_upload(
+    tx: &mut Transaction<'static, Postgres>,
+    id: UploadId,
+) -> sqlx::Result<Option<UploadRow>> {
+    sqlx::query_as(
+        "SELECT id, state, created_at, expires_at, completed_at FROM uploads WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id.as_uuid())
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+pub async fn video_for_upload(
+    conn: &mut PgConnection,
+    id: UploadId,
+) -> sqlx::Result<Option<(VideoId, JobId)>> {
+    let row: Option<(Uuid, Uuid)> = sqlx::query_as(
+        "SELECT v.id, j.id FROM videos v JOIN jobs j ON j.video_id = v.id
+         WHERE v.upload_id = $1 ORDER BY j.created_at LIMIT 1",
+    )
+    .bind(id.as_uuid())
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|(v, j)| (VideoId::from_uuid(v), JobId::from_uuid(j))))
+}
+
+/// In one transaction: the upload completes, its video and first job exist, and the job's
+/// announcement waits in the outbox.
+pub async fn complete_upload(
+    tx: &mut Transaction<'static, Postgres>,
+    upload: UploadId,
+    video: VideoId,
+    job: JobId,
+    source_key: &str,
+    source_bytes: u64,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE uploads SET state = $2, completed_at = now() WHERE id = $1")
+        .bind(upload.as_uuid())
+        .bind(UploadState::Completed.as_str())
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO videos (id, upload_id, state, source_key, source_bytes) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(video.as_uuid())
+    .bind(upload.as_uuid())
+    .bind(VideoState::Processing.as_str())
+    .bind(source_key)
+    .bind(source_bytes as i64)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("INSERT INTO jobs (id, video_id, state) VALUES ($1, $2, $3)")
+        .bind(job.as_uuid())
+        .bind(video.as_uuid())
+        .bind(JobState::Queued.as_str())
+        .execute(&mut **tx)
+        .await?;
+    outbox::enqueue(tx, &Task::JobCreated { job_id: job }).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jobs
+
+#[derive(Clone, Debug, FromRow, Serialize)]
+pub struct JobRow {
+    pub id: Uuid,
+    pub video_id: Uuid,
+    pub state: String,
+    pub attempts: i32,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub scheduled_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+pub async fn get_job(pool: &PgPool, id: JobId) -> sqlx::Result<Option<JobRow>> {
+    sqlx::query_as(
+        "SELECT id, video_id, state, attempts, error_code, error_message, created_at,
+                scheduled_at, started_at, finished_at
+         FROM jobs WHERE id = $1",
+    )
+    .bind(id.as_uuid())
+    .fetch_optional(pool)
+    .await
+}
+
+/// Moves a queued job to scheduled and queues its transcode task, in one transaction.
+/// Returns false when the job was not queued (a duplicate delivery).
+pub async fn schedule_job(pool: &PgPool, id: JobId) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let moved = sqlx::query(
+        "UPDATE jobs SET state = $2, scheduled_at = now(), updated_at = now()
+         WHERE id = $1 AND state = ANY($3)",
+    )
+    .bind(id.as_uuid())
+    .bind(JobState::Scheduled.as_str())
+    .bind(JobState::predecessors_of(JobState::Scheduled))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if moved == 1 {
+        outbox::enqueue(&mut tx, &Task::Transcode { job_id: id }).await?;
+    }
+    tx.commit().await?;
+    Ok(moved == 1)
+}
+
+/// What a worker needs to run a claimed job.
+#[derive(Clone, Debug, FromRow)]
+pub struct ClaimedJob {
+    pub video_id: Uuid,
+    pub attempts: i32,
+    pub source_key: String,
+}
+
+/// Marks a job running and counts the attempt. `None` when the job is already finished, so a
+/// redelivered task is dropped.
+pub async fn claim_job(pool: &PgPool, id: JobId) -> sqlx::Result<Option<ClaimedJob>> {
+    sqlx::query_as(
+        "UPDATE jobs j SET state = $2, attempts = j.attempts + 1, started_at = now(), updated_at = now()
+         FROM videos v
+         WHERE j.id = $1 AND v.id = j.video_id AND j.state = ANY($3)
+         RETURNING j.video_id, j.attempts, v.source_key",
+    )
+    .bind(id.as_uuid())
+    .bind(JobState::Running.as_str())
+    .bind(JobState::predecessors_of(JobState::Running))
+    .fetch_optional(pool)
+    .await
+}
+
+/// A finished rendition, ready to be recorded.
+#[derive(Clone, Debug)]
+pub struct NewRendition {
+    pub name: String,
+    pub object_key: String,
+    pub width: u32,
+    pub height: u32,
+    pub frames: u64,
+    pub duration_ms: u64,
+    pub size_bytes: u64,
+    pub bitrate: u64,
+}
+
+/// What the source turned out to be.
+#[derive(Clone, Debug)]
+pub struct SourceFacts {
+    pub width: u32,
+    pub height: u32,
+    pub frames: u64,
+    pub duration_ms: u64,
+}
+
+/// In one transaction: renditions recorded, the video ready, the job succeeded. Returns false
+/// (and changes nothing) when the job was no longer running.
+pub async fn finish_job(
+    pool: &PgPool,
+    job: JobId,
+    video: VideoId,
+    source: &SourceFacts,
+    renditions: &[NewRendition],
+) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let moved = sqlx::query(
+        "UPDATE jobs SET state = $2, finished_at = now(), updated_at = now()
+         WHERE id = $1 AND state = ANY($3)",
+    )
+    .bind(job.as_uuid())
+    .bind(JobState::Succeeded.as_str())
+    .bind(JobState::predecessors_of(JobState::Succeeded))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if moved == 0 {
+        return Ok(false);
+    }
+    for r in renditions {
+        sqlx::query(
+            "INSERT INTO renditions (video_id, job_id, name, container, object_key, width, height,
+                                     frames, duration_ms, size_bytes, bitrate)
+             VALUES ($1, $2, $3, 'mp4', $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(video.as_uuid())
+        .bind(job.as_uuid())
+        .bind(&r.name)
+        .bind(&r.object_key)
+        .bind(r.width as i32)
+        .bind(r.height as i32)
+        .bind(r.frames as i64)
+        .bind(r.duration_ms as i64)
+        .bind(r.size_bytes as i64)
+        .bind(r.bitrate as i64)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "UPDATE videos SET state = $2, width = $3, height = $4, frames = $5, duration_ms = $6,
+                           updated_at = now()
+         WHERE id = $1 AND state = 'processing'",
+    )
+    .bind(video.as_uuid())
+    .bind(VideoState::Ready.as_str())
+    .bind(source.width as i32)
+    .bind(source.height as i32)
+    .bind(source.frames as i64)
+    .bind(source.duration_ms as i64)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Fails a job and its video with a stable code. No-op on a job that already finished.
+pub async fn fail_job(
+    pool: &PgPool,
+    job: JobId,
+    code: ErrorCode,
+    message: &str,
+) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let video: Option<(Uuid,)> = sqlx::query_as(
+        "UPDATE jobs SET state = $2, error_code = $3, error_message = $4, finished_at = now(),
+                         updated_at = now()
+         WHERE id = $1 AND state = ANY($5) RETURNING video_id",
+    )
+    .bind(job.as_uuid())
+    .bind(JobState::Failed.as_str())
+    .bind(code.as_str())
+    .bind(message)
+    .bind(JobState::predecessors_of(JobState::Failed))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((video_id,)) = video else {
+        return Ok(false);
+    };
+    sqlx::query(
+        "UPDATE videos SET state = $2, error_code = $3, error_message = $4, updated_at = now()
+         WHERE id = $1 AND state = 'processing'",
+    )
+    .bind(video_id)
+    .bind(VideoState::Failed.as_str())
+    .bind(code.as_str())
+    .bind(message)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Videos
+
+#[derive(Clone, Debug, FromRow, Serialize)]
+pub struct VideoRow {
+    pub id: Uuid,
+    pub state: String,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+    pub frames: Option<i64>,
+    pub duration_ms: Option<i64>,
+    pub source_bytes: i64,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, FromRow, Serialize)]
+pub struct RenditionRow {
+    pub name: String,
+    pub container: String,
+    pub object_key: String,
+    pub width: i32,
+    pub height: i32,
+    pub frames: i64,
+    pub duration_ms: i64,
+    pub size_bytes: i64,
+    pub bitrate: i64,
+}
+
+pub async fn get_video(pool: &PgPool, id: VideoId) -> sqlx::Result<Option<VideoRow>> {
+    sqlx::query_as(
+        "SELECT id, state, width, height, frames, duration_ms, source_bytes, error_code,
+                error_message, created_at, updated_at
+         FROM videos WHERE id = $1",
+    )
+    .bind(id.as_uuid())
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn renditions(pool: &PgPool, id: VideoId) -> sqlx::Result<Vec<RenditionRow>> {
+    sqlx::query_as(
+        "SELECT name, container, object_key, width, height, frames, duration_ms, size_bytes, bitrate
+         FROM renditions WHERE video_id = $1 ORDER BY height, width",
+    )
+    .bind(id.as_uuid())
+    .fetch_all(pool)
+    .await
+}
+
+/// Jobs of a video, newest first.
+pub async fn jobs_of_video(pool: &PgPool, id: VideoId) -> sqlx::Result<Vec<JobRow>> {
+    sqlx::query_as(
+        "SELECT id, video_id, state, attempts, error_code, error_message, created_at,
+                scheduled_at, started_at, finished_at
+         FROM jobs WHERE video_id = $1 ORDER BY created_at DESC",
+    )
+    .bind(id.as_uuid())
+    .fetch_all(pool)
+    .await
+}
