@@ -395,8 +395,15 @@ pub async fn complete(
         .concat(&keys, &source, "application/octet-stream")
         .await
         .map_err(ApiError::storage)?;
-    db::complete_upload(&mut tx, id, video, job, &source, bytes).await?;
-    tx.commit().await?;
+    let committed = match db::complete_upload(&mut tx, id, video, job, &source, bytes).await {
+        Ok(()) => tx.commit().await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = committed {
+        // Nothing refers to the assembled source: remove it, the client may complete again.
+        discard(&state, &source).await;
+        return Err(e.into());
+    }
     tracing::info!(upload_id = %id, video_id = %video, job_id = %job, bytes, "upload completed");
 
     // The source now holds every byte; the chunk objects are no longer needed.
