@@ -34,11 +34,19 @@ async fn three_chunks_out_of_order_become_a_playable_video_with_every_frame(pool
 
     let up = app.client.create_upload().await.unwrap();
     for i in [2usize, 0, 1] {
-        let (status, _) = app.client.put_chunk(up.id, i as u32, chunks[i].clone()).await.unwrap();
+        let (status, _) = app
+            .client
+            .put_chunk(up.id, i as u32, chunks[i].clone())
+            .await
+            .unwrap();
         assert_eq!(status, StatusCode::CREATED);
     }
     // A retry of a stored chunk is accepted once more and stored once.
-    let (status, _) = app.client.put_chunk(up.id, 1, chunks[1].clone()).await.unwrap();
+    let (status, _) = app
+        .client
+        .put_chunk(up.id, 1, chunks[1].clone())
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::OK);
     let view = app.client.upload(up.id).await.unwrap();
     assert_eq!(view.chunks.len(), 3);
@@ -47,9 +55,17 @@ async fn three_chunks_out_of_order_become_a_playable_video_with_every_frame(pool
     let done = app.client.complete(up.id, Some(3)).await.unwrap();
     assert_eq!(done.source_bytes, data.len() as u64);
     let again = app.client.complete(up.id, Some(3)).await.unwrap();
-    assert_eq!((again.video_id, again.job_id), (done.video_id, done.job_id), "completion is idempotent");
+    assert_eq!(
+        (again.video_id, again.job_id),
+        (done.video_id, done.job_id),
+        "completion is idempotent"
+    );
 
-    let video = app.client.wait_for_video(done.video_id, READY_WITHIN).await.unwrap();
+    let video = app
+        .client
+        .wait_for_video(done.video_id, READY_WITHIN)
+        .await
+        .unwrap();
     assert_eq!(video.state, "ready", "{video:?}");
     assert_eq!(video.frames, Some(source.video.frames));
     let playback = video.playback.expect("ready video has playback");
@@ -60,7 +76,11 @@ async fn three_chunks_out_of_order_become_a_playable_video_with_every_frame(pool
         let path = dir.path().join(format!("{}.mp4", r.name));
         app.client.download(&r.url, &path).await.unwrap();
         let got = probe(&path, &Limits::default(), Deadline::none()).unwrap();
-        assert_eq!(got.video.frames, source.video.frames, "{}: frame count", r.name);
+        assert_eq!(
+            got.video.frames, source.video.frames,
+            "{}: frame count",
+            r.name
+        );
         assert_eq!(got.video.codec, "h264");
         assert_eq!((got.video.width, got.video.height), (r.width, r.height));
         assert!((got.video.duration_seconds - source.video.duration_seconds).abs() < 0.04);
@@ -69,7 +89,14 @@ async fn three_chunks_out_of_order_become_a_playable_video_with_every_frame(pool
 
     // Range requests work, so players can seek.
     let url = &playback.mp4[0].url;
-    let resp = app.client.http().get(url).header("Range", "bytes=0-99").send().await.unwrap();
+    let resp = app
+        .client
+        .http()
+        .get(url)
+        .header("Range", "bytes=0-99")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(resp.bytes().await.unwrap().len(), 100);
 
@@ -78,11 +105,22 @@ async fn three_chunks_out_of_order_become_a_playable_video_with_every_frame(pool
     assert_eq!(job.attempts, 1);
 
     // A duplicate delivery of the finished task is acknowledged and changes nothing.
-    let outcome = app.worker.handle(Task::Transcode { job_id: done.job_id }).await;
+    let outcome = app
+        .worker
+        .handle(Task::Transcode {
+            job_id: done.job_id,
+        })
+        .await;
     assert_eq!(outcome, Outcome::Ack);
     let after = app.client.video(done.video_id).await.unwrap();
     assert_eq!(
-        after.playback.unwrap().mp4.iter().map(|r| &r.url).collect::<Vec<_>>(),
+        after
+            .playback
+            .unwrap()
+            .mp4
+            .iter()
+            .map(|r| &r.url)
+            .collect::<Vec<_>>(),
         playback.mp4.iter().map(|r| &r.url).collect::<Vec<_>>()
     );
     assert_eq!(app.client.job(done.job_id).await.unwrap().attempts, 1);
@@ -93,11 +131,20 @@ async fn three_chunks_out_of_order_become_a_playable_video_with_every_frame(pool
 async fn a_non_video_upload_ends_as_a_failed_job_with_a_clear_code(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let up = app.client.create_upload().await.unwrap();
-    let junk: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    app.client.put_chunk(up.id, 0, Bytes::from(junk)).await.unwrap();
+    let junk: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    app.client
+        .put_chunk(up.id, 0, Bytes::from(junk))
+        .await
+        .unwrap();
     let done = app.client.complete(up.id, None).await.unwrap();
 
-    let video = app.client.wait_for_video(done.video_id, READY_WITHIN).await.unwrap();
+    let video = app
+        .client
+        .wait_for_video(done.video_id, READY_WITHIN)
+        .await
+        .unwrap();
     assert_eq!(video.state, "failed");
     assert_eq!(video.error.as_ref().unwrap().code, "not-a-video");
     assert!(video.playback.is_none());
@@ -115,44 +162,83 @@ async fn chunks_are_checked_and_stored_once(pool: PgPool) {
     let up = c.create_upload().await.unwrap();
 
     // Same index, different bytes: refused, and the first bytes stay.
-    c.put_chunk(up.id, 0, Bytes::from_static(b"first bytes")).await.unwrap();
-    let err = failure(c.put_chunk(up.id, 0, Bytes::from_static(b"other bytes")).await.unwrap_err());
-    assert_eq!((err.status, err.code.as_str()), (StatusCode::CONFLICT, "chunk-conflict"));
+    c.put_chunk(up.id, 0, Bytes::from_static(b"first bytes"))
+        .await
+        .unwrap();
+    let err = failure(
+        c.put_chunk(up.id, 0, Bytes::from_static(b"other bytes"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (err.status, err.code.as_str()),
+        (StatusCode::CONFLICT, "chunk-conflict")
+    );
     // The same conflict is found even without a checksum header (after streaming the body).
     let err = failure(
-        c.put_chunk_with_sha(up.id, 0, Bytes::from_static(b"other bytes"), None).await.unwrap_err(),
+        c.put_chunk_with_sha(up.id, 0, Bytes::from_static(b"other bytes"), None)
+            .await
+            .unwrap_err(),
     );
     assert_eq!(err.code, "chunk-conflict");
 
     // A body that does not match its checksum is refused and not stored.
     let wrong = "0".repeat(64);
     let err = failure(
-        c.put_chunk_with_sha(up.id, 1, Bytes::from_static(b"payload"), Some(&wrong)).await.unwrap_err(),
+        c.put_chunk_with_sha(up.id, 1, Bytes::from_static(b"payload"), Some(&wrong))
+            .await
+            .unwrap_err(),
     );
-    assert_eq!((err.status, err.code.as_str()), (StatusCode::BAD_REQUEST, "checksum-mismatch"));
+    assert_eq!(
+        (err.status, err.code.as_str()),
+        (StatusCode::BAD_REQUEST, "checksum-mismatch")
+    );
     let view = c.upload(up.id).await.unwrap();
-    assert_eq!(view.chunks.iter().map(|ch| ch.index).collect::<Vec<_>>(), vec![0]);
+    assert_eq!(
+        view.chunks.iter().map(|ch| ch.index).collect::<Vec<_>>(),
+        vec![0]
+    );
     assert_eq!(view.chunks[0].size_bytes, b"first bytes".len() as u64);
 
     // Completing with a gap is refused with the missing indices.
-    c.put_chunk(up.id, 2, Bytes::from_static(b"third")).await.unwrap();
+    c.put_chunk(up.id, 2, Bytes::from_static(b"third"))
+        .await
+        .unwrap();
     let err = failure(c.complete(up.id, Some(3)).await.unwrap_err());
-    assert_eq!((err.status, err.code.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "missing-chunks"));
+    assert_eq!(
+        (err.status, err.code.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "missing-chunks")
+    );
     assert!(err.message.contains("[1]"), "{}", err.message);
 
     // Limits and unknown ids.
-    let err = failure(c.put_chunk(up.id, 1_000_000, Bytes::from_static(b"x")).await.unwrap_err());
+    let err = failure(
+        c.put_chunk(up.id, 1_000_000, Bytes::from_static(b"x"))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(err.code, "invalid-chunk-index");
     let big = Bytes::from(vec![0u8; (app.cfg.uploads.max_chunk_bytes + 1) as usize]);
     let err = failure(c.put_chunk(up.id, 1, big).await.unwrap_err());
-    assert_eq!((err.status, err.code.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "chunk-too-large"));
+    assert_eq!(
+        (err.status, err.code.as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "chunk-too-large")
+    );
     let err = failure(c.upload(vtx_domain::UploadId::new()).await.unwrap_err());
-    assert_eq!((err.status, err.code.as_str()), (StatusCode::NOT_FOUND, "upload-not-found"));
+    assert_eq!(
+        (err.status, err.code.as_str()),
+        (StatusCode::NOT_FOUND, "upload-not-found")
+    );
     let err = failure(c.video(vtx_domain::VideoId::new()).await.unwrap_err());
     assert_eq!(err.code, "video-not-found");
 
     // Only rendition objects are served.
-    let resp = c.http().get(format!("{}/v1/media/sources/x/source", c.base())).send().await.unwrap();
+    let resp = c
+        .http()
+        .get(format!("{}/v1/media/sources/x/source", c.base()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     app.stop().await;
 }
@@ -160,13 +246,25 @@ async fn chunks_are_checked_and_stored_once(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn readiness_checks_every_dependency(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let resp = app.client.http().get(format!("{}/readyz", app.client.base())).send().await.unwrap();
+    let resp = app
+        .client
+        .http()
+        .get(format!("{}/readyz", app.client.base()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["checks"]["postgres"], "ok");
     assert_eq!(body["checks"]["rabbitmq"], "ok");
     assert_eq!(body["checks"]["s3"], "ok");
-    let health = app.client.http().get(format!("{}/healthz", app.client.base())).send().await.unwrap();
+    let health = app
+        .client
+        .http()
+        .get(format!("{}/healthz", app.client.base()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     app.stop().await;
 }

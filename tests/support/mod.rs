@@ -51,25 +51,49 @@ impl TestApp {
         .expect("test configuration");
 
         let store = ObjectStore::new(&cfg.s3);
-        store.ensure_bucket().await.expect("S3 server up (run deploy/local/setup.sh)");
+        store
+            .ensure_bucket()
+            .await
+            .expect("S3 server up (run deploy/local/setup.sh)");
         let broker = BrokerClient::new(cfg.amqp_url.clone(), cfg.queue_prefix.clone());
-        broker.check().await.expect("RabbitMQ up (run deploy/local/setup.sh)");
+        broker
+            .check()
+            .await
+            .expect("RabbitMQ up (run deploy/local/setup.sh)");
         let worker = Worker::new(pool.clone(), store.clone(), cfg.worker.clone());
 
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        tasks.spawn(outbox::run_relay(pool.clone(), broker.clone(), shutdown.clone()));
-        tasks.spawn(vtx_scheduler::run(pool.clone(), broker.clone(), shutdown.clone()));
+        tasks.spawn(outbox::run_relay(
+            pool.clone(),
+            broker.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(vtx_scheduler::run(
+            pool.clone(),
+            broker.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(worker.clone().run(broker.clone(), shutdown.clone()));
-        let gateway = vtx_gateway::Gateway::build(&cfg, pool.clone(), store.clone(), broker.clone())
-            .await
-            .expect("gateway binds");
+        let gateway =
+            vtx_gateway::Gateway::build(&cfg, pool.clone(), store.clone(), broker.clone())
+                .await
+                .expect("gateway binds");
         let client = Client::new(gateway.public_url());
         let token = shutdown.clone();
         tasks.spawn(async move {
             gateway.run_until(token).await.expect("gateway runs");
         });
-        TestApp { client, pool, store, broker, worker, cfg, shutdown, tasks }
+        TestApp {
+            client,
+            pool,
+            store,
+            broker,
+            worker,
+            cfg,
+            shutdown,
+            tasks,
+        }
     }
 
     /// Stops the services and deletes this test's queues.

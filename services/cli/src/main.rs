@@ -49,6 +49,28 @@ enum Command {
         #[arg(long, env = "VTX_URL", default_value = "http://127.0.0.1:8080")]
         url: String,
     },
+    /// Transcode a file on this machine (no database, broker or S3): split, parallel slice
+    /// encodes, merge into MP4 + HLS, cover and manifest.json in OUT.
+    Transcode {
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// fast (x264 veryfast), high (x264 slow) or extreme (x265 slow + SVT-AV1).
+        #[arg(long, default_value = "fast")]
+        tier: vtx_media::Tier,
+        /// Target slice length in seconds; 0 encodes the video as one slice.
+        #[arg(long, default_value_t = 10.0)]
+        slice_seconds: f64,
+        /// Slices encoded at once (default: one per core).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// PNG drawn in the top-right corner of every rendition.
+        #[arg(long)]
+        watermark: Option<PathBuf>,
+        /// Skip PSNR/SSIM measurement.
+        #[arg(long)]
+        no_quality: bool,
+    },
     /// Show a video's (or a job's) state and, once ready, its playback URLs.
     Status {
         id: String,
@@ -72,6 +94,23 @@ async fn main() -> anyhow::Result<()> {
             url,
         } => upload(file, chunk_size, wait, url).await,
         Command::Status { id, wait, url } => status(id, wait, url).await,
+        Command::Transcode {
+            input,
+            out,
+            tier,
+            slice_seconds,
+            jobs,
+            watermark,
+            no_quality,
+        } => {
+            let mut req = vtx_media::PipelineRequest::new(input, out);
+            req.tier = tier;
+            req.slice_seconds = slice_seconds;
+            req.jobs = jobs.unwrap_or(req.jobs);
+            req.watermark = watermark;
+            req.quality = !no_quality;
+            tokio::task::spawn_blocking(move || transcode_local(req)).await?
+        }
         server => serve(server).await,
     }
 }
@@ -103,7 +142,9 @@ async fn serve(command: Command) -> anyhow::Result<()> {
             store.ensure_bucket().await.context("creating the bucket")?;
             (true, true, true)
         }
-        Command::Upload { .. } | Command::Status { .. } => unreachable!("client commands"),
+        Command::Upload { .. } | Command::Status { .. } | Command::Transcode { .. } => {
+            unreachable!("client commands")
+        }
     };
     if gateway || scheduler {
         // Whoever writes the outbox relays it.
@@ -155,6 +196,64 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Runs the media pipeline locally with a progress line on the terminal.
+fn transcode_local(mut req: vtx_media::PipelineRequest) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal();
+    let last_stage = std::sync::Mutex::new(None);
+    let started = std::time::Instant::now();
+    req.progress = Some(std::sync::Arc::new(move |p: vtx_media::Progress| {
+        let mut last = last_stage.lock().expect("lock");
+        let new_stage = *last != Some(p.stage);
+        if tty {
+            let pct = if p.total > 0 {
+                p.done as f64 * 100.0 / p.total as f64
+            } else {
+                0.0
+            };
+            eprint!(
+                "\r{:>8?} {:>5.1}% ({}/{})   ",
+                p.stage,
+                pct.min(100.0),
+                p.done,
+                p.total
+            );
+            if p.stage == vtx_media::Stage::Done {
+                eprintln!();
+            }
+        } else if new_stage {
+            eprintln!("{:?}", p.stage);
+        }
+        *last = Some(p.stage);
+    }));
+    let out = req.out_dir.clone();
+    let m = vtx_media::run_pipeline(&req)?;
+    eprintln!(
+        "{} slices, {} renditions in {:.1} s -> {}",
+        m.slices,
+        m.renditions.len(),
+        started.elapsed().as_secs_f64(),
+        out.join("manifest.json").display()
+    );
+    println!(
+        "{:<12} {:>9} {:>7} {:>10} {:>8} {:>8} {:>12}",
+        "rendition", "size", "frames", "kbit/s", "PSNR", "SSIM", "prefetch 3s"
+    );
+    for r in &m.renditions {
+        println!(
+            "{:<12} {:>9} {:>7} {:>10} {:>8} {:>8} {:>12}",
+            r.name,
+            format!("{}x{}", r.width, r.height),
+            r.frames,
+            r.bitrate / 1000,
+            r.psnr.map_or("-".into(), |v| format!("{v:.2}")),
+            r.ssim.map_or("-".into(), |v| format!("{v:.4}")),
+            r.prefetch_bytes_3s
+        );
+    }
+    Ok(())
 }
 
 async fn upload(file: PathBuf, chunk_size: u64, wait: bool, url: String) -> anyhow::Result<()> {

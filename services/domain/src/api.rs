@@ -75,6 +75,12 @@ pub struct JobView {
 pub struct RenditionView {
     pub name: String,
     pub container: String,
+    /// "h264", "hevc" or "av1".
+    pub codec: String,
+    /// RFC 6381, e.g. "avc1.64001F".
+    pub codec_string: Option<String>,
+    /// Bytes of this MP4 a player needs for its first 3 seconds (for autoplay prefetch).
+    pub prefetch_bytes_3s: Option<u64>,
     pub width: u32,
     pub height: u32,
     pub frames: u64,
@@ -86,8 +92,11 @@ pub struct RenditionView {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Playback {
+    /// HLS master playlist listing every rendition.
+    pub hls: Option<String>,
     /// Smallest first.
     pub mp4: Vec<RenditionView>,
+    pub cover: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

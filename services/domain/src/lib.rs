@@ -9,10 +9,12 @@ pub mod error_code;
 pub mod ids;
 pub mod ladder;
 pub mod messages;
+pub mod slicing;
 pub mod state;
 
 pub use error_code::ErrorCode;
 pub use ids::{ChunkIndex, JobId, UploadId, VideoId};
 pub use ladder::{Rung, plan_ladder};
 pub use messages::Task;
+pub use slicing::{SliceWindow, plan_slices};
 pub use state::{JobState, UploadState, VideoState};

@@ -68,6 +68,7 @@ pub async fn serve(
         .header(header::CONTENT_TYPE, content_type)
         .header(header::CONTENT_LENGTH, obj.content_length)
         .header(header::ACCEPT_RANGES, "bytes")
+        // Keys are versioned per job, so an object never changes once written.
         .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable");
     if let Some(cr) = obj
         .content_range

@@ -61,6 +61,9 @@ pub async fn video(
                 url: media_url(&state, &r.object_key),
                 name: r.name,
                 container: r.container,
+                codec: r.codec,
+                codec_string: r.codec_string,
+                prefetch_bytes_3s: r.prefetch_bytes_3s.map(|b| b.max(0) as u64),
                 width: r.width as u32,
                 height: r.height as u32,
                 frames: r.frames as u64,
@@ -69,7 +72,11 @@ pub async fn video(
                 bitrate: r.bitrate as u64,
             })
             .collect();
-        Some(Playback { mp4 })
+        Some(Playback {
+            hls: v.hls_master_key.as_deref().map(|k| media_url(&state, k)),
+            mp4,
+            cover: v.cover_key.as_deref().map(|k| media_url(&state, k)),
+        })
     } else {
         None
     };
@@ -85,7 +92,7 @@ pub async fn video(
         frames: v.frames.map(|x| x as u64),
         duration_ms: v.duration_ms.map(|x| x as u64),
         source_bytes: v.source_bytes as u64,
-        error: error_detail(v.error_code, v.error_message),
+        error: error_detail(v.error_code.clone(), v.error_message.clone()),
         playback,
         job_id,
         created_at: rfc3339(v.created_at),

@@ -305,22 +305,30 @@ pub async fn claim_job(pool: &PgPool, id: JobId) -> sqlx::Result<Option<ClaimedJ
 #[derive(Clone, Debug)]
 pub struct NewRendition {
     pub name: String,
+    pub codec: String,
+    pub codec_string: String,
     pub object_key: String,
+    pub hls_playlist_key: Option<String>,
     pub width: u32,
     pub height: u32,
     pub frames: u64,
     pub duration_ms: u64,
     pub size_bytes: u64,
     pub bitrate: u64,
+    pub prefetch_bytes_3s: u64,
+    pub psnr: Option<f64>,
+    pub ssim: Option<f64>,
 }
 
-/// What the source turned out to be.
+/// What the source turned out to be, and where its playback lives.
 #[derive(Clone, Debug)]
 pub struct SourceFacts {
     pub width: u32,
     pub height: u32,
     pub frames: u64,
     pub duration_ms: u64,
+    pub hls_master_key: Option<String>,
+    pub cover_key: Option<String>,
 }
 
 /// In one transaction: renditions recorded, the video ready, the job succeeded. Returns false
@@ -349,8 +357,9 @@ pub async fn finish_job(
     for r in renditions {
         sqlx::query(
             "INSERT INTO renditions (video_id, job_id, name, container, object_key, width, height,
-                                     frames, duration_ms, size_bytes, bitrate)
-             VALUES ($1, $2, $3, 'mp4', $4, $5, $6, $7, $8, $9, $10)",
+                                     frames, duration_ms, size_bytes, bitrate, codec, codec_string,
+                                     prefetch_bytes_3s, hls_playlist_key, psnr, ssim)
+             VALUES ($1, $2, $3, 'mp4', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(video.as_uuid())
         .bind(job.as_uuid())
@@ -362,12 +371,18 @@ pub async fn finish_job(
         .bind(r.duration_ms as i64)
         .bind(r.size_bytes as i64)
         .bind(r.bitrate as i64)
+        .bind(&r.codec)
+        .bind(&r.codec_string)
+        .bind(r.prefetch_bytes_3s as i64)
+        .bind(&r.hls_playlist_key)
+        .bind(r.psnr)
+        .bind(r.ssim)
         .execute(&mut *tx)
         .await?;
     }
     sqlx::query(
         "UPDATE videos SET state = $2, width = $3, height = $4, frames = $5, duration_ms = $6,
-                           updated_at = now()
+                           hls_master_key = $7, cover_key = $8, updated_at = now()
          WHERE id = $1 AND state = 'processing'",
     )
     .bind(video.as_uuid())
@@ -376,6 +391,8 @@ pub async fn finish_job(
     .bind(source.height as i32)
     .bind(source.frames as i64)
     .bind(source.duration_ms as i64)
+    .bind(&source.hls_master_key)
+    .bind(&source.cover_key)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -433,6 +450,8 @@ pub struct VideoRow {
     pub source_bytes: i64,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
+    pub hls_master_key: Option<String>,
+    pub cover_key: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -441,6 +460,10 @@ pub struct VideoRow {
 pub struct RenditionRow {
     pub name: String,
     pub container: String,
+    pub codec: String,
+    pub codec_string: Option<String>,
+    pub prefetch_bytes_3s: Option<i64>,
+    pub hls_playlist_key: Option<String>,
     pub object_key: String,
     pub width: i32,
     pub height: i32,
@@ -453,7 +476,7 @@ pub struct RenditionRow {
 pub async fn get_video(pool: &PgPool, id: VideoId) -> sqlx::Result<Option<VideoRow>> {
     sqlx::query_as(
         "SELECT id, state, width, height, frames, duration_ms, source_bytes, error_code,
-                error_message, created_at, updated_at
+                error_message, hls_master_key, cover_key, created_at, updated_at
          FROM videos WHERE id = $1",
     )
     .bind(id.as_uuid())
@@ -463,8 +486,9 @@ pub async fn get_video(pool: &PgPool, id: VideoId) -> sqlx::Result<Option<VideoR
 
 pub async fn renditions(pool: &PgPool, id: VideoId) -> sqlx::Result<Vec<RenditionRow>> {
     sqlx::query_as(
-        "SELECT name, container, object_key, width, height, frames, duration_ms, size_bytes, bitrate
-         FROM renditions WHERE video_id = $1 ORDER BY height, width",
+        "SELECT name, container, codec, codec_string, prefetch_bytes_3s, hls_playlist_key,
+                object_key, width, height, frames, duration_ms, size_bytes, bitrate
+         FROM renditions WHERE video_id = $1 ORDER BY codec, height, width",
     )
     .bind(id.as_uuid())
     .fetch_all(pool)

@@ -3,16 +3,37 @@
 //! Every function here blocks and may run for minutes: call it from `spawn_blocking` or a
 //! dedicated thread, and pass a [`Deadline`] so that untrusted input cannot hold a thread forever.
 
+mod audio;
+mod cover;
+mod encoder;
 mod error;
+mod hls;
+mod merge;
+mod pipeline;
 mod probe;
+mod quality;
+mod split;
 mod transcode;
 
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+pub use audio::encode_audio;
+pub use cover::write_cover;
+pub use encoder::{Tier, VideoCodec, codec_string};
 pub use error::MediaError;
-pub use probe::{AudioInfo, Probe, VideoInfo, probe};
-pub use transcode::{Preset, RenditionOutput, RenditionReport, TranscodeRequest, transcode_ladder};
+pub use hls::{Variant, master_playlist, playlist_bitrates};
+pub use merge::{EncodedSlice, MergeReport, MergeRequest, merge_rendition, prefetch_bytes};
+pub use pipeline::{
+    Manifest, ManifestRendition, PipelineRequest, Progress, ProgressFn, Stage, plan_outputs,
+    run_pipeline,
+};
+pub use probe::{AudioInfo, Keyframe, Probe, VideoInfo, probe};
+pub use quality::{Quality, measure};
+pub use split::{SliceFile, split_video};
+pub use transcode::{
+    FrameProgress, RenditionOutput, RenditionReport, TranscodeRequest, Window, transcode_ladder,
+};
 
 /// Limits applied to untrusted input before and while decoding it.
 #[derive(Clone, Debug)]

@@ -21,15 +21,42 @@ pub struct Probe {
 pub struct VideoInfo {
     pub stream_index: usize,
     pub codec: String,
+    pub pixel_format: String,
+    /// Coded size, before rotation.
     pub width: u32,
     pub height: u32,
+    /// Clockwise rotation (0, 90, 180, 270) to apply for display.
+    pub rotation: u32,
+    /// Size as displayed, rotation applied.
+    pub display_width: u32,
+    pub display_height: u32,
+    /// Time base of the stream's timestamps, as (numerator, denominator).
+    pub time_base: (i32, i32),
+    /// Presentation span in the stream's time base: first frame's start, last frame's end.
+    pub start_pts: i64,
+    pub end_pts: i64,
+    /// Frame durations differ (beyond one tick of rounding).
+    pub variable_frame_rate: bool,
+    /// Some frames are stored out of presentation order (B-frames).
+    pub reordered: bool,
     /// Average frame rate (frames per second).
     pub frame_rate: f64,
+    /// The same, exact, as (numerator, denominator).
+    pub frame_rate_q: (i32, i32),
     /// Frames counted from packets: exact for every codec vtx accepts (one frame per packet).
     pub frames: u64,
-    pub keyframes: u64,
     /// From the first frame's start to the last frame's end.
     pub duration_seconds: f64,
+    /// The GOP index: every keyframe, in decode order, read from packets without decoding.
+    pub keyframes: Vec<Keyframe>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Keyframe {
+    pub pts: i64,
+    pub dts: i64,
+    /// Byte offset in the file, when the container knows it.
+    pub pos: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -38,6 +65,8 @@ pub struct AudioInfo {
     pub codec: String,
     pub sample_rate: u32,
     pub channels: u16,
+    /// FFmpeg's name of the channel layout, e.g. "stereo".
+    pub layout: String,
     pub duration_seconds: f64,
 }
 
@@ -98,6 +127,8 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
         .video()
         .map_err(|_| MediaError::UnsupportedCodec(format!("{v_codec_id:?}")))?;
     let (width, height) = (v_dec.width(), v_dec.height());
+    let pixel_format = format!("{:?}", v_dec.format()).to_lowercase();
+    let rotation = display_rotation(&vstream);
     if width == 0 || height == 0 {
         return Err(MediaError::CorruptStream(
             "video stream has no dimensions".into(),
@@ -109,22 +140,32 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
             limits.max_pixels
         )));
     }
-    let frame_rate = rational_to_f64(vstream.avg_frame_rate())
-        .or_else(|| rational_to_f64(vstream.rate()))
-        .unwrap_or(0.0);
+    let frame_rate_q = [vstream.avg_frame_rate(), vstream.rate()]
+        .into_iter()
+        .find(|r| rational_to_f64(*r).is_some_and(|f| (1.0..=240.0).contains(&f)))
+        .unwrap_or(Rational(25, 1));
+    let frame_rate = rational_to_f64(frame_rate_q).unwrap_or(25.0);
 
     let audio = ictx.streams().best(media::Type::Audio).map(|s| {
         let p = s.parameters();
-        let (sample_rate, channels) = codec::context::Context::from_parameters(p.clone())
+        let (sample_rate, channels, layout) = codec::context::Context::from_parameters(p.clone())
             .ok()
             .and_then(|c| c.decoder().audio().ok())
-            .map(|a| (a.rate(), a.channel_layout().channels() as u16))
-            .unwrap_or((0, 0));
+            .map(|a| {
+                let channels = a.channels();
+                let layout = match a.channel_layout().bits() {
+                    0 => ffmpeg_next::ChannelLayout::default(i32::from(channels)),
+                    _ => a.channel_layout(),
+                };
+                (a.rate(), channels, layout_name(layout, channels))
+            })
+            .unwrap_or((0, 0, String::new()));
         AudioInfo {
             stream_index: s.index(),
             codec: format!("{:?}", p.id()).to_lowercase(),
             sample_rate,
             channels,
+            layout,
             duration_seconds: 0.0,
         }
     });
@@ -142,7 +183,10 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
     };
     let mut video_span = Span::new(nominal_frame);
     let mut audio_span = Span::new(0);
-    let (mut frames, mut keyframes) = (0u64, 0u64);
+    let mut frames = 0u64;
+    let mut keyframes = Vec::new();
+    let mut pts_list = Vec::new();
+    let mut reordered = false;
     let mut packet = Packet::empty();
     loop {
         deadline.check()?;
@@ -154,8 +198,18 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
         let idx = packet.stream();
         if idx == v_index {
             frames += 1;
-            if packet.is_key() {
-                keyframes += 1;
+            if let (Some(pts), Some(dts)) = (packet.pts(), packet.dts()) {
+                reordered |= pts != dts && !pts_list.is_empty();
+            }
+            if let Some(pts) = packet.pts().or(packet.dts()) {
+                pts_list.push(pts);
+                if packet.is_key() {
+                    keyframes.push(Keyframe {
+                        pts,
+                        dts: packet.dts().unwrap_or(pts),
+                        pos: u64::try_from(packet.position()).ok(),
+                    });
+                }
             }
             video_span.add(&packet);
             if frames > limits.max_frames {
@@ -173,7 +227,13 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
             "video stream holds no frames".into(),
         ));
     }
+    if keyframes.is_empty() {
+        return Err(MediaError::CorruptStream(
+            "video stream holds no keyframe".into(),
+        ));
+    }
     let video_seconds = video_span.seconds(v_tb);
+    let variable_frame_rate = is_variable_rate(&mut pts_list);
     check_duration(video_seconds, limits)?;
     let audio = audio.map(|mut a| {
         a.duration_seconds = a_tb.map(|tb| audio_span.seconds(tb)).unwrap_or(0.0);
@@ -187,15 +247,74 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
         video: VideoInfo {
             stream_index: v_index,
             codec: format!("{v_codec_id:?}").to_lowercase(),
+            pixel_format,
             width,
             height,
+            rotation,
+            display_width: if rotation % 180 == 90 { height } else { width },
+            display_height: if rotation % 180 == 90 { width } else { height },
+            time_base: (v_tb.numerator(), v_tb.denominator()),
+            start_pts: video_span.start.unwrap_or(0),
+            end_pts: video_span.end.unwrap_or(0),
+            variable_frame_rate,
+            reordered,
             frame_rate,
+            frame_rate_q: (frame_rate_q.numerator(), frame_rate_q.denominator()),
             frames,
-            keyframes,
             duration_seconds: video_seconds,
+            keyframes,
         },
         audio,
     })
+}
+
+/// Clockwise degrees to rotate for display, from the stream's display matrix.
+fn display_rotation(stream: &format::stream::Stream) -> u32 {
+    // Read through FFmpeg directly: ffmpeg-next's side-data iterator panics on types it does not
+    // know, and this runs on untrusted input.
+    let angle = unsafe {
+        let mut size = 0usize;
+        let data = ffmpeg_next::ffi::av_stream_get_side_data(
+            stream.as_ptr(),
+            ffmpeg_next::ffi::AVPacketSideDataType::AV_PKT_DATA_DISPLAYMATRIX,
+            &mut size,
+        );
+        if data.is_null() || size < 9 * 4 {
+            return 0;
+        }
+        ffmpeg_next::ffi::av_display_rotation_get(data as *const i32)
+    };
+    if !angle.is_finite() {
+        return 0;
+    }
+    // The matrix gives counter-clockwise degrees; snap to a quarter turn.
+    let clockwise = (-angle).rem_euclid(360.0);
+    ((clockwise / 90.0).round() as u32 % 4) * 90
+}
+
+/// Whether frame durations vary, from sorted presentation times.
+fn is_variable_rate(pts: &mut [i64]) -> bool {
+    pts.sort_unstable();
+    let deltas: Vec<i64> = pts.windows(2).map(|w| w[1] - w[0]).collect();
+    let (Some(min), Some(max)) = (deltas.iter().min(), deltas.iter().max()) else {
+        return false;
+    };
+    // One tick of slack for rounding, e.g. 29.97 fps in a 1/1000 time base.
+    max - min > 1 + max / 100
+}
+
+fn layout_name(layout: ffmpeg_next::ChannelLayout, channels: u16) -> String {
+    let mut buf = [0u8; 64];
+    let n = unsafe {
+        ffmpeg_next::ffi::av_get_channel_layout_string(
+            buf.as_mut_ptr() as *mut std::ffi::c_char,
+            buf.len() as i32,
+            i32::from(channels),
+            layout.bits(),
+        );
+        buf.iter().position(|&b| b == 0).unwrap_or(0)
+    };
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 fn check_duration(seconds: f64, limits: &Limits) -> Result<(), MediaError> {

@@ -1,54 +1,107 @@
-//! Ladder transcode: the source is decoded once; every decoded frame goes to one scaler and
-//! encoder per rung. Audio is decoded and encoded to AAC once, and the same packets are muxed into
-//! every output. Outputs are MP4 with the index at the front.
+//! Ladder transcode: the input is decoded once; each decoded frame passes one shared post-decode
+//! graph (rotation, watermark) and then every rung's own scaler and encoder. Audio, when asked
+//! for, is decoded and encoded to AAC once and the same packets go into every output.
+//!
+//! The same code encodes a whole source (`window: None`) or one slice of it (the frames whose
+//! presentation time falls inside the window), so a sliced encode and a monolithic one share
+//! every setting.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ffmpeg_next::{
-    Dictionary, Packet, Rational, codec, encoder, filter, format, frame, media, picture,
+    Packet, Rational, Rescale, codec, encoder, filter, format, frame, media, picture,
     software::scaling, threading,
 };
 use serde::{Deserialize, Serialize};
 use vtx_domain::Rung;
 
-use crate::probe::rational_to_f64;
+use crate::audio::AudioPipe;
+use crate::encoder::{Tier, VideoCodec, codec_string, encoder_options};
+use crate::probe::{open_input, rational_to_f64};
 use crate::{Deadline, MediaError};
-
-/// Encoder effort. More tiers (high, extreme) come with the media engine issue.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Preset {
-    /// x264 veryfast: publish quickly.
-    Fast,
-}
-
-impl Preset {
-    fn x264_preset(self) -> &'static str {
-        match self {
-            Preset::Fast => "veryfast",
-        }
-    }
-}
 
 #[derive(Clone, Debug)]
 pub struct RenditionOutput {
     pub rung: Rung,
+    pub codec: VideoCodec,
     pub path: PathBuf,
 }
 
-#[derive(Clone, Debug)]
+/// A presentation-time window `[start, end)` in `time_base` units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Window {
+    pub start: i64,
+    pub end: i64,
+    pub time_base: (i32, i32),
+}
+
+/// Frames encoded so far, for progress reports.
+pub type FrameProgress = Arc<dyn Fn(u64) + Send + Sync>;
+
+#[derive(Clone)]
 pub struct TranscodeRequest {
     pub input: PathBuf,
+    /// Only frames presented inside the window are encoded, with timestamps counted from its
+    /// start. `None`: every frame, counted from the first.
+    pub window: Option<Window>,
     pub outputs: Vec<RenditionOutput>,
-    pub preset: Preset,
-    /// Keyframe interval; the same on every rung so that renditions stay switchable.
+    pub tier: Tier,
+    /// Keyframe interval; the same on every rung and slice so that renditions stay switchable.
     pub gop_seconds: f64,
+    /// The source's frame rate; `None` reads it from the input.
+    pub frame_rate: Option<(i32, i32)>,
+    /// Keep the input's own timestamps (variable frame rate) instead of a 1/fps clock.
+    pub variable_frame_rate: bool,
+    /// Clockwise quarter turns to apply, in degrees (slices carry no display matrix).
+    pub rotation: u32,
+    pub watermark: Option<PathBuf>,
+    /// Mux the input's audio (as AAC) into every output.
+    pub audio: bool,
+    /// Encoder and decoder threads; `None` lets FFmpeg choose.
+    pub threads: Option<usize>,
     pub deadline: Deadline,
+    pub progress: Option<FrameProgress>,
+}
+
+impl std::fmt::Debug for TranscodeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TranscodeRequest")
+            .field("input", &self.input)
+            .field("window", &self.window)
+            .field("outputs", &self.outputs)
+            .field("tier", &self.tier)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TranscodeRequest {
+    /// A whole-file request with the usual settings.
+    pub fn new(input: impl Into<PathBuf>, outputs: Vec<RenditionOutput>, tier: Tier) -> Self {
+        Self {
+            input: input.into(),
+            window: None,
+            outputs,
+            tier,
+            gop_seconds: 2.0,
+            frame_rate: None,
+            variable_frame_rate: false,
+            rotation: 0,
+            watermark: None,
+            audio: true,
+            threads: None,
+            deadline: Deadline::none(),
+            progress: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RenditionReport {
     pub name: String,
+    pub codec: VideoCodec,
+    /// RFC 6381, e.g. "avc1.64001F".
+    pub codec_string: String,
     pub path: PathBuf,
     pub width: u32,
     pub height: u32,
@@ -74,22 +127,25 @@ pub fn transcode_ladder(req: &TranscodeRequest) -> Result<Vec<RenditionReport>, 
 }
 
 fn run(req: &TranscodeRequest) -> Result<Vec<RenditionReport>, MediaError> {
-    let mut ictx = crate::probe::open_input(&req.input)?;
+    let mut ictx = open_input(&req.input)?;
     let vstream = ictx
         .streams()
         .best(media::Type::Video)
         .ok_or(MediaError::NoVideoStream)?;
     let v_index = vstream.index();
-    let v_tb = vstream.time_base();
-    let frame_rate = [vstream.avg_frame_rate(), vstream.rate()]
+    let in_tb = vstream.time_base();
+    let frame_rate = req
+        .frame_rate
+        .map(|(n, d)| Rational(n, d))
         .into_iter()
+        .chain([vstream.avg_frame_rate(), vstream.rate()])
         .find(|r| rational_to_f64(*r).is_some_and(|f| (1.0..=240.0).contains(&f)))
         .unwrap_or(Rational(25, 1));
     let mut vctx = codec::context::Context::from_parameters(vstream.parameters())
         .map_err(MediaError::ffmpeg("reading video parameters"))?;
     vctx.set_threading(threading::Config {
         kind: threading::Type::Frame,
-        count: 0,
+        count: req.threads.unwrap_or(0),
         ..Default::default()
     });
     let mut vdec = vctx
@@ -97,17 +153,57 @@ fn run(req: &TranscodeRequest) -> Result<Vec<RenditionReport>, MediaError> {
         .video()
         .map_err(|e| MediaError::UnsupportedCodec(format!("video decoder: {e}")))?;
 
-    let mut audio = match ictx.streams().best(media::Type::Audio) {
-        Some(s) => Some(AudioPipe::new(&s)?),
-        None => None,
+    // Timestamps: output time 0 is the window's start (or the first frame).
+    let window = req.window.map(|w| {
+        let tb = Rational(w.time_base.0, w.time_base.1);
+        (w.start.rescale(tb, in_tb), w.end.rescale(tb, in_tb))
+    });
+    let enc_tb = if req.variable_frame_rate {
+        req.window
+            .map(|w| Rational(w.time_base.0, w.time_base.1))
+            .unwrap_or(in_tb)
+    } else {
+        frame_rate.invert()
     };
 
+    let mut audio = match (req.audio, ictx.streams().best(media::Type::Audio)) {
+        (true, Some(s)) => {
+            // Audio shares the video's zero: the window's start, or the video stream's start.
+            let zero = window
+                .map(|w| w.0)
+                .unwrap_or_else(|| vstream.start_time().max(0));
+            Some(AudioPipe::new(&s, zero.rescale(in_tb, s.time_base()))?)
+        }
+        _ => None,
+    };
+
+    let mut post = PostDecode::new(&vdec, in_tb, req.rotation, req.watermark.as_deref())?;
+    let gop = (req.gop_seconds * rational_to_f64(frame_rate).unwrap_or(25.0))
+        .round()
+        .max(1.0) as u32;
     let mut outs = req
         .outputs
         .iter()
-        .map(|o| VideoOut::new(o, v_tb, frame_rate, req, audio.as_ref().map(|a| &a.encoder)))
+        .map(|o| {
+            VideoOut::new(
+                o,
+                req,
+                frame_rate,
+                enc_tb,
+                gop,
+                audio.as_ref().map(|a| a.encoder()),
+            )
+        })
         .collect::<Result<Vec<_>, _>>()?;
 
+    let mut clock = Clock {
+        window,
+        base: window.map(|w| w.0),
+        in_tb,
+        enc_tb,
+        encoded: 0,
+        progress: req.progress.clone(),
+    };
     let mut packet = Packet::empty();
     loop {
         req.deadline.check()?;
@@ -119,23 +215,70 @@ fn run(req: &TranscodeRequest) -> Result<Vec<RenditionReport>, MediaError> {
         if packet.stream() == v_index {
             vdec.send_packet(&packet)
                 .map_err(|e| MediaError::CorruptStream(format!("decoding video: {e}")))?;
-            drain_decoder(&mut vdec, &mut outs)?;
-        } else if let Some(a) = audio.as_mut().filter(|a| a.stream_index == packet.stream()) {
-            a.push_packet(&packet, &mut outs)?;
+            drain_decoder(&mut vdec, &mut post, &mut clock, &mut outs)?;
+        } else if let Some(a) = audio
+            .as_mut()
+            .filter(|a| a.stream_index() == packet.stream())
+        {
+            a.push_packet(&packet, &mut |p, tb| write_audio_all(&mut outs, p, tb))?;
         }
     }
     vdec.send_eof()
         .map_err(MediaError::ffmpeg("flushing the video decoder"))?;
-    drain_decoder(&mut vdec, &mut outs)?;
+    drain_decoder(&mut vdec, &mut post, &mut clock, &mut outs)?;
+    if let Some(p) = post.as_mut() {
+        p.flush()?;
+        p.drain(&mut clock, &mut outs)?;
+    }
     if let Some(a) = audio.as_mut() {
-        a.finish(&mut outs)?;
+        a.finish(&mut |p, tb| write_audio_all(&mut outs, p, tb))?;
     }
     let has_audio = audio.is_some();
     outs.into_iter().map(|o| o.finish(has_audio)).collect()
 }
 
+fn write_audio_all(outs: &mut [VideoOut], pkt: &Packet, tb: Rational) -> Result<(), MediaError> {
+    for out in outs.iter_mut() {
+        out.write_audio(pkt, tb)?;
+    }
+    Ok(())
+}
+
+/// Decides which frames are kept and what time each gets.
+struct Clock {
+    window: Option<(i64, i64)>,
+    /// Input time that becomes output time 0.
+    base: Option<i64>,
+    in_tb: Rational,
+    enc_tb: Rational,
+    encoded: u64,
+    progress: Option<FrameProgress>,
+}
+
+impl Clock {
+    /// Output pts for a frame at input time `pts`, or `None` when it falls outside the window.
+    fn place(&mut self, pts: i64) -> Option<i64> {
+        if let Some((start, end)) = self.window
+            && (pts < start || pts >= end)
+        {
+            return None;
+        }
+        let base = *self.base.get_or_insert(pts);
+        Some((pts - base).rescale(self.in_tb, self.enc_tb))
+    }
+
+    fn tick(&mut self) {
+        self.encoded += 1;
+        if let Some(p) = &self.progress {
+            p(self.encoded);
+        }
+    }
+}
+
 fn drain_decoder(
     dec: &mut ffmpeg_next::decoder::Video,
+    post: &mut Option<PostDecode>,
+    clock: &mut Clock,
     outs: &mut [VideoOut],
 ) -> Result<(), MediaError> {
     let mut decoded = frame::Video::empty();
@@ -143,34 +286,177 @@ fn drain_decoder(
         match dec.receive_frame(&mut decoded) {
             Ok(()) => {}
             Err(ffmpeg_next::Error::Eof) => return Ok(()),
-            Err(ffmpeg_next::Error::Other { errno }) if errno == libc_eagain() => return Ok(()),
+            Err(ffmpeg_next::Error::Other { errno })
+                if errno == ffmpeg_next::util::error::EAGAIN =>
+            {
+                return Ok(());
+            }
             Err(e) => return Err(MediaError::CorruptStream(format!("decoding video: {e}"))),
         }
-        let pts = decoded.timestamp();
-        decoded.set_pts(pts);
-        // libx264 would otherwise obey the source's frame types.
-        decoded.set_kind(picture::Type::None);
-        for out in outs.iter_mut() {
-            out.push_frame(&decoded)?;
+        let ts = decoded.timestamp();
+        decoded.set_pts(ts);
+        match post.as_mut() {
+            Some(p) => {
+                p.push(&decoded)?;
+                p.drain(clock, outs)?;
+            }
+            None => encode_frame(&mut decoded, clock, outs)?,
         }
     }
 }
 
-fn libc_eagain() -> i32 {
-    ffmpeg_next::util::error::EAGAIN
+fn encode_frame(
+    f: &mut frame::Video,
+    clock: &mut Clock,
+    outs: &mut [VideoOut],
+) -> Result<(), MediaError> {
+    let Some(pts) = f.pts().and_then(|p| clock.place(p)) else {
+        return Ok(());
+    };
+    // libx264 would otherwise obey the source's frame types.
+    f.set_kind(picture::Type::None);
+    for out in outs.iter_mut() {
+        out.push_frame(f, pts)?;
+    }
+    clock.tick();
+    Ok(())
 }
 
-/// One rung: scaler, H.264 encoder and MP4 muxer.
+/// Rotation and watermark, applied once per decoded frame before the rungs split off.
+pub(crate) struct PostDecode {
+    graph: filter::Graph,
+}
+
+impl PostDecode {
+    pub(crate) fn new(
+        dec: &ffmpeg_next::decoder::Video,
+        tb: Rational,
+        rotation: u32,
+        watermark: Option<&Path>,
+    ) -> Result<Option<Self>, MediaError> {
+        let rotate = match rotation % 360 {
+            90 => "transpose=clock",
+            180 => "hflip,vflip",
+            270 => "transpose=cclock",
+            _ => "null",
+        };
+        if rotate == "null" && watermark.is_none() {
+            return Ok(None);
+        }
+        let spec = match watermark {
+            None => rotate.to_string(),
+            Some(path) => {
+                let p = path.to_str().filter(|s| {
+                    s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c))
+                });
+                let p = p.ok_or_else(|| {
+                    MediaError::Io(std::io::Error::other(
+                        "watermark path may hold only [A-Za-z0-9/._-]",
+                    ))
+                })?;
+                format!(
+                    "[in]{rotate}[base];movie={p}[wm];[base][wm]overlay=main_w-overlay_w-16:16[out]"
+                )
+            }
+        };
+        let sar = dec.aspect_ratio();
+        let args = format!(
+            "video_size={}x{}:pix_fmt={}:time_base={}/{}:pixel_aspect={}/{}",
+            dec.width(),
+            dec.height(),
+            ffmpeg_next::ffi::AVPixelFormat::from(dec.format()) as i32,
+            tb.numerator(),
+            tb.denominator(),
+            sar.numerator().max(1),
+            sar.denominator().max(1),
+        );
+        let mut graph = filter::Graph::new();
+        graph
+            .add(&filter::find("buffer").expect("buffer filter"), "in", &args)
+            .map_err(MediaError::ffmpeg("creating the video source"))?;
+        graph
+            .add(
+                &filter::find("buffersink").expect("buffersink filter"),
+                "out",
+                "",
+            )
+            .map_err(MediaError::ffmpeg("creating the video sink"))?;
+        graph
+            .output("in", 0)
+            .and_then(|p| p.input("out", 0))
+            .and_then(|p| p.parse(&spec))
+            .map_err(MediaError::ffmpeg("building the post-decode graph"))?;
+        graph
+            .validate()
+            .map_err(MediaError::ffmpeg("validating the post-decode graph"))?;
+        Ok(Some(Self { graph }))
+    }
+
+    pub(crate) fn push(&mut self, f: &frame::Video) -> Result<(), MediaError> {
+        self.graph
+            .get("in")
+            .expect("added in new")
+            .source()
+            .add(f)
+            .map_err(MediaError::ffmpeg("filtering video"))
+    }
+
+    pub(crate) fn flush(&mut self) -> Result<(), MediaError> {
+        self.graph
+            .get("in")
+            .expect("added in new")
+            .source()
+            .flush()
+            .map_err(MediaError::ffmpeg("flushing the video graph"))
+    }
+
+    /// Frames the graph has ready.
+    pub(crate) fn drain_frames(&mut self) -> Vec<frame::Video> {
+        let mut v = Vec::new();
+        let mut f = frame::Video::empty();
+        while self
+            .graph
+            .get("out")
+            .expect("added in new")
+            .sink()
+            .frame(&mut f)
+            .is_ok()
+        {
+            v.push(f.clone());
+        }
+        v
+    }
+
+    fn drain(&mut self, clock: &mut Clock, outs: &mut [VideoOut]) -> Result<(), MediaError> {
+        let mut f = frame::Video::empty();
+        while self
+            .graph
+            .get("out")
+            .expect("added in new")
+            .sink()
+            .frame(&mut f)
+            .is_ok()
+        {
+            encode_frame(&mut f, clock, outs)?;
+        }
+        Ok(())
+    }
+}
+
+/// One rung: scaler, encoder and MP4 muxer.
 struct VideoOut {
     name: String,
+    codec: VideoCodec,
     path: PathBuf,
     octx: format::context::Output,
     scaler: Option<scaling::Context>,
     encoder: encoder::Video,
     width: u32,
     height: u32,
-    in_tb: Rational,
     enc_tb: Rational,
+    /// One frame in `enc_tb`, for packets the encoder leaves without a duration.
+    frame_ticks: i64,
     last_pts: Option<i64>,
     v_ost: usize,
     v_ost_tb: Rational,
@@ -183,60 +469,73 @@ struct VideoOut {
 impl VideoOut {
     fn new(
         out: &RenditionOutput,
-        v_tb: Rational,
-        frame_rate: Rational,
         req: &TranscodeRequest,
+        frame_rate: Rational,
+        enc_tb: Rational,
+        gop: u32,
         audio_encoder: Option<&encoder::Audio>,
     ) -> Result<Self, MediaError> {
         let mut octx = format::output_as(&out.path, "mp4")
             .map_err(MediaError::ffmpeg("creating the MP4 output"))?;
-        let h264 = encoder::find_by_name("libx264")
-            .ok_or_else(|| MediaError::UnsupportedCodec("libx264 encoder missing".into()))?;
-
-        let mut enc = codec::context::Context::new_with_codec(h264)
+        let codec = encoder::find_by_name(out.codec.encoder_name()).ok_or_else(|| {
+            MediaError::UnsupportedCodec(format!("{} encoder missing", out.codec.encoder_name()))
+        })?;
+        let mut enc = codec::context::Context::new_with_codec(codec)
             .encoder()
             .video()
-            .map_err(MediaError::ffmpeg("creating the H.264 encoder"))?;
+            .map_err(MediaError::ffmpeg("creating a video encoder"))?;
         let (width, height) = (out.rung.width, out.rung.height);
         enc.set_width(width);
         enc.set_height(height);
         enc.set_format(format::Pixel::YUV420P);
         enc.set_aspect_ratio(Rational(1, 1));
-        // Encoder time base 1/fps, as the ffmpeg command line uses: with the stream's fine time
-        // base instead, the MP4 ends up without per-sample durations.
-        let enc_tb = frame_rate.invert();
+        // 1/fps, as the ffmpeg command line uses: with a fine time base instead, MP4 samples come
+        // back without durations. Variable-rate input keeps its own clock.
         enc.set_time_base(enc_tb);
         enc.set_frame_rate(Some(frame_rate));
-        let fps = rational_to_f64(frame_rate).expect("checked by the caller");
-        let gop = (req.gop_seconds * fps).round().max(1.0) as u32;
         enc.set_gop(gop);
-        enc.set_max_b_frames(2);
+        if out.codec == VideoCodec::H264 {
+            enc.set_max_b_frames(if req.tier == Tier::Fast { 2 } else { 3 });
+        }
         enc.set_flags(codec::Flags::GLOBAL_HEADER);
-        let mut opts = Dictionary::new();
-        opts.set("preset", req.preset.x264_preset());
-        opts.set("profile", "high");
-        opts.set("crf", "23");
-        opts.set("maxrate", &out.rung.max_bitrate.to_string());
-        opts.set("bufsize", &(out.rung.max_bitrate * 2).to_string());
-        // Fixed, closed GOPs: keyframes line up across rungs.
-        opts.set(
-            "x264-params",
-            &format!("keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0"),
-        );
+        if let Some(t) = req.threads {
+            enc.set_threading(threading::Config {
+                kind: threading::Type::Frame,
+                count: t,
+                ..Default::default()
+            });
+        }
+        let mut opts = encoder_options(out.codec, req.tier, out.rung.max_bitrate, gop);
+        if let Some(t) = req.threads {
+            opts.set("threads", &t.to_string());
+        }
         let encoder = enc
             .open_with(opts)
-            .map_err(MediaError::ffmpeg("opening the H.264 encoder"))?;
+            .map_err(MediaError::ffmpeg("opening a video encoder"))?;
 
         let v_ost = {
             let mut ost = octx
-                .add_stream(h264)
+                .add_stream(codec)
                 .map_err(MediaError::ffmpeg("adding the video stream"))?;
             ost.set_parameters(&encoder);
             ost.set_time_base(enc_tb);
-            // Let the muxer pick the tag for MP4.
+            // Let the muxer pick the tag (avc1, hvc1, av01).
             unsafe { (*ost.parameters().as_mut_ptr()).codec_tag = 0 };
             ost.index()
         };
+        if out.codec == VideoCodec::Hevc {
+            // hvc1 (parameter sets in the sample entry) is what Apple players require.
+            let tag = u32::from_le_bytes(*b"hvc1");
+            unsafe {
+                (*octx
+                    .stream(v_ost)
+                    .expect("added")
+                    .parameters()
+                    .as_ptr()
+                    .cast_mut())
+                .codec_tag = tag
+            };
+        }
         let a_index = match audio_encoder {
             Some(aenc) => {
                 let mut ost = octx
@@ -249,23 +548,24 @@ impl VideoOut {
             }
             None => None,
         };
-        let mut mux_opts = Dictionary::new();
+        let mut mux_opts = ffmpeg_next::Dictionary::new();
         mux_opts.set("movflags", "+faststart");
         octx.write_header_with(mux_opts)
             .map_err(MediaError::ffmpeg("writing the MP4 header"))?;
         let v_ost_tb = octx.stream(v_ost).expect("stream just added").time_base();
         let a_ost = a_index.map(|i| (i, octx.stream(i).expect("stream just added").time_base()));
-
+        let frame_ticks = 1i64.rescale(frame_rate.invert(), enc_tb).max(1);
         Ok(Self {
             name: out.rung.name.clone(),
+            codec: out.codec,
             path: out.path.clone(),
             octx,
             scaler: None,
             encoder,
             width,
             height,
-            in_tb: v_tb,
             enc_tb,
+            frame_ticks,
             last_pts: None,
             v_ost,
             v_ost_tb,
@@ -276,16 +576,13 @@ impl VideoOut {
         })
     }
 
-    fn push_frame(&mut self, input: &frame::Video) -> Result<(), MediaError> {
-        let needs_new = match &self.scaler {
-            Some(s) => {
-                s.input().width != input.width()
-                    || s.input().height != input.height()
-                    || s.input().format != input.format()
-            }
-            None => true,
-        };
-        if needs_new {
+    fn push_frame(&mut self, input: &frame::Video, pts: i64) -> Result<(), MediaError> {
+        let stale = self.scaler.as_ref().is_none_or(|s| {
+            s.input().width != input.width()
+                || s.input().height != input.height()
+                || s.input().format != input.format()
+        });
+        if stale {
             self.scaler = Some(
                 scaling::Context::get(
                     input.format(),
@@ -306,11 +603,7 @@ impl VideoOut {
             .expect("scaler set above")
             .run(input, &mut scaled)
             .map_err(MediaError::ffmpeg("scaling"))?;
-        // Strictly increasing in the encoder's 1/fps time base, even for variable-rate input.
-        let pts = input
-            .pts()
-            .map(|p| rescale(p, self.in_tb, self.enc_tb))
-            .unwrap_or(0);
+        // Strictly increasing, even where rounding to the encoder clock makes two frames meet.
         let pts = self.last_pts.map_or(pts, |last| pts.max(last + 1));
         self.last_pts = Some(pts);
         scaled.set_pts(Some(pts));
@@ -327,7 +620,7 @@ impl VideoOut {
             // FFmpeg 5.1's libx264 leaves durations at 0, and the MP4 muxer then drops the
             // last frame's duration: set it before rescaling.
             if pkt.duration() <= 0 {
-                pkt.set_duration(1);
+                pkt.set_duration(self.frame_ticks);
             }
             if let Some(pts) = pkt.pts() {
                 self.first_pts = Some(self.first_pts.map_or(pts, |f| f.min(pts)));
@@ -363,6 +656,15 @@ impl VideoOut {
         self.octx
             .write_trailer()
             .map_err(MediaError::ffmpeg("writing the MP4 trailer"))?;
+        let extradata = unsafe {
+            let ctx = self.encoder.as_ptr();
+            let (ptr, len) = ((*ctx).extradata, (*ctx).extradata_size);
+            if ptr.is_null() || len <= 0 {
+                Vec::new()
+            } else {
+                std::slice::from_raw_parts(ptr, len as usize).to_vec()
+            }
+        };
         let bytes = std::fs::metadata(&self.path)?.len();
         let ticks = self.end_pts - self.first_pts.unwrap_or(0);
         let duration_seconds = ticks as f64 * f64::from(self.enc_tb.numerator())
@@ -374,6 +676,8 @@ impl VideoOut {
         };
         Ok(RenditionReport {
             name: self.name,
+            codec: self.codec,
+            codec_string: codec_string(self.codec, &extradata),
             path: self.path,
             width: self.width,
             height: self.height,
@@ -384,198 +688,4 @@ impl VideoOut {
             has_audio,
         })
     }
-}
-
-/// The audio track, decoded and encoded once (AAC), its packets shared by every output.
-struct AudioPipe {
-    stream_index: usize,
-    decoder: ffmpeg_next::decoder::Audio,
-    graph: filter::Graph,
-    encoder: encoder::Audio,
-    enc_tb: Rational,
-    next_pts: Option<i64>,
-}
-
-impl AudioPipe {
-    fn new(stream: &format::stream::Stream) -> Result<Self, MediaError> {
-        let in_tb = stream.time_base();
-        let ctx = codec::context::Context::from_parameters(stream.parameters())
-            .map_err(MediaError::ffmpeg("reading audio parameters"))?;
-        let decoder = ctx
-            .decoder()
-            .audio()
-            .map_err(|e| MediaError::UnsupportedCodec(format!("audio decoder: {e}")))?;
-
-        let aac = encoder::find(codec::Id::AAC)
-            .ok_or_else(|| MediaError::UnsupportedCodec("AAC encoder missing".into()))?;
-        let mut enc = codec::context::Context::new_with_codec(aac)
-            .encoder()
-            .audio()
-            .map_err(MediaError::ffmpeg("creating the AAC encoder"))?;
-        let rate = match decoder.rate() {
-            r @ (44_100 | 48_000) => r,
-            _ => 48_000,
-        } as i32;
-        let in_channels = decoder
-            .channel_layout()
-            .channels()
-            .max(decoder.channels() as i32);
-        let layout = if in_channels == 1 {
-            ffmpeg_next::ChannelLayout::MONO
-        } else {
-            ffmpeg_next::ChannelLayout::STEREO
-        };
-        enc.set_rate(rate);
-        enc.set_channel_layout(layout);
-        enc.set_channels(layout.channels());
-        enc.set_format(format::Sample::F32(format::sample::Type::Planar));
-        enc.set_bit_rate(if layout.channels() == 1 {
-            64_000
-        } else {
-            128_000
-        });
-        enc.set_time_base(Rational(1, rate));
-        enc.set_flags(codec::Flags::GLOBAL_HEADER);
-        let encoder = enc
-            .open_as(aac)
-            .map_err(MediaError::ffmpeg("opening the AAC encoder"))?;
-
-        let in_layout = if decoder.channel_layout().bits() == 0 {
-            ffmpeg_next::ChannelLayout::default(i32::from(decoder.channels()))
-        } else {
-            decoder.channel_layout()
-        };
-        let mut graph = filter::Graph::new();
-        let args = format!(
-            "time_base={}/{}:sample_rate={}:sample_fmt={}:channel_layout=0x{:x}",
-            in_tb.numerator(),
-            in_tb.denominator(),
-            decoder.rate(),
-            decoder.format().name(),
-            in_layout.bits()
-        );
-        let abuffer = filter::find("abuffer").expect("abuffer is built into libavfilter");
-        let abuffersink =
-            filter::find("abuffersink").expect("abuffersink is built into libavfilter");
-        graph
-            .add(&abuffer, "in", &args)
-            .map_err(MediaError::ffmpeg("creating the audio source"))?;
-        graph
-            .add(&abuffersink, "out", "")
-            .map_err(MediaError::ffmpeg("creating the audio sink"))?;
-        {
-            let mut out = graph.get("out").expect("added above");
-            out.set_sample_format(encoder.format());
-            out.set_channel_layout(encoder.channel_layout());
-            out.set_sample_rate(encoder.rate());
-        }
-        graph
-            .output("in", 0)
-            .and_then(|p| p.input("out", 0))
-            .and_then(|p| p.parse("anull"))
-            .map_err(MediaError::ffmpeg("building the audio graph"))?;
-        graph
-            .validate()
-            .map_err(MediaError::ffmpeg("validating the audio graph"))?;
-        graph
-            .get("out")
-            .expect("added above")
-            .sink()
-            .set_frame_size(encoder.frame_size());
-
-        Ok(Self {
-            stream_index: stream.index(),
-            decoder,
-            graph,
-            encoder,
-            enc_tb: Rational(1, rate),
-            next_pts: None,
-        })
-    }
-
-    fn push_packet(&mut self, pkt: &Packet, outs: &mut [VideoOut]) -> Result<(), MediaError> {
-        self.decoder
-            .send_packet(pkt)
-            .map_err(|e| MediaError::CorruptStream(format!("decoding audio: {e}")))?;
-        self.drain_decoder(outs)
-    }
-
-    fn drain_decoder(&mut self, outs: &mut [VideoOut]) -> Result<(), MediaError> {
-        let mut decoded = frame::Audio::empty();
-        loop {
-            match self.decoder.receive_frame(&mut decoded) {
-                Ok(()) => {}
-                Err(ffmpeg_next::Error::Eof) => return Ok(()),
-                Err(ffmpeg_next::Error::Other { errno }) if errno == libc_eagain() => return Ok(()),
-                Err(e) => return Err(MediaError::CorruptStream(format!("decoding audio: {e}"))),
-            }
-            let ts = decoded.timestamp();
-            decoded.set_pts(ts);
-            self.graph
-                .get("in")
-                .expect("added in new")
-                .source()
-                .add(&decoded)
-                .map_err(MediaError::ffmpeg("filtering audio"))?;
-            self.drain_graph(outs)?;
-        }
-    }
-
-    fn drain_graph(&mut self, outs: &mut [VideoOut]) -> Result<(), MediaError> {
-        let mut filtered = frame::Audio::empty();
-        loop {
-            let mut sink = self.graph.get("out").expect("added in new");
-            let sink_tb = sink.sink().time_base();
-            if sink.sink().frame(&mut filtered).is_err() {
-                return Ok(());
-            }
-            // Continuous timestamps in 1/rate, anchored at the first frame's position.
-            let pts = match self.next_pts {
-                Some(p) => p,
-                None => filtered
-                    .pts()
-                    .map(|p| rescale(p, sink_tb, self.enc_tb))
-                    .unwrap_or(0),
-            };
-            filtered.set_pts(Some(pts));
-            self.next_pts = Some(pts + filtered.samples() as i64);
-            self.encoder
-                .send_frame(&filtered)
-                .map_err(MediaError::ffmpeg("encoding audio"))?;
-            self.drain_encoder(outs)?;
-        }
-    }
-
-    fn drain_encoder(&mut self, outs: &mut [VideoOut]) -> Result<(), MediaError> {
-        let mut pkt = Packet::empty();
-        while self.encoder.receive_packet(&mut pkt).is_ok() {
-            for out in outs.iter_mut() {
-                out.write_audio(&pkt, self.enc_tb)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self, outs: &mut [VideoOut]) -> Result<(), MediaError> {
-        self.decoder
-            .send_eof()
-            .map_err(MediaError::ffmpeg("flushing the audio decoder"))?;
-        self.drain_decoder(outs)?;
-        self.graph
-            .get("in")
-            .expect("added in new")
-            .source()
-            .flush()
-            .map_err(MediaError::ffmpeg("flushing the audio graph"))?;
-        self.drain_graph(outs)?;
-        self.encoder
-            .send_eof()
-            .map_err(MediaError::ffmpeg("flushing the AAC encoder"))?;
-        self.drain_encoder(outs)
-    }
-}
-
-fn rescale(v: i64, from: Rational, to: Rational) -> i64 {
-    use ffmpeg_next::Rescale;
-    v.rescale(from, to)
 }

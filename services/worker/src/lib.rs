@@ -1,7 +1,7 @@
 //! The transcode worker: takes a task, runs the media engine off the async runtime under a
 //! deadline, stores the renditions, and records the result before acking.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,13 +9,13 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use vtx_domain::messages::queue;
-use vtx_domain::{ErrorCode, JobId, Task, VideoId, plan_ladder};
+use vtx_domain::{ErrorCode, JobId, Task, VideoId};
 use vtx_infra::ObjectStore;
 use vtx_infra::broker::{BrokerClient, Outcome, consume};
 use vtx_infra::config::WorkerConfig;
 use vtx_infra::db::{self, ClaimedJob, NewRendition, SourceFacts};
 use vtx_infra::storage::StorageError;
-use vtx_media::{Deadline, Limits, MediaError, Preset, RenditionOutput, TranscodeRequest};
+use vtx_media::{Deadline, Limits, MediaError, PipelineRequest, Tier, run_pipeline};
 
 #[derive(Clone)]
 pub struct Worker {
@@ -160,63 +160,112 @@ impl Worker {
         inner.store.download_to(&claim.source_key, &source).await?;
 
         let timeout = inner.cfg.transcode_timeout;
-        let limits = inner.limits.clone();
-        let dir = scratch.path().to_path_buf();
+        let mut req = PipelineRequest::new(source, scratch.path().join("out"));
+        req.tier = Tier::Fast;
+        req.limits = inner.limits.clone();
+        req.deadline = Deadline::after(timeout);
+        // Publish latency matters more than a quality report on the fast tier.
+        req.quality = false;
         let span = tracing::Span::current();
+        let out_dir = req.out_dir.clone();
         let work = tokio::task::spawn_blocking(move || {
             let _e = span.enter();
-            let deadline = Deadline::after(timeout);
-            let probe = vtx_media::probe(&source, &limits, deadline)?;
-            let outputs = plan_ladder(probe.video.width, probe.video.height)
-                .into_iter()
-                .map(|rung| RenditionOutput {
-                    path: dir.join(format!("{}.mp4", rung.name)),
-                    rung,
-                })
-                .collect();
-            let reports = vtx_media::transcode_ladder(&TranscodeRequest {
-                input: source,
-                outputs,
-                preset: Preset::Fast,
-                gop_seconds: 2.0,
-                deadline,
-            })?;
-            Ok::<_, MediaError>((probe, reports))
+            run_pipeline(&req)
         });
         // The deadline inside stops the work; this outer bound only guards against a hang in FFmpeg.
-        let (probe, reports) = tokio::time::timeout(timeout + Duration::from_secs(30), work)
+        let manifest = tokio::time::timeout(timeout + Duration::from_secs(30), work)
             .await
             .map_err(|_| WorkError::Media(MediaError::Timeout))?
             .map_err(|e| WorkError::Internal(format!("transcode thread: {e}")))??;
 
-        let mut renditions = Vec::with_capacity(reports.len());
-        for r in &reports {
-            // Versioned by job: a later tier writes beside, never over, what viewers fetch now.
-            let key = format!("videos/{video_id}/{job_id}/{}.mp4", r.name);
-            inner.store.put_file(&key, &r.path, "video/mp4").await?;
-            renditions.push(NewRendition {
+        // Versioned by job: a later tier writes beside, never over, what viewers fetch now.
+        let prefix = format!("videos/{video_id}/{job_id}");
+        upload_tree(&inner.store, &out_dir, &prefix).await?;
+        let renditions: Vec<NewRendition> = manifest
+            .renditions
+            .iter()
+            .map(|r| NewRendition {
                 name: r.name.clone(),
-                object_key: key,
+                codec: r.codec.label().to_string(),
+                codec_string: r.codec_string.clone(),
+                object_key: format!("{prefix}/{}", r.file),
+                hls_playlist_key: r.hls_playlist.as_ref().map(|p| format!("{prefix}/{p}")),
                 width: r.width,
                 height: r.height,
                 frames: r.frames,
-                duration_ms: (r.duration_seconds * 1000.0).round() as u64,
+                duration_ms: (r.duration * 1000.0).round() as u64,
                 size_bytes: r.bytes,
                 bitrate: r.bitrate,
-            });
-        }
+                prefetch_bytes_3s: r.prefetch_bytes_3s,
+                psnr: r.psnr,
+                ssim: r.ssim,
+            })
+            .collect();
+        let probe = &manifest.source;
         let facts = SourceFacts {
-            width: probe.video.width,
-            height: probe.video.height,
+            width: probe.video.display_width,
+            height: probe.video.display_height,
             frames: probe.video.frames,
             duration_ms: (probe.video.duration_seconds * 1000.0).round() as u64,
+            hls_master_key: manifest
+                .hls_master
+                .as_ref()
+                .map(|m| format!("{prefix}/{m}")),
+            cover_key: manifest.cover.as_ref().map(|c| format!("{prefix}/{c}")),
         };
         if !db::finish_job(&inner.pool, job_id, video_id, &facts, &renditions).await? {
             tracing::info!(%job_id, "job finished elsewhere meanwhile; keeping that result");
-            for r in &renditions {
-                let _ = inner.store.delete(&r.object_key).await;
-            }
         }
         Ok(())
+    }
+}
+
+/// Uploads every file under `dir` (but the pipeline's scratch) to `prefix/<relative path>`.
+async fn upload_tree(store: &ObjectStore, dir: &Path, prefix: &str) -> Result<(), WorkError> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let mut entries = tokio::fs::read_dir(&d)
+            .await
+            .map_err(|e| WorkError::Internal(e.to_string()))?;
+        while let Some(e) = entries
+            .next_entry()
+            .await
+            .map_err(|e| WorkError::Internal(e.to_string()))?
+        {
+            let path = e.path();
+            let name = e.file_name();
+            if name.to_string_lossy().starts_with(".vtx-work") {
+                continue;
+            }
+            if e.file_type()
+                .await
+                .map_err(|e| WorkError::Internal(e.to_string()))?
+                .is_dir()
+            {
+                stack.push(path);
+                continue;
+            }
+            let rel = path
+                .strip_prefix(dir)
+                .expect("under dir")
+                .to_string_lossy()
+                .replace('\\', "/");
+            store
+                .put_file(&format!("{prefix}/{rel}"), &path, content_type(&rel))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Content type by file name, for what the pipeline writes.
+pub fn content_type(name: &str) -> &'static str {
+    match name.rsplit('.').next() {
+        Some("mp4") => "video/mp4",
+        Some("m4s") => "video/iso.segment",
+        Some("m3u8") => "application/vnd.apple.mpegurl",
+        Some("jpg") => "image/jpeg",
+        Some("json") => "application/json",
+        _ => "application/octet-stream",
     }
 }

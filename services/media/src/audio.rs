@@ -1,0 +1,299 @@
+//! The audio track, decoded and encoded to AAC once. Its packets go to every output that wants
+//! them: each rung of a whole-file ladder, or one `audio.m4a` shared by all slices' merges.
+
+use std::path::Path;
+
+use ffmpeg_next::{Packet, Rational, Rescale, codec, encoder, filter, format, frame, media};
+
+use crate::probe::open_input;
+use crate::{Deadline, MediaError};
+
+/// Where encoded packets go: `(packet, its time base)`.
+pub(crate) type Emit<'a> = dyn FnMut(&Packet, Rational) -> Result<(), MediaError> + 'a;
+
+pub(crate) struct AudioPipe {
+    stream_index: usize,
+    decoder: ffmpeg_next::decoder::Audio,
+    graph: filter::Graph,
+    encoder: encoder::Audio,
+    enc_tb: Rational,
+    /// Input time (stream time base) that becomes output time 0.
+    zero: i64,
+    in_tb: Rational,
+    next_pts: Option<i64>,
+}
+
+impl AudioPipe {
+    /// `zero`: the input time, in this stream's time base, that output time 0 stands for (the
+    /// video's first frame), so audio and video keep their offset.
+    pub(crate) fn new(stream: &format::stream::Stream, zero: i64) -> Result<Self, MediaError> {
+        let in_tb = stream.time_base();
+        let ctx = codec::context::Context::from_parameters(stream.parameters())
+            .map_err(MediaError::ffmpeg("reading audio parameters"))?;
+        let decoder = ctx
+            .decoder()
+            .audio()
+            .map_err(|e| MediaError::UnsupportedCodec(format!("audio decoder: {e}")))?;
+
+        let aac = encoder::find(codec::Id::AAC)
+            .ok_or_else(|| MediaError::UnsupportedCodec("AAC encoder missing".into()))?;
+        let mut enc = codec::context::Context::new_with_codec(aac)
+            .encoder()
+            .audio()
+            .map_err(MediaError::ffmpeg("creating the AAC encoder"))?;
+        let rate = match decoder.rate() {
+            r @ (44_100 | 48_000) => r,
+            _ => 48_000,
+        } as i32;
+        let layout = if decoder.channels() == 1 {
+            ffmpeg_next::ChannelLayout::MONO
+        } else {
+            ffmpeg_next::ChannelLayout::STEREO
+        };
+        enc.set_rate(rate);
+        enc.set_channel_layout(layout);
+        enc.set_channels(layout.channels());
+        enc.set_format(format::Sample::F32(format::sample::Type::Planar));
+        enc.set_bit_rate(if layout.channels() == 1 {
+            64_000
+        } else {
+            128_000
+        });
+        enc.set_time_base(Rational(1, rate));
+        enc.set_flags(codec::Flags::GLOBAL_HEADER);
+        let encoder = enc
+            .open_as(aac)
+            .map_err(MediaError::ffmpeg("opening the AAC encoder"))?;
+
+        let in_layout = if decoder.channel_layout().bits() == 0 {
+            ffmpeg_next::ChannelLayout::default(i32::from(decoder.channels()))
+        } else {
+            decoder.channel_layout()
+        };
+        let mut graph = filter::Graph::new();
+        let args = format!(
+            "time_base={}/{}:sample_rate={}:sample_fmt={}:channel_layout=0x{:x}",
+            in_tb.numerator(),
+            in_tb.denominator(),
+            decoder.rate(),
+            decoder.format().name(),
+            in_layout.bits()
+        );
+        graph
+            .add(
+                &filter::find("abuffer").expect("abuffer filter"),
+                "in",
+                &args,
+            )
+            .map_err(MediaError::ffmpeg("creating the audio source"))?;
+        graph
+            .add(
+                &filter::find("abuffersink").expect("abuffersink filter"),
+                "out",
+                "",
+            )
+            .map_err(MediaError::ffmpeg("creating the audio sink"))?;
+        {
+            let mut out = graph.get("out").expect("added above");
+            out.set_sample_format(encoder.format());
+            out.set_channel_layout(encoder.channel_layout());
+            out.set_sample_rate(encoder.rate());
+        }
+        graph
+            .output("in", 0)
+            .and_then(|p| p.input("out", 0))
+            .and_then(|p| p.parse("anull"))
+            .map_err(MediaError::ffmpeg("building the audio graph"))?;
+        graph
+            .validate()
+            .map_err(MediaError::ffmpeg("validating the audio graph"))?;
+        graph
+            .get("out")
+            .expect("added above")
+            .sink()
+            .set_frame_size(encoder.frame_size());
+
+        Ok(Self {
+            stream_index: stream.index(),
+            decoder,
+            graph,
+            encoder,
+            enc_tb: Rational(1, rate),
+            zero,
+            in_tb,
+            next_pts: None,
+        })
+    }
+
+    pub(crate) fn stream_index(&self) -> usize {
+        self.stream_index
+    }
+
+    pub(crate) fn encoder(&self) -> &encoder::Audio {
+        &self.encoder
+    }
+
+    pub(crate) fn push_packet(
+        &mut self,
+        pkt: &Packet,
+        emit: &mut Emit<'_>,
+    ) -> Result<(), MediaError> {
+        self.decoder
+            .send_packet(pkt)
+            .map_err(|e| MediaError::CorruptStream(format!("decoding audio: {e}")))?;
+        self.drain_decoder(emit)
+    }
+
+    fn drain_decoder(&mut self, emit: &mut Emit<'_>) -> Result<(), MediaError> {
+        let mut decoded = frame::Audio::empty();
+        loop {
+            match self.decoder.receive_frame(&mut decoded) {
+                Ok(()) => {}
+                Err(ffmpeg_next::Error::Eof) => return Ok(()),
+                Err(ffmpeg_next::Error::Other { errno })
+                    if errno == ffmpeg_next::util::error::EAGAIN =>
+                {
+                    return Ok(());
+                }
+                Err(e) => return Err(MediaError::CorruptStream(format!("decoding audio: {e}"))),
+            }
+            let ts = decoded.timestamp();
+            decoded.set_pts(ts);
+            self.graph
+                .get("in")
+                .expect("added in new")
+                .source()
+                .add(&decoded)
+                .map_err(MediaError::ffmpeg("filtering audio"))?;
+            self.drain_graph(emit)?;
+        }
+    }
+
+    fn drain_graph(&mut self, emit: &mut Emit<'_>) -> Result<(), MediaError> {
+        let mut filtered = frame::Audio::empty();
+        loop {
+            let mut sink = self.graph.get("out").expect("added in new");
+            let sink_tb = sink.sink().time_base();
+            if sink.sink().frame(&mut filtered).is_err() {
+                return Ok(());
+            }
+            // Continuous sample clock, anchored where the first frame sits relative to zero.
+            let pts = match self.next_pts {
+                Some(p) => p,
+                None => {
+                    let zero = self.zero.rescale(self.in_tb, self.enc_tb);
+                    filtered
+                        .pts()
+                        .map(|p| p.rescale(sink_tb, self.enc_tb) - zero)
+                        .unwrap_or(0)
+                }
+            };
+            filtered.set_pts(Some(pts));
+            self.next_pts = Some(pts + filtered.samples() as i64);
+            self.encoder
+                .send_frame(&filtered)
+                .map_err(MediaError::ffmpeg("encoding audio"))?;
+            self.drain_encoder(emit)?;
+        }
+    }
+
+    fn drain_encoder(&mut self, emit: &mut Emit<'_>) -> Result<(), MediaError> {
+        let mut pkt = Packet::empty();
+        while self.encoder.receive_packet(&mut pkt).is_ok() {
+            emit(&pkt, self.enc_tb)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn finish(&mut self, emit: &mut Emit<'_>) -> Result<(), MediaError> {
+        self.decoder
+            .send_eof()
+            .map_err(MediaError::ffmpeg("flushing the audio decoder"))?;
+        self.drain_decoder(emit)?;
+        self.graph
+            .get("in")
+            .expect("added in new")
+            .source()
+            .flush()
+            .map_err(MediaError::ffmpeg("flushing the audio graph"))?;
+        self.drain_graph(emit)?;
+        self.encoder
+            .send_eof()
+            .map_err(MediaError::ffmpeg("flushing the AAC encoder"))?;
+        self.drain_encoder(emit)
+    }
+}
+
+/// Encodes the audio of `input` once to AAC in `out` (MP4), timed so that 0 is the input's
+/// video time `video_zero` (in `video_tb`). Returns false, writing nothing, when there is no
+/// audio.
+pub fn encode_audio(
+    input: &Path,
+    out: &Path,
+    video_zero: i64,
+    video_tb: (i32, i32),
+    deadline: Deadline,
+) -> Result<bool, MediaError> {
+    crate::init();
+    let result = encode_audio_inner(
+        input,
+        out,
+        video_zero,
+        Rational(video_tb.0, video_tb.1),
+        deadline,
+    );
+    if result.is_err() {
+        let _ = std::fs::remove_file(out);
+    }
+    result
+}
+
+fn encode_audio_inner(
+    input: &Path,
+    out: &Path,
+    video_zero: i64,
+    video_tb: Rational,
+    deadline: Deadline,
+) -> Result<bool, MediaError> {
+    let mut ictx = open_input(input)?;
+    let Some(stream) = ictx.streams().best(media::Type::Audio) else {
+        return Ok(false);
+    };
+    let mut pipe = AudioPipe::new(&stream, video_zero.rescale(video_tb, stream.time_base()))?;
+    let mut octx =
+        format::output_as(out, "mp4").map_err(MediaError::ffmpeg("creating the audio file"))?;
+    {
+        let mut ost = octx
+            .add_stream(encoder::find(codec::Id::AAC))
+            .map_err(MediaError::ffmpeg("adding the audio stream"))?;
+        ost.set_parameters(pipe.encoder());
+        ost.set_time_base(pipe.enc_tb);
+        unsafe { (*ost.parameters().as_mut_ptr()).codec_tag = 0 };
+    }
+    octx.write_header()
+        .map_err(MediaError::ffmpeg("writing the audio header"))?;
+    let ost_tb = octx.stream(0).expect("added").time_base();
+    let mut emit = |p: &Packet, tb: Rational| {
+        let mut p = p.clone();
+        p.set_stream(0);
+        p.rescale_ts(tb, ost_tb);
+        p.write_interleaved(&mut octx)
+            .map_err(MediaError::ffmpeg("writing audio"))
+    };
+    let mut packet = Packet::empty();
+    loop {
+        deadline.check()?;
+        match packet.read(&mut ictx) {
+            Ok(()) => {}
+            Err(ffmpeg_next::Error::Eof) => break,
+            Err(e) => return Err(MediaError::CorruptStream(format!("reading packets: {e}"))),
+        }
+        if packet.stream() == pipe.stream_index() {
+            pipe.push_packet(&packet, &mut emit)?;
+        }
+    }
+    pipe.finish(&mut emit)?;
+    octx.write_trailer()
+        .map_err(MediaError::ffmpeg("finishing the audio file"))?;
+    Ok(true)
+}

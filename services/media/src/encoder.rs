@@ -1,0 +1,227 @@
+//! Encoder profiles per tier and codec, and the RFC 6381 codec strings players need.
+
+use ffmpeg_next::Dictionary;
+use serde::{Deserialize, Serialize};
+
+/// Encode tier: how much effort goes into each frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    /// x264 veryfast: publish quickly.
+    Fast,
+    /// x264 slow: replaces the fast tier once done.
+    High,
+    /// x265 slow and SVT-AV1: for hot videos.
+    Extreme,
+}
+
+impl Tier {
+    /// Codecs this tier produces, one rendition set each.
+    pub fn codecs(self) -> &'static [VideoCodec] {
+        match self {
+            Tier::Fast | Tier::High => &[VideoCodec::H264],
+            Tier::Extreme => &[VideoCodec::Hevc, VideoCodec::Av1],
+        }
+    }
+}
+
+impl std::str::FromStr for Tier {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fast" => Ok(Tier::Fast),
+            "high" => Ok(Tier::High),
+            "extreme" => Ok(Tier::Extreme),
+            _ => Err(format!("unknown tier {s:?} (fast, high, extreme)")),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VideoCodec {
+    H264,
+    Hevc,
+    Av1,
+}
+
+impl VideoCodec {
+    pub fn encoder_name(self) -> &'static str {
+        match self {
+            VideoCodec::H264 => "libx264",
+            VideoCodec::Hevc => "libx265",
+            VideoCodec::Av1 => "libsvtav1",
+        }
+    }
+
+    /// Short name used in file names and manifests.
+    pub fn label(self) -> &'static str {
+        match self {
+            VideoCodec::H264 => "h264",
+            VideoCodec::Hevc => "hevc",
+            VideoCodec::Av1 => "av1",
+        }
+    }
+}
+
+/// Encoder options for `codec` at `tier`, capped at `max_bitrate`, with a keyframe exactly every
+/// `gop` frames and closed GOPs, so keyframes line up across rungs and slices.
+pub(crate) fn encoder_options(
+    codec: VideoCodec,
+    tier: Tier,
+    max_bitrate: u32,
+    gop: u32,
+) -> Dictionary<'static> {
+    let mut o = Dictionary::new();
+    let maxrate = max_bitrate.to_string();
+    let bufsize = (u64::from(max_bitrate) * 2).to_string();
+    match codec {
+        VideoCodec::H264 => {
+            o.set(
+                "preset",
+                if tier == Tier::Fast {
+                    "veryfast"
+                } else {
+                    "slow"
+                },
+            );
+            o.set("profile", "high");
+            o.set("crf", if tier == Tier::Fast { "23" } else { "21" });
+            o.set("maxrate", &maxrate);
+            o.set("bufsize", &bufsize);
+            o.set(
+                "x264-params",
+                &format!("keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0"),
+            );
+        }
+        VideoCodec::Hevc => {
+            o.set(
+                "preset",
+                if tier == Tier::Extreme {
+                    "slow"
+                } else {
+                    "medium"
+                },
+            );
+            o.set("crf", "24");
+            o.set(
+                "x265-params",
+                &format!(
+                    "keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0:vbv-maxrate={}:vbv-bufsize={}:log-level=error",
+                    max_bitrate / 1000,
+                    max_bitrate / 500
+                ),
+            );
+        }
+        VideoCodec::Av1 => {
+            o.set("preset", if tier == Tier::Extreme { "6" } else { "8" });
+            o.set("crf", "32");
+        }
+    }
+    o
+}
+
+/// RFC 6381 codec string of an encoded stream, from its extradata (`avcC`/`hvcC`/`av1C`).
+pub fn codec_string(codec: VideoCodec, extradata: &[u8]) -> String {
+    match codec {
+        VideoCodec::H264 => match extradata {
+            // avcC: version, profile, compatibility, level.
+            [1, profile, compat, level, ..] => format!("avc1.{profile:02X}{compat:02X}{level:02X}"),
+            _ => annexb_avc_string(extradata).unwrap_or_else(|| "avc1.640028".into()),
+        },
+        VideoCodec::Hevc => hvcc_string(extradata).unwrap_or_else(|| "hvc1.1.6.L93.B0".into()),
+        VideoCodec::Av1 => av1c_string(extradata).unwrap_or_else(|| "av01.0.08M.08".into()),
+    }
+}
+
+/// For Annex B extradata (start codes + SPS), read profile/compat/level from the SPS.
+fn annexb_avc_string(data: &[u8]) -> Option<String> {
+    let pos = data
+        .windows(4)
+        .position(|w| w == [0, 0, 1, 0x67] || (w[..3] == [0, 0, 1] && w[3] & 0x1f == 7))?;
+    let sps = data.get(pos + 4..pos + 7)?;
+    Some(format!("avc1.{:02X}{:02X}{:02X}", sps[0], sps[1], sps[2]))
+}
+
+/// `hvc1.<profile>.<compat reversed>.<tier><level>.<constraints>` from an `hvcC` record.
+fn hvcc_string(d: &[u8]) -> Option<String> {
+    if d.len() < 13 || d[0] != 1 {
+        return None;
+    }
+    let profile_space = d[1] >> 6;
+    let tier = (d[1] >> 5) & 1;
+    let profile = d[1] & 0x1f;
+    let compat = u32::from_be_bytes([d[2], d[3], d[4], d[5]]).reverse_bits();
+    let constraints = &d[6..12];
+    let level = d[12];
+    let space = match profile_space {
+        1 => "A",
+        2 => "B",
+        3 => "C",
+        _ => "",
+    };
+    let mut s = format!(
+        "hvc1.{space}{profile}.{compat:X}.{}{level}",
+        if tier == 1 { 'H' } else { 'L' }
+    );
+    let last = constraints
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |i| i + 1);
+    for b in &constraints[..last] {
+        s.push_str(&format!(".{b:X}"));
+    }
+    Some(s)
+}
+
+/// `av01.<profile>.<level><tier>.<bitdepth>` from an `av1C` record.
+fn av1c_string(d: &[u8]) -> Option<String> {
+    if d.len() < 4 || d[0] & 0x80 == 0 {
+        return None;
+    }
+    let profile = d[1] >> 5;
+    let level = d[1] & 0x1f;
+    let tier = if d[2] & 0x80 != 0 { 'H' } else { 'M' };
+    let high_bitdepth = d[2] & 0x40 != 0;
+    let twelve = d[2] & 0x20 != 0;
+    let depth = match (high_bitdepth, twelve) {
+        (true, true) => 12,
+        (true, false) => 10,
+        _ => 8,
+    };
+    Some(format!("av01.{profile}.{level:02}{tier}.{depth:02}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn avc_string_from_avcc() {
+        assert_eq!(
+            codec_string(VideoCodec::H264, &[1, 0x64, 0x00, 0x1F, 0xff]),
+            "avc1.64001F"
+        );
+        assert_eq!(
+            codec_string(VideoCodec::H264, &[1, 0x4D, 0x40, 0x1F]),
+            "avc1.4D401F"
+        );
+    }
+
+    #[test]
+    fn hevc_string_from_hvcc() {
+        // Main profile, main tier, level 3.1 (93), progressive + frame-only constraint flags.
+        let mut d = vec![1u8, 0x01, 0x60, 0, 0, 0, 0x90, 0, 0, 0, 0, 0, 93];
+        d.extend([0u8; 10]);
+        assert_eq!(codec_string(VideoCodec::Hevc, &d), "hvc1.1.6.L93.90");
+    }
+
+    #[test]
+    fn av1_string_from_av1c() {
+        // Main profile, level 4.0 (8), main tier, 8 bit.
+        assert_eq!(
+            codec_string(VideoCodec::Av1, &[0x81, 0x08, 0x0C, 0x00]),
+            "av01.0.08M.08"
+        );
+    }
+}

@@ -1,0 +1,120 @@
+//! HLS master playlist: one variant per rendition with BANDWIDTH (peak segment bitrate),
+//! AVERAGE-BANDWIDTH, RESOLUTION, FRAME-RATE and CODECS (RFC 6381).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::MediaError;
+
+/// A rung's media playlist, as the master playlist lists it.
+#[derive(Clone, Debug)]
+pub struct Variant {
+    /// Path of the media playlist relative to the master playlist, e.g. "720p/index.m3u8".
+    pub uri: String,
+    pub width: u32,
+    pub height: u32,
+    pub frame_rate: f64,
+    /// Video codec string plus, when there is audio, "mp4a.40.2".
+    pub codecs: String,
+    pub peak_bitrate: u64,
+    pub average_bitrate: u64,
+}
+
+/// Peak and average bitrate of a media playlist's segments (bits per second), from the
+/// segment files' sizes and their EXTINF durations.
+pub fn playlist_bitrates(playlist: &Path) -> Result<(u64, u64), MediaError> {
+    let dir = playlist.parent().unwrap_or(Path::new("."));
+    let text = std::fs::read_to_string(playlist)?;
+    let init = text
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\""))
+        .and_then(|rest| rest.split('"').next())
+        .map(|uri| {
+            std::fs::metadata(dir.join(uri))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    let (mut peak, mut total_bytes, mut total_secs) = (0f64, init, 0f64);
+    let mut duration = None;
+    for line in text.lines() {
+        if let Some(d) = line.strip_prefix("#EXTINF:") {
+            duration = d
+                .split(',')
+                .next()
+                .and_then(|x| x.trim().parse::<f64>().ok());
+        } else if !line.starts_with('#') && !line.trim().is_empty() {
+            let bytes = std::fs::metadata(dir.join(line.trim()))?.len();
+            let secs = duration.take().unwrap_or(0.0);
+            total_bytes += bytes;
+            total_secs += secs;
+            if secs > 0.0 {
+                peak = peak.max(bytes as f64 * 8.0 / secs);
+            }
+        }
+    }
+    let average = if total_secs > 0.0 {
+        total_bytes as f64 * 8.0 / total_secs
+    } else {
+        0.0
+    };
+    Ok((peak.ceil() as u64, average.ceil() as u64))
+}
+
+/// Renders a master playlist, variants in the given order.
+pub fn master_playlist(variants: &[Variant]) -> String {
+    let mut s = String::from("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+    for v in variants {
+        let _ = writeln!(
+            s,
+            "#EXT-X-STREAM-INF:BANDWIDTH={},AVERAGE-BANDWIDTH={},RESOLUTION={}x{},FRAME-RATE={:.3},CODECS=\"{}\"\n{}",
+            v.peak_bitrate.max(1),
+            v.average_bitrate.max(1),
+            v.width,
+            v.height,
+            v.frame_rate,
+            v.codecs,
+            v.uri
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn master_lists_every_attribute() {
+        let m = master_playlist(&[Variant {
+            uri: "360p/index.m3u8".into(),
+            width: 640,
+            height: 360,
+            frame_rate: 25.0,
+            codecs: "avc1.64001E,mp4a.40.2".into(),
+            peak_bitrate: 900_000,
+            average_bitrate: 700_000,
+        }]);
+        assert!(m.starts_with("#EXTM3U\n"));
+        assert!(m.contains(
+            "#EXT-X-STREAM-INF:BANDWIDTH=900000,AVERAGE-BANDWIDTH=700000,RESOLUTION=640x360,FRAME-RATE=25.000,CODECS=\"avc1.64001E,mp4a.40.2\"\n360p/index.m3u8\n"
+        ));
+    }
+
+    #[test]
+    fn bitrates_come_from_segment_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("init.mp4"), vec![0u8; 1000]).unwrap();
+        std::fs::write(dir.path().join("a.m4s"), vec![0u8; 250_000]).unwrap();
+        std::fs::write(dir.path().join("b.m4s"), vec![0u8; 50_000]).unwrap();
+        let pl = dir.path().join("index.m3u8");
+        std::fs::write(
+            &pl,
+            "#EXTM3U\n#EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:2.000000,\na.m4s\n#EXTINF:1.000000,\nb.m4s\n#EXT-X-ENDLIST\n",
+        )
+        .unwrap();
+        let (peak, avg) = playlist_bitrates(&pl).unwrap();
+        assert_eq!(peak, 1_000_000);
+        assert_eq!(avg, (301_000.0f64 * 8.0 / 3.0).ceil() as u64);
+    }
+}

@@ -1,0 +1,380 @@
+//! Merge: one rung's encoded slices are concatenated with continuous timestamps and muxed with
+//! the shared audio into (a) an MP4 with the index at the front and (b) HLS with CMAF fMP4
+//! segments of about 2 s, each starting on a keyframe. One pass writes both.
+
+use std::path::{Path, PathBuf};
+
+use ffmpeg_next::{Dictionary, Packet, Rational, Rescale, codec, format, media};
+use serde::{Deserialize, Serialize};
+
+use crate::encoder::{VideoCodec, codec_string};
+use crate::probe::open_input;
+use crate::{Deadline, MediaError};
+
+/// One encoded slice and where it sits on the output timeline.
+#[derive(Clone, Debug)]
+pub struct EncodedSlice {
+    pub path: PathBuf,
+    /// Start of the slice relative to the first slice, in `offset_tb`.
+    pub offset: i64,
+    pub offset_tb: (i32, i32),
+}
+
+#[derive(Clone, Debug)]
+pub struct MergeRequest {
+    pub slices: Vec<EncodedSlice>,
+    /// AAC audio for the whole video (from `encode_audio`), if any.
+    pub audio: Option<PathBuf>,
+    pub codec: VideoCodec,
+    pub mp4: PathBuf,
+    /// Directory for this rung's HLS playlist (`index.m3u8`), init segment and media segments.
+    pub hls_dir: Option<PathBuf>,
+    pub segment_seconds: f64,
+    pub deadline: Deadline,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MergeReport {
+    pub frames: u64,
+    pub duration_seconds: f64,
+    pub mp4_bytes: u64,
+    pub codec_string: String,
+    /// Bytes of the MP4 a player needs to show its first 3 seconds (header + media data).
+    pub prefetch_bytes_3s: u64,
+}
+
+/// Merges one rung. On error the MP4 and the HLS directory are removed.
+pub fn merge_rendition(req: &MergeRequest) -> Result<MergeReport, MediaError> {
+    crate::init();
+    let result = merge_inner(req);
+    if result.is_err() {
+        let _ = std::fs::remove_file(&req.mp4);
+        if let Some(d) = &req.hls_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+    result
+}
+
+/// Reads one input's packets of one stream, offset onto the output timeline.
+struct Source {
+    ictx: format::context::Input,
+    stream: usize,
+    tb: Rational,
+    offset: i64,
+}
+
+impl Source {
+    fn open(
+        path: &Path,
+        kind: media::Type,
+        offset: i64,
+        offset_tb: Rational,
+    ) -> Result<Self, MediaError> {
+        let ictx = open_input(path)?;
+        let s = ictx.streams().best(kind).ok_or_else(|| {
+            MediaError::CorruptStream(format!("{} lacks a {kind:?} stream", path.display()))
+        })?;
+        let (stream, tb) = (s.index(), s.time_base());
+        Ok(Self {
+            ictx,
+            stream,
+            tb,
+            offset: offset.rescale(offset_tb, tb),
+        })
+    }
+
+    fn next(&mut self) -> Result<Option<Packet>, MediaError> {
+        let mut p = Packet::empty();
+        loop {
+            match p.read(&mut self.ictx) {
+                Ok(()) if p.stream() == self.stream => {
+                    p.set_pts(p.pts().map(|t| t + self.offset));
+                    p.set_dts(p.dts().map(|t| t + self.offset));
+                    return Ok(Some(p));
+                }
+                Ok(()) => continue,
+                Err(ffmpeg_next::Error::Eof) => return Ok(None),
+                Err(e) => {
+                    return Err(MediaError::CorruptStream(format!(
+                        "reading an encoded slice: {e}"
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// All slices of a rung, read back to back.
+struct VideoTrack {
+    slices: std::vec::IntoIter<EncodedSlice>,
+    current: Option<Source>,
+    tb: Rational,
+    last_dts: Option<i64>,
+}
+
+impl VideoTrack {
+    fn next(&mut self) -> Result<Option<Packet>, MediaError> {
+        loop {
+            if self.current.is_none() {
+                let Some(s) = self.slices.next() else {
+                    return Ok(None);
+                };
+                let src = Source::open(
+                    &s.path,
+                    media::Type::Video,
+                    s.offset,
+                    Rational(s.offset_tb.0, s.offset_tb.1),
+                )?;
+                self.current = Some(src);
+            }
+            let src = self.current.as_mut().expect("set above");
+            match src.next()? {
+                Some(mut p) => {
+                    let in_tb = src.tb;
+                    p.rescale_ts(in_tb, self.tb);
+                    // Keep decode times strictly increasing across slice joins.
+                    if let (Some(dts), Some(last)) = (p.dts(), self.last_dts)
+                        && dts <= last
+                    {
+                        p.set_dts(Some(last + 1));
+                        if p.pts().is_some_and(|pts| pts < last + 1) {
+                            p.set_pts(Some(last + 1));
+                        }
+                    }
+                    self.last_dts = p.dts().or(self.last_dts);
+                    return Ok(Some(p));
+                }
+                None => self.current = None,
+            }
+        }
+    }
+}
+
+struct Sink {
+    octx: format::context::Output,
+    video: (usize, Rational),
+    audio: Option<(usize, Rational)>,
+}
+
+impl Sink {
+    fn open(
+        path: &Path,
+        format_name: &str,
+        vpar: &codec::Parameters,
+        vtb: Rational,
+        apar: Option<(&codec::Parameters, Rational)>,
+        options: Dictionary,
+        hevc: bool,
+    ) -> Result<Self, MediaError> {
+        let mut octx = format::output_as(path, format_name)
+            .map_err(MediaError::ffmpeg("creating a merged output"))?;
+        let v = {
+            let mut ost = octx
+                .add_stream(ffmpeg_next::encoder::find(codec::Id::None))
+                .map_err(MediaError::ffmpeg("adding the video stream"))?;
+            ost.set_parameters(vpar.clone());
+            ost.set_time_base(vtb);
+            let tag = if hevc {
+                u32::from_le_bytes(*b"hvc1")
+            } else {
+                0
+            };
+            unsafe { (*ost.parameters().as_mut_ptr()).codec_tag = tag };
+            ost.index()
+        };
+        let a = match apar {
+            Some((par, tb)) => {
+                let mut ost = octx
+                    .add_stream(ffmpeg_next::encoder::find(codec::Id::None))
+                    .map_err(MediaError::ffmpeg("adding the audio stream"))?;
+                ost.set_parameters(par.clone());
+                ost.set_time_base(tb);
+                unsafe { (*ost.parameters().as_mut_ptr()).codec_tag = 0 };
+                Some(ost.index())
+            }
+            None => None,
+        };
+        octx.write_header_with(options)
+            .map_err(MediaError::ffmpeg("writing a merged header"))?;
+        let video = (v, octx.stream(v).expect("added").time_base());
+        let audio = a.map(|i| (i, octx.stream(i).expect("added").time_base()));
+        Ok(Self { octx, video, audio })
+    }
+
+    fn write(&mut self, pkt: &Packet, from_tb: Rational, is_video: bool) -> Result<(), MediaError> {
+        let (idx, tb) = if is_video {
+            self.video
+        } else {
+            match self.audio {
+                Some(a) => a,
+                None => return Ok(()),
+            }
+        };
+        let mut p = pkt.clone();
+        p.set_stream(idx);
+        p.set_position(-1);
+        p.rescale_ts(from_tb, tb);
+        p.write_interleaved(&mut self.octx)
+            .map_err(MediaError::ffmpeg("writing merged media"))
+    }
+}
+
+fn merge_inner(req: &MergeRequest) -> Result<MergeReport, MediaError> {
+    let first = req
+        .slices
+        .first()
+        .ok_or_else(|| MediaError::CorruptStream("nothing to merge".into()))?;
+    let (vpar, vtb) = {
+        let ictx = open_input(&first.path)?;
+        let s = ictx
+            .streams()
+            .best(media::Type::Video)
+            .ok_or(MediaError::NoVideoStream)?;
+        (s.parameters(), s.time_base())
+    };
+    let extradata = unsafe {
+        let p = vpar.as_ptr();
+        if (*p).extradata.is_null() || (*p).extradata_size <= 0 {
+            Vec::new()
+        } else {
+            std::slice::from_raw_parts((*p).extradata, (*p).extradata_size as usize).to_vec()
+        }
+    };
+    let mut audio = match &req.audio {
+        Some(path) => Some(Source::open(path, media::Type::Audio, 0, Rational(1, 1))?),
+        None => None,
+    };
+    let apar = audio.as_ref().map(|a| {
+        let s = a.ictx.stream(a.stream).expect("opened");
+        (s.parameters(), a.tb)
+    });
+    let hevc = req.codec == VideoCodec::Hevc;
+
+    let mut mp4_opts = Dictionary::new();
+    mp4_opts.set("movflags", "+faststart");
+    let mut sinks = vec![Sink::open(
+        &req.mp4,
+        "mp4",
+        &vpar,
+        vtb,
+        apar.as_ref().map(|(p, tb)| (p, *tb)),
+        mp4_opts,
+        hevc,
+    )?];
+    if let Some(dir) = &req.hls_dir {
+        std::fs::create_dir_all(dir)?;
+        let mut o = Dictionary::new();
+        o.set("hls_time", &format!("{}", req.segment_seconds));
+        o.set("hls_playlist_type", "vod");
+        o.set("hls_segment_type", "fmp4");
+        o.set("hls_fmp4_init_filename", "init.mp4");
+        o.set(
+            "hls_segment_filename",
+            &dir.join("seg-%05d.m4s").to_string_lossy(),
+        );
+        o.set("hls_flags", "independent_segments");
+        o.set("hls_list_size", "0");
+        sinks.push(Sink::open(
+            &dir.join("index.m3u8"),
+            "hls",
+            &vpar,
+            vtb,
+            apar.as_ref().map(|(p, tb)| (p, *tb)),
+            o,
+            hevc,
+        )?);
+    }
+
+    let mut video = VideoTrack {
+        slices: req.slices.clone().into_iter(),
+        current: None,
+        tb: vtb,
+        last_dts: None,
+    };
+    let mut next_v = video.next()?;
+    let mut next_a = match audio.as_mut() {
+        Some(a) => a.next()?,
+        None => None,
+    };
+    let (mut frames, mut first_pts, mut end_pts) = (0u64, None::<i64>, 0i64);
+    let a_tb = audio.as_ref().map(|a| a.tb).unwrap_or(Rational(1, 1));
+    loop {
+        req.deadline.check()?;
+        // Interleave by decode time.
+        let take_video = match (&next_v, &next_a) {
+            (Some(v), Some(a)) => {
+                let (vd, ad) = (
+                    v.dts().or(v.pts()).unwrap_or(0),
+                    a.dts().or(a.pts()).unwrap_or(0),
+                );
+                vd.rescale(vtb, Rational(1, 1_000_000)) <= ad.rescale(a_tb, Rational(1, 1_000_000))
+            }
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        if take_video {
+            let p = next_v.take().expect("checked");
+            frames += 1;
+            if let Some(pts) = p.pts() {
+                first_pts = Some(first_pts.map_or(pts, |f| f.min(pts)));
+                end_pts = end_pts.max(pts + p.duration().max(0));
+            }
+            for s in sinks.iter_mut() {
+                s.write(&p, vtb, true)?;
+            }
+            next_v = video.next()?;
+        } else {
+            let p = next_a.take().expect("checked");
+            for s in sinks.iter_mut() {
+                s.write(&p, a_tb, false)?;
+            }
+            next_a = audio.as_mut().expect("audio packet implies audio").next()?;
+        }
+    }
+    for s in sinks.iter_mut() {
+        s.octx
+            .write_trailer()
+            .map_err(MediaError::ffmpeg("finishing a merged output"))?;
+    }
+    let duration_seconds = (end_pts - first_pts.unwrap_or(0)) as f64 * f64::from(vtb.numerator())
+        / f64::from(vtb.denominator());
+    Ok(MergeReport {
+        frames,
+        duration_seconds,
+        mp4_bytes: std::fs::metadata(&req.mp4)?.len(),
+        codec_string: codec_string(req.codec, &extradata),
+        prefetch_bytes_3s: prefetch_bytes(&req.mp4, 3.0)?,
+    })
+}
+
+/// Bytes of a faststart MP4 needed to play its first `seconds`: everything up to the end of the
+/// last sample (of any stream) that starts before `seconds`, header included.
+pub fn prefetch_bytes(mp4: &Path, seconds: f64) -> Result<u64, MediaError> {
+    let mut ictx = open_input(mp4)?;
+    let tbs: Vec<Rational> = ictx.streams().map(|s| s.time_base()).collect();
+    let mut end = 0u64;
+    let mut p = Packet::empty();
+    loop {
+        match p.read(&mut ictx) {
+            Ok(()) => {}
+            Err(ffmpeg_next::Error::Eof) => break,
+            Err(e) => {
+                return Err(MediaError::CorruptStream(format!(
+                    "reading {}: {e}",
+                    mp4.display()
+                )));
+            }
+        }
+        let tb = tbs[p.stream()];
+        let t = p.pts().or(p.dts()).unwrap_or(0) as f64 * f64::from(tb.numerator())
+            / f64::from(tb.denominator());
+        if t < seconds
+            && let Ok(pos) = u64::try_from(p.position())
+        {
+            end = end.max(pos + p.size() as u64);
+        }
+    }
+    Ok(end)
+}
