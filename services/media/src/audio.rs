@@ -19,14 +19,21 @@ pub(crate) struct AudioPipe {
     enc_tb: Rational,
     /// Input time (stream time base) that becomes output time 0.
     zero: i64,
+    /// Output time (in `enc_tb`) where audio stops: the video's end, so both end together.
+    end: Option<i64>,
     in_tb: Rational,
     next_pts: Option<i64>,
 }
 
 impl AudioPipe {
     /// `zero`: the input time, in this stream's time base, that output time 0 stands for (the
-    /// video's first frame), so audio and video keep their offset.
-    pub(crate) fn new(stream: &format::stream::Stream, zero: i64) -> Result<Self, MediaError> {
+    /// video's first frame), so audio and video keep their offset. `end`: input time (same base)
+    /// past which audio is cut, the video's end.
+    pub(crate) fn new(
+        stream: &format::stream::Stream,
+        zero: i64,
+        end: Option<i64>,
+    ) -> Result<Self, MediaError> {
         let in_tb = stream.time_base();
         let ctx = codec::context::Context::from_parameters(stream.parameters())
             .map_err(MediaError::ffmpeg("reading audio parameters"))?;
@@ -120,6 +127,7 @@ impl AudioPipe {
             encoder,
             enc_tb: Rational(1, rate),
             zero,
+            end: end.map(|e| (e - zero).rescale(in_tb, Rational(1, rate))),
             in_tb,
             next_pts: None,
         })
@@ -188,8 +196,19 @@ impl AudioPipe {
                         .unwrap_or(0)
                 }
             };
+            let mut samples = filtered.samples() as i64;
+            if let Some(end) = self.end {
+                if pts >= end {
+                    continue;
+                }
+                if pts + samples > end {
+                    // The last frame: keep only what lies before the video's end.
+                    samples = end - pts;
+                    unsafe { (*filtered.as_mut_ptr()).nb_samples = samples as i32 };
+                }
+            }
             filtered.set_pts(Some(pts));
-            self.next_pts = Some(pts + filtered.samples() as i64);
+            self.next_pts = Some(pts + samples);
             self.encoder
                 .send_frame(&filtered)
                 .map_err(MediaError::ffmpeg("encoding audio"))?;
@@ -225,12 +244,13 @@ impl AudioPipe {
 }
 
 /// Encodes the audio of `input` once to AAC in `out` (MP4), timed so that 0 is the input's
-/// video time `video_zero` (in `video_tb`). Returns false, writing nothing, when there is no
-/// audio.
+/// video time `video_zero` and cut at `video_end` (both in `video_tb`), so audio and video start
+/// and end together. Returns false, writing nothing, when there is no audio.
 pub fn encode_audio(
     input: &Path,
     out: &Path,
     video_zero: i64,
+    video_end: i64,
     video_tb: (i32, i32),
     deadline: Deadline,
 ) -> Result<bool, MediaError> {
@@ -238,7 +258,7 @@ pub fn encode_audio(
     let result = encode_audio_inner(
         input,
         out,
-        video_zero,
+        (video_zero, video_end),
         Rational(video_tb.0, video_tb.1),
         deadline,
     );
@@ -251,7 +271,7 @@ pub fn encode_audio(
 fn encode_audio_inner(
     input: &Path,
     out: &Path,
-    video_zero: i64,
+    (video_zero, video_end): (i64, i64),
     video_tb: Rational,
     deadline: Deadline,
 ) -> Result<bool, MediaError> {
@@ -259,7 +279,12 @@ fn encode_audio_inner(
     let Some(stream) = ictx.streams().best(media::Type::Audio) else {
         return Ok(false);
     };
-    let mut pipe = AudioPipe::new(&stream, video_zero.rescale(video_tb, stream.time_base()))?;
+    let atb = stream.time_base();
+    let mut pipe = AudioPipe::new(
+        &stream,
+        video_zero.rescale(video_tb, atb),
+        Some(video_end.rescale(video_tb, atb)),
+    )?;
     let mut octx =
         format::output_as(out, "mp4").map_err(MediaError::ffmpeg("creating the audio file"))?;
     {

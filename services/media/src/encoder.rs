@@ -64,8 +64,9 @@ impl VideoCodec {
     }
 }
 
-/// Encoder options for `codec` at `tier`, capped at `max_bitrate`, with a keyframe exactly every
-/// `gop` frames and closed GOPs, so keyframes line up across rungs and slices.
+/// Encoder options for `codec` at `tier`, capped at `max_bitrate`, with closed GOPs. Keyframes
+/// are forced by the caller on a timeline grid shared by rungs and slices (forced frames become
+/// IDR); the encoder's own interval is only a backstop at twice the GOP.
 pub(crate) fn encoder_options(
     codec: VideoCodec,
     tier: Tier,
@@ -104,10 +105,12 @@ pub(crate) fn encoder_options(
                 },
             );
             o.set("crf", "24");
+            o.set("forced-idr", "1");
             o.set(
                 "x265-params",
                 &format!(
-                    "keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0:vbv-maxrate={}:vbv-bufsize={}:log-level=error",
+                    "keyint={}:min-keyint={gop}:scenecut=0:open-gop=0:vbv-maxrate={}:vbv-bufsize={}:log-level=error",
+                    gop * 2,
                     max_bitrate / 1000,
                     max_bitrate / 500
                 ),

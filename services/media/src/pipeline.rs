@@ -216,6 +216,7 @@ fn run_inner(
                         &req.input,
                         &audio_path,
                         v.start_pts.max(first_start),
+                        v.end_pts,
                         tb,
                         req.deadline,
                     );
@@ -246,6 +247,7 @@ fn run_inner(
                             end: slice.window.end - slice.window.start,
                             time_base: tb,
                         }),
+                        timeline_offset: slice.window.start - first_start,
                         outputs: outputs
                             .iter()
                             .map(|(rung, codec, name)| RenditionOutput {

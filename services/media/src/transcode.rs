@@ -45,6 +45,9 @@ pub struct TranscodeRequest {
     /// Only frames presented inside the window are encoded, with timestamps counted from its
     /// start. `None`: every frame, counted from the first.
     pub window: Option<Window>,
+    /// Where the window starts on the whole video's timeline (window time base), so keyframes
+    /// fall on one grid across slices.
+    pub timeline_offset: i64,
     pub outputs: Vec<RenditionOutput>,
     pub tier: Tier,
     /// Keyframe interval; the same on every rung and slice so that renditions stay switchable.
@@ -81,6 +84,7 @@ impl TranscodeRequest {
         Self {
             input: input.into(),
             window: None,
+            timeline_offset: 0,
             outputs,
             tier,
             gop_seconds: 2.0,
@@ -172,7 +176,8 @@ fn run(req: &TranscodeRequest) -> Result<Vec<RenditionReport>, MediaError> {
             let zero = window
                 .map(|w| w.0)
                 .unwrap_or_else(|| vstream.start_time().max(0));
-            Some(AudioPipe::new(&s, zero.rescale(in_tb, s.time_base()))?)
+            let end = window.map(|w| w.1.rescale(in_tb, s.time_base()));
+            Some(AudioPipe::new(&s, zero.rescale(in_tb, s.time_base()), end)?)
         }
         _ => None,
     };
@@ -196,11 +201,21 @@ fn run(req: &TranscodeRequest) -> Result<Vec<RenditionReport>, MediaError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
 
+    let offset_tb = req
+        .window
+        .map(|w| Rational(w.time_base.0, w.time_base.1))
+        .unwrap_or(in_tb);
     let mut clock = Clock {
         window,
         base: window.map(|w| w.0),
         in_tb,
         enc_tb,
+        offset: req.timeline_offset.rescale(offset_tb, enc_tb),
+        gop_ticks: ((req.gop_seconds * f64::from(enc_tb.denominator())
+            / f64::from(enc_tb.numerator()))
+        .round() as i64)
+            .max(1),
+        last_gop: None,
         encoded: 0,
         progress: req.progress.clone(),
     };
@@ -251,20 +266,30 @@ struct Clock {
     base: Option<i64>,
     in_tb: Rational,
     enc_tb: Rational,
+    /// The window's start on the whole video's timeline, in `enc_tb`.
+    offset: i64,
+    gop_ticks: i64,
+    last_gop: Option<i64>,
     encoded: u64,
     progress: Option<FrameProgress>,
 }
 
 impl Clock {
-    /// Output pts for a frame at input time `pts`, or `None` when it falls outside the window.
-    fn place(&mut self, pts: i64) -> Option<i64> {
+    /// Output pts for a frame at input time `pts` and whether it must be a keyframe, or `None`
+    /// when it falls outside the window. Keyframes: the first frame, and the first frame in each
+    /// GOP-long interval of the whole video's timeline.
+    fn place(&mut self, pts: i64) -> Option<(i64, bool)> {
         if let Some((start, end)) = self.window
             && (pts < start || pts >= end)
         {
             return None;
         }
         let base = *self.base.get_or_insert(pts);
-        Some((pts - base).rescale(self.in_tb, self.enc_tb))
+        let out = (pts - base).rescale(self.in_tb, self.enc_tb);
+        let gop = (out + self.offset).div_euclid(self.gop_ticks);
+        let key = self.last_gop != Some(gop);
+        self.last_gop = Some(gop);
+        Some((out, key))
     }
 
     fn tick(&mut self) {
@@ -310,11 +335,15 @@ fn encode_frame(
     clock: &mut Clock,
     outs: &mut [VideoOut],
 ) -> Result<(), MediaError> {
-    let Some(pts) = f.pts().and_then(|p| clock.place(p)) else {
+    let Some((pts, key)) = f.pts().and_then(|p| clock.place(p)) else {
         return Ok(());
     };
-    // libx264 would otherwise obey the source's frame types.
-    f.set_kind(picture::Type::None);
+    // Keyframes on the shared grid; elsewhere the encoder decides (never the source's types).
+    f.set_kind(if key {
+        picture::Type::I
+    } else {
+        picture::Type::None
+    });
     for out in outs.iter_mut() {
         out.push_frame(f, pts)?;
     }
@@ -607,7 +636,7 @@ impl VideoOut {
         let pts = self.last_pts.map_or(pts, |last| pts.max(last + 1));
         self.last_pts = Some(pts);
         scaled.set_pts(Some(pts));
-        scaled.set_kind(picture::Type::None);
+        scaled.set_kind(input.kind());
         self.encoder
             .send_frame(&scaled)
             .map_err(MediaError::ffmpeg("encoding video"))?;

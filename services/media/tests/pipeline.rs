@@ -1,0 +1,463 @@
+//! The whole media pipeline on real clips and on odd inputs derived from them with the ffmpeg
+//! command line: B-frames and many GOPs, variable frame rate, rotation, odd sizes, HEVC, no
+//! audio, truncation.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use vtx_domain::ErrorCode;
+use vtx_media::{
+    Deadline, Limits, Manifest, PipelineRequest, Tier, VideoCodec, probe, run_pipeline,
+};
+
+fn media(name: &str) -> PathBuf {
+    let dir = std::env::var_os("VTX_MEDIA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/media"));
+    let p = dir.join(name);
+    assert!(p.exists(), "sample clip {} missing", p.display());
+    p
+}
+
+/// A derived input, made once with the ffmpeg command line (installed by the setup script) and
+/// kept under the target directory; written to a temporary name first so parallel tests never
+/// see half a file.
+fn derived(name: &str, args: &[&str]) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("media-fixtures");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(name);
+    if out.exists() {
+        return out;
+    }
+    let tmp = dir.join(format!("{}.{}.part.mp4", name, std::process::id()));
+    let st = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(args)
+        .arg(&tmp)
+        .status()
+        .expect("ffmpeg command line is installed by deploy/local/setup.sh");
+    assert!(st.success(), "ffmpeg {args:?}");
+    std::fs::rename(&tmp, &out).unwrap();
+    out
+}
+
+/// 10.6 s, 640x360, keyframe every second, 3 B-frames, AAC audio.
+fn gop_bframes() -> PathBuf {
+    let src = media("bigbuckbunny.mp4");
+    derived(
+        "gop-bframes.mp4",
+        &[
+            "-stream_loop",
+            "1",
+            "-i",
+            src.to_str().unwrap(),
+            "-vf",
+            "scale=640:360",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-g",
+            "25",
+            "-bf",
+            "3",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "96k",
+        ],
+    )
+}
+
+fn run(
+    input: &Path,
+    out: &Path,
+    slice_seconds: f64,
+    tier: Tier,
+) -> Result<Manifest, vtx_media::MediaError> {
+    let mut req = PipelineRequest::new(input, out);
+    req.slice_seconds = slice_seconds;
+    req.tier = tier;
+    req.jobs = 2;
+    run_pipeline(&req)
+}
+
+fn assert_frames_and_sync(m: &Manifest, out: &Path) {
+    let src = &m.source.video;
+    let frame = 1.0 / src.frame_rate;
+    for r in &m.renditions {
+        let p = probe(&out.join(&r.file), &Limits::default(), Deadline::none()).unwrap();
+        if src.variable_frame_rate {
+            assert!(
+                (p.video.duration_seconds - src.duration_seconds).abs() <= frame + 1e-6,
+                "{}: duration {} vs source {}",
+                r.name,
+                p.video.duration_seconds,
+                src.duration_seconds
+            );
+        } else {
+            assert_eq!(p.video.frames, src.frames, "{}: frame count", r.name);
+        }
+        assert_eq!(r.frames, p.video.frames);
+        assert_eq!(p.video.width % 2, 0);
+        assert_eq!(p.video.height % 2, 0);
+        if let Some(a) = &p.audio {
+            assert!(
+                (a.duration_seconds - p.video.duration_seconds).abs() <= frame + 1e-6,
+                "{}: audio ends at {} s, video at {} s",
+                r.name,
+                a.duration_seconds,
+                p.video.duration_seconds
+            );
+        }
+        assert!(r.prefetch_bytes_3s > 0 && r.prefetch_bytes_3s <= r.bytes);
+    }
+}
+
+#[test]
+fn slices_merged_keep_the_frames_of_a_monolithic_encode() {
+    let input = gop_bframes();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sliced = run(&input, a.path(), 3.0, Tier::Fast).unwrap();
+    let whole = run(&input, b.path(), 0.0, Tier::Fast).unwrap();
+    assert!(sliced.source.video.reordered, "the fixture has B-frames");
+    assert!(sliced.slices >= 3, "{} slices", sliced.slices);
+    assert_eq!(whole.slices, 1);
+    assert_frames_and_sync(&sliced, a.path());
+    assert_frames_and_sync(&whole, b.path());
+    for (s, w) in sliced.renditions.iter().zip(&whole.renditions) {
+        assert_eq!(s.frames, w.frames, "{}", s.name);
+        assert!((s.duration - w.duration).abs() < 1e-6, "{}", s.name);
+        // No visible seams: quality of the stitched encode stays with the monolithic one.
+        let (sp, wp) = (s.psnr.unwrap(), w.psnr.unwrap());
+        assert!(
+            (sp - wp).abs() < 0.5,
+            "{}: PSNR sliced {sp} vs whole {wp}",
+            s.name
+        );
+        assert!(sp > 30.0 && s.ssim.unwrap() > 0.9, "{}: {sp} dB", s.name);
+    }
+    assert!(a.path().join("cover.jpg").exists());
+    assert!(a.path().join("manifest.json").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(a.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".vtx-work"))
+        .collect();
+    assert!(leftovers.is_empty(), "scratch left behind");
+}
+
+#[test]
+fn every_hls_segment_starts_on_a_keyframe_and_lasts_about_two_seconds() {
+    let input = gop_bframes();
+    let out = tempfile::tempdir().unwrap();
+    let m = run(&input, out.path(), 3.0, Tier::Fast).unwrap();
+    let master = std::fs::read_to_string(out.path().join(m.hls_master.as_ref().unwrap())).unwrap();
+    for r in &m.renditions {
+        assert!(master.contains(&format!("RESOLUTION={}x{}", r.width, r.height)));
+        assert!(master.contains(&format!("CODECS=\"{},mp4a.40.2\"", r.codec_string)));
+        let playlist = out.path().join(r.hls_playlist.as_ref().unwrap());
+        let dir = playlist.parent().unwrap();
+        let text = std::fs::read_to_string(&playlist).unwrap();
+        assert!(text.contains("#EXT-X-MAP:URI=\"init.mp4\""));
+        let init = std::fs::read(dir.join("init.mp4")).unwrap();
+        let mut durations = Vec::new();
+        let mut frames = 0;
+        for line in text.lines() {
+            if let Some(d) = line.strip_prefix("#EXTINF:") {
+                durations.push(d.trim_end_matches(',').parse::<f64>().unwrap());
+            }
+            if line.ends_with(".m4s") {
+                let mut data = init.clone();
+                data.extend(std::fs::read(dir.join(line)).unwrap());
+                let joined = out.path().join("joined.mp4");
+                std::fs::write(&joined, data).unwrap();
+                let p = probe(&joined, &Limits::default(), Deadline::none()).unwrap();
+                assert_eq!(
+                    p.video.keyframes[0].pts, p.video.start_pts,
+                    "{} {line} starts on a non-keyframe",
+                    r.name
+                );
+                frames += p.video.frames;
+            }
+        }
+        assert_eq!(
+            frames, m.source.video.frames,
+            "{}: HLS holds every frame",
+            r.name
+        );
+        let (last, rest) = durations.split_last().unwrap();
+        assert!(
+            rest.iter().all(|d| (d - 2.0).abs() < 0.05),
+            "{}: {durations:?}",
+            r.name
+        );
+        assert!(*last <= 2.05);
+    }
+}
+
+#[test]
+fn variable_frame_rate_keeps_its_duration() {
+    let src = media("bikes.mp4");
+    // Drop 3 of every 10 frames but keep the others' times: gaps make the rate variable.
+    let input = derived(
+        "vfr.mp4",
+        &[
+            "-i",
+            src.to_str().unwrap(),
+            "-vf",
+            "select='lt(mod(n\\,10)\\,7)'",
+            "-vsync",
+            "vfr",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-g",
+            "30",
+        ],
+    );
+    let p = probe(&input, &Limits::default(), Deadline::none()).unwrap();
+    assert!(p.video.variable_frame_rate, "the fixture is variable-rate");
+    let out = tempfile::tempdir().unwrap();
+    let m = run(&input, out.path(), 3.0, Tier::Fast).unwrap();
+    assert!(m.slices >= 2);
+    assert_frames_and_sync(&m, out.path());
+    for r in &m.renditions {
+        let got = probe(
+            &out.path().join(&r.file),
+            &Limits::default(),
+            Deadline::none(),
+        )
+        .unwrap();
+        assert_eq!(
+            got.video.frames, p.video.frames,
+            "{}: every kept frame encoded once",
+            r.name
+        );
+    }
+}
+
+#[test]
+fn rotation_is_applied_to_the_pixels_as_the_ffmpeg_command_line_does() {
+    let src = media("bikes.mp4");
+    let input = derived(
+        "rotated.mp4",
+        &[
+            "-i",
+            src.to_str().unwrap(),
+            "-c",
+            "copy",
+            "-metadata:s:v:0",
+            "rotate=90",
+        ],
+    );
+    let p = probe(&input, &Limits::default(), Deadline::none()).unwrap();
+    assert_eq!(p.video.rotation % 180, 90);
+    assert_eq!((p.video.display_width, p.video.display_height), (272, 640));
+    // The command line's own autorotation is the reference for the direction.
+    let reference = derived(
+        "rotated-by-cli.mp4",
+        &[
+            "-i",
+            input.to_str().unwrap(),
+            "-c:v",
+            "libx264",
+            "-crf",
+            "12",
+            "-preset",
+            "veryfast",
+        ],
+    );
+    let out = tempfile::tempdir().unwrap();
+    let m = run(&input, out.path(), 4.0, Tier::Fast).unwrap();
+    assert_frames_and_sync(&m, out.path());
+    let top = m.renditions.last().unwrap();
+    assert_eq!((top.width, top.height), (272, 640));
+    for r in &m.renditions {
+        assert!(r.height > r.width, "{} is {}x{}", r.name, r.width, r.height);
+        let got = probe(
+            &out.path().join(&r.file),
+            &Limits::default(),
+            Deadline::none(),
+        )
+        .unwrap();
+        assert_eq!(
+            got.video.rotation, 0,
+            "pixels rotated, no display matrix left"
+        );
+    }
+    let q = vtx_media::measure(
+        &reference,
+        0,
+        &[out.path().join(&top.file)],
+        Deadline::none(),
+    )
+    .unwrap();
+    assert!(
+        q[0].psnr > 30.0,
+        "rotated the other way? PSNR against the CLI's rotation: {}",
+        q[0].psnr
+    );
+}
+
+#[test]
+fn odd_dimensions_give_even_renditions() {
+    let src = media("bikes.mp4");
+    let input = derived(
+        "odd.mp4",
+        &[
+            "-i",
+            src.to_str().unwrap(),
+            "-vf",
+            "scale=321:241",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv444p",
+            "-preset",
+            "veryfast",
+        ],
+    );
+    let out = tempfile::tempdir().unwrap();
+    let m = run(&input, out.path(), 4.0, Tier::Fast).unwrap();
+    assert_frames_and_sync(&m, out.path());
+    assert_eq!(m.renditions.len(), 1);
+    assert_eq!((m.renditions[0].width, m.renditions[0].height), (320, 240));
+}
+
+#[test]
+fn hevc_source_without_audio_transcodes() {
+    let src = media("bikes.mp4");
+    let input = derived(
+        "hevc.mp4",
+        &[
+            "-i",
+            src.to_str().unwrap(),
+            "-frames:v",
+            "100",
+            "-c:v",
+            "libx265",
+            "-x265-params",
+            "log-level=error:keyint=25",
+        ],
+    );
+    let out = tempfile::tempdir().unwrap();
+    let m = run(&input, out.path(), 2.0, Tier::Fast).unwrap();
+    assert_eq!(m.source.video.codec, "hevc");
+    assert!(!m.audio);
+    assert_frames_and_sync(&m, out.path());
+}
+
+#[test]
+fn extreme_tier_encodes_hevc_and_av1() {
+    let out = tempfile::tempdir().unwrap();
+    let m = run(
+        &media("carphone_pristine.mp4"),
+        out.path(),
+        2.0,
+        Tier::Extreme,
+    )
+    .unwrap();
+    let codecs: Vec<VideoCodec> = m.renditions.iter().map(|r| r.codec).collect();
+    assert!(
+        codecs.contains(&VideoCodec::Hevc) && codecs.contains(&VideoCodec::Av1),
+        "{codecs:?}"
+    );
+    assert_frames_and_sync(&m, out.path());
+    for r in &m.renditions {
+        let got = probe(
+            &out.path().join(&r.file),
+            &Limits::default(),
+            Deadline::none(),
+        )
+        .unwrap();
+        assert_eq!(got.video.codec, r.codec.label());
+        let prefix = match r.codec {
+            VideoCodec::Hevc => "hvc1.",
+            VideoCodec::Av1 => "av01.",
+            VideoCodec::H264 => "avc1.",
+        };
+        assert!(r.codec_string.starts_with(prefix), "{}", r.codec_string);
+    }
+}
+
+#[test]
+fn truncated_input_fails_typed_and_leaves_nothing() {
+    let full = gop_bframes();
+    let faststart = derived(
+        "faststart.mp4",
+        &[
+            "-i",
+            full.to_str().unwrap(),
+            "-c",
+            "copy",
+            "-movflags",
+            "+faststart",
+        ],
+    );
+    let data = std::fs::read(&faststart).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Index at the front, media cut off: the file opens but its samples are missing.
+    let cut = dir.path().join("cut.mp4");
+    std::fs::write(&cut, &data[..data.len() * 6 / 10]).unwrap();
+    // Index at the end, cut off: nothing to open.
+    let headless = dir.path().join("headless.mp4");
+    std::fs::write(&headless, &std::fs::read(&full).unwrap()[..data.len() / 2]).unwrap();
+
+    for (input, code) in [
+        (&cut, ErrorCode::CorruptStream),
+        (&headless, ErrorCode::NotAVideo),
+    ] {
+        let out = dir.path().join(format!(
+            "out-{}",
+            input.file_stem().unwrap().to_string_lossy()
+        ));
+        let err = run(input, &out, 3.0, Tier::Fast).unwrap_err();
+        assert_eq!(err.code(), code, "{}: {err}", input.display());
+        let left: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "partial output left: {left:?}");
+    }
+}
+
+#[test]
+fn watermark_is_drawn_without_losing_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let wm = dir.path().join("wm.png");
+    let st = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=red:s=48x48",
+            "-frames:v",
+            "1",
+        ])
+        .arg(&wm)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = dir.path().join("out");
+    let mut req = PipelineRequest::new(media("bikes.mp4"), &out);
+    req.watermark = Some(wm);
+    req.slice_seconds = 4.0;
+    let m = run_pipeline(&req).unwrap();
+    assert_frames_and_sync(&m, &out);
+    let plain = run(
+        &media("bikes.mp4"),
+        &dir.path().join("plain"),
+        4.0,
+        Tier::Fast,
+    )
+    .unwrap();
+    // The red square is not in the source: the watermarked encode is further from it.
+    assert!(m.renditions[0].psnr.unwrap() < plain.renditions[0].psnr.unwrap());
+}
