@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod bench;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::task::JoinSet;
@@ -71,6 +73,9 @@ enum Command {
         #[arg(long)]
         no_quality: bool,
     },
+    /// Benchmarks (print Markdown tables; results are kept in docs/benchmarks.md).
+    #[command(subcommand)]
+    Bench(Bench),
     /// Show a video's (or a job's) state and, once ready, its playback URLs.
     Status {
         id: String,
@@ -79,6 +84,19 @@ enum Command {
         wait: bool,
         #[arg(long, env = "VTX_URL", default_value = "http://127.0.0.1:8080")]
         url: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Media engine: shared decode vs separate runs, vs the ffmpeg command line, slices vs
+    /// monolithic. Without --input, loops the shared 720p clip to 32 s.
+    Media {
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Parallel single-threaded slice workers for (c).
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
     },
 }
 
@@ -94,6 +112,9 @@ async fn main() -> anyhow::Result<()> {
             url,
         } => upload(file, chunk_size, wait, url).await,
         Command::Status { id, wait, url } => status(id, wait, url).await,
+        Command::Bench(Bench::Media { input, jobs }) => {
+            tokio::task::spawn_blocking(move || bench::media(input, jobs)).await?
+        }
         Command::Transcode {
             input,
             out,
@@ -142,7 +163,7 @@ async fn serve(command: Command) -> anyhow::Result<()> {
             store.ensure_bucket().await.context("creating the bucket")?;
             (true, true, true)
         }
-        Command::Upload { .. } | Command::Status { .. } | Command::Transcode { .. } => {
+        Command::Upload { .. } | Command::Status { .. } | Command::Transcode { .. } | Command::Bench(_) => {
             unreachable!("client commands")
         }
     };

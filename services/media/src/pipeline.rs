@@ -206,22 +206,20 @@ fn run_inner(
     let encoded = Arc::new(AtomicU64::new(0));
     let next = AtomicUsize::new(0);
     let failure: Mutex<Option<MediaError>> = Mutex::new(None);
-    let audio_result: Mutex<Option<Result<bool, MediaError>>> = Mutex::new(None);
-    let audio_taken = AtomicUsize::new(0);
-    std::thread::scope(|scope| {
+    let has_audio = std::thread::scope(|scope| {
+        // The audio is encoded once, beside the slices (it costs a fraction of one of them).
+        let audio = scope.spawn(|| {
+            encode_audio(
+                &req.input,
+                &audio_path,
+                v.start_pts.max(first_start),
+                v.end_pts,
+                tb,
+                req.deadline,
+            )
+        });
         for _ in 0..req.jobs.max(1) {
             scope.spawn(|| {
-                if audio_taken.fetch_add(1, Ordering::SeqCst) == 0 {
-                    let r = encode_audio(
-                        &req.input,
-                        &audio_path,
-                        v.start_pts.max(first_start),
-                        v.end_pts,
-                        tb,
-                        req.deadline,
-                    );
-                    *audio_result.lock().expect("lock") = Some(r);
-                }
                 loop {
                     if failure.lock().expect("lock").is_some() {
                         return;
@@ -275,14 +273,12 @@ fn run_inner(
                 }
             });
         }
+        audio.join().unwrap_or_else(|_| Err(MediaError::Io(std::io::Error::other("audio encoder panicked"))))
     });
     if let Some(e) = failure.into_inner().expect("lock") {
         return Err(e);
     }
-    let has_audio = match audio_result.into_inner().expect("lock") {
-        Some(r) => r?,
-        None => false,
-    };
+    let has_audio = has_audio?;
 
     // Merge each rendition.
     let hls_root = req.out_dir.join("hls");

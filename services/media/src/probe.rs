@@ -140,10 +140,7 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
             limits.max_pixels
         )));
     }
-    let frame_rate_q = [vstream.avg_frame_rate(), vstream.rate()]
-        .into_iter()
-        .find(|r| rational_to_f64(*r).is_some_and(|f| (1.0..=240.0).contains(&f)))
-        .unwrap_or(Rational(25, 1));
+    let frame_rate_q = nominal_frame_rate(vstream.avg_frame_rate(), vstream.rate());
     let frame_rate = rational_to_f64(frame_rate_q).unwrap_or(25.0);
 
     let audio = ictx.streams().best(media::Type::Audio).map(|s| {
@@ -325,6 +322,18 @@ fn check_duration(seconds: f64, limits: &Limits) -> Result<(), MediaError> {
         });
     }
     Ok(())
+}
+
+/// The frame rate to encode at: the stream's base rate when the average agrees with it within
+/// 1% (a looped or trimmed file averages 24.96 for a 25 fps stream), else the average.
+pub(crate) fn nominal_frame_rate(avg: Rational, base: Rational) -> Rational {
+    let ok = |r: Rational| rational_to_f64(r).filter(|f| (1.0..=240.0).contains(f));
+    match (ok(avg), ok(base)) {
+        (Some(a), Some(b)) if (a - b).abs() <= 0.01 * b => base,
+        (Some(_), _) => avg,
+        (None, Some(_)) => base,
+        (None, None) => Rational(25, 1),
+    }
 }
 
 pub(crate) fn rational_to_f64(r: Rational) -> Option<f64> {

@@ -18,7 +18,7 @@ use vtx_domain::Rung;
 
 use crate::audio::AudioPipe;
 use crate::encoder::{Tier, VideoCodec, codec_string, encoder_options};
-use crate::probe::{open_input, rational_to_f64};
+use crate::probe::{nominal_frame_rate, open_input, rational_to_f64};
 use crate::{Deadline, MediaError};
 
 #[derive(Clone, Debug)]
@@ -141,10 +141,8 @@ fn run(req: &TranscodeRequest) -> Result<Vec<RenditionReport>, MediaError> {
     let frame_rate = req
         .frame_rate
         .map(|(n, d)| Rational(n, d))
-        .into_iter()
-        .chain([vstream.avg_frame_rate(), vstream.rate()])
-        .find(|r| rational_to_f64(*r).is_some_and(|f| (1.0..=240.0).contains(&f)))
-        .unwrap_or(Rational(25, 1));
+        .filter(|r| rational_to_f64(*r).is_some_and(|f| (1.0..=240.0).contains(&f)))
+        .unwrap_or_else(|| nominal_frame_rate(vstream.avg_frame_rate(), vstream.rate()));
     let mut vctx = codec::context::Context::from_parameters(vstream.parameters())
         .map_err(MediaError::ffmpeg("reading video parameters"))?;
     vctx.set_threading(threading::Config {
