@@ -91,20 +91,51 @@ async fn three_chunks_out_of_order_become_a_playable_video_with_every_frame(pool
     let master_url = playback.hls.clone().expect("HLS master");
     let resp = app.client.http().get(&master_url).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(resp.headers()["content-type"], "application/vnd.apple.mpegurl");
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/vnd.apple.mpegurl"
+    );
     let master = resp.text().await.unwrap();
     assert!(master.starts_with("#EXTM3U"));
     let variants: Vec<&str> = master.lines().filter(|l| l.ends_with(".m3u8")).collect();
     assert_eq!(variants.len(), playback.mp4.len());
     let base = master_url.rsplit_once('/').unwrap().0;
-    let variant = app.client.http().get(format!("{base}/{}", variants[0])).send().await.unwrap();
+    let variant = app
+        .client
+        .http()
+        .get(format!("{base}/{}", variants[0]))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(variant.status(), StatusCode::OK);
-    assert!(variant.text().await.unwrap().contains("#EXT-X-MAP:URI=\"init.mp4\""));
-    let cover = app.client.http().get(playback.cover.clone().expect("cover")).send().await.unwrap();
+    assert!(
+        variant
+            .text()
+            .await
+            .unwrap()
+            .contains("#EXT-X-MAP:URI=\"init.mp4\"")
+    );
+    let cover = app
+        .client
+        .http()
+        .get(playback.cover.clone().expect("cover"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(cover.status(), StatusCode::OK);
     assert_eq!(cover.headers()["content-type"], "image/jpeg");
-    assert!(playback.mp4.iter().all(|r| r.prefetch_bytes_3s.unwrap_or(0) > 0));
-    assert!(playback.mp4.iter().all(|r| r.codec_string.as_deref().unwrap_or("").starts_with("avc1.")));
+    assert!(
+        playback
+            .mp4
+            .iter()
+            .all(|r| r.prefetch_bytes_3s.unwrap_or(0) > 0)
+    );
+    assert!(
+        playback
+            .mp4
+            .iter()
+            .all(|r| r.codec_string.as_deref().unwrap_or("").starts_with("avc1."))
+    );
 
     // Range requests work, so players can seek.
     let url = &playback.mp4[0].url;

@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use vtx_domain::{Rung, plan_ladder};
 use vtx_media::{
-    Deadline, Limits, PipelineRequest, RenditionOutput, Tier, TranscodeRequest, VideoCodec, measure, probe,
-    run_pipeline, transcode_ladder,
+    Deadline, Limits, PipelineRequest, RenditionOutput, Tier, TranscodeRequest, VideoCodec,
+    measure, probe, run_pipeline, transcode_ladder,
 };
 
 /// Wall and CPU seconds (this process and its children) of one run.
@@ -73,7 +73,18 @@ fn default_input(dir: &Path) -> anyhow::Result<PathBuf> {
 /// The ffmpeg command line's equivalent of our fast-tier x264 settings for one rung.
 fn cli_x264_args(rung: &Rung, gop: u32, threads: Option<usize>) -> Vec<String> {
     let mut a: Vec<String> = [
-        "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "high", "-crf", "23", "-bf", "2", "-pix_fmt", "yuv420p",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-profile:v",
+        "high",
+        "-crf",
+        "23",
+        "-bf",
+        "2",
+        "-pix_fmt",
+        "yuv420p",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -151,13 +162,25 @@ pub fn media(input: Option<PathBuf>, jobs: usize) -> anyhow::Result<()> {
         graph.push_str(&format!("[s{i}]"));
     }
     for (i, r) in ladder.iter().enumerate() {
-        graph.push_str(&format!(";[s{i}]scale={}:{}:flags=bicubic[o{i}]", r.width, r.height));
+        graph.push_str(&format!(
+            ";[s{i}]scale={}:{}:flags=bicubic[o{i}]",
+            r.width, r.height
+        ));
     }
-    let mut args: Vec<String> = vec!["-i".into(), input.to_string_lossy().into_owned(), "-filter_complex".into(), graph];
+    let mut args: Vec<String> = vec![
+        "-i".into(),
+        input.to_string_lossy().into_owned(),
+        "-filter_complex".into(),
+        graph,
+    ];
     for (i, r) in ladder.iter().enumerate() {
         args.extend(["-map".into(), format!("[o{i}]")]);
         args.extend(cli_x264_args(r, gop, None));
-        args.push(dir.join(format!("cli-{}.mp4", r.name)).to_string_lossy().into_owned());
+        args.push(
+            dir.join(format!("cli-{}.mp4", r.name))
+                .to_string_lossy()
+                .into_owned(),
+        );
     }
     let (cli, _) = measure_cost(|| ffmpeg(&args))?;
 
@@ -175,9 +198,11 @@ pub fn media(input: Option<PathBuf>, jobs: usize) -> anyhow::Result<()> {
     };
     // Three slices per worker, so that uneven slice lengths even out across rounds.
     let slice_seconds = (p.video.duration_seconds / (jobs as f64 * 3.0)).max(1.0);
-    let (sliced, sm) = measure_cost(|| Ok(run_pipeline(&pipeline(&sliced_dir, slice_seconds, jobs))?))?;
+    let (sliced, sm) =
+        measure_cost(|| Ok(run_pipeline(&pipeline(&sliced_dir, slice_seconds, jobs))?))?;
     let (mono, mm) = measure_cost(|| Ok(run_pipeline(&pipeline(&mono_dir, 0.0, 1))?))?;
-    let top = |m: &vtx_media::Manifest, d: &Path| d.join(&m.renditions.last().expect("a rung").file);
+    let top =
+        |m: &vtx_media::Manifest, d: &Path| d.join(&m.renditions.last().expect("a rung").file);
     let q = measure(
         &input,
         p.video.rotation,
@@ -190,7 +215,12 @@ pub fn media(input: Option<PathBuf>, jobs: usize) -> anyhow::Result<()> {
     println!("| run | wall s | CPU s | fps | vs baseline |");
     println!("| --- | ---: | ---: | ---: | --- |");
     let row = |name: &str, c: Cost, note: String| {
-        println!("| {name} | {:.2} | {:.2} | {:.1} | {note} |", c.wall, c.cpu, frames / c.wall);
+        println!(
+            "| {name} | {:.2} | {:.2} | {:.1} | {note} |",
+            c.wall,
+            c.cpu,
+            frames / c.wall
+        );
     };
     row(
         &format!("(a) vtx: one decode -> {}-rung ladder", ladder.len()),
@@ -201,14 +231,24 @@ pub fn media(input: Option<PathBuf>, jobs: usize) -> anyhow::Result<()> {
             (1.0 - shared.cpu / separate.cpu) * 100.0
         ),
     );
-    row(&format!("(a) vtx: {} separate decode+encode runs", ladder.len()), separate, "baseline".into());
+    row(
+        &format!("(a) vtx: {} separate decode+encode runs", ladder.len()),
+        separate,
+        "baseline".into(),
+    );
     row(
         "(b) ffmpeg CLI: -filter_complex split, same x264 settings",
         cli,
-        format!("vtx ladder takes {:+.1}% wall vs the CLI", (shared.wall / cli.wall - 1.0) * 100.0),
+        format!(
+            "vtx ladder takes {:+.1}% wall vs the CLI",
+            (shared.wall / cli.wall - 1.0) * 100.0
+        ),
     );
     row(
-        &format!("(c) vtx: {} slices on {jobs} single-threaded workers", sm.slices),
+        &format!(
+            "(c) vtx: {} slices on {jobs} single-threaded workers",
+            sm.slices
+        ),
         sliced,
         format!(
             "speed-up {:.2}x (target >= {:.2}x), top rung PSNR {:.3} dB",
@@ -224,7 +264,8 @@ pub fn media(input: Option<PathBuf>, jobs: usize) -> anyhow::Result<()> {
             "top rung PSNR {:.3} dB; stitched: {:+.3} dB at {:+.1}% bytes",
             q[1].psnr,
             q[0].psnr - q[1].psnr,
-            (sm.renditions.last().expect("a rung").bytes as f64 / mm.renditions.last().expect("a rung").bytes as f64
+            (sm.renditions.last().expect("a rung").bytes as f64
+                / mm.renditions.last().expect("a rung").bytes as f64
                 - 1.0)
                 * 100.0
         ),

@@ -163,7 +163,10 @@ async fn serve(command: Command) -> anyhow::Result<()> {
             store.ensure_bucket().await.context("creating the bucket")?;
             (true, true, true)
         }
-        Command::Upload { .. } | Command::Status { .. } | Command::Transcode { .. } | Command::Bench(_) => {
+        Command::Upload { .. }
+        | Command::Status { .. }
+        | Command::Transcode { .. }
+        | Command::Bench(_) => {
             unreachable!("client commands")
         }
     };

@@ -26,6 +26,9 @@ pub struct MergeRequest {
     /// AAC audio for the whole video (from `encode_audio`), if any.
     pub audio: Option<PathBuf>,
     pub codec: VideoCodec,
+    /// Nominal frame rate: packets read back without a duration get one frame's worth, or the
+    /// MP4's edit list would end at the last frame's start and hide it.
+    pub frame_rate: (i32, i32),
     pub mp4: PathBuf,
     /// Directory for this rung's HLS playlist (`index.m3u8`), init segment and media segments.
     pub hls_dir: Option<PathBuf>,
@@ -111,6 +114,7 @@ struct VideoTrack {
     current: Option<Source>,
     tb: Rational,
     last_dts: Option<i64>,
+    frame_ticks: i64,
 }
 
 impl VideoTrack {
@@ -133,6 +137,9 @@ impl VideoTrack {
                 Some(mut p) => {
                     let in_tb = src.tb;
                     p.rescale_ts(in_tb, self.tb);
+                    if p.duration() <= 0 {
+                        p.set_duration(self.frame_ticks);
+                    }
                     // Keep decode times strictly increasing across slice joins.
                     if let (Some(dts), Some(last)) = (p.dts(), self.last_dts)
                         && dts <= last
@@ -291,6 +298,9 @@ fn merge_inner(req: &MergeRequest) -> Result<MergeReport, MediaError> {
         current: None,
         tb: vtb,
         last_dts: None,
+        frame_ticks: 1i64
+            .rescale(Rational(req.frame_rate.1, req.frame_rate.0), vtb)
+            .max(1),
     };
     let mut next_v = video.next()?;
     let mut next_a = match audio.as_mut() {

@@ -170,16 +170,13 @@ fn run_inner(
 
     // Plan the slices on the GOP index.
     let tb = v.time_base;
-    let mut keys: Vec<i64> = v
-        .keyframes
-        .iter()
-        .map(|k| k.pts)
-        .filter(|&p| p >= v.start_pts)
-        .collect();
+    // Decoding starts at the last keyframe at or before the first shown frame (an edit list may
+    // hide a few frames after it); later cuts are keyframes inside the shown span.
+    let mut keys: Vec<i64> = v.keyframes.iter().map(|k| k.pts).collect();
     keys.sort_unstable();
     keys.dedup();
-    // Frames shown before the first keyframe cannot be decoded alone: the first slice starts at
-    // the first keyframe.
+    let lead = keys.iter().rev().find(|&&k| k <= v.start_pts).copied();
+    keys.retain(|&k| k > v.start_pts || Some(k) == lead);
     let ticks_per_second = f64::from(tb.1) / f64::from(tb.0);
     let target = if req.slice_seconds > 0.0 {
         (req.slice_seconds * ticks_per_second).round() as i64
@@ -198,7 +195,9 @@ fn run_inner(
     );
 
     let outputs = plan_outputs(req.tier, v.display_width, v.display_height);
-    let first_start = windows.first().map(|w| w.start).unwrap_or(0);
+    // Output time 0 is the first shown frame; a slice's place on that timeline:
+    let shown = v.start_pts;
+    let offset_of = |w: &vtx_domain::SliceWindow| w.start.max(shown) - shown;
 
     // Encode: the audio once, and every slice's ladder, on `jobs` threads.
     let audio_path = work.join("audio.m4a");
@@ -208,16 +207,8 @@ fn run_inner(
     let failure: Mutex<Option<MediaError>> = Mutex::new(None);
     let has_audio = std::thread::scope(|scope| {
         // The audio is encoded once, beside the slices (it costs a fraction of one of them).
-        let audio = scope.spawn(|| {
-            encode_audio(
-                &req.input,
-                &audio_path,
-                v.start_pts.max(first_start),
-                v.end_pts,
-                tb,
-                req.deadline,
-            )
-        });
+        let audio = scope
+            .spawn(|| encode_audio(&req.input, &audio_path, shown, v.end_pts, tb, req.deadline));
         for _ in 0..req.jobs.max(1) {
             scope.spawn(|| {
                 loop {
@@ -240,12 +231,13 @@ fn run_inner(
                     };
                     let request = TranscodeRequest {
                         input: slice.path.clone(),
+                        // Slice files start at their keyframe; frames before `shown` stay hidden.
                         window: Some(Window {
-                            start: 0,
+                            start: shown.max(slice.window.start) - slice.window.start,
                             end: slice.window.end - slice.window.start,
                             time_base: tb,
                         }),
-                        timeline_offset: slice.window.start - first_start,
+                        timeline_offset: offset_of(&slice.window),
                         outputs: outputs
                             .iter()
                             .map(|(rung, codec, name)| RenditionOutput {
@@ -273,7 +265,11 @@ fn run_inner(
                 }
             });
         }
-        audio.join().unwrap_or_else(|_| Err(MediaError::Io(std::io::Error::other("audio encoder panicked"))))
+        audio.join().unwrap_or_else(|_| {
+            Err(MediaError::Io(std::io::Error::other(
+                "audio encoder panicked",
+            )))
+        })
     });
     if let Some(e) = failure.into_inner().expect("lock") {
         return Err(e);
@@ -297,12 +293,13 @@ fn run_inner(
                 .iter()
                 .map(|s| EncodedSlice {
                     path: work.join(format!("enc-{:05}-{name}.mp4", s.window.index)),
-                    offset: s.window.start - first_start,
+                    offset: offset_of(&s.window),
                     offset_tb: tb,
                 })
                 .collect(),
             audio: has_audio.then(|| audio_path.clone()),
             codec: *codec,
+            frame_rate: v.frame_rate_q,
             mp4: mp4.clone(),
             hls_dir: hls_dir.clone(),
             segment_seconds: 2.0,

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use ffmpeg_next::packet::Ref as _;
 use ffmpeg_next::{Packet, Rational, codec, format, media};
 use serde::{Deserialize, Serialize};
 
@@ -27,12 +28,13 @@ pub struct VideoInfo {
     pub height: u32,
     /// Clockwise rotation (0, 90, 180, 270) to apply for display.
     pub rotation: u32,
-    /// Size as displayed, rotation applied.
+    /// Size as displayed: pixel aspect ratio and rotation applied.
     pub display_width: u32,
     pub display_height: u32,
     /// Time base of the stream's timestamps, as (numerator, denominator).
     pub time_base: (i32, i32),
-    /// Presentation span in the stream's time base: first frame's start, last frame's end.
+    /// Presentation span in the stream's time base: first shown frame's start, last frame's end.
+    /// Decoding may have to start earlier, at the keyframe before `start_pts`.
     pub start_pts: i64,
     pub end_pts: i64,
     /// Frame durations differ (beyond one tick of rounding).
@@ -47,7 +49,8 @@ pub struct VideoInfo {
     pub frames: u64,
     /// From the first frame's start to the last frame's end.
     pub duration_seconds: f64,
-    /// The GOP index: every keyframe, in decode order, read from packets without decoding.
+    /// The GOP index: every keyframe, in decode order, read from packets without decoding
+    /// (including one hidden by an edit list, where decoding of the first frames starts).
     pub keyframes: Vec<Keyframe>,
 }
 
@@ -128,6 +131,14 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
         .map_err(|_| MediaError::UnsupportedCodec(format!("{v_codec_id:?}")))?;
     let (width, height) = (v_dec.width(), v_dec.height());
     let pixel_format = format!("{:?}", v_dec.format()).to_lowercase();
+    // Non-square pixels (anamorphic video) widen or narrow the picture on screen.
+    let sar = v_dec.aspect_ratio();
+    let shown_width = match rational_to_f64(sar) {
+        Some(r) if (r - 1.0).abs() > 1e-3 && (0.1..=10.0).contains(&r) => {
+            ((f64::from(width) * r / 2.0).round() as u32 * 2).max(2)
+        }
+        _ => width,
+    };
     let rotation = display_rotation(&vstream);
     if width == 0 || height == 0 {
         return Err(MediaError::CorruptStream(
@@ -194,6 +205,20 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
         }
         let idx = packet.stream();
         if idx == v_index {
+            // An edit list hides these (decoded as references, never shown): keyframes count for
+            // where decoding may start, but the frame is not part of the video.
+            if is_discarded(&packet) {
+                if packet.is_key()
+                    && let Some(pts) = packet.pts().or(packet.dts())
+                {
+                    keyframes.push(Keyframe {
+                        pts,
+                        dts: packet.dts().unwrap_or(pts),
+                        pos: u64::try_from(packet.position()).ok(),
+                    });
+                }
+                continue;
+            }
             frames += 1;
             if let (Some(pts), Some(dts)) = (packet.pts(), packet.dts()) {
                 reordered |= pts != dts && !pts_list.is_empty();
@@ -215,7 +240,8 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
                     limits.max_frames
                 )));
             }
-        } else if Some(idx) == a_index {
+        } else if Some(idx) == a_index && !is_discarded(&packet) {
+            // Priming samples an edit list hides are not part of the audio.
             audio_span.add(&packet);
         }
     }
@@ -248,8 +274,16 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
             width,
             height,
             rotation,
-            display_width: if rotation % 180 == 90 { height } else { width },
-            display_height: if rotation % 180 == 90 { width } else { height },
+            display_width: if rotation % 180 == 90 {
+                height
+            } else {
+                shown_width
+            },
+            display_height: if rotation % 180 == 90 {
+                shown_width
+            } else {
+                height
+            },
             time_base: (v_tb.numerator(), v_tb.denominator()),
             start_pts: video_span.start.unwrap_or(0),
             end_pts: video_span.end.unwrap_or(0),
@@ -263,6 +297,11 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
         },
         audio,
     })
+}
+
+/// Whether the demuxer marked a packet as decoded-but-not-shown (edit lists).
+pub(crate) fn is_discarded(p: &Packet) -> bool {
+    unsafe { (*p.as_ptr()).flags & ffmpeg_next::ffi::AV_PKT_FLAG_DISCARD as i32 != 0 }
 }
 
 /// Clockwise degrees to rotate for display, from the stream's display matrix.

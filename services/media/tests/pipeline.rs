@@ -305,12 +305,12 @@ fn rotation_is_applied_to_the_pixels_as_the_ffmpeg_command_line_does() {
 fn odd_dimensions_give_even_renditions() {
     let src = media("bikes.mp4");
     let input = derived(
-        "odd.mp4",
+        "odd-square.mp4",
         &[
             "-i",
             src.to_str().unwrap(),
             "-vf",
-            "scale=321:241",
+            "scale=321:241,setsar=1",
             "-c:v",
             "libx264",
             "-pix_fmt",
@@ -460,4 +460,54 @@ fn watermark_is_drawn_without_losing_frames() {
     .unwrap();
     // The red square is not in the source: the watermarked encode is further from it.
     assert!(m.renditions[0].psnr.unwrap() < plain.renditions[0].psnr.unwrap());
+}
+
+#[test]
+fn edit_list_pre_roll_stays_hidden() {
+    let full = gop_bframes();
+    // Cut between keyframes with stream copy: an edit list hides the frames before 1.3 s.
+    let input = derived(
+        "editlist.mp4",
+        &["-ss", "1.3", "-i", full.to_str().unwrap(), "-c", "copy"],
+    );
+    let p = probe(&input, &Limits::default(), Deadline::none()).unwrap();
+    assert!(
+        p.video.keyframes[0].pts < p.video.start_pts,
+        "decoding starts before the first shown frame"
+    );
+    let out = tempfile::tempdir().unwrap();
+    let m = run(&input, out.path(), 3.0, Tier::Fast).unwrap();
+    assert_frames_and_sync(&m, out.path());
+    for r in &m.renditions {
+        // Off by even one frame, the comparison with the source would collapse.
+        assert!(r.psnr.unwrap() > 30.0, "{}: {:?} dB", r.name, r.psnr);
+    }
+}
+
+#[test]
+fn anamorphic_source_gets_square_pixels() {
+    let src = media("bikes.mp4");
+    let input = derived(
+        "anamorphic.mp4",
+        &[
+            "-i",
+            src.to_str().unwrap(),
+            "-vf",
+            "scale=480:272,setsar=4/3",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+        ],
+    );
+    let p = probe(&input, &Limits::default(), Deadline::none()).unwrap();
+    assert_eq!(
+        (p.video.width, p.video.display_width, p.video.display_height),
+        (480, 640, 272)
+    );
+    let out = tempfile::tempdir().unwrap();
+    let m = run(&input, out.path(), 4.0, Tier::Fast).unwrap();
+    assert_frames_and_sync(&m, out.path());
+    let sizes: Vec<(u32, u32)> = m.renditions.iter().map(|r| (r.width, r.height)).collect();
+    assert_eq!(sizes, vec![(564, 240), (640, 272)]);
 }
