@@ -301,7 +301,7 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
 
 /// Whether the demuxer marked a packet as decoded-but-not-shown (edit lists).
 pub(crate) fn is_discarded(p: &Packet) -> bool {
-    unsafe { (*p.as_ptr()).flags & ffmpeg_next::ffi::AV_PKT_FLAG_DISCARD as i32 != 0 }
+    unsafe { (*p.as_ptr()).flags & ffmpeg_next::ffi::AV_PKT_FLAG_DISCARD != 0 }
 }
 
 /// Clockwise degrees to rotate for display, from the stream's display matrix.
