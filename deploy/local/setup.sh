@@ -79,6 +79,15 @@ if ! command -v s3s-fs >/dev/null 2>&1; then
   log "building s3s-fs $S3S_VERSION (once, several minutes)"
   cargo install --quiet --locked s3s-fs --version "$S3S_VERSION" --features binary
 fi
+# A server started from another checkout (its folder perhaps gone) is replaced by this one's.
+for pid in $(pgrep -f "^s3s-fs .*--port $S3_PORT " || true); do
+  root="$(tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | tail -n 1)"
+  if [ "$root" != "$STATE/s3" ]; then
+    log "stopping the s3s-fs serving $root (pid $pid)"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 20); do port_open "$S3_PORT" || break; sleep 0.5; done
+  fi
+done
 if ! port_open "$S3_PORT"; then
   log "starting s3s-fs on 127.0.0.1:$S3_PORT (data in $STATE/s3)"
   setsid nohup s3s-fs --host 127.0.0.1 --port "$S3_PORT" \
