@@ -6,7 +6,7 @@ use bytes::Bytes;
 use reqwest::StatusCode;
 use sqlx::PgPool;
 use vtx_client::ApiFailure;
-use vtx_domain::Task;
+use vtx_domain::{Task, Tier};
 use vtx_infra::broker::Outcome;
 use vtx_media::{Deadline, Limits, probe};
 use vtx_tests::{TestApp, media};
@@ -66,7 +66,12 @@ async fn three_chunks_out_of_order_become_a_playable_video_with_every_frame(pool
         .wait_for_video(done.video_id, READY_WITHIN)
         .await
         .unwrap();
-    assert_eq!(video.state, "ready", "{video:?}");
+    assert_eq!(video.state, "published", "{video:?}");
+    assert_eq!(
+        video.live_tier.as_deref(),
+        Some("fast"),
+        "the fast tier publishes"
+    );
     assert_eq!(video.frames, Some(source.video.frames));
     let playback = video.playback.expect("ready video has playback");
     assert!(playback.mp4.len() >= 2, "at least two renditions");
@@ -150,30 +155,80 @@ async fn three_chunks_out_of_order_become_a_playable_video_with_every_frame(pool
     assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(resp.bytes().await.unwrap().len(), 100);
 
+    // The high tier follows and replaces the fast one with new, versioned objects.
+    let high = app
+        .client
+        .wait_for_tier(done.video_id, "high", READY_WITHIN)
+        .await
+        .unwrap();
+    assert_eq!(high.state, "published");
+    let high_playback = high.playback.expect("playback");
+    assert_eq!(high_playback.mp4.len(), playback.mp4.len());
+    for (h, f) in high_playback.mp4.iter().zip(&playback.mp4) {
+        assert_ne!(h.url, f.url, "{}", h.name);
+        let path = dir.path().join(format!("high-{}.mp4", h.name));
+        app.client.download(&h.url, &path).await.unwrap();
+        let got = probe(&path, &Limits::default(), Deadline::none()).unwrap();
+        assert_eq!(got.video.frames, source.video.frames, "high {}", h.name);
+    }
     let job = app.client.job(done.job_id).await.unwrap();
     assert_eq!(job.state, "succeeded");
-    assert_eq!(job.attempts, 1);
-
-    // A duplicate delivery of the finished task is acknowledged and changes nothing.
-    let outcome = app
-        .worker
-        .handle(Task::Transcode {
-            job_id: done.job_id,
-        })
-        .await;
-    assert_eq!(outcome, Outcome::Ack);
-    let after = app.client.video(done.video_id).await.unwrap();
-    assert_eq!(
-        after
-            .playback
-            .unwrap()
-            .mp4
-            .iter()
-            .map(|r| &r.url)
-            .collect::<Vec<_>>(),
-        playback.mp4.iter().map(|r| &r.url).collect::<Vec<_>>()
+    let tiers: Vec<(&str, &str)> = job
+        .tiers
+        .iter()
+        .map(|t| (t.tier.as_str(), t.state.as_str()))
+        .collect();
+    assert_eq!(tiers, [("fast", "done"), ("high", "done")]);
+    assert!(
+        job.tiers.iter().all(|t| t.slices_done == t.slices_total
+            && t.encode_ms.is_some()
+            && t.merge_ms.is_some())
     );
-    assert_eq!(app.client.job(done.job_id).await.unwrap().attempts, 1);
+
+    // Duplicate deliveries are acknowledged and change nothing.
+    for task in [
+        Task::EncodeSlice {
+            job_id: done.job_id,
+            tier: Tier::Fast,
+            index: 0,
+        },
+        Task::Merge {
+            job_id: done.job_id,
+            tier: Tier::Fast,
+        },
+        Task::EncodeSlice {
+            job_id: done.job_id,
+            tier: Tier::High,
+            index: 0,
+        },
+        Task::Merge {
+            job_id: done.job_id,
+            tier: Tier::High,
+        },
+    ] {
+        assert_eq!(app.worker.handle(task).await, Outcome::Ack);
+    }
+    let after = app.client.video(done.video_id).await.unwrap();
+    let urls =
+        |p: &vtx_domain::api::Playback| p.mp4.iter().map(|r| r.url.clone()).collect::<Vec<_>>();
+    assert_eq!(urls(&after.playback.unwrap()), urls(&high_playback));
+
+    // After the grace period the replaced tier's objects and the job's scratch are deleted.
+    let fast_prefix = vtx_domain::keys::tier_output(done.video_id, done.job_id, Tier::Fast);
+    let work_prefix = vtx_domain::keys::work(done.job_id);
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = app.store.list(&fast_prefix).await.unwrap().len()
+            + app.store.list(&work_prefix).await.unwrap().len();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{left} objects not collected"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     app.stop().await;
 }
 
@@ -201,7 +256,10 @@ async fn a_non_video_upload_ends_as_a_failed_job_with_a_clear_code(pool: PgPool)
     let job = app.client.job(done.job_id).await.unwrap();
     assert_eq!(job.state, "failed");
     assert_eq!(job.error.unwrap().code, "not-a-video");
-    assert_eq!(job.attempts, 1, "an input fault is not retried");
+    assert!(
+        job.tiers.is_empty(),
+        "refused while planning: nothing was encoded"
+    );
     app.stop().await;
 }
 

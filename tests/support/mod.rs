@@ -1,8 +1,10 @@
 //! A whole vtx (gateway, scheduler, worker, outbox relay) in the test process, on the real
 //! PostgreSQL, RabbitMQ and S3 server, isolated per test: its own database (from
-//! `#[sqlx::test]`), queue prefix, object key prefix and port.
+//! `#[sqlx::test]`), queue prefix, object key prefix and port. Worker processes (`vtx worker`)
+//! can be started against the same isolation for tests that kill them.
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 use sqlx::PgPool;
 use tokio::task::JoinSet;
@@ -19,17 +21,31 @@ pub struct TestApp {
     pub broker: BrokerClient,
     pub worker: Worker,
     pub cfg: Config,
+    /// The `VTX_*` settings this app runs with, for child processes.
+    pub env: Vec<(String, String)>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
 
+/// Which services run inside the test process.
+#[derive(Clone, Copy)]
+pub struct Services {
+    pub worker: bool,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Self { worker: true }
+    }
+}
+
 impl TestApp {
     pub async fn spawn(pool: PgPool) -> Self {
-        Self::spawn_with(pool, |_| None).await
+        Self::spawn_with(pool, &[], Services::default()).await
     }
 
-    /// Starts the services with extra `VTX_*` settings from `overrides`.
-    pub async fn spawn_with(pool: PgPool, overrides: impl Fn(&str) -> Option<String>) -> Self {
+    /// Starts the services with extra `VTX_*` settings.
+    pub async fn spawn_with(pool: PgPool, settings: &[(&str, &str)], services: Services) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_env("VTX_TEST_LOG")
@@ -38,15 +54,33 @@ impl TestApp {
             .with_test_writer()
             .try_init();
         let tag = uuid::Uuid::new_v4().simple().to_string();
-        let queue_prefix = format!("test-{tag}");
-        let key_prefix = format!("test-{tag}/");
+        let opts = pool.connect_options();
+        let database_url = format!(
+            "postgres://{}:{}@{}:{}/{}",
+            std::env::var("VTX_TEST_DB_USER").unwrap_or_else(|_| "vtx".into()),
+            std::env::var("VTX_TEST_DB_PASSWORD").unwrap_or_else(|_| "vtx".into()),
+            opts.get_host(),
+            opts.get_port(),
+            opts.get_database().unwrap_or("vtx")
+        );
+        let mut env: Vec<(String, String)> = vec![
+            ("VTX_DATABASE_URL".into(), database_url),
+            ("VTX_HTTP_ADDR".into(), "127.0.0.1:0".into()),
+            ("VTX_QUEUE_PREFIX".into(), format!("test-{tag}")),
+            ("VTX_S3_PREFIX".into(), format!("test-{tag}/")),
+            // Short leases and grace so that tests see reaping and collection quickly.
+            ("VTX_LEASE_SECS".into(), "6".into()),
+            ("VTX_SWAP_GRACE_SECS".into(), "2".into()),
+        ];
+        for (k, v) in settings {
+            env.retain(|(key, _)| key != k);
+            env.push((k.to_string(), v.to_string()));
+        }
         let cfg = Config::from_lookup(|k| {
-            overrides(k).or_else(|| match k {
-                "VTX_HTTP_ADDR" => Some("127.0.0.1:0".into()),
-                "VTX_QUEUE_PREFIX" => Some(queue_prefix.clone()),
-                "VTX_S3_PREFIX" => Some(key_prefix.clone()),
-                _ => std::env::var(k).ok(),
-            })
+            env.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+                .or_else(|| std::env::var(k).ok())
         })
         .expect("test configuration");
 
@@ -60,7 +94,19 @@ impl TestApp {
             .check()
             .await
             .expect("RabbitMQ up (run deploy/local/setup.sh)");
-        let worker = Worker::new(pool.clone(), store.clone(), cfg.worker.clone());
+        let worker = Worker::new(
+            pool.clone(),
+            store.clone(),
+            cfg.worker.clone(),
+            cfg.pipeline.clone(),
+        );
+        let scheduler = vtx_scheduler::Scheduler::new(
+            pool.clone(),
+            store.clone(),
+            broker.clone(),
+            cfg.pipeline.clone(),
+            &cfg.worker,
+        );
 
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -69,12 +115,10 @@ impl TestApp {
             broker.clone(),
             shutdown.clone(),
         ));
-        tasks.spawn(vtx_scheduler::run(
-            pool.clone(),
-            broker.clone(),
-            shutdown.clone(),
-        ));
-        tasks.spawn(worker.clone().run(broker.clone(), shutdown.clone()));
+        tasks.spawn(scheduler.run(shutdown.clone()));
+        if services.worker {
+            tasks.spawn(worker.clone().run(broker.clone(), shutdown.clone()));
+        }
         let gateway =
             vtx_gateway::Gateway::build(&cfg, pool.clone(), store.clone(), broker.clone())
                 .await
@@ -91,9 +135,24 @@ impl TestApp {
             broker,
             worker,
             cfg,
+            env,
             shutdown,
             tasks,
         }
+    }
+
+    /// Starts a `vtx worker` process on this app's database, queues and bucket prefix.
+    pub fn spawn_worker_process(&self, name: &str) -> Child {
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("vtx-test-{name}.log")))
+            .expect("log file");
+        Command::new(vtx_binary())
+            .arg("worker")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("VTX_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("vtx binary runs")
     }
 
     /// Stops the services and deletes this test's queues.
@@ -104,6 +163,19 @@ impl TestApp {
             let _ = b.delete_topology().await;
         }
     }
+}
+
+/// The `vtx` binary built beside the test binary (cargo builds workspace binaries for tests).
+pub fn vtx_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("vtx");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build --bin vtx` (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
 }
 
 /// A sample clip from shared/media (or `VTX_MEDIA_DIR`).

@@ -189,14 +189,22 @@ async fn serve(command: Command) -> anyhow::Result<()> {
         });
     }
     if scheduler {
-        tasks.spawn(vtx_scheduler::run(
+        let s = vtx_scheduler::Scheduler::new(
             pool.clone(),
+            store.clone(),
             broker.clone(),
-            shutdown.clone(),
-        ));
+            cfg.pipeline.clone(),
+            &cfg.worker,
+        );
+        tasks.spawn(s.run(shutdown.clone()));
     }
     if worker {
-        let w = Worker::new(pool.clone(), store.clone(), cfg.worker.clone());
+        let w = Worker::new(
+            pool.clone(),
+            store.clone(),
+            cfg.worker.clone(),
+            cfg.pipeline.clone(),
+        );
         tasks.spawn(w.run(broker.clone(), shutdown.clone()));
     }
 

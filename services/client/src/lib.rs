@@ -206,16 +206,41 @@ impl Client {
         unreachable!("the loop returns")
     }
 
-    /// Polls a video until it is ready or failed, or `timeout` passes.
+    /// Polls a video until it is published or failed, or `timeout` passes.
     pub async fn wait_for_video(
         &self,
         id: VideoId,
         timeout: Duration,
     ) -> anyhow::Result<VideoView> {
+        self.wait_until(id, timeout, |v| {
+            v.state == "published" || v.state == "failed"
+        })
+        .await
+    }
+
+    /// Polls a video until `tier` is live (or the video failed).
+    pub async fn wait_for_tier(
+        &self,
+        id: VideoId,
+        tier: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<VideoView> {
+        self.wait_until(id, timeout, |v| {
+            v.live_tier.as_deref() == Some(tier) || v.state == "failed"
+        })
+        .await
+    }
+
+    async fn wait_until(
+        &self,
+        id: VideoId,
+        timeout: Duration,
+        done: impl Fn(&VideoView) -> bool,
+    ) -> anyhow::Result<VideoView> {
         let until = tokio::time::Instant::now() + timeout;
         loop {
             let v = self.video(id).await?;
-            if v.state == "ready" || v.state == "failed" {
+            if done(&v) {
                 return Ok(v);
             }
             if tokio::time::Instant::now() >= until {

@@ -58,6 +58,23 @@ pub struct UploadCompleted {
     pub source_bytes: u64,
 }
 
+/// Progress of one tier of a job.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TierView {
+    pub tier: String,
+    /// waiting, encoding, merging, done, failed.
+    pub state: String,
+    pub slices_done: u32,
+    pub slices_total: u32,
+    pub error: Option<ErrorDetail>,
+    pub started_at: Option<String>,
+    pub encoded_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Time encoding slices (start to last slice), then merging (to live), in milliseconds.
+    pub encode_ms: Option<u64>,
+    pub merge_ms: Option<u64>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JobView {
     pub id: JobId,
@@ -65,6 +82,10 @@ pub struct JobView {
     pub state: String,
     pub attempts: u32,
     pub error: Option<ErrorDetail>,
+    /// In order: the first publishes, each later one replaces the one before.
+    pub tiers: Vec<TierView>,
+    /// Waiting in the queue and planning (created to scheduled), in milliseconds.
+    pub planning_ms: Option<u64>,
     pub created_at: String,
     pub scheduled_at: Option<String>,
     pub started_at: Option<String>,
@@ -109,8 +130,11 @@ pub struct VideoView {
     pub duration_ms: Option<u64>,
     pub source_bytes: u64,
     pub error: Option<ErrorDetail>,
-    /// Present once the video is ready.
+    /// Present once the video is published.
     pub playback: Option<Playback>,
+    /// Which tier viewers get now ("fast", then "high" once it replaced it).
+    pub live_tier: Option<String>,
+    pub published_at: Option<String>,
     /// The newest job working on this video.
     pub job_id: Option<JobId>,
     pub created_at: String,

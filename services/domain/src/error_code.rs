@@ -18,11 +18,13 @@ pub enum ErrorCode {
     // Processing problems.
     TranscodeTimeout,
     RetriesExhausted,
+    /// An encoded tier did not match its source (frames, duration) and was not put live.
+    VerificationFailed,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::NotAVideo,
         ErrorCode::NoVideoStream,
         ErrorCode::UnsupportedCodec,
@@ -31,6 +33,7 @@ impl ErrorCode {
         ErrorCode::CorruptStream,
         ErrorCode::TranscodeTimeout,
         ErrorCode::RetriesExhausted,
+        ErrorCode::VerificationFailed,
         ErrorCode::Internal,
     ];
 
@@ -44,6 +47,7 @@ impl ErrorCode {
             ErrorCode::CorruptStream => "corrupt-stream",
             ErrorCode::TranscodeTimeout => "transcode-timeout",
             ErrorCode::RetriesExhausted => "retries-exhausted",
+            ErrorCode::VerificationFailed => "verification-failed",
             ErrorCode::Internal => "internal",
         }
     }

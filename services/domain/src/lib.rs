@@ -7,8 +7,10 @@
 pub mod api;
 pub mod error_code;
 pub mod ids;
+pub mod keys;
 pub mod ladder;
 pub mod messages;
+pub mod plan;
 pub mod slicing;
 pub mod state;
 
@@ -16,5 +18,6 @@ pub use error_code::ErrorCode;
 pub use ids::{ChunkIndex, JobId, UploadId, VideoId};
 pub use ladder::{Rung, plan_ladder};
 pub use messages::Task;
-pub use slicing::{SliceWindow, plan_slices};
-pub use state::{JobState, UploadState, VideoState};
+pub use plan::{JobPlan, Tier};
+pub use slicing::{SliceWindow, plan_slices, slice_seconds_for};
+pub use state::{JobState, SliceState, TierState, UploadState, VideoState};

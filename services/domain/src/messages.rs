@@ -3,14 +3,26 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::JobId;
+use crate::{JobId, Tier};
 
-/// Logical queue names; the broker adapter prefixes them per deployment (or per test).
+/// Logical queue names, one per task class; the broker adapter prefixes them per deployment (or
+/// per test). Separate queues keep fast-tier work from waiting behind high-tier work.
 pub mod queue {
     /// New jobs, consumed by the scheduler.
     pub const JOBS: &str = "jobs";
-    /// Transcode tasks, consumed by workers.
-    pub const TRANSCODE: &str = "transcode";
+    /// Fast-tier slice encodes: what publishing waits on.
+    pub const FAST_SLICES: &str = "slices.fast";
+    /// High-tier slice encodes, after the fast tier is live.
+    pub const HIGH_SLICES: &str = "slices.high";
+    /// Extreme-tier slice encodes, lowest priority.
+    pub const EXTREME_SLICES: &str = "slices.extreme";
+    /// Merges (packaging a tier once all its slices are done).
+    pub const MERGE: &str = "merge";
+    /// Where messages go after too many deliveries.
+    pub const DEAD: &str = "dead";
+
+    /// Every work queue (the dead-letter queue is declared apart).
+    pub const WORK: [&str; 5] = [JOBS, FAST_SLICES, HIGH_SLICES, EXTREME_SLICES, MERGE];
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,8 +30,14 @@ pub mod queue {
 pub enum Task {
     /// A job row was created; the scheduler plans it.
     JobCreated { job_id: JobId },
-    /// Transcode a whole video (slicing comes with the distributed pipeline).
-    Transcode { job_id: JobId },
+    /// Encode one slice of a job's tier into every rendition of the tier.
+    EncodeSlice {
+        job_id: JobId,
+        tier: Tier,
+        index: u32,
+    },
+    /// Every slice of a tier is encoded: package it and put it live.
+    Merge { job_id: JobId, tier: Tier },
 }
 
 impl Task {
@@ -27,7 +45,25 @@ impl Task {
     pub fn queue(&self) -> &'static str {
         match self {
             Task::JobCreated { .. } => queue::JOBS,
-            Task::Transcode { .. } => queue::TRANSCODE,
+            Task::EncodeSlice {
+                tier: Tier::Fast, ..
+            } => queue::FAST_SLICES,
+            Task::EncodeSlice {
+                tier: Tier::High, ..
+            } => queue::HIGH_SLICES,
+            Task::EncodeSlice {
+                tier: Tier::Extreme,
+                ..
+            } => queue::EXTREME_SLICES,
+            Task::Merge { .. } => queue::MERGE,
+        }
+    }
+
+    pub fn job_id(&self) -> JobId {
+        match self {
+            Task::JobCreated { job_id }
+            | Task::EncodeSlice { job_id, .. }
+            | Task::Merge { job_id, .. } => *job_id,
         }
     }
 }
@@ -37,12 +73,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wire_form_is_tagged() {
+    fn wire_form_is_tagged_and_routed_by_tier() {
         let id = JobId::new();
-        let json = serde_json::to_value(Task::Transcode { job_id: id }).unwrap();
-        assert_eq!(json["type"], "transcode");
-        assert_eq!(json["job_id"], id.to_string());
+        let t = Task::EncodeSlice {
+            job_id: id,
+            tier: Tier::High,
+            index: 3,
+        };
+        let json = serde_json::to_value(&t).unwrap();
+        assert_eq!(json["type"], "encode_slice");
+        assert_eq!(json["tier"], "high");
+        assert_eq!(json["index"], 3);
         let back: Task = serde_json::from_value(json).unwrap();
-        assert_eq!(back.queue(), queue::TRANSCODE);
+        assert_eq!(back.queue(), queue::HIGH_SLICES);
+        assert_eq!(
+            Task::EncodeSlice {
+                job_id: id,
+                tier: Tier::Fast,
+                index: 0
+            }
+            .queue(),
+            queue::FAST_SLICES
+        );
+        assert_eq!(
+            Task::Merge {
+                job_id: id,
+                tier: Tier::Fast
+            }
+            .queue(),
+            queue::MERGE
+        );
     }
 }

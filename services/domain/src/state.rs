@@ -46,8 +46,22 @@ text_enum!(UploadState {
 
 text_enum!(VideoState {
     Processing => "processing",
-    Ready => "ready",
+    Published => "published",
     Failed => "failed",
+});
+
+text_enum!(TierState {
+    Waiting => "waiting",
+    Encoding => "encoding",
+    Merging => "merging",
+    Done => "done",
+    Failed => "failed",
+});
+
+text_enum!(SliceState {
+    Queued => "queued",
+    Running => "running",
+    Done => "done",
 });
 
 text_enum!(JobState {
@@ -68,7 +82,8 @@ impl UploadState {
 impl VideoState {
     pub fn can_become(self, next: VideoState) -> bool {
         use VideoState::*;
-        matches!((self, next), (Processing, Ready) | (Processing, Failed))
+        // Once published, a video stays playable: a later tier's failure leaves it as it is.
+        matches!((self, next), (Processing, Published) | (Processing, Failed))
     }
 }
 
@@ -131,10 +146,10 @@ mod tests {
     }
 
     #[test]
-    fn video_goes_ready_or_failed_once() {
-        assert!(VideoState::Processing.can_become(VideoState::Ready));
-        assert!(!VideoState::Failed.can_become(VideoState::Ready));
-        assert!(!VideoState::Ready.can_become(VideoState::Failed));
+    fn video_is_published_or_failed_once() {
+        assert!(VideoState::Processing.can_become(VideoState::Published));
+        assert!(!VideoState::Failed.can_become(VideoState::Published));
+        assert!(!VideoState::Published.can_become(VideoState::Failed));
     }
 
     #[test]

@@ -2,9 +2,9 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use vtx_domain::api::{ErrorDetail, JobView, Playback, RenditionView, VideoView};
+use vtx_domain::api::{ErrorDetail, JobView, Playback, RenditionView, TierView, VideoView};
 use vtx_domain::{JobId, VideoId, VideoState};
-use vtx_infra::db::{self, JobRow};
+use vtx_infra::db::{self, JobRow, TierRow};
 
 use crate::{ApiError, ApiResult, AppState, parse_id, rfc3339};
 
@@ -15,13 +15,40 @@ fn error_detail(code: Option<String>, message: Option<String>) -> Option<ErrorDe
     })
 }
 
-fn job_view(j: JobRow) -> JobView {
+fn millis(
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    to: Option<chrono::DateTime<chrono::Utc>>,
+) -> Option<u64> {
+    match (from, to) {
+        (Some(a), Some(b)) => Some((b - a).num_milliseconds().max(0) as u64),
+        _ => None,
+    }
+}
+
+fn tier_view(t: TierRow) -> TierView {
+    TierView {
+        encode_ms: millis(t.started_at, t.encoded_at),
+        merge_ms: millis(t.encoded_at, t.finished_at),
+        tier: t.tier,
+        state: t.state,
+        slices_done: t.slices_done.max(0) as u32,
+        slices_total: t.slices_total.max(0) as u32,
+        error: error_detail(t.error_code, t.error_message),
+        started_at: t.started_at.map(rfc3339),
+        encoded_at: t.encoded_at.map(rfc3339),
+        finished_at: t.finished_at.map(rfc3339),
+    }
+}
+
+fn job_view(j: JobRow, tiers: Vec<TierRow>) -> JobView {
     JobView {
         id: JobId::from_uuid(j.id),
         video_id: VideoId::from_uuid(j.video_id),
         state: j.state,
         attempts: j.attempts.max(0) as u32,
         error: error_detail(j.error_code, j.error_message),
+        tiers: tiers.into_iter().map(tier_view).collect(),
+        planning_ms: millis(Some(j.created_at), j.scheduled_at),
         created_at: rfc3339(j.created_at),
         scheduled_at: j.scheduled_at.map(rfc3339),
         started_at: j.started_at.map(rfc3339),
@@ -37,7 +64,8 @@ pub async fn job(
     let row = db::get_job(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::not_found("job-not-found", "job"))?;
-    Ok(Json(job_view(row)))
+    let tiers = db::tiers_of_job(&state.pool, id).await?;
+    Ok(Json(job_view(row, tiers)))
 }
 
 /// URL under which the gateway serves an object (see `media::serve`).
@@ -53,8 +81,8 @@ pub async fn video(
     let v = db::get_video(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::not_found("video-not-found", "video"))?;
-    let playback = if v.state == VideoState::Ready.as_str() {
-        let mp4 = db::renditions(&state.pool, id)
+    let playback = if v.state == VideoState::Published.as_str() {
+        let mp4 = db::live_renditions(&state.pool, id)
             .await?
             .into_iter()
             .map(|r| RenditionView {
@@ -94,6 +122,8 @@ pub async fn video(
         source_bytes: v.source_bytes as u64,
         error: error_detail(v.error_code.clone(), v.error_message.clone()),
         playback,
+        live_tier: v.live_tier,
+        published_at: v.published_at.map(rfc3339),
         job_id,
         created_at: rfc3339(v.created_at),
         updated_at: rfc3339(v.updated_at),

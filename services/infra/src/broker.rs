@@ -1,5 +1,6 @@
-//! RabbitMQ through lapin. Durable quorum queues, persistent messages, publisher confirms, and
-//! manual acks that the handler gives only after its database commit.
+//! RabbitMQ through lapin. Durable quorum queues per task class with a dead-letter exchange,
+//! persistent messages, publisher confirms, and manual acks given only after the handler's
+//! database commit.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -7,11 +8,12 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use vtx_domain::Task;
@@ -19,8 +21,10 @@ use vtx_domain::messages::queue;
 
 use crate::config::Secret;
 
-/// Every logical queue, declared at start-up.
-pub const QUEUES: [&str; 2] = [queue::JOBS, queue::TRANSCODE];
+/// Deliveries after which RabbitMQ dead-letters a message by itself: a safety net only.
+/// Handlers bound retries through attempts kept in PostgreSQL and retry transient failures in
+/// place, so a dependency's outage does not count against this.
+pub const DELIVERY_LIMIT: i64 = 20;
 
 /// One live connection with a confirm-mode channel for publishing.
 pub struct Broker {
@@ -49,23 +53,65 @@ impl Broker {
         format!("{}.{}", self.prefix, logical)
     }
 
+    fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.prefix)
+    }
+
+    /// Durable quorum queues per task class, each dead-lettering into `{prefix}.dead`.
     async fn declare_topology(&self) -> anyhow::Result<()> {
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString(LongString::from("quorum")),
-        );
-        for q in QUEUES {
+        let quorum = || {
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString(LongString::from("quorum")),
+            );
+            args
+        };
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let dlx = self.dead_letter_exchange();
+        self.publisher
+            .exchange_declare(
+                dlx.as_str().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let dead = self.queue_name(queue::DEAD);
+        self.publisher
+            .queue_declare(dead.as_str().into(), durable, quorum())
+            .await
+            .map_err(|e| topology_error(&dead, e))?;
+        self.publisher
+            .queue_bind(
+                dead.as_str().into(),
+                dlx.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        for q in queue::WORK {
+            let mut args = quorum();
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(LongString::from(dlx.as_str())),
+            );
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(DELIVERY_LIMIT),
+            );
+            let name = self.queue_name(q);
             self.publisher
-                .queue_declare(
-                    self.queue_name(q).as_str().into(),
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    args.clone(),
-                )
-                .await?;
+                .queue_declare(name.as_str().into(), durable, args)
+                .await
+                .map_err(|e| topology_error(&name, e))?;
         }
         Ok(())
     }
@@ -119,9 +165,25 @@ impl Broker {
         Ok((q.message_count(), q.consumer_count()))
     }
 
-    /// Deletes this prefix's queues (tests clean up after themselves).
+    /// Takes one message off a queue, if any (operators and tests reading the dead letters).
+    pub async fn get_one(&self, logical: &str) -> anyhow::Result<Option<Task>> {
+        let ch = self.conn.create_channel().await?;
+        let msg = ch
+            .basic_get(
+                self.queue_name(logical).as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await?;
+        let _ = ch.close(200, "done".into()).await;
+        Ok(match msg {
+            Some(m) => Some(serde_json::from_slice(&m.delivery.data)?),
+            None => None,
+        })
+    }
+
+    /// Deletes this prefix's queues and exchange (tests clean up after themselves).
     pub async fn delete_topology(&self) -> anyhow::Result<()> {
-        for q in QUEUES {
+        for q in queue::WORK.into_iter().chain([queue::DEAD]) {
             self.publisher
                 .queue_delete(
                     self.queue_name(q).as_str().into(),
@@ -129,8 +191,21 @@ impl Broker {
                 )
                 .await?;
         }
+        self.publisher
+            .exchange_delete(
+                self.dead_letter_exchange().as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await?;
         Ok(())
     }
+}
+
+fn topology_error(queue: &str, e: lapin::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "declaring {queue}: {e}. If it exists from an older vtx with other arguments, delete it \
+         (rabbitmqctl delete_queue {queue}) or set another VTX_QUEUE_PREFIX"
+    )
 }
 
 /// A broker handle shared by a process: reconnects on first use after the connection died.
@@ -182,33 +257,44 @@ impl BrokerClient {
 pub enum Outcome {
     /// Done (or nothing to do): remove the message.
     Ack,
-    /// Not done, may succeed later: put it back after a pause.
+    /// Not done, may succeed later: run the handler again on the same delivery after a backoff.
+    /// The message is not requeued, so a dependency's outage costs no delivery count.
     Retry,
+    /// Given up for good (the job is already marked failed): move the message to the
+    /// dead-letter queue for an operator.
+    DeadLetter,
+}
+
+/// Backoff before retry `n` (1-based): 0.5 s doubling, at most 30 s.
+pub fn backoff(n: u32) -> Duration {
+    Duration::from_millis(500u64 << n.saturating_sub(1).min(6)).min(Duration::from_secs(30))
 }
 
 /// Consumes `logical` until `shutdown`, one delivery at a time per call, reconnecting with
-/// backoff when the broker goes away. Once a delivery is taken it is seen through: shutdown stops
-/// taking new ones, and an unacked message returns to the queue if the process dies.
+/// backoff when the broker goes away. Once a delivery is taken it is seen through: shutdown
+/// stops taking new ones, hands back one that is waiting to retry, and an unacked message
+/// returns to the queue if the process dies.
 pub async fn consume<F, Fut>(
     client: BrokerClient,
     logical: &'static str,
+    prefetch: u16,
     shutdown: CancellationToken,
     handler: F,
 ) where
     F: Fn(Task) -> Fut,
     Fut: Future<Output = Outcome>,
 {
-    let mut backoff = Duration::from_millis(200);
+    let mut failures = 0u32;
     while !shutdown.is_cancelled() {
-        match consume_once(&client, logical, &shutdown, &handler).await {
+        match consume_once(&client, logical, prefetch, &shutdown, &handler).await {
             Ok(()) => return,
             Err(e) => {
+                failures += 1;
                 tracing::warn!(queue = logical, error = %e, "consumer lost its broker; reconnecting");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff(failures).min(Duration::from_secs(5))) => {}
                     _ = shutdown.cancelled() => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }
@@ -217,6 +303,7 @@ pub async fn consume<F, Fut>(
 async fn consume_once<F, Fut>(
     client: &BrokerClient,
     logical: &'static str,
+    prefetch: u16,
     shutdown: &CancellationToken,
     handler: &F,
 ) -> anyhow::Result<()>
@@ -226,7 +313,9 @@ where
 {
     let broker = client.get().await?;
     let channel = broker.conn.create_channel().await?;
-    channel.basic_qos(1, BasicQosOptions::default()).await?;
+    channel
+        .basic_qos(prefetch.max(1), BasicQosOptions::default())
+        .await?;
     let mut consumer = channel
         .basic_consume(
             broker.queue_name(logical).as_str().into(),
@@ -251,25 +340,60 @@ where
         let task: Task = match serde_json::from_slice(&delivery.data) {
             Ok(t) => t,
             Err(e) => {
-                // A message we cannot read will never become readable: drop it loudly.
-                tracing::error!(queue = logical, error = %e, "dropping unreadable message");
-                delivery.ack(BasicAckOptions::default()).await?;
-                continue;
-            }
-        };
-        match handler(task).await {
-            Outcome::Ack => {
-                delivery.ack(BasicAckOptions::default()).await?;
-            }
-            Outcome::Retry => {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tracing::error!(queue = logical, error = %e, "unreadable message; dead-lettering it");
                 delivery
                     .nack(BasicNackOptions {
-                        requeue: true,
+                        requeue: false,
                         ..BasicNackOptions::default()
                     })
                     .await?;
+                continue;
+            }
+        };
+        let mut tries = 0u32;
+        loop {
+            match handler(task.clone()).await {
+                Outcome::Ack => {
+                    delivery.ack(BasicAckOptions::default()).await?;
+                    break;
+                }
+                Outcome::DeadLetter => {
+                    delivery
+                        .nack(BasicNackOptions {
+                            requeue: false,
+                            ..BasicNackOptions::default()
+                        })
+                        .await?;
+                    break;
+                }
+                Outcome::Retry => {
+                    tries += 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff(tries)) => {}
+                        _ = shutdown.cancelled() => {
+                            // Hand it back for another worker.
+                            delivery
+                                .nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() })
+                                .await?;
+                            let _ = channel.close(200, "shutting down".into()).await;
+                            return Ok(());
+                        }
+                    }
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_thirty_seconds() {
+        assert_eq!(backoff(1), Duration::from_millis(500));
+        assert_eq!(backoff(2), Duration::from_secs(1));
+        assert_eq!(backoff(4), Duration::from_secs(4));
+        assert_eq!(backoff(50), Duration::from_secs(30));
     }
 }

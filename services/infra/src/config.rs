@@ -43,6 +43,21 @@ pub struct Config {
     pub public_url: Option<String>,
     pub uploads: UploadLimits,
     pub worker: WorkerConfig,
+    pub pipeline: PipelineConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    /// `VTX_TIERS`: tiers every job runs, in order; the first publishes, each later one replaces
+    /// the one before it.
+    pub tiers: Vec<vtx_domain::Tier>,
+    /// `VTX_SLICE_SECONDS`: fixed slice length; 0 chooses from the video's length and the
+    /// workers consuming fast slices (between the two bounds below).
+    pub slice_seconds: f64,
+    pub min_slice_seconds: f64,
+    pub max_slice_seconds: f64,
+    /// `VTX_SWAP_GRACE_SECS`: how long a replaced tier's objects stay fetchable.
+    pub swap_grace: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -72,6 +87,11 @@ pub struct WorkerConfig {
     /// Deliveries of one task before its job fails with `retries-exhausted`.
     pub max_attempts: u32,
     pub max_source_seconds: u64,
+    /// `VTX_LEASE_SECS`: a slice's lease; heartbeats renew it every third of it.
+    pub lease: Duration,
+    /// `VTX_H264_ENCODER`: preferred H.264 encoder (h264_nvenc, h264_qsv, h264_vaapi); when it
+    /// cannot be opened, workers fall back to libx264. Empty: the best one detected.
+    pub h264_encoder: Option<String>,
 }
 
 impl Config {
@@ -115,6 +135,24 @@ impl Config {
                 ),
                 max_attempts: env.parse("VTX_MAX_ATTEMPTS", 3)?,
                 max_source_seconds: env.parse("VTX_MAX_SOURCE_SECONDS", 3600)?,
+                lease: Duration::from_secs(env.parse("VTX_LEASE_SECS", 30)?),
+                h264_encoder: get("VTX_H264_ENCODER").filter(|s| !s.is_empty()),
+            },
+            pipeline: PipelineConfig {
+                tiers: env
+                    .string("VTX_TIERS", "fast,high")
+                    .split(',')
+                    .map(|t| {
+                        t.trim()
+                            .parse::<vtx_domain::Tier>()
+                            .map_err(anyhow::Error::msg)
+                    })
+                    .collect::<anyhow::Result<_>>()
+                    .context("VTX_TIERS")?,
+                slice_seconds: env.parse("VTX_SLICE_SECONDS", 0.0)?,
+                min_slice_seconds: env.parse("VTX_MIN_SLICE_SECONDS", 4.0)?,
+                max_slice_seconds: env.parse("VTX_MAX_SLICE_SECONDS", 60.0)?,
+                swap_grace: Duration::from_secs(env.parse("VTX_SWAP_GRACE_SECS", 600)?),
             },
         };
         cfg.validate()?;
@@ -134,6 +172,12 @@ impl Config {
         }
         if self.uploads.max_chunk_bytes == 0 || self.uploads.max_chunks == 0 {
             bail!("upload limits must be positive");
+        }
+        if self.pipeline.tiers.is_empty() {
+            bail!("VTX_TIERS must name at least one tier");
+        }
+        if self.worker.lease < Duration::from_secs(3) {
+            bail!("VTX_LEASE_SECS must be at least 3");
         }
         if self.worker.concurrency == 0 || self.worker.max_attempts == 0 {
             bail!("VTX_WORKER_CONCURRENCY and VTX_MAX_ATTEMPTS must be positive");

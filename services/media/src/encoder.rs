@@ -3,37 +3,13 @@
 use ffmpeg_next::Dictionary;
 use serde::{Deserialize, Serialize};
 
-/// Encode tier: how much effort goes into each frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Tier {
-    /// x264 veryfast: publish quickly.
-    Fast,
-    /// x264 slow: replaces the fast tier once done.
-    High,
-    /// x265 slow and SVT-AV1: for hot videos.
-    Extreme,
-}
+pub use vtx_domain::Tier;
 
-impl Tier {
-    /// Codecs this tier produces, one rendition set each.
-    pub fn codecs(self) -> &'static [VideoCodec] {
-        match self {
-            Tier::Fast | Tier::High => &[VideoCodec::H264],
-            Tier::Extreme => &[VideoCodec::Hevc, VideoCodec::Av1],
-        }
-    }
-}
-
-impl std::str::FromStr for Tier {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "fast" => Ok(Tier::Fast),
-            "high" => Ok(Tier::High),
-            "extreme" => Ok(Tier::Extreme),
-            _ => Err(format!("unknown tier {s:?} (fast, high, extreme)")),
-        }
+/// Codecs a tier produces, one rendition set each.
+pub fn tier_codecs(tier: Tier) -> &'static [VideoCodec] {
+    match tier {
+        Tier::Fast | Tier::High => &[VideoCodec::H264],
+        Tier::Extreme => &[VideoCodec::Hevc, VideoCodec::Av1],
     }
 }
 

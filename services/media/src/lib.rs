@@ -20,19 +20,21 @@ use std::time::{Duration, Instant};
 
 pub use audio::encode_audio;
 pub use cover::write_cover;
-pub use encoder::{Tier, VideoCodec, codec_string};
+pub use encoder::{Tier, VideoCodec, codec_string, tier_codecs};
 pub use error::MediaError;
 pub use hls::{Variant, master_playlist, playlist_bitrates};
 pub use merge::{EncodedSlice, MergeReport, MergeRequest, merge_rendition, prefetch_bytes};
 pub use pipeline::{
-    Manifest, ManifestRendition, PipelineRequest, Progress, ProgressFn, Stage, plan_outputs,
-    run_pipeline,
+    EncodeOptions, Manifest, ManifestRendition, Packaged, PipelineRequest, Prepared, Progress,
+    ProgressFn, Stage, encode_slice, encoded_slice_path, package, plan_job, plan_outputs, prepare,
+    run_pipeline, verify_packaged,
 };
 pub use probe::{AudioInfo, Keyframe, Probe, VideoInfo, probe};
 pub use quality::{Quality, measure};
 pub use split::{SliceFile, split_video};
 pub use transcode::{
-    FrameProgress, RenditionOutput, RenditionReport, TranscodeRequest, Window, transcode_ladder,
+    FrameProgress, RenditionOutput, RenditionReport, TranscodeRequest, Window,
+    detect_h264_encoders, transcode_ladder,
 };
 
 /// Limits applied to untrusted input before and while decoding it.

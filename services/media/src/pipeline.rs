@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use vtx_domain::{Rung, plan_ladder, plan_slices};
+use vtx_domain::{JobPlan, Rung, plan_ladder, plan_slices};
 
-use crate::encoder::{Tier, VideoCodec};
+use crate::encoder::{Tier, VideoCodec, tier_codecs};
 use crate::hls::{Variant, master_playlist, playlist_bitrates};
 use crate::merge::{EncodedSlice, MergeRequest, merge_rendition};
-use crate::split::split_video;
+use crate::split::{SliceFile, split_video};
 use crate::transcode::{
     FrameProgress, RenditionOutput, TranscodeRequest, Window, transcode_ladder,
 };
@@ -144,7 +144,7 @@ pub fn plan_outputs(
     display_height: u32,
 ) -> Vec<(Rung, VideoCodec, String)> {
     let ladder = plan_ladder(display_width, display_height);
-    tier.codecs()
+    tier_codecs(tier)
         .iter()
         .flat_map(|&codec| {
             ladder.iter().map(move |rung| {
@@ -158,158 +158,209 @@ pub fn plan_outputs(
         .collect()
 }
 
-fn run_inner(
-    req: &PipelineRequest,
-    work: &Path,
-    written: &mut Vec<PathBuf>,
-) -> Result<Manifest, MediaError> {
-    report(req, Stage::Probe, 0, 1);
-    let source = probe(&req.input, &req.limits, req.deadline)?;
-    let v = &source.video;
-    report(req, Stage::Probe, 1, 1);
-
-    // Plan the slices on the GOP index.
+/// Slices planned on the GOP index. Decoding starts at the last keyframe at or before the first
+/// shown frame (an edit list may hide a few frames after it); later cuts are keyframes inside
+/// the shown span. `slice_seconds` 0 makes one slice.
+pub fn plan_job(probe: &Probe, slice_seconds: f64) -> JobPlan {
+    let v = &probe.video;
     let tb = v.time_base;
-    // Decoding starts at the last keyframe at or before the first shown frame (an edit list may
-    // hide a few frames after it); later cuts are keyframes inside the shown span.
     let mut keys: Vec<i64> = v.keyframes.iter().map(|k| k.pts).collect();
     keys.sort_unstable();
     keys.dedup();
     let lead = keys.iter().rev().find(|&&k| k <= v.start_pts).copied();
     keys.retain(|&k| k > v.start_pts || Some(k) == lead);
     let ticks_per_second = f64::from(tb.1) / f64::from(tb.0);
-    let target = if req.slice_seconds > 0.0 {
-        (req.slice_seconds * ticks_per_second).round() as i64
+    let target = if slice_seconds > 0.0 {
+        (slice_seconds * ticks_per_second).round() as i64
     } else {
         i64::MAX / 4
     };
-    let windows = plan_slices(&keys, v.end_pts, target);
-
-    report(req, Stage::Split, 0, windows.len() as u64);
-    let slices = split_video(&req.input, &source, &windows, work, req.deadline)?;
-    report(
-        req,
-        Stage::Split,
-        windows.len() as u64,
-        windows.len() as u64,
-    );
-
-    let outputs = plan_outputs(req.tier, v.display_width, v.display_height);
-    // Output time 0 is the first shown frame; a slice's place on that timeline:
-    let shown = v.start_pts;
-    let offset_of = |w: &vtx_domain::SliceWindow| w.start.max(shown) - shown;
-
-    // Encode: the audio once, and every slice's ladder, on `jobs` threads.
-    let audio_path = work.join("audio.m4a");
-    let total_frames = v.frames;
-    let encoded = Arc::new(AtomicU64::new(0));
-    let next = AtomicUsize::new(0);
-    let failure: Mutex<Option<MediaError>> = Mutex::new(None);
-    let has_audio = std::thread::scope(|scope| {
-        // The audio is encoded once, beside the slices (it costs a fraction of one of them).
-        let audio = scope
-            .spawn(|| encode_audio(&req.input, &audio_path, shown, v.end_pts, tb, req.deadline));
-        for _ in 0..req.jobs.max(1) {
-            scope.spawn(|| {
-                loop {
-                    if failure.lock().expect("lock").is_some() {
-                        return;
-                    }
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(slice) = slices.get(i) else {
-                        return;
-                    };
-                    let progress: FrameProgress = {
-                        let (encoded, req) = (encoded.clone(), req.clone());
-                        let last = Arc::new(AtomicU64::new(0));
-                        Arc::new(move |n| {
-                            let before = last.swap(n, Ordering::Relaxed);
-                            let total =
-                                encoded.fetch_add(n - before, Ordering::Relaxed) + (n - before);
-                            report(&req, Stage::Encode, total, total_frames);
-                        })
-                    };
-                    let request = TranscodeRequest {
-                        input: slice.path.clone(),
-                        // Slice files start at their keyframe; frames before `shown` stay hidden.
-                        window: Some(Window {
-                            start: shown.max(slice.window.start) - slice.window.start,
-                            end: slice.window.end - slice.window.start,
-                            time_base: tb,
-                        }),
-                        timeline_offset: offset_of(&slice.window),
-                        outputs: outputs
-                            .iter()
-                            .map(|(rung, codec, name)| RenditionOutput {
-                                rung: rung.clone(),
-                                codec: *codec,
-                                path: work
-                                    .join(format!("enc-{:05}-{name}.mp4", slice.window.index)),
-                            })
-                            .collect(),
-                        tier: req.tier,
-                        gop_seconds: 2.0,
-                        frame_rate: Some(v.frame_rate_q),
-                        variable_frame_rate: v.variable_frame_rate,
-                        rotation: v.rotation,
-                        watermark: req.watermark.clone(),
-                        audio: false,
-                        threads: req.threads,
-                        deadline: req.deadline,
-                        progress: Some(progress),
-                    };
-                    if let Err(e) = transcode_ladder(&request) {
-                        failure.lock().expect("lock").get_or_insert(e);
-                        return;
-                    }
-                }
-            });
-        }
-        audio.join().unwrap_or_else(|_| {
-            Err(MediaError::Io(std::io::Error::other(
-                "audio encoder panicked",
-            )))
-        })
-    });
-    if let Some(e) = failure.into_inner().expect("lock") {
-        return Err(e);
+    JobPlan {
+        time_base: tb,
+        frame_rate: v.frame_rate_q,
+        variable_frame_rate: v.variable_frame_rate,
+        rotation: v.rotation,
+        display_width: v.display_width,
+        display_height: v.display_height,
+        shown_start: v.start_pts,
+        end: v.end_pts,
+        frames: v.frames,
+        duration_seconds: v.duration_seconds,
+        has_audio: probe.audio.is_some(),
+        slices: plan_slices(&keys, v.end_pts, target),
     }
-    let has_audio = has_audio?;
+}
 
-    // Merge each rendition.
-    let hls_root = req.out_dir.join("hls");
+/// What `prepare` leaves in its work directory.
+pub struct Prepared {
+    pub probe: Probe,
+    pub plan: JobPlan,
+    pub slices: Vec<SliceFile>,
+    /// AAC for the whole video, if it has audio.
+    pub audio: Option<PathBuf>,
+}
+
+/// Stage 1: probe and validate, plan (with the slice length `slice_seconds` picks for the
+/// probed source), cut the video into slice files and encode the audio once (beside the split),
+/// all under `work`.
+pub fn prepare(
+    input: &Path,
+    work: &Path,
+    slice_seconds: &dyn Fn(&Probe) -> f64,
+    limits: &Limits,
+    deadline: Deadline,
+) -> Result<Prepared, MediaError> {
+    crate::init();
+    let probe = probe(input, limits, deadline)?;
+    let mut plan = plan_job(&probe, slice_seconds(&probe));
+    let audio_path = work.join("audio.m4a");
+    let (slices, has_audio) = std::thread::scope(|scope| {
+        let audio = plan.has_audio.then(|| {
+            scope.spawn(|| {
+                encode_audio(
+                    input,
+                    &audio_path,
+                    plan.shown_start,
+                    plan.end,
+                    plan.time_base,
+                    deadline,
+                )
+            })
+        });
+        let slices = split_video(input, &probe, &plan.slices, work, deadline);
+        let has_audio = match audio {
+            Some(h) => h.join().unwrap_or_else(|_| {
+                Err(MediaError::Io(std::io::Error::other(
+                    "audio encoder panicked",
+                )))
+            }),
+            None => Ok(false),
+        };
+        (slices, has_audio)
+    });
+    let (slices, has_audio) = (slices?, has_audio?);
+    plan.has_audio = has_audio;
+    Ok(Prepared {
+        probe,
+        plan,
+        slices,
+        audio: has_audio.then_some(audio_path),
+    })
+}
+
+/// Where `encode_slice` writes rendition `name` of slice `index`.
+pub fn encoded_slice_path(dir: &Path, index: u32, name: &str) -> PathBuf {
+    dir.join(format!("enc-{index:05}-{name}.mp4"))
+}
+
+/// Options of a slice encode beyond the plan.
+#[derive(Clone, Default)]
+pub struct EncodeOptions {
+    pub watermark: Option<PathBuf>,
+    pub threads: Option<usize>,
+    pub progress: Option<FrameProgress>,
+    /// Force this H.264 encoder (e.g. a GPU one) instead of libx264.
+    pub h264_encoder: Option<String>,
+}
+
+/// Stage 2: encodes slice `index` (its file as `split_video` wrote it) into every rendition of
+/// `tier`, as `encoded_slice_path(out_dir, index, name)` files.
+pub fn encode_slice(
+    slice_file: &Path,
+    plan: &JobPlan,
+    index: u32,
+    tier: Tier,
+    out_dir: &Path,
+    options: &EncodeOptions,
+    deadline: Deadline,
+) -> Result<Vec<PathBuf>, MediaError> {
+    let w = plan
+        .slices
+        .get(index as usize)
+        .ok_or_else(|| MediaError::CorruptStream(format!("no slice {index} in the plan")))?;
+    let (start, end) = plan.window_in_slice(w);
+    let outputs: Vec<RenditionOutput> = plan_outputs(tier, plan.display_width, plan.display_height)
+        .into_iter()
+        .map(|(rung, codec, name)| RenditionOutput {
+            path: encoded_slice_path(out_dir, index, &name),
+            rung,
+            codec,
+        })
+        .collect();
+    let paths = outputs.iter().map(|o| o.path.clone()).collect();
+    let request = TranscodeRequest {
+        input: slice_file.to_path_buf(),
+        window: Some(Window {
+            start,
+            end,
+            time_base: plan.time_base,
+        }),
+        timeline_offset: plan.offset_of(w),
+        outputs,
+        tier,
+        gop_seconds: 2.0,
+        frame_rate: Some(plan.frame_rate),
+        variable_frame_rate: plan.variable_frame_rate,
+        rotation: plan.rotation,
+        watermark: options.watermark.clone(),
+        audio: false,
+        threads: options.threads,
+        h264_encoder: options.h264_encoder.clone(),
+        deadline,
+        progress: options.progress.clone(),
+    };
+    transcode_ladder(&request)?;
+    Ok(paths)
+}
+
+/// The result of packaging a tier.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Packaged {
+    pub renditions: Vec<ManifestRendition>,
+    /// Relative to the output directory.
+    pub hls_master: Option<String>,
+    pub cover: Option<String>,
+}
+
+/// Stage 3: merges each rendition's encoded slices (from `encoded_dir`) with the audio into
+/// `out_dir`: MP4s, HLS with a master playlist, and the cover.
+pub fn package(
+    plan: &JobPlan,
+    tier: Tier,
+    encoded_dir: &Path,
+    audio: Option<&Path>,
+    out_dir: &Path,
+    hls: bool,
+    deadline: Deadline,
+) -> Result<Packaged, MediaError> {
+    crate::init();
+    std::fs::create_dir_all(out_dir)?;
+    let outputs = plan_outputs(tier, plan.display_width, plan.display_height);
+    let hls_root = out_dir.join("hls");
+    let fps = f64::from(plan.frame_rate.0) / f64::from(plan.frame_rate.1);
     let mut renditions = Vec::new();
     let mut variants = Vec::new();
-    for (n, (rung, codec, name)) in outputs.iter().enumerate() {
-        report(req, Stage::Merge, n as u64, outputs.len() as u64);
-        let mp4 = req.out_dir.join(format!("{name}.mp4"));
-        written.push(mp4.clone());
-        let hls_dir = req.hls.then(|| hls_root.join(name));
-        if let Some(d) = &hls_dir {
-            written.push(d.clone());
-        }
+    for (rung, codec, name) in &outputs {
+        let mp4 = out_dir.join(format!("{name}.mp4"));
+        let hls_dir = hls.then(|| hls_root.join(name));
         let merged = merge_rendition(&MergeRequest {
-            slices: slices
+            slices: plan
+                .slices
                 .iter()
-                .map(|s| EncodedSlice {
-                    path: work.join(format!("enc-{:05}-{name}.mp4", s.window.index)),
-                    offset: offset_of(&s.window),
-                    offset_tb: tb,
+                .map(|w| EncodedSlice {
+                    path: encoded_slice_path(encoded_dir, w.index, name),
+                    offset: plan.offset_of(w),
+                    offset_tb: plan.time_base,
                 })
                 .collect(),
-            audio: has_audio.then(|| audio_path.clone()),
+            audio: audio.map(Path::to_path_buf),
             codec: *codec,
-            frame_rate: v.frame_rate_q,
+            frame_rate: plan.frame_rate,
             mp4: mp4.clone(),
             hls_dir: hls_dir.clone(),
             segment_seconds: 2.0,
-            deadline: req.deadline,
+            deadline,
         })?;
-        let codecs = if has_audio {
-            format!("{},mp4a.40.2", merged.codec_string)
-        } else {
-            merged.codec_string.clone()
-        };
         let playlist = hls_dir.as_ref().map(|d| d.join("index.m3u8"));
         if let Some(pl) = &playlist {
             let (peak, average) = playlist_bitrates(pl)?;
@@ -317,8 +368,12 @@ fn run_inner(
                 uri: format!("{name}/index.m3u8"),
                 width: rung.width,
                 height: rung.height,
-                frame_rate: v.frame_rate,
-                codecs,
+                frame_rate: fps,
+                codecs: if audio.is_some() {
+                    format!("{},mp4a.40.2", merged.codec_string)
+                } else {
+                    merged.codec_string.clone()
+                },
                 peak_bitrate: peak,
                 average_bitrate: average,
             });
@@ -344,20 +399,12 @@ fn run_inner(
             hls_playlist: playlist.map(|_| format!("hls/{name}/index.m3u8")),
         });
     }
-    report(
-        req,
-        Stage::Merge,
-        outputs.len() as u64,
-        outputs.len() as u64,
-    );
-    let hls_master = if req.hls && !variants.is_empty() {
-        let master = hls_root.join("master.m3u8");
-        std::fs::write(&master, master_playlist(&variants))?;
+    let hls_master = if hls && !variants.is_empty() {
+        std::fs::write(hls_root.join("master.m3u8"), master_playlist(&variants))?;
         Some("hls/master.m3u8".to_string())
     } else {
         None
     };
-
     let cover = match renditions
         .iter()
         .rev()
@@ -365,22 +412,131 @@ fn run_inner(
         .or(renditions.last())
     {
         Some(top) => {
-            let path = req.out_dir.join("cover.jpg");
-            written.push(path.clone());
-            write_cover(&req.out_dir.join(&top.file), &path, req.deadline)?;
+            write_cover(
+                &out_dir.join(&top.file),
+                &out_dir.join("cover.jpg"),
+                deadline,
+            )?;
             Some("cover.jpg".to_string())
         }
         None => None,
     };
+    Ok(Packaged {
+        renditions,
+        hls_master,
+        cover,
+    })
+}
+
+/// Checks packaged outputs against the plan before they go live: the source's frame count
+/// (constant rate) or its duration within one frame (variable rate), on every rendition.
+pub fn verify_packaged(plan: &JobPlan, packaged: &Packaged) -> Result<(), MediaError> {
+    let frame = f64::from(plan.frame_rate.1) / f64::from(plan.frame_rate.0);
+    for r in &packaged.renditions {
+        let ok = if plan.variable_frame_rate {
+            (r.duration - plan.duration_seconds).abs() <= frame + 1e-6
+        } else {
+            r.frames == plan.frames
+        };
+        if !ok {
+            return Err(MediaError::CorruptStream(format!(
+                "{} has {} frames over {:.3} s; the source has {} over {:.3} s",
+                r.name, r.frames, r.duration, plan.frames, plan.duration_seconds
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn run_inner(
+    req: &PipelineRequest,
+    work: &Path,
+    written: &mut Vec<PathBuf>,
+) -> Result<Manifest, MediaError> {
+    report(req, Stage::Probe, 0, 1);
+    report(req, Stage::Split, 0, 1);
+    let fixed = req.slice_seconds;
+    let prepared = prepare(&req.input, work, &|_| fixed, &req.limits, req.deadline)?;
+    let plan = &prepared.plan;
+    report(req, Stage::Split, 1, 1);
+
+    // Encode every slice's ladder on `jobs` threads.
+    let total_frames = plan.frames;
+    let encoded = Arc::new(AtomicU64::new(0));
+    let next = AtomicUsize::new(0);
+    let failure: Mutex<Option<MediaError>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..req.jobs.max(1) {
+            scope.spawn(|| {
+                loop {
+                    if failure.lock().expect("lock").is_some() {
+                        return;
+                    }
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(slice) = prepared.slices.get(i) else {
+                        return;
+                    };
+                    let progress: FrameProgress = {
+                        let (encoded, req) = (encoded.clone(), req.clone());
+                        let last = Arc::new(AtomicU64::new(0));
+                        Arc::new(move |n| {
+                            let before = last.swap(n, Ordering::Relaxed);
+                            let total =
+                                encoded.fetch_add(n - before, Ordering::Relaxed) + (n - before);
+                            report(&req, Stage::Encode, total, total_frames);
+                        })
+                    };
+                    let options = EncodeOptions {
+                        watermark: req.watermark.clone(),
+                        threads: req.threads,
+                        progress: Some(progress),
+                        h264_encoder: None,
+                    };
+                    if let Err(e) = encode_slice(
+                        &slice.path,
+                        plan,
+                        slice.window.index,
+                        req.tier,
+                        work,
+                        &options,
+                        req.deadline,
+                    ) {
+                        failure.lock().expect("lock").get_or_insert(e);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner().expect("lock") {
+        return Err(e);
+    }
+
+    report(req, Stage::Merge, 0, 1);
+    for (_, _, name) in plan_outputs(req.tier, plan.display_width, plan.display_height) {
+        written.push(req.out_dir.join(format!("{name}.mp4")));
+    }
+    written.extend([req.out_dir.join("hls"), req.out_dir.join("cover.jpg")]);
+    let mut packaged = package(
+        plan,
+        req.tier,
+        work,
+        prepared.audio.as_deref(),
+        &req.out_dir,
+        req.hls,
+        req.deadline,
+    )?;
+    report(req, Stage::Merge, 1, 1);
 
     if req.quality {
         report(req, Stage::Quality, 0, 1);
-        let files: Vec<PathBuf> = renditions
+        let files: Vec<PathBuf> = packaged
+            .renditions
             .iter()
             .map(|r| req.out_dir.join(&r.file))
             .collect();
-        let q: Vec<Quality> = measure(&req.input, v.rotation, &files, req.deadline)?;
-        for (r, q) in renditions.iter_mut().zip(q) {
+        let q: Vec<Quality> = measure(&req.input, plan.rotation, &files, req.deadline)?;
+        for (r, q) in packaged.renditions.iter_mut().zip(q) {
             r.psnr = Some((q.psnr * 100.0).round() / 100.0);
             r.ssim = Some((q.ssim * 10_000.0).round() / 10_000.0);
         }
@@ -388,13 +544,13 @@ fn run_inner(
     }
 
     let manifest = Manifest {
-        source,
+        slices: prepared.slices.len(),
+        source: prepared.probe,
         tier: req.tier,
-        slices: slices.len(),
-        renditions,
-        hls_master,
-        cover,
-        audio: has_audio,
+        renditions: packaged.renditions,
+        hls_master: packaged.hls_master,
+        cover: packaged.cover,
+        audio: prepared.audio.is_some(),
     };
     let path = req.out_dir.join("manifest.json");
     written.push(path.clone());

@@ -63,6 +63,8 @@ pub struct TranscodeRequest {
     pub audio: bool,
     /// Encoder and decoder threads; `None` lets FFmpeg choose.
     pub threads: Option<usize>,
+    /// H.264 encoder to use instead of libx264 (a GPU one, say); libx264 if it fails to open.
+    pub h264_encoder: Option<String>,
     pub deadline: Deadline,
     pub progress: Option<FrameProgress>,
 }
@@ -94,6 +96,7 @@ impl TranscodeRequest {
             watermark: None,
             audio: true,
             threads: None,
+            h264_encoder: None,
             deadline: Deadline::none(),
             progress: None,
         }
@@ -471,6 +474,91 @@ impl PostDecode {
     }
 }
 
+struct EncoderSettings {
+    width: u32,
+    height: u32,
+    enc_tb: Rational,
+    frame_rate: Rational,
+    gop: u32,
+    b_frames: usize,
+    threads: Option<usize>,
+}
+
+/// Finds and opens the video encoder called `name`.
+fn open_encoder(
+    name: &str,
+    s: &EncoderSettings,
+    mut opts: ffmpeg_next::Dictionary<'static>,
+) -> Result<(ffmpeg_next::Codec, encoder::Video), MediaError> {
+    let codec = encoder::find_by_name(name)
+        .ok_or_else(|| MediaError::UnsupportedCodec(format!("{name} encoder missing")))?;
+    let mut enc = codec::context::Context::new_with_codec(codec)
+        .encoder()
+        .video()
+        .map_err(MediaError::ffmpeg("creating a video encoder"))?;
+    enc.set_width(s.width);
+    enc.set_height(s.height);
+    enc.set_format(format::Pixel::YUV420P);
+    enc.set_aspect_ratio(Rational(1, 1));
+    // 1/fps, as the ffmpeg command line uses: with a fine time base instead, MP4 samples come
+    // back without durations. Variable-rate input keeps its own clock.
+    enc.set_time_base(s.enc_tb);
+    enc.set_frame_rate(Some(s.frame_rate));
+    enc.set_gop(s.gop);
+    if codec.id() == codec::Id::H264 {
+        enc.set_max_b_frames(s.b_frames);
+    }
+    enc.set_flags(codec::Flags::GLOBAL_HEADER);
+    if let Some(t) = s.threads {
+        enc.set_threading(threading::Config {
+            kind: threading::Type::Frame,
+            count: t,
+            ..Default::default()
+        });
+        opts.set("threads", &t.to_string());
+    }
+    let encoder = enc
+        .open_with(opts)
+        .map_err(MediaError::ffmpeg("opening a video encoder"))?;
+    Ok((codec, encoder))
+}
+
+/// Options for the GPU H.264 encoders: constant quality capped at the rung's peak rate.
+fn gpu_options(name: &str, max_bitrate: u32) -> ffmpeg_next::Dictionary<'static> {
+    let mut o = ffmpeg_next::Dictionary::new();
+    if name.contains("nvenc") {
+        o.set("preset", "p4");
+        o.set("rc", "vbr");
+        o.set("cq", "23");
+    }
+    o.set("maxrate", &max_bitrate.to_string());
+    o.set("bufsize", &(u64::from(max_bitrate) * 2).to_string());
+    o
+}
+
+/// H.264 encoders this machine can open, best first; always ends with "libx264". A GPU encoder
+/// counts only if it opens a small test session (compiled into FFmpeg is not enough: the device
+/// and driver must be there too).
+pub fn detect_h264_encoders() -> Vec<String> {
+    crate::init();
+    let settings = EncoderSettings {
+        width: 256,
+        height: 256,
+        enc_tb: Rational(1, 25),
+        frame_rate: Rational(25, 1),
+        gop: 50,
+        b_frames: 0,
+        threads: Some(1),
+    };
+    let mut found: Vec<String> = ["h264_nvenc", "h264_qsv", "h264_vaapi"]
+        .into_iter()
+        .filter(|name| open_encoder(name, &settings, gpu_options(name, 1_000_000)).is_ok())
+        .map(str::to_string)
+        .collect();
+    found.push("libx264".into());
+    found
+}
+
 /// One rung: scaler, encoder and MP4 muxer.
 struct VideoOut {
     name: String,
@@ -504,41 +592,34 @@ impl VideoOut {
     ) -> Result<Self, MediaError> {
         let mut octx = format::output_as(&out.path, "mp4")
             .map_err(MediaError::ffmpeg("creating the MP4 output"))?;
-        let codec = encoder::find_by_name(out.codec.encoder_name()).ok_or_else(|| {
-            MediaError::UnsupportedCodec(format!("{} encoder missing", out.codec.encoder_name()))
-        })?;
-        let mut enc = codec::context::Context::new_with_codec(codec)
-            .encoder()
-            .video()
-            .map_err(MediaError::ffmpeg("creating a video encoder"))?;
+        let settings = EncoderSettings {
+            width: out.rung.width,
+            height: out.rung.height,
+            enc_tb,
+            frame_rate,
+            gop,
+            b_frames: if req.tier == Tier::Fast { 2 } else { 3 },
+            threads: req.threads,
+        };
+        let default_name = out.codec.encoder_name();
+        let preferred = req
+            .h264_encoder
+            .as_deref()
+            .filter(|n| out.codec == VideoCodec::H264 && *n != default_name);
+        let (codec, encoder) = match preferred.map(|name| {
+            let opts = gpu_options(name, out.rung.max_bitrate);
+            open_encoder(name, &settings, opts)
+        }) {
+            Some(Ok(pair)) => pair,
+            other => {
+                if let (Some(name), Some(Err(e))) = (preferred, other) {
+                    tracing::warn!(encoder = name, error = %e, "encoder failed to open; falling back to {default_name}");
+                }
+                let opts = encoder_options(out.codec, req.tier, out.rung.max_bitrate, gop);
+                open_encoder(default_name, &settings, opts)?
+            }
+        };
         let (width, height) = (out.rung.width, out.rung.height);
-        enc.set_width(width);
-        enc.set_height(height);
-        enc.set_format(format::Pixel::YUV420P);
-        enc.set_aspect_ratio(Rational(1, 1));
-        // 1/fps, as the ffmpeg command line uses: with a fine time base instead, MP4 samples come
-        // back without durations. Variable-rate input keeps its own clock.
-        enc.set_time_base(enc_tb);
-        enc.set_frame_rate(Some(frame_rate));
-        enc.set_gop(gop);
-        if out.codec == VideoCodec::H264 {
-            enc.set_max_b_frames(if req.tier == Tier::Fast { 2 } else { 3 });
-        }
-        enc.set_flags(codec::Flags::GLOBAL_HEADER);
-        if let Some(t) = req.threads {
-            enc.set_threading(threading::Config {
-                kind: threading::Type::Frame,
-                count: t,
-                ..Default::default()
-            });
-        }
-        let mut opts = encoder_options(out.codec, req.tier, out.rung.max_bitrate, gop);
-        if let Some(t) = req.threads {
-            opts.set("threads", &t.to_string());
-        }
-        let encoder = enc
-            .open_with(opts)
-            .map_err(MediaError::ffmpeg("opening a video encoder"))?;
 
         let v_ost = {
             let mut ost = octx

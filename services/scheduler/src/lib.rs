@@ -1,37 +1,263 @@
-//! The scheduler: turns each new job into its transcode task. Planning (probe, GOP slices,
-//! tiers) grows here with the distributed pipeline.
+//! The scheduler: plans each new job (probe, slices on the GOP index, audio once), stores the
+//! slices, records the plan and queues the first tier's slices, all before acking. It also runs
+//! the housekeeping no single worker can: re-queuing slices whose worker vanished and deleting
+//! objects nobody needs any more.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use vtx_domain::Task;
+use tracing::Instrument;
 use vtx_domain::messages::queue;
+use vtx_domain::slicing::slice_seconds_for;
+use vtx_domain::{JobId, JobState, Task, keys};
 use vtx_infra::broker::{BrokerClient, Outcome, consume};
-use vtx_infra::db;
+use vtx_infra::config::{PipelineConfig, WorkerConfig};
+use vtx_infra::{ObjectStore, db};
+use vtx_media::{Deadline, Limits, MediaError, prepare};
 
-/// Consumes new jobs until `shutdown`.
-pub async fn run(pool: PgPool, broker: BrokerClient, shutdown: CancellationToken) {
-    tracing::info!("scheduler consuming {}", queue::JOBS);
-    consume(broker, queue::JOBS, shutdown, |task| handle(&pool, task)).await;
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
 }
 
-/// Handles one delivery. Idempotent: a job already past `queued` is left alone.
-pub async fn handle(pool: &PgPool, task: Task) -> Outcome {
-    let Task::JobCreated { job_id } = task else {
-        tracing::error!(?task, "scheduler got a task for another queue; dropping it");
-        return Outcome::Ack;
-    };
-    match db::schedule_job(pool, job_id).await {
-        Ok(true) => {
-            tracing::info!(%job_id, "job scheduled");
-            Outcome::Ack
+struct Inner {
+    pool: PgPool,
+    store: ObjectStore,
+    broker: BrokerClient,
+    pipeline: PipelineConfig,
+    limits: Limits,
+    timeout: Duration,
+    scratch: PathBuf,
+}
+
+impl Scheduler {
+    pub fn new(
+        pool: PgPool,
+        store: ObjectStore,
+        broker: BrokerClient,
+        pipeline: PipelineConfig,
+        worker: &WorkerConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                store,
+                broker,
+                pipeline,
+                limits: Limits {
+                    max_duration: Duration::from_secs(worker.max_source_seconds),
+                    ..Limits::default()
+                },
+                timeout: worker.transcode_timeout,
+                scratch: std::env::temp_dir(),
+            }),
         }
-        Ok(false) => {
-            tracing::info!(%job_id, "job already scheduled; duplicate delivery ignored");
-            Outcome::Ack
+    }
+
+    /// Consumes new jobs and runs housekeeping until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        tracing::info!("scheduler consuming {}", queue::JOBS);
+        let housekeeping = tokio::spawn(self.clone().housekeeping(shutdown.clone()));
+        let me = self.clone();
+        consume(
+            self.inner.broker.clone(),
+            queue::JOBS,
+            1,
+            shutdown,
+            |task| me.handle(task),
+        )
+        .await;
+        let _ = housekeeping.await;
+    }
+
+    /// Handles one delivery. Idempotent: a job past `queued` is left alone.
+    pub async fn handle(&self, task: Task) -> Outcome {
+        let Task::JobCreated { job_id } = task else {
+            tracing::error!(?task, "scheduler got a task for another queue");
+            return Outcome::DeadLetter;
+        };
+        let span = tracing::info_span!("plan", %job_id);
+        self.plan(job_id).instrument(span).await
+    }
+
+    async fn plan(&self, job: JobId) -> Outcome {
+        let inner = &self.inner;
+        let (video, state, source_key) = match db::job_source(&inner.pool, job).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return Outcome::Ack,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the job; will retry");
+                return Outcome::Retry;
+            }
+        };
+        if state != JobState::Queued {
+            return Outcome::Ack;
         }
-        Err(e) => {
-            tracing::warn!(%job_id, error = %e, "could not schedule job; will retry");
-            Outcome::Retry
+        let started = std::time::Instant::now();
+        match self.prepare_and_store(job, &source_key).await {
+            Ok((plan, audio_key)) => match db::record_plan(
+                &inner.pool,
+                job,
+                &plan,
+                audio_key.as_deref(),
+                &inner.pipeline.tiers,
+            )
+            .await
+            {
+                Ok(_) => {
+                    tracing::info!(%video, slices = plan.slices.len(), secs = started.elapsed().as_secs_f64(), "job planned");
+                    Outcome::Ack
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record the plan; will retry");
+                    Outcome::Retry
+                }
+            },
+            Err(PlanError::Media(e))
+                if e.code().is_input_fault()
+                    || e.code() == vtx_domain::ErrorCode::TranscodeTimeout =>
+            {
+                tracing::info!(code = %e.code(), error = %e, "source refused");
+                match db::fail_job(&inner.pool, job, e.code(), &e.to_string()).await {
+                    Ok(_) => Outcome::Ack,
+                    Err(_) => Outcome::Retry,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "planning failed; will retry");
+                Outcome::Retry
+            }
         }
+    }
+
+    /// Downloads the source, prepares it off the async runtime, and uploads slices and audio.
+    async fn prepare_and_store(
+        &self,
+        job: JobId,
+        source_key: &str,
+    ) -> Result<(vtx_domain::JobPlan, Option<String>), PlanError> {
+        let inner = &self.inner;
+        let scratch = tempfile::Builder::new()
+            .prefix("vtx-plan-")
+            .tempdir_in(&inner.scratch)?;
+        let source = scratch.path().join("source");
+        inner.store.download_to(source_key, &source).await?;
+        let workers = match inner.broker.get().await {
+            Ok(b) => b
+                .queue_stats(queue::FAST_SLICES)
+                .await
+                .map(|(_, consumers)| consumers)
+                .unwrap_or(1),
+            Err(_) => 1,
+        };
+        let policy = inner.pipeline.clone();
+        let (limits, timeout, work) = (
+            inner.limits.clone(),
+            inner.timeout,
+            scratch.path().to_path_buf(),
+        );
+        let prepared = tokio::task::spawn_blocking(move || {
+            let slice_seconds = move |p: &vtx_media::Probe| {
+                if policy.slice_seconds > 0.0 {
+                    policy.slice_seconds
+                } else {
+                    slice_seconds_for(
+                        p.video.duration_seconds,
+                        workers.max(1),
+                        policy.min_slice_seconds,
+                        policy.max_slice_seconds,
+                    )
+                }
+            };
+            prepare(
+                &source,
+                &work,
+                &slice_seconds,
+                &limits,
+                Deadline::after(timeout),
+            )
+        })
+        .await
+        .map_err(|e| PlanError::Other(format!("planning thread: {e}")))??;
+        for s in &prepared.slices {
+            inner
+                .store
+                .put_file(&keys::slice(job, s.window.index), &s.path, "video/mp4")
+                .await?;
+        }
+        let audio_key = match &prepared.audio {
+            Some(path) => {
+                let key = keys::audio(job);
+                inner.store.put_file(&key, path, "audio/mp4").await?;
+                Some(key)
+            }
+            None => None,
+        };
+        Ok((prepared.plan, audio_key))
+    }
+
+    /// Every few seconds: slices whose lease expired go back to the queue; due garbage goes.
+    async fn housekeeping(self, shutdown: CancellationToken) {
+        let inner = &self.inner;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+            match db::reap_expired_leases(&inner.pool).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(slices = n, "re-queued slices whose worker vanished"),
+                Err(e) => tracing::warn!(error = %e, "lease reaper failed"),
+            }
+            if let Ok(due) = db::due_garbage(&inner.pool, 20).await {
+                for (id, prefix) in due {
+                    match inner.store.delete_prefix(&prefix).await {
+                        Ok(n) => {
+                            tracing::info!(prefix, objects = n, "garbage collected");
+                            let _ = db::forget_garbage(&inner.pool, id).await;
+                        }
+                        Err(e) => tracing::warn!(prefix, error = %e, "garbage collection failed"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum PlanError {
+    Media(MediaError),
+    Storage(vtx_infra::storage::StorageError),
+    Other(String),
+}
+
+impl std::fmt::Display for PlanError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PlanError::Media(e) => e.fmt(f),
+            PlanError::Storage(e) => e.fmt(f),
+            PlanError::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<MediaError> for PlanError {
+    fn from(e: MediaError) -> Self {
+        PlanError::Media(e)
+    }
+}
+
+impl From<vtx_infra::storage::StorageError> for PlanError {
+    fn from(e: vtx_infra::storage::StorageError) -> Self {
+        PlanError::Storage(e)
+    }
+}
+
+impl From<std::io::Error> for PlanError {
+    fn from(e: std::io::Error) -> Self {
+        PlanError::Other(e.to_string())
     }
 }

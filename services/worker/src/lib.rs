@@ -1,21 +1,28 @@
-//! The transcode worker: takes a task, runs the media engine off the async runtime under a
-//! deadline, stores the renditions, and records the result before acking.
+//! The worker: encodes slices and merges tiers. Each task is claimed in PostgreSQL first (a
+//! lease for slices, renewed by a heartbeat), runs the media engine off the async runtime under
+//! a deadline, uploads its outputs, and records the result before the delivery is acked.
+//! Handling is idempotent per (job, tier, slice): duplicates and stale deliveries are acked
+//! without work.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use vtx_domain::messages::queue;
-use vtx_domain::{ErrorCode, JobId, Task, VideoId};
+use vtx_domain::{ErrorCode, JobId, Task, Tier, keys};
 use vtx_infra::ObjectStore;
 use vtx_infra::broker::{BrokerClient, Outcome, consume};
-use vtx_infra::config::WorkerConfig;
-use vtx_infra::db::{self, ClaimedJob, NewRendition, SourceFacts};
+use vtx_infra::config::{PipelineConfig, WorkerConfig};
+use vtx_infra::db::{self, NewRendition, Publish, SliceDone, TierOutput, WorkContext};
 use vtx_infra::storage::StorageError;
-use vtx_media::{Deadline, Limits, MediaError, PipelineRequest, Tier, run_pipeline};
+use vtx_media::{
+    Deadline, EncodeOptions, MediaError, encode_slice, encoded_slice_path, package, plan_outputs,
+    verify_packaged,
+};
 
 #[derive(Clone)]
 pub struct Worker {
@@ -26,8 +33,13 @@ struct Inner {
     pool: PgPool,
     store: ObjectStore,
     cfg: WorkerConfig,
-    limits: Limits,
+    pipeline: PipelineConfig,
+    id: String,
+    /// H.264 encoders this machine opened, best first (always ends with libx264).
+    encoders: Vec<String>,
     scratch: PathBuf,
+    /// Failed attempts at merges, per (job, tier): merges keep no attempt count in the database.
+    merge_failures: Mutex<HashMap<(JobId, Tier), u32>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +50,16 @@ enum WorkError {
     Storage(#[from] StorageError),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("the slice's lease was lost to another worker")]
+    LeaseLost,
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<std::io::Error> for WorkError {
+    fn from(e: std::io::Error) -> Self {
+        WorkError::Internal(e.to_string())
+    }
 }
 
 impl WorkError {
@@ -57,191 +77,484 @@ impl WorkError {
 }
 
 impl Worker {
-    pub fn new(pool: PgPool, store: ObjectStore, cfg: WorkerConfig) -> Self {
-        let limits = Limits {
-            max_duration: Duration::from_secs(cfg.max_source_seconds),
-            ..Limits::default()
-        };
+    /// Detects the encoders this machine can open and names the worker.
+    pub fn new(
+        pool: PgPool,
+        store: ObjectStore,
+        cfg: WorkerConfig,
+        pipeline: PipelineConfig,
+    ) -> Self {
+        let encoders = vtx_media::detect_h264_encoders();
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "host".into());
+        let id = format!(
+            "{host}-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        );
         Self {
             inner: Arc::new(Inner {
                 pool,
                 store,
                 cfg,
-                limits,
+                pipeline,
+                id,
+                encoders,
                 scratch: std::env::temp_dir(),
+                merge_failures: Mutex::new(HashMap::new()),
             }),
         }
     }
 
-    /// Runs `concurrency` consumers until `shutdown`; each finishes the task it holds first.
-    pub async fn run(self, broker: BrokerClient, shutdown: CancellationToken) {
-        vtx_media::init();
-        tracing::info!(
-            concurrency = self.inner.cfg.concurrency,
-            "worker consuming {}",
-            queue::TRANSCODE
-        );
-        let mut set = tokio::task::JoinSet::new();
-        for _ in 0..self.inner.cfg.concurrency {
-            let (me, broker, shutdown) = (self.clone(), broker.clone(), shutdown.clone());
-            set.spawn(async move {
-                consume(broker, queue::TRANSCODE, shutdown, |task| me.handle(task)).await;
-            });
-        }
-        while set.join_next().await.is_some() {}
+    pub fn id(&self) -> &str {
+        &self.inner.id
     }
 
-    /// Handles one delivery. Idempotent: a finished job is acked and left alone.
+    /// H.264 encoders detected at start-up, best first.
+    pub fn encoders(&self) -> &[String] {
+        &self.inner.encoders
+    }
+
+    /// The H.264 encoder slices will ask for: the configured one, else the best detected.
+    fn preferred_h264(&self) -> Option<String> {
+        self.inner
+            .cfg
+            .h264_encoder
+            .clone()
+            .or_else(|| self.inner.encoders.first().cloned())
+    }
+
+    /// Registers, then consumes until `shutdown`: fast slices, high slices (each `concurrency`
+    /// consumers, so fast work never waits behind high work) and merges. Each consumer finishes
+    /// the task it holds before stopping.
+    pub async fn run(self, broker: BrokerClient, shutdown: CancellationToken) {
+        let queues = [
+            queue::FAST_SLICES,
+            queue::HIGH_SLICES,
+            queue::EXTREME_SLICES,
+            queue::MERGE,
+        ];
+        let host = self
+            .inner
+            .id
+            .rsplitn(3, '-')
+            .last()
+            .unwrap_or("host")
+            .to_string();
+        let queue_names: Vec<String> = queues.iter().map(|q| q.to_string()).collect();
+        if let Err(e) = db::register_worker(
+            &self.inner.pool,
+            &self.inner.id,
+            &host,
+            &self.inner.encoders,
+            &queue_names,
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "could not register the worker");
+        }
+        tracing::info!(worker = %self.inner.id, encoders = ?self.inner.encoders, concurrency = self.inner.cfg.concurrency, "worker consuming");
+        let mut set = tokio::task::JoinSet::new();
+        for q in queues {
+            let n = if q == queue::MERGE || q == queue::EXTREME_SLICES {
+                1
+            } else {
+                self.inner.cfg.concurrency
+            };
+            for _ in 0..n {
+                let (me, broker, shutdown) = (self.clone(), broker.clone(), shutdown.clone());
+                set.spawn(async move {
+                    consume(broker, q, 1, shutdown, |task| me.handle(task)).await;
+                });
+            }
+        }
+        while set.join_next().await.is_some() {}
+        tracing::info!(worker = %self.inner.id, "worker stopped");
+    }
+
+    /// Handles one delivery.
     pub async fn handle(&self, task: Task) -> Outcome {
-        let Task::Transcode { job_id } = task else {
-            tracing::error!(?task, "worker got a task for another queue; dropping it");
-            return Outcome::Ack;
-        };
-        let claim = match db::claim_job(&self.inner.pool, job_id).await {
+        match task {
+            Task::EncodeSlice {
+                job_id,
+                tier,
+                index,
+            } => {
+                let span = tracing::info_span!("slice", %job_id, %tier, index);
+                self.handle_slice(job_id, tier, index)
+                    .instrument(span)
+                    .await
+            }
+            Task::Merge { job_id, tier } => {
+                let span = tracing::info_span!("merge", %job_id, %tier);
+                self.handle_merge(job_id, tier).instrument(span).await
+            }
+            other => {
+                tracing::error!(task = ?other, "worker got a task for another queue");
+                Outcome::DeadLetter
+            }
+        }
+    }
+
+    async fn handle_slice(&self, job: JobId, tier: Tier, index: u32) -> Outcome {
+        let inner = &self.inner;
+        let lease = inner.cfg.lease;
+        let ctx = match db::claim_slice(&inner.pool, job, tier, index, &inner.id, lease).await {
             Ok(Some(c)) => c,
             Ok(None) => {
-                tracing::info!(%job_id, "job already finished; duplicate delivery ignored");
+                tracing::debug!(
+                    "slice done, held by a live lease, or its job ended: nothing to do"
+                );
                 return Outcome::Ack;
             }
             Err(e) => {
-                tracing::warn!(%job_id, error = %e, "could not claim job; will retry");
+                tracing::warn!(error = %e, "cannot claim the slice; will retry");
                 return Outcome::Retry;
             }
         };
-        let attempts = claim.attempts.max(0) as u32;
-        if attempts > self.inner.cfg.max_attempts {
+        if ctx.attempts > inner.cfg.max_attempts {
+            let msg = format!("slice {index} gave up after {} attempts", ctx.attempts - 1);
             return self
-                .fail(
-                    job_id,
+                .give_up(
+                    job,
+                    tier,
                     ErrorCode::RetriesExhausted,
-                    &format!("gave up after {} attempts", attempts - 1),
+                    &msg,
+                    Outcome::DeadLetter,
                 )
                 .await;
         }
-        let span = tracing::info_span!("transcode", %job_id, video_id = %claim.video_id, attempt = attempts);
+        // Renew the lease while the slice encodes; losing it stops the work.
+        let lost = CancellationToken::new();
+        let beat = {
+            let (pool, owner, lost) = (inner.pool.clone(), inner.id.clone(), lost.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    match db::heartbeat_slice(&pool, job, tier, index, &owner, lease).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            lost.cancel();
+                            return;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                    }
+                }
+            })
+        };
         let started = std::time::Instant::now();
-        match self.transcode(job_id, &claim).instrument(span).await {
-            Ok(()) => {
-                tracing::info!(%job_id, secs = started.elapsed().as_secs_f64(), "job succeeded");
+        let result = tokio::select! {
+            r = self.encode(job, tier, index, &ctx) => r,
+            _ = lost.cancelled() => Err(WorkError::LeaseLost),
+        };
+        beat.abort();
+        match result {
+            Ok(()) => match db::complete_slice(&inner.pool, job, tier, index).await {
+                Ok(SliceDone::Counted { merge_queued }) => {
+                    tracing::info!(
+                        secs = started.elapsed().as_secs_f64(),
+                        merge_queued,
+                        "slice encoded"
+                    );
+                    Outcome::Ack
+                }
+                Ok(SliceDone::Duplicate) => Outcome::Ack,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record the slice; will retry");
+                    Outcome::Retry
+                }
+            },
+            Err(WorkError::LeaseLost) => {
+                tracing::warn!("lease lost; another worker has the slice");
                 Outcome::Ack
             }
-            Err(e) if e.is_final() => self.fail(job_id, e.code(), &e.to_string()).await,
-            Err(e) if attempts >= self.inner.cfg.max_attempts => {
-                let msg = format!("gave up after {attempts} attempts: {e}");
-                self.fail(job_id, ErrorCode::RetriesExhausted, &msg).await
+            Err(e) if e.is_final() => {
+                self.give_up(job, tier, e.code(), &e.to_string(), Outcome::Ack)
+                    .await
+            }
+            Err(e) if ctx.attempts >= inner.cfg.max_attempts => {
+                let msg = format!("slice {index} gave up after {} attempts: {e}", ctx.attempts);
+                self.give_up(
+                    job,
+                    tier,
+                    ErrorCode::RetriesExhausted,
+                    &msg,
+                    Outcome::DeadLetter,
+                )
+                .await
             }
             Err(e) => {
-                tracing::warn!(%job_id, attempt = attempts, error = %e, "transcode failed; will retry");
+                tracing::warn!(attempt = ctx.attempts, error = %e, "slice failed; will retry");
                 Outcome::Retry
             }
         }
     }
 
-    async fn fail(&self, job_id: JobId, code: ErrorCode, message: &str) -> Outcome {
-        tracing::warn!(%job_id, %code, message, "job failed");
-        match db::fail_job(&self.inner.pool, job_id, code, message).await {
-            Ok(_) => Outcome::Ack,
+    /// Fails the tier (and so the job) for good, then settles the delivery as `then`.
+    async fn give_up(
+        &self,
+        job: JobId,
+        tier: Tier,
+        code: ErrorCode,
+        message: &str,
+        then: Outcome,
+    ) -> Outcome {
+        tracing::warn!(%code, message, "giving up");
+        match db::fail_tier(&self.inner.pool, job, tier, code, message).await {
+            Ok(()) => then,
             Err(e) => {
-                tracing::warn!(%job_id, error = %e, "could not record the failure; will retry");
+                tracing::warn!(error = %e, "cannot record the failure; will retry");
                 Outcome::Retry
             }
         }
     }
 
-    async fn transcode(&self, job_id: JobId, claim: &ClaimedJob) -> Result<(), WorkError> {
+    async fn encode(
+        &self,
+        job: JobId,
+        tier: Tier,
+        index: u32,
+        ctx: &WorkContext,
+    ) -> Result<(), WorkError> {
         let inner = &self.inner;
-        let video_id = VideoId::from_uuid(claim.video_id);
-        // Removed on drop, whatever happens below.
         let scratch = tempfile::Builder::new()
-            .prefix("vtx-job-")
-            .tempdir_in(&inner.scratch)
-            .map_err(|e| WorkError::Internal(format!("scratch dir: {e}")))?;
-        let source = scratch.path().join("source");
-        inner.store.download_to(&claim.source_key, &source).await?;
-
-        let timeout = inner.cfg.transcode_timeout;
-        let mut req = PipelineRequest::new(source, scratch.path().join("out"));
-        req.tier = Tier::Fast;
-        req.limits = inner.limits.clone();
-        req.deadline = Deadline::after(timeout);
-        // Publish latency matters more than a quality report on the fast tier.
-        req.quality = false;
-        let span = tracing::Span::current();
-        let out_dir = req.out_dir.clone();
-        let work = tokio::task::spawn_blocking(move || {
-            let _e = span.enter();
-            run_pipeline(&req)
-        });
-        // The deadline inside stops the work; this outer bound only guards against a hang in FFmpeg.
-        let manifest = tokio::time::timeout(timeout + Duration::from_secs(30), work)
-            .await
-            .map_err(|_| WorkError::Media(MediaError::Timeout))?
-            .map_err(|e| WorkError::Internal(format!("transcode thread: {e}")))??;
-
-        // Versioned by job: a later tier writes beside, never over, what viewers fetch now.
-        let prefix = format!("videos/{video_id}/{job_id}");
-        upload_tree(&inner.store, &out_dir, &prefix).await?;
-        let renditions: Vec<NewRendition> = manifest
-            .renditions
-            .iter()
-            .map(|r| NewRendition {
-                name: r.name.clone(),
-                codec: r.codec.label().to_string(),
-                codec_string: r.codec_string.clone(),
-                object_key: format!("{prefix}/{}", r.file),
-                hls_playlist_key: r.hls_playlist.as_ref().map(|p| format!("{prefix}/{p}")),
-                width: r.width,
-                height: r.height,
-                frames: r.frames,
-                duration_ms: (r.duration * 1000.0).round() as u64,
-                size_bytes: r.bytes,
-                bitrate: r.bitrate,
-                prefetch_bytes_3s: r.prefetch_bytes_3s,
-                psnr: r.psnr,
-                ssim: r.ssim,
-            })
-            .collect();
-        let probe = &manifest.source;
-        let facts = SourceFacts {
-            width: probe.video.display_width,
-            height: probe.video.display_height,
-            frames: probe.video.frames,
-            duration_ms: (probe.video.duration_seconds * 1000.0).round() as u64,
-            hls_master_key: manifest
-                .hls_master
-                .as_ref()
-                .map(|m| format!("{prefix}/{m}")),
-            cover_key: manifest.cover.as_ref().map(|c| format!("{prefix}/{c}")),
+            .prefix("vtx-slice-")
+            .tempdir_in(&inner.scratch)?;
+        let input = scratch.path().join("slice.mp4");
+        inner
+            .store
+            .download_to(&keys::slice(job, index), &input)
+            .await?;
+        let out = scratch.path().join("out");
+        std::fs::create_dir_all(&out)?;
+        let (plan, timeout, out_dir) = (ctx.plan.clone(), inner.cfg.transcode_timeout, out.clone());
+        let options = EncodeOptions {
+            h264_encoder: self.preferred_h264(),
+            ..EncodeOptions::default()
         };
-        if !db::finish_job(&inner.pool, job_id, video_id, &facts, &renditions).await? {
-            tracing::info!(%job_id, "job finished elsewhere meanwhile; keeping that result");
+        let span = tracing::Span::current();
+        let files = run_blocking(timeout, move || {
+            let _e = span.enter();
+            encode_slice(
+                &input,
+                &plan,
+                index,
+                tier,
+                &out_dir,
+                &options,
+                Deadline::after(timeout),
+            )
+        })
+        .await?;
+        let prefix = keys::encoded(job, tier);
+        for f in files {
+            let name = f
+                .file_name()
+                .expect("a file")
+                .to_string_lossy()
+                .into_owned();
+            inner
+                .store
+                .put_file(&format!("{prefix}{name}"), &f, "video/mp4")
+                .await?;
         }
         Ok(())
     }
+
+    async fn handle_merge(&self, job: JobId, tier: Tier) -> Outcome {
+        let inner = &self.inner;
+        let ctx = match db::claim_merge(&inner.pool, job, tier).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return Outcome::Ack,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the merge; will retry");
+                return Outcome::Retry;
+            }
+        };
+        let started = std::time::Instant::now();
+        let next = inner
+            .pipeline
+            .tiers
+            .iter()
+            .skip_while(|t| **t != tier)
+            .nth(1)
+            .copied();
+        let result = self.merge(job, tier, &ctx).await;
+        let output = match result {
+            Ok(o) => o,
+            Err(WorkError::Media(e)) if matches!(e, MediaError::CorruptStream(_)) => {
+                // The outputs do not match the source: never put them live.
+                return self
+                    .give_up(
+                        job,
+                        tier,
+                        ErrorCode::VerificationFailed,
+                        &e.to_string(),
+                        Outcome::Ack,
+                    )
+                    .await;
+            }
+            Err(e) => {
+                let n = {
+                    let mut m = inner.merge_failures.lock().expect("lock");
+                    let n = m.entry((job, tier)).or_insert(0);
+                    *n += 1;
+                    *n
+                };
+                if n >= inner.cfg.max_attempts {
+                    let msg = format!("merge gave up after {n} attempts: {e}");
+                    return self
+                        .give_up(
+                            job,
+                            tier,
+                            ErrorCode::RetriesExhausted,
+                            &msg,
+                            Outcome::DeadLetter,
+                        )
+                        .await;
+                }
+                tracing::warn!(attempt = n, error = %e, "merge failed; will retry");
+                return Outcome::Retry;
+            }
+        };
+        match db::publish_tier(
+            &inner.pool,
+            job,
+            tier,
+            &output,
+            next,
+            inner.pipeline.swap_grace,
+        )
+        .await
+        {
+            Ok(Publish::Live) => {
+                inner
+                    .merge_failures
+                    .lock()
+                    .expect("lock")
+                    .remove(&(job, tier));
+                tracing::info!(secs = started.elapsed().as_secs_f64(), next = ?next, "tier live");
+                Outcome::Ack
+            }
+            Ok(Publish::AlreadyDone) => Outcome::Ack,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot publish; will retry");
+                Outcome::Retry
+            }
+        }
+    }
+
+    /// Packages a tier from its encoded slices, verifies it against the plan and uploads it.
+    async fn merge(
+        &self,
+        job: JobId,
+        tier: Tier,
+        ctx: &WorkContext,
+    ) -> Result<TierOutput, WorkError> {
+        let inner = &self.inner;
+        let scratch = tempfile::Builder::new()
+            .prefix("vtx-merge-")
+            .tempdir_in(&inner.scratch)?;
+        let encoded = scratch.path().join("encoded");
+        std::fs::create_dir_all(&encoded)?;
+        let plan = &ctx.plan;
+        let prefix = keys::encoded(job, tier);
+        for (_, _, name) in plan_outputs(tier, plan.display_width, plan.display_height) {
+            for w in &plan.slices {
+                let path = encoded_slice_path(&encoded, w.index, &name);
+                let file = path
+                    .file_name()
+                    .expect("a file")
+                    .to_string_lossy()
+                    .into_owned();
+                inner
+                    .store
+                    .download_to(&format!("{prefix}{file}"), &path)
+                    .await?;
+            }
+        }
+        let audio = match &ctx.audio_key {
+            Some(key) => {
+                let p = scratch.path().join("audio.m4a");
+                inner.store.download_to(key, &p).await?;
+                Some(p)
+            }
+            None => None,
+        };
+        let out = scratch.path().join("out");
+        let (plan2, out2, timeout) = (plan.clone(), out.clone(), inner.cfg.transcode_timeout);
+        let span = tracing::Span::current();
+        let packaged = run_blocking(timeout, move || {
+            let _e = span.enter();
+            let packaged = package(
+                &plan2,
+                tier,
+                &encoded,
+                audio.as_deref(),
+                &out2,
+                true,
+                Deadline::after(timeout),
+            )?;
+            verify_packaged(&plan2, &packaged)?;
+            Ok(packaged)
+        })
+        .await?;
+        let dest = keys::tier_output(ctx.video_id, job, tier);
+        upload_tree(&inner.store, &out, &dest).await?;
+        Ok(TierOutput {
+            renditions: packaged
+                .renditions
+                .iter()
+                .map(|r| NewRendition {
+                    name: r.name.clone(),
+                    codec: r.codec.label().to_string(),
+                    codec_string: r.codec_string.clone(),
+                    object_key: format!("{dest}{}", r.file),
+                    hls_playlist_key: r.hls_playlist.as_ref().map(|p| format!("{dest}{p}")),
+                    width: r.width,
+                    height: r.height,
+                    frames: r.frames,
+                    duration_ms: (r.duration * 1000.0).round() as u64,
+                    size_bytes: r.bytes,
+                    bitrate: r.bitrate,
+                    prefetch_bytes_3s: r.prefetch_bytes_3s,
+                    psnr: r.psnr,
+                    ssim: r.ssim,
+                })
+                .collect(),
+            hls_master_key: packaged.hls_master.as_ref().map(|m| format!("{dest}{m}")),
+            cover_key: packaged.cover.as_ref().map(|c| format!("{dest}{c}")),
+        })
+    }
 }
 
-/// Uploads every file under `dir` (but the pipeline's scratch) to `prefix/<relative path>`.
+/// Runs media work on the blocking pool. The deadline inside stops the work; the outer bound
+/// only guards against a hang in FFmpeg.
+async fn run_blocking<T: Send + 'static>(
+    timeout: Duration,
+    f: impl FnOnce() -> Result<T, MediaError> + Send + 'static,
+) -> Result<T, WorkError> {
+    tokio::time::timeout(
+        timeout + Duration::from_secs(30),
+        tokio::task::spawn_blocking(f),
+    )
+    .await
+    .map_err(|_| WorkError::Media(MediaError::Timeout))?
+    .map_err(|e| WorkError::Internal(format!("media thread: {e}")))?
+    .map_err(WorkError::Media)
+}
+
+/// Uploads every file under `dir` to `prefix` + its relative path.
 async fn upload_tree(store: &ObjectStore, dir: &Path, prefix: &str) -> Result<(), WorkError> {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let mut entries = tokio::fs::read_dir(&d)
-            .await
-            .map_err(|e| WorkError::Internal(e.to_string()))?;
-        while let Some(e) = entries
-            .next_entry()
-            .await
-            .map_err(|e| WorkError::Internal(e.to_string()))?
-        {
+        let mut entries = tokio::fs::read_dir(&d).await?;
+        while let Some(e) = entries.next_entry().await? {
             let path = e.path();
-            let name = e.file_name();
-            if name.to_string_lossy().starts_with(".vtx-work") {
-                continue;
-            }
-            if e.file_type()
-                .await
-                .map_err(|e| WorkError::Internal(e.to_string()))?
-                .is_dir()
-            {
+            if e.file_type().await?.is_dir() {
                 stack.push(path);
                 continue;
             }
@@ -251,7 +564,7 @@ async fn upload_tree(store: &ObjectStore, dir: &Path, prefix: &str) -> Result<()
                 .to_string_lossy()
                 .replace('\\', "/");
             store
-                .put_file(&format!("{prefix}/{rel}"), &path, content_type(&rel))
+                .put_file(&format!("{prefix}{rel}"), &path, content_type(&rel))
                 .await?;
         }
     }

@@ -12,6 +12,9 @@ use vtx_domain::{ErrorCode, JobId, JobState, Task, UploadId, UploadState, VideoI
 use crate::config::Config;
 use crate::outbox;
 
+pub mod pipeline;
+pub use pipeline::*;
+
 /// Migrations under the repository's `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
@@ -256,150 +259,8 @@ pub async fn get_job(pool: &PgPool, id: JobId) -> sqlx::Result<Option<JobRow>> {
     .await
 }
 
-/// Moves a queued job to scheduled and queues its transcode task, in one transaction.
-/// Returns false when the job was not queued (a duplicate delivery).
-pub async fn schedule_job(pool: &PgPool, id: JobId) -> sqlx::Result<bool> {
-    let mut tx = pool.begin().await?;
-    let moved = sqlx::query(
-        "UPDATE jobs SET state = $2, scheduled_at = now(), updated_at = now()
-         WHERE id = $1 AND state = ANY($3)",
-    )
-    .bind(id.as_uuid())
-    .bind(JobState::Scheduled.as_str())
-    .bind(JobState::predecessors_of(JobState::Scheduled))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if moved == 1 {
-        outbox::enqueue(&mut tx, &Task::Transcode { job_id: id }).await?;
-    }
-    tx.commit().await?;
-    Ok(moved == 1)
-}
-
-/// What a worker needs to run a claimed job.
-#[derive(Clone, Debug, FromRow)]
-pub struct ClaimedJob {
-    pub video_id: Uuid,
-    pub attempts: i32,
-    pub source_key: String,
-}
-
-/// Marks a job running and counts the attempt. `None` when the job is already finished, so a
-/// redelivered task is dropped.
-pub async fn claim_job(pool: &PgPool, id: JobId) -> sqlx::Result<Option<ClaimedJob>> {
-    sqlx::query_as(
-        "UPDATE jobs j SET state = $2, attempts = j.attempts + 1, started_at = now(), updated_at = now()
-         FROM videos v
-         WHERE j.id = $1 AND v.id = j.video_id AND j.state = ANY($3)
-         RETURNING j.video_id, j.attempts, v.source_key",
-    )
-    .bind(id.as_uuid())
-    .bind(JobState::Running.as_str())
-    .bind(JobState::predecessors_of(JobState::Running))
-    .fetch_optional(pool)
-    .await
-}
-
-/// A finished rendition, ready to be recorded.
-#[derive(Clone, Debug)]
-pub struct NewRendition {
-    pub name: String,
-    pub codec: String,
-    pub codec_string: String,
-    pub object_key: String,
-    pub hls_playlist_key: Option<String>,
-    pub width: u32,
-    pub height: u32,
-    pub frames: u64,
-    pub duration_ms: u64,
-    pub size_bytes: u64,
-    pub bitrate: u64,
-    pub prefetch_bytes_3s: u64,
-    pub psnr: Option<f64>,
-    pub ssim: Option<f64>,
-}
-
-/// What the source turned out to be, and where its playback lives.
-#[derive(Clone, Debug)]
-pub struct SourceFacts {
-    pub width: u32,
-    pub height: u32,
-    pub frames: u64,
-    pub duration_ms: u64,
-    pub hls_master_key: Option<String>,
-    pub cover_key: Option<String>,
-}
-
-/// In one transaction: renditions recorded, the video ready, the job succeeded. Returns false
-/// (and changes nothing) when the job was no longer running.
-pub async fn finish_job(
-    pool: &PgPool,
-    job: JobId,
-    video: VideoId,
-    source: &SourceFacts,
-    renditions: &[NewRendition],
-) -> sqlx::Result<bool> {
-    let mut tx = pool.begin().await?;
-    let moved = sqlx::query(
-        "UPDATE jobs SET state = $2, finished_at = now(), updated_at = now()
-         WHERE id = $1 AND state = ANY($3)",
-    )
-    .bind(job.as_uuid())
-    .bind(JobState::Succeeded.as_str())
-    .bind(JobState::predecessors_of(JobState::Succeeded))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if moved == 0 {
-        return Ok(false);
-    }
-    for r in renditions {
-        sqlx::query(
-            "INSERT INTO renditions (video_id, job_id, name, container, object_key, width, height,
-                                     frames, duration_ms, size_bytes, bitrate, codec, codec_string,
-                                     prefetch_bytes_3s, hls_playlist_key, psnr, ssim)
-             VALUES ($1, $2, $3, 'mp4', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-        )
-        .bind(video.as_uuid())
-        .bind(job.as_uuid())
-        .bind(&r.name)
-        .bind(&r.object_key)
-        .bind(r.width as i32)
-        .bind(r.height as i32)
-        .bind(r.frames as i64)
-        .bind(r.duration_ms as i64)
-        .bind(r.size_bytes as i64)
-        .bind(r.bitrate as i64)
-        .bind(&r.codec)
-        .bind(&r.codec_string)
-        .bind(r.prefetch_bytes_3s as i64)
-        .bind(&r.hls_playlist_key)
-        .bind(r.psnr)
-        .bind(r.ssim)
-        .execute(&mut *tx)
-        .await?;
-    }
-    sqlx::query(
-        "UPDATE videos SET state = $2, width = $3, height = $4, frames = $5, duration_ms = $6,
-                           hls_master_key = $7, cover_key = $8, updated_at = now()
-         WHERE id = $1 AND state = 'processing'",
-    )
-    .bind(video.as_uuid())
-    .bind(VideoState::Ready.as_str())
-    .bind(source.width as i32)
-    .bind(source.height as i32)
-    .bind(source.frames as i64)
-    .bind(source.duration_ms as i64)
-    .bind(&source.hls_master_key)
-    .bind(&source.cover_key)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(true)
-}
-
-/// Fails a job and its video with a stable code. No-op on a job that already finished.
+/// Fails a job and its video (unless already published) with a stable code, in one
+/// transaction. False when the job had already ended.
 pub async fn fail_job(
     pool: &PgPool,
     job: JobId,
@@ -407,33 +268,9 @@ pub async fn fail_job(
     message: &str,
 ) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
-    let video: Option<(Uuid,)> = sqlx::query_as(
-        "UPDATE jobs SET state = $2, error_code = $3, error_message = $4, finished_at = now(),
-                         updated_at = now()
-         WHERE id = $1 AND state = ANY($5) RETURNING video_id",
-    )
-    .bind(job.as_uuid())
-    .bind(JobState::Failed.as_str())
-    .bind(code.as_str())
-    .bind(message)
-    .bind(JobState::predecessors_of(JobState::Failed))
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((video_id,)) = video else {
-        return Ok(false);
-    };
-    sqlx::query(
-        "UPDATE videos SET state = $2, error_code = $3, error_message = $4, updated_at = now()
-         WHERE id = $1 AND state = 'processing'",
-    )
-    .bind(video_id)
-    .bind(VideoState::Failed.as_str())
-    .bind(code.as_str())
-    .bind(message)
-    .execute(&mut *tx)
-    .await?;
+    let failed = pipeline::fail_job_in(&mut tx, job, code, message).await?;
     tx.commit().await?;
-    Ok(true)
+    Ok(failed)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -452,6 +289,8 @@ pub struct VideoRow {
     pub error_message: Option<String>,
     pub hls_master_key: Option<String>,
     pub cover_key: Option<String>,
+    pub live_tier: Option<String>,
+    pub published_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -476,7 +315,7 @@ pub struct RenditionRow {
 pub async fn get_video(pool: &PgPool, id: VideoId) -> sqlx::Result<Option<VideoRow>> {
     sqlx::query_as(
         "SELECT id, state, width, height, frames, duration_ms, source_bytes, error_code,
-                error_message, hls_master_key, cover_key, created_at, updated_at
+                error_message, hls_master_key, cover_key, live_tier, published_at, created_at, updated_at
          FROM videos WHERE id = $1",
     )
     .bind(id.as_uuid())
@@ -484,11 +323,14 @@ pub async fn get_video(pool: &PgPool, id: VideoId) -> sqlx::Result<Option<VideoR
     .await
 }
 
-pub async fn renditions(pool: &PgPool, id: VideoId) -> sqlx::Result<Vec<RenditionRow>> {
+/// The renditions viewers get now: those of the live tier.
+pub async fn live_renditions(pool: &PgPool, id: VideoId) -> sqlx::Result<Vec<RenditionRow>> {
     sqlx::query_as(
-        "SELECT name, container, codec, codec_string, prefetch_bytes_3s, hls_playlist_key,
-                object_key, width, height, frames, duration_ms, size_bytes, bitrate
-         FROM renditions WHERE video_id = $1 ORDER BY codec, height, width",
+        "SELECT r.name, r.container, r.codec, r.codec_string, r.prefetch_bytes_3s, r.hls_playlist_key,
+                r.object_key, r.width, r.height, r.frames, r.duration_ms, r.size_bytes, r.bitrate
+         FROM renditions r JOIN videos v
+           ON v.id = r.video_id AND r.job_id = v.live_job_id AND r.tier = v.live_tier
+         WHERE r.video_id = $1 ORDER BY r.codec, r.height, r.width",
     )
     .bind(id.as_uuid())
     .fetch_all(pool)

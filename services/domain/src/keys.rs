@@ -1,0 +1,33 @@
+//! Object keys: where each piece of a job lives in the bucket. One place, so every service
+//! agrees.
+
+use crate::{JobId, Tier, VideoId};
+
+/// The assembled upload.
+pub fn source(video: VideoId) -> String {
+    format!("sources/{video}/source")
+}
+
+/// Scratch of a job (slices, shared audio, encoded slices); deleted once the job ends.
+pub fn work(job: JobId) -> String {
+    format!("work/{job}/")
+}
+
+pub fn slice(job: JobId, index: u32) -> String {
+    format!("work/{job}/slices/{index:05}.mp4")
+}
+
+pub fn audio(job: JobId) -> String {
+    format!("work/{job}/audio.m4a")
+}
+
+/// Directory (prefix) of a tier's encoded slices.
+pub fn encoded(job: JobId, tier: Tier) -> String {
+    format!("work/{job}/{tier}/")
+}
+
+/// What viewers fetch for one tier of one job: MP4s, `hls/`, `cover.jpg`. Versioned by job and
+/// tier, so a new tier is written beside the live one, never over it.
+pub fn tier_output(video: VideoId, job: JobId, tier: Tier) -> String {
+    format!("videos/{video}/{job}/{tier}/")
+}

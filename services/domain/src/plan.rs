@@ -1,0 +1,121 @@
+//! What the scheduler decides about a job, stored with it so any worker can run any stage:
+//! the source's timing facts and its slice windows.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::SliceWindow;
+
+/// Encode tier: how much effort goes into each frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    /// Low complexity, to publish quickly.
+    Fast,
+    /// High complexity; silently replaces the fast tier once verified.
+    High,
+    /// HEVC and AV1 for hot videos.
+    Extreme,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 3] = [Tier::Fast, Tier::High, Tier::Extreme];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Fast => "fast",
+            Tier::High => "high",
+            Tier::Extreme => "extreme",
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Tier {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Tier::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| format!("unknown tier {s:?} (fast, high, extreme)"))
+    }
+}
+
+/// The plan of a job: enough for a worker to encode any slice and to merge any tier.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobPlan {
+    /// Time base of the source's video timestamps (and of every window below).
+    pub time_base: (i32, i32),
+    pub frame_rate: (i32, i32),
+    pub variable_frame_rate: bool,
+    /// Clockwise degrees to rotate.
+    pub rotation: u32,
+    pub display_width: u32,
+    pub display_height: u32,
+    /// First shown frame: output time 0.
+    pub shown_start: i64,
+    pub end: i64,
+    pub frames: u64,
+    pub duration_seconds: f64,
+    pub has_audio: bool,
+    pub slices: Vec<SliceWindow>,
+}
+
+impl JobPlan {
+    /// Where a slice starts on the output timeline (plan time base).
+    pub fn offset_of(&self, w: &SliceWindow) -> i64 {
+        w.start.max(self.shown_start) - self.shown_start
+    }
+
+    /// The frames a slice file (whose times start at its keyframe) contributes: `[start, end)`
+    /// relative to the slice's own start, so frames hidden before `shown_start` stay hidden.
+    pub fn window_in_slice(&self, w: &SliceWindow) -> (i64, i64) {
+        (self.shown_start.max(w.start) - w.start, w.end - w.start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hidden_pre_roll_is_outside_the_first_window_only() {
+        let plan = JobPlan {
+            time_base: (1, 1000),
+            frame_rate: (25, 1),
+            variable_frame_rate: false,
+            rotation: 0,
+            display_width: 640,
+            display_height: 360,
+            shown_start: 300,
+            end: 10_000,
+            frames: 243,
+            duration_seconds: 9.7,
+            has_audio: true,
+            slices: vec![
+                SliceWindow {
+                    index: 0,
+                    start: 0,
+                    end: 4000,
+                },
+                SliceWindow {
+                    index: 1,
+                    start: 4000,
+                    end: 10_000,
+                },
+            ],
+        };
+        assert_eq!(plan.window_in_slice(&plan.slices[0]), (300, 4000));
+        assert_eq!(plan.window_in_slice(&plan.slices[1]), (0, 6000));
+        assert_eq!(plan.offset_of(&plan.slices[0]), 0);
+        assert_eq!(plan.offset_of(&plan.slices[1]), 3700);
+        assert_eq!("high".parse::<Tier>().unwrap(), Tier::High);
+    }
+}

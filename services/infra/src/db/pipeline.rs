@@ -1,0 +1,634 @@
+//! Durable completion tracking for the distributed pipeline: a job's plan, its tiers and their
+//! slices, leases, the exactly-once merge, and the tier swap that moves the playback pointer.
+//!
+//! Every transition is a guarded `UPDATE`, and every message it implies is written to the outbox
+//! in the same transaction, so a crash at any point leaves state and queues in agreement.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::postgres::PgPool;
+use sqlx::types::Json;
+use sqlx::{FromRow, Postgres, Transaction};
+use uuid::Uuid;
+use vtx_domain::{
+    ErrorCode, JobId, JobPlan, JobState, SliceState, Task, Tier, TierState, VideoId, VideoState,
+    keys,
+};
+
+use crate::outbox;
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// A job's video, state and source object (what the scheduler needs to plan it).
+pub async fn job_source(
+    pool: &PgPool,
+    job: JobId,
+) -> sqlx::Result<Option<(VideoId, JobState, String)>> {
+    let row: Option<(Uuid, String, String)> = sqlx::query_as(
+        "SELECT j.video_id, j.state, v.source_key FROM jobs j JOIN videos v ON v.id = j.video_id WHERE j.id = $1",
+    )
+    .bind(job.as_uuid())
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.and_then(|(v, state, key)| state.parse().ok().map(|s| (VideoId::from_uuid(v), s, key))))
+}
+
+/// Records the scheduler's plan and creates the tiers and their slices; the first tier's slice
+/// tasks are queued at once, later tiers wait for the one before them to go live. Returns false
+/// (changing nothing) unless the job was still queued.
+pub async fn record_plan(
+    pool: &PgPool,
+    job: JobId,
+    plan: &JobPlan,
+    audio_key: Option<&str>,
+    tiers: &[Tier],
+) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let moved = sqlx::query(
+        "UPDATE jobs SET state = $2, scheduled_at = now(), plan = $3, audio_key = $4, updated_at = now()
+         WHERE id = $1 AND state = ANY($5)",
+    )
+    .bind(job.as_uuid())
+    .bind(JobState::Scheduled.as_str())
+    .bind(Json(plan))
+    .bind(audio_key)
+    .bind(JobState::predecessors_of(JobState::Scheduled))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if moved == 0 {
+        return Ok(false);
+    }
+    let n = plan.slices.len() as i32;
+    for (i, tier) in tiers.iter().enumerate() {
+        let first = i == 0;
+        sqlx::query(
+            "INSERT INTO job_tiers (job_id, tier, state, slices_total, started_at)
+             VALUES ($1, $2, $3, $4, CASE WHEN $5 THEN now() END)",
+        )
+        .bind(job.as_uuid())
+        .bind(tier.as_str())
+        .bind(
+            if first {
+                TierState::Encoding
+            } else {
+                TierState::Waiting
+            }
+            .as_str(),
+        )
+        .bind(n)
+        .bind(first)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO slices (job_id, tier, idx, state)
+             SELECT $1, $2, g, $3 FROM generate_series(0, $4 - 1) g",
+        )
+        .bind(job.as_uuid())
+        .bind(tier.as_str())
+        .bind(SliceState::Queued.as_str())
+        .bind(n)
+        .execute(&mut *tx)
+        .await?;
+        if first {
+            enqueue_slices(&mut tx, job, *tier, n as u32).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+async fn enqueue_slices(
+    tx: &mut Transaction<'static, Postgres>,
+    job: JobId,
+    tier: Tier,
+    n: u32,
+) -> sqlx::Result<()> {
+    for index in 0..n {
+        outbox::enqueue(
+            tx,
+            &Task::EncodeSlice {
+                job_id: job,
+                tier,
+                index,
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// What a worker needs to encode a slice or merge a tier.
+#[derive(Clone, Debug)]
+pub struct WorkContext {
+    pub video_id: VideoId,
+    pub plan: JobPlan,
+    pub audio_key: Option<String>,
+    /// Deliveries of this slice so far, this one included (merges: 0).
+    pub attempts: u32,
+}
+
+#[derive(FromRow)]
+struct JobContextRow {
+    video_id: Uuid,
+    state: String,
+    plan: Option<Json<JobPlan>>,
+    audio_key: Option<String>,
+}
+
+async fn job_context(
+    tx: &mut Transaction<'static, Postgres>,
+    job: JobId,
+) -> sqlx::Result<Option<JobContextRow>> {
+    sqlx::query_as("SELECT video_id, state, plan, audio_key FROM jobs WHERE id = $1")
+        .bind(job.as_uuid())
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+/// Takes a slice for `owner` with a lease: when it is queued, running under an expired lease
+/// (its worker vanished), or already `owner`'s (a retry in place). Each claim counts an attempt.
+/// `None` when it is done, held by another live lease, or its job has ended.
+pub async fn claim_slice(
+    pool: &PgPool,
+    job: JobId,
+    tier: Tier,
+    index: u32,
+    owner: &str,
+    lease: Duration,
+) -> sqlx::Result<Option<WorkContext>> {
+    let mut tx = pool.begin().await?;
+    let Some(ctx) = job_context(&mut tx, job).await? else {
+        return Ok(None);
+    };
+    if ctx
+        .state
+        .parse::<JobState>()
+        .is_ok_and(JobState::is_terminal)
+    {
+        return Ok(None);
+    }
+    let attempts: Option<(i32,)> = sqlx::query_as(
+        "UPDATE slices SET state = 'running', attempts = attempts + 1, lease_owner = $4,
+                lease_expires_at = now() + make_interval(secs => $5), started_at = COALESCE(started_at, now())
+         WHERE job_id = $1 AND tier = $2 AND idx = $3
+           AND (state = 'queued'
+                OR (state = 'running' AND (lease_expires_at < now() OR lease_owner = $4)))
+         RETURNING attempts",
+    )
+    .bind(job.as_uuid())
+    .bind(tier.as_str())
+    .bind(index as i32)
+    .bind(owner)
+    .bind(secs(lease))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((attempts,)) = attempts else {
+        return Ok(None);
+    };
+    sqlx::query(
+        "UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, now()), updated_at = now()
+         WHERE id = $1 AND state IN ('scheduled', 'running')",
+    )
+    .bind(job.as_uuid())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let Some(Json(plan)) = ctx.plan else {
+        return Ok(None);
+    };
+    Ok(Some(WorkContext {
+        video_id: VideoId::from_uuid(ctx.video_id),
+        plan,
+        audio_key: ctx.audio_key,
+        attempts: attempts.max(0) as u32,
+    }))
+}
+
+/// Extends a held lease. False when the lease was lost (expired and taken by another worker, or
+/// the slice is no longer running): the holder should stop.
+pub async fn heartbeat_slice(
+    pool: &PgPool,
+    job: JobId,
+    tier: Tier,
+    index: u32,
+    owner: &str,
+    lease: Duration,
+) -> sqlx::Result<bool> {
+    let n = sqlx::query(
+        "UPDATE slices SET lease_expires_at = now() + make_interval(secs => $5)
+         WHERE job_id = $1 AND tier = $2 AND idx = $3 AND state = 'running' AND lease_owner = $4",
+    )
+    .bind(job.as_uuid())
+    .bind(tier.as_str())
+    .bind(index as i32)
+    .bind(owner)
+    .bind(secs(lease))
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SliceDone {
+    /// Counted; `merge_queued` when this was the tier's last slice and its merge is queued.
+    Counted { merge_queued: bool },
+    /// Already done (a duplicate delivery, or a worker that lost its lease finished late).
+    Duplicate,
+}
+
+/// Marks a slice done and counts it. The one transaction that completes the last slice flips
+/// `merge_queued` and queues the merge: exactly one merge per (job, tier), whatever the
+/// concurrency or duplicates.
+pub async fn complete_slice(
+    pool: &PgPool,
+    job: JobId,
+    tier: Tier,
+    index: u32,
+) -> sqlx::Result<SliceDone> {
+    let mut tx = pool.begin().await?;
+    let moved = sqlx::query(
+        "UPDATE slices SET state = 'done', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
+         WHERE job_id = $1 AND tier = $2 AND idx = $3 AND state = 'running'",
+    )
+    .bind(job.as_uuid())
+    .bind(tier.as_str())
+    .bind(index as i32)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if moved == 0 {
+        return Ok(SliceDone::Duplicate);
+    }
+    // The row lock serialises concurrent completions: each sees the count after its own, so
+    // exactly one of them sees the total.
+    let (done, total): (i32, i32) = sqlx::query_as(
+        "UPDATE job_tiers SET slices_done = slices_done + 1 WHERE job_id = $1 AND tier = $2
+         RETURNING slices_done, slices_total",
+    )
+    .bind(job.as_uuid())
+    .bind(tier.as_str())
+    .fetch_one(&mut *tx)
+    .await?;
+    let queue_merge = if done == total {
+        sqlx::query(
+            "UPDATE job_tiers SET state = 'merging', merge_queued = true, encoded_at = now()
+             WHERE job_id = $1 AND tier = $2 AND state = 'encoding' AND NOT merge_queued",
+        )
+        .bind(job.as_uuid())
+        .bind(tier.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1
+    } else {
+        false
+    };
+    let merge_queued = queue_merge;
+    if merge_queued {
+        outbox::enqueue(&mut tx, &Task::Merge { job_id: job, tier }).await?;
+    }
+    tx.commit().await?;
+    Ok(SliceDone::Counted { merge_queued })
+}
+
+/// A tier failed for good. The job fails with `code`; the video fails too unless an earlier
+/// tier already published it (then it stays playable as it is).
+pub async fn fail_tier(
+    pool: &PgPool,
+    job: JobId,
+    tier: Tier,
+    code: ErrorCode,
+    message: &str,
+) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "UPDATE job_tiers SET state = 'failed', error_code = $3, error_message = $4, finished_at = now()
+         WHERE job_id = $1 AND tier = $2 AND state NOT IN ('done', 'failed')",
+    )
+    .bind(job.as_uuid())
+    .bind(tier.as_str())
+    .bind(code.as_str())
+    .bind(message)
+    .execute(&mut *tx)
+    .await?;
+    fail_job_in(&mut tx, job, code, message).await?;
+    tx.commit().await
+}
+
+/// Fails a job (and its video if not yet published) inside a transaction.
+pub(crate) async fn fail_job_in(
+    tx: &mut Transaction<'static, Postgres>,
+    job: JobId,
+    code: ErrorCode,
+    message: &str,
+) -> sqlx::Result<bool> {
+    let video: Option<(Uuid,)> = sqlx::query_as(
+        "UPDATE jobs SET state = 'failed', error_code = $2, error_message = $3, finished_at = now(), updated_at = now()
+         WHERE id = $1 AND state = ANY($4) RETURNING video_id",
+    )
+    .bind(job.as_uuid())
+    .bind(code.as_str())
+    .bind(message)
+    .bind(JobState::predecessors_of(JobState::Failed))
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some((video_id,)) = video else {
+        return Ok(false);
+    };
+    sqlx::query(
+        "UPDATE videos SET state = 'failed', error_code = $2, error_message = $3, updated_at = now()
+         WHERE id = $1 AND state = 'processing'",
+    )
+    .bind(video_id)
+    .bind(code.as_str())
+    .bind(message)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("INSERT INTO garbage (prefix, delete_after) VALUES ($1, now())")
+        .bind(keys::work(job))
+        .execute(&mut **tx)
+        .await?;
+    Ok(true)
+}
+
+/// The context for merging a tier whose slices are all encoded; `None` if it is not (or no
+/// longer) waiting for its merge.
+pub async fn claim_merge(
+    pool: &PgPool,
+    job: JobId,
+    tier: Tier,
+) -> sqlx::Result<Option<WorkContext>> {
+    let row: Option<(Uuid, Option<Json<JobPlan>>, Option<String>)> = sqlx::query_as(
+        "SELECT j.video_id, j.plan, j.audio_key FROM job_tiers t JOIN jobs j ON j.id = t.job_id
+         WHERE t.job_id = $1 AND t.tier = $2 AND t.state = 'merging' AND j.state NOT IN ('failed', 'succeeded')",
+    )
+    .bind(job.as_uuid())
+    .bind(tier.as_str())
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.and_then(|(video, plan, audio_key)| {
+        plan.map(|Json(plan)| WorkContext {
+            video_id: VideoId::from_uuid(video),
+            plan,
+            audio_key,
+            attempts: 0,
+        })
+    }))
+}
+
+/// A finished rendition, ready to be recorded.
+#[derive(Clone, Debug)]
+pub struct NewRendition {
+    pub name: String,
+    pub codec: String,
+    pub codec_string: String,
+    pub object_key: String,
+    pub hls_playlist_key: Option<String>,
+    pub width: u32,
+    pub height: u32,
+    pub frames: u64,
+    pub duration_ms: u64,
+    pub size_bytes: u64,
+    pub bitrate: u64,
+    pub prefetch_bytes_3s: u64,
+    pub psnr: Option<f64>,
+    pub ssim: Option<f64>,
+}
+
+/// A packaged tier, verified and uploaded, about to go live.
+#[derive(Clone, Debug)]
+pub struct TierOutput {
+    pub renditions: Vec<NewRendition>,
+    pub hls_master_key: Option<String>,
+    pub cover_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publish {
+    /// The tier is live now.
+    Live,
+    /// The tier was already live (a duplicate merge delivery): nothing changed.
+    AlreadyDone,
+}
+
+/// Puts a merged tier live in one transaction: its renditions recorded, the video's playback
+/// pointer moved to them, the replaced tier's objects scheduled for deletion after `grace`,
+/// and either the next tier's slices queued or the job finished.
+pub async fn publish_tier(
+    pool: &PgPool,
+    job: JobId,
+    tier: Tier,
+    output: &TierOutput,
+    next_tier: Option<Tier>,
+    grace: Duration,
+) -> sqlx::Result<Publish> {
+    let mut tx = pool.begin().await?;
+    let moved = sqlx::query(
+        "UPDATE job_tiers SET state = 'done', finished_at = now()
+         WHERE job_id = $1 AND tier = $2 AND state = 'merging'",
+    )
+    .bind(job.as_uuid())
+    .bind(tier.as_str())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if moved == 0 {
+        return Ok(Publish::AlreadyDone);
+    }
+    let (video_id, plan): (Uuid, Option<Json<JobPlan>>) =
+        sqlx::query_as("SELECT video_id, plan FROM jobs WHERE id = $1")
+            .bind(job.as_uuid())
+            .fetch_one(&mut *tx)
+            .await?;
+    let video = VideoId::from_uuid(video_id);
+    for r in &output.renditions {
+        sqlx::query(
+            "INSERT INTO renditions (video_id, job_id, tier, name, container, object_key, width, height,
+                                     frames, duration_ms, size_bytes, bitrate, codec, codec_string,
+                                     prefetch_bytes_3s, hls_playlist_key, psnr, ssim)
+             VALUES ($1, $2, $3, $4, 'mp4', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        )
+        .bind(video_id)
+        .bind(job.as_uuid())
+        .bind(tier.as_str())
+        .bind(&r.name)
+        .bind(&r.object_key)
+        .bind(r.width as i32)
+        .bind(r.height as i32)
+        .bind(r.frames as i64)
+        .bind(r.duration_ms as i64)
+        .bind(r.size_bytes as i64)
+        .bind(r.bitrate as i64)
+        .bind(&r.codec)
+        .bind(&r.codec_string)
+        .bind(r.prefetch_bytes_3s as i64)
+        .bind(&r.hls_playlist_key)
+        .bind(r.psnr)
+        .bind(r.ssim)
+        .execute(&mut *tx)
+        .await?;
+    }
+    // The swap: readers see the old tier or the new one, never a mix.
+    let previous: Option<(Option<String>, Option<Uuid>)> =
+        sqlx::query_as("SELECT live_tier, live_job_id FROM videos WHERE id = $1 FOR UPDATE")
+            .bind(video_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let plan = plan.map(|Json(p)| p);
+    sqlx::query(
+        "UPDATE videos SET state = $2, live_tier = $3, live_job_id = $4, hls_master_key = $5, cover_key = $6,
+                width = $7, height = $8, frames = $9, duration_ms = $10,
+                published_at = COALESCE(published_at, now()), updated_at = now()
+         WHERE id = $1 AND state IN ('processing', 'published')",
+    )
+    .bind(video_id)
+    .bind(VideoState::Published.as_str())
+    .bind(tier.as_str())
+    .bind(job.as_uuid())
+    .bind(&output.hls_master_key)
+    .bind(&output.cover_key)
+    .bind(plan.as_ref().map(|p| p.display_width as i32))
+    .bind(plan.as_ref().map(|p| p.display_height as i32))
+    .bind(plan.as_ref().map(|p| p.frames as i64))
+    .bind(plan.as_ref().map(|p| (p.duration_seconds * 1000.0).round() as i64))
+    .execute(&mut *tx)
+    .await?;
+    if let Some((Some(old_tier), Some(old_job))) = previous
+        && let Ok(old_tier) = old_tier.parse::<Tier>()
+        && (old_tier, old_job) != (tier, job.as_uuid())
+    {
+        // Players may hold the old URLs for a while: keep those objects through the grace.
+        sqlx::query("INSERT INTO garbage (prefix, delete_after) VALUES ($1, now() + make_interval(secs => $2))")
+            .bind(keys::tier_output(video, JobId::from_uuid(old_job), old_tier))
+            .bind(secs(grace))
+            .execute(&mut *tx)
+            .await?;
+    }
+    match next_tier {
+        Some(next) => {
+            let n: Option<(i32,)> = sqlx::query_as(
+                "UPDATE job_tiers SET state = 'encoding', started_at = now()
+                 WHERE job_id = $1 AND tier = $2 AND state = 'waiting' RETURNING slices_total",
+            )
+            .bind(job.as_uuid())
+            .bind(next.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((n,)) = n {
+                enqueue_slices(&mut tx, job, next, n as u32).await?;
+            }
+        }
+        None => {
+            sqlx::query(
+                "UPDATE jobs SET state = 'succeeded', finished_at = now(), updated_at = now()
+                 WHERE id = $1 AND state = 'running'",
+            )
+            .bind(job.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("INSERT INTO garbage (prefix, delete_after) VALUES ($1, now())")
+                .bind(keys::work(job))
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(Publish::Live)
+}
+
+/// Puts slices whose lease expired (their worker vanished) back in the queue. Returns how many.
+pub async fn reap_expired_leases(pool: &PgPool) -> sqlx::Result<u64> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(Uuid, String, i32)> = sqlx::query_as(
+        "UPDATE slices s SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL
+         FROM job_tiers t
+         WHERE s.state = 'running' AND s.lease_expires_at < now()
+           AND t.job_id = s.job_id AND t.tier = s.tier AND t.state = 'encoding'
+         RETURNING s.job_id, s.tier, s.idx",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for (job, tier, idx) in &rows {
+        if let Ok(tier) = tier.parse::<Tier>() {
+            let task = Task::EncodeSlice {
+                job_id: JobId::from_uuid(*job),
+                tier,
+                index: *idx as u32,
+            };
+            outbox::enqueue(&mut tx, &task).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(rows.len() as u64)
+}
+
+/// Garbage whose time has come (at most `limit` entries).
+pub async fn due_garbage(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<(i64, String)>> {
+    sqlx::query_as(
+        "SELECT id, prefix FROM garbage WHERE delete_after <= now() ORDER BY id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn forget_garbage(pool: &PgPool, id: i64) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM garbage WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+#[derive(Clone, Debug, FromRow, Serialize)]
+pub struct TierRow {
+    pub tier: String,
+    pub state: String,
+    pub slices_total: i32,
+    pub slices_done: i32,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub encoded_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+pub async fn tiers_of_job(pool: &PgPool, job: JobId) -> sqlx::Result<Vec<TierRow>> {
+    sqlx::query_as(
+        "SELECT tier, state, slices_total, slices_done, error_code, error_message, created_at, started_at,
+                encoded_at, finished_at
+         FROM job_tiers WHERE job_id = $1
+         ORDER BY CASE tier WHEN 'fast' THEN 0 WHEN 'high' THEN 1 ELSE 2 END",
+    )
+    .bind(job.as_uuid())
+    .fetch_all(pool)
+    .await
+}
+
+/// Announces a worker and what it can do (refreshed by its heartbeat).
+pub async fn register_worker(
+    pool: &PgPool,
+    id: &str,
+    host: &str,
+    encoders: &[String],
+    queues: &[String],
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO workers (id, host, encoders, queues) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (id) DO UPDATE SET encoders = $3, queues = $4, last_seen = now()",
+    )
+    .bind(id)
+    .bind(host)
+    .bind(encoders)
+    .bind(queues)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
