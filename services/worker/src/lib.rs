@@ -252,7 +252,7 @@ impl Worker {
         };
         beat.abort();
         match result {
-            Ok(()) => match db::complete_slice(&inner.pool, job, tier, index).await {
+            Ok(()) => match db::complete_slice(&inner.pool, job, tier, index, &inner.id).await {
                 Ok(SliceDone::Counted { merge_queued }) => {
                     tracing::info!(
                         secs = started.elapsed().as_secs_f64(),

@@ -250,15 +250,18 @@ pub async fn complete_slice(
     job: JobId,
     tier: Tier,
     index: u32,
+    owner: &str,
 ) -> sqlx::Result<SliceDone> {
     let mut tx = pool.begin().await?;
     let moved = sqlx::query(
-        "UPDATE slices SET state = 'done', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL
+        "UPDATE slices SET state = 'done', finished_at = now(), finished_by = $4, lease_owner = NULL,
+                           lease_expires_at = NULL
          WHERE job_id = $1 AND tier = $2 AND idx = $3 AND state = 'running'",
     )
     .bind(job.as_uuid())
     .bind(tier.as_str())
     .bind(index as i32)
+    .bind(owner)
     .execute(&mut *tx)
     .await?
     .rows_affected();

@@ -1,0 +1,227 @@
+//! The distributed pipeline end to end: worker processes, slices spread over them, the tier
+//! swap seen by a viewer, and a poison job's way to the dead-letter queue.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use sqlx::PgPool;
+use vtx_domain::messages::queue;
+use vtx_media::{Deadline, Limits, probe};
+use vtx_tests::{ChildGuard, Services, TestApp, looped};
+
+const WITHIN: Duration = Duration::from_secs(240);
+
+/// What a viewer does, over and over: read the playback, fetch the start of an MP4 and the HLS
+/// master. Counts fetches that fail and remembers the tiers seen live.
+fn start_viewer(
+    app: &TestApp,
+    video: vtx_domain::VideoId,
+) -> (
+    Arc<AtomicBool>,
+    tokio::task::JoinHandle<(u64, u64, Vec<String>)>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (client, flag) = (app.client.clone(), stop.clone());
+    let handle = tokio::spawn(async move {
+        let (ok, failed) = (AtomicU64::new(0), AtomicU64::new(0));
+        let mut tiers: Vec<String> = Vec::new();
+        while !flag.load(Ordering::Relaxed) {
+            if let Ok(v) = client.video(video).await
+                && let Some(p) = v.playback
+            {
+                let tier = v.live_tier.unwrap_or_default();
+                if tiers.last() != Some(&tier) {
+                    tiers.push(tier);
+                }
+                let mp4 = client
+                    .http()
+                    .get(&p.mp4[0].url)
+                    .header("Range", "bytes=0-4095")
+                    .send()
+                    .await;
+                let hls = client
+                    .http()
+                    .get(p.hls.as_deref().unwrap_or_default())
+                    .send()
+                    .await;
+                let good = matches!(&mp4, Ok(r) if r.status() == StatusCode::PARTIAL_CONTENT)
+                    && matches!(&hls, Ok(r) if r.status() == StatusCode::OK);
+                if good { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (ok.into_inner(), failed.into_inner(), tiers)
+    });
+    (stop, handle)
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn two_worker_processes_share_a_five_minute_clip_and_the_swap_never_breaks_a_fetch(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn_with(pool, &[], Services { worker: false }).await;
+    let workers = [
+        ChildGuard(app.spawn_worker_process("pipeline-a")),
+        ChildGuard(app.spawn_worker_process("pipeline-b")),
+    ];
+    // The scheduler sizes slices by the workers consuming fast slices: wait for both.
+    let broker = app.broker.get().await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while broker.queue_stats(queue::FAST_SLICES).await.unwrap().1 < 2 {
+        assert!(
+            std::time::Instant::now() < until,
+            "worker processes did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let clip = looped("carphone_pristine.mp4", 75);
+    let source = probe(&clip, &Limits::default(), Deadline::none()).unwrap();
+    assert!(
+        source.video.duration_seconds >= 299.0,
+        "{} s",
+        source.video.duration_seconds
+    );
+    let done = app
+        .client
+        .upload_file(&clip, 256 << 10, &|_, _| {})
+        .await
+        .unwrap();
+
+    let fast = app
+        .client
+        .wait_for_video(done.video_id, WITHIN)
+        .await
+        .unwrap();
+    assert_eq!(fast.state, "published");
+    assert_eq!(fast.live_tier.as_deref(), Some("fast"));
+    let (stop, viewer) = start_viewer(&app, done.video_id);
+    let high = app
+        .client
+        .wait_for_tier(done.video_id, "high", WITHIN)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed, seen) = viewer.await.unwrap();
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} fetches failed around the swap",
+        ok + failed
+    );
+    assert!(ok > 5);
+    assert_eq!(seen.last().map(String::as_str), Some("high"), "{seen:?}");
+
+    // Every frame of the published video, on every rendition.
+    let dir = tempfile::tempdir().unwrap();
+    for r in &high.playback.unwrap().mp4 {
+        let path = dir.path().join(&r.name);
+        app.client.download(&r.url, &path).await.unwrap();
+        let got = probe(&path, &Limits::default(), Deadline::none()).unwrap();
+        assert_eq!(got.video.frames, source.video.frames, "{}", r.name);
+    }
+
+    // Slices were spread over both workers, and the fast tier was live before the high one began.
+    let job = app.client.job(done.job_id).await.unwrap();
+    let (fast_tier, high_tier) = (&job.tiers[0], &job.tiers[1]);
+    assert!(
+        fast_tier.slices_total >= 4,
+        "{} slices",
+        fast_tier.slices_total
+    );
+    assert!(fast_tier.finished_at.as_deref().unwrap() <= high_tier.started_at.as_deref().unwrap());
+    let by: Vec<(String,)> = sqlx::query_as(
+        "SELECT DISTINCT finished_by FROM slices WHERE job_id = $1 AND tier = 'fast'",
+    )
+    .bind(done.job_id.as_uuid())
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(by.len(), 2, "slices went to {by:?}");
+    drop(workers);
+    app.stop().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_poison_job_fails_with_a_code_lands_in_the_dead_letter_queue_and_others_flow(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn_with(
+        pool,
+        &[("VTX_MAX_ATTEMPTS", "2"), ("VTX_TIERS", "fast")],
+        Services { worker: false },
+    )
+    .await;
+    // Plan a job, then take away one of its slices: every attempt at it fails.
+    let clip = looped("bikes.mp4", 2);
+    let poison = app
+        .client
+        .upload_file(&clip, 1 << 20, &|_, _| {})
+        .await
+        .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let job = app.client.job(poison.job_id).await.unwrap();
+        if !job.tiers.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "job never planned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.store
+        .delete(&vtx_domain::keys::slice(poison.job_id, 0))
+        .await
+        .unwrap();
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(app.worker.clone().run(app.broker.clone(), shutdown.clone()));
+    let failed = app
+        .client
+        .wait_for_video(poison.video_id, WITHIN)
+        .await
+        .unwrap();
+    assert_eq!(failed.state, "failed");
+    let job = app.client.job(poison.job_id).await.unwrap();
+    assert_eq!(job.state, "failed");
+    assert_eq!(job.error.as_ref().unwrap().code, "retries-exhausted");
+    let attempts: (i32,) =
+        sqlx::query_as("SELECT attempts FROM slices WHERE job_id = $1 AND idx = 0")
+            .bind(poison.job_id.as_uuid())
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts.0, 2, "bounded: the second failed attempt gives up");
+
+    let broker = app.broker.get().await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let dead = loop {
+        if let Some(t) = broker.get_one(queue::DEAD).await.unwrap() {
+            break t;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "nothing in the dead-letter queue"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(dead.job_id(), poison.job_id);
+
+    // Other jobs keep flowing.
+    let good = app
+        .client
+        .upload_file(&vtx_tests::media("bikes.mp4"), 1 << 20, &|_, _| {})
+        .await
+        .unwrap();
+    let v = app
+        .client
+        .wait_for_video(good.video_id, WITHIN)
+        .await
+        .unwrap();
+    assert_eq!(v.state, "published");
+    shutdown.cancel();
+    worker.await.unwrap();
+    app.stop().await;
+}
