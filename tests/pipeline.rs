@@ -13,15 +13,12 @@ use vtx_tests::{ChildGuard, Services, TestApp, looped};
 
 const WITHIN: Duration = Duration::from_secs(240);
 
+/// (successful fetches, failed fetches, live tiers seen in order)
+type Viewer = tokio::task::JoinHandle<(u64, u64, Vec<String>)>;
+
 /// What a viewer does, over and over: read the playback, fetch the start of an MP4 and the HLS
 /// master. Counts fetches that fail and remembers the tiers seen live.
-fn start_viewer(
-    app: &TestApp,
-    video: vtx_domain::VideoId,
-) -> (
-    Arc<AtomicBool>,
-    tokio::task::JoinHandle<(u64, u64, Vec<String>)>,
-) {
+fn start_viewer(app: &TestApp, video: vtx_domain::VideoId) -> (Arc<AtomicBool>, Viewer) {
     let stop = Arc::new(AtomicBool::new(false));
     let (client, flag) = (app.client.clone(), stop.clone());
     let handle = tokio::spawn(async move {
