@@ -239,7 +239,16 @@ impl Client {
     ) -> anyhow::Result<VideoView> {
         let until = tokio::time::Instant::now() + timeout;
         loop {
-            let v = self.video(id).await?;
+            // A poll that fails (the service restarting, say) is retried until the timeout.
+            let v = match self.video(id).await {
+                Ok(v) => v,
+                Err(e) if tokio::time::Instant::now() < until => {
+                    tracing::debug!(error = %e, "status poll failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if done(&v) {
                 return Ok(v);
             }
