@@ -213,6 +213,35 @@ async fn three_chunks_out_of_order_become_a_playable_video_with_every_frame(pool
         |p: &vtx_domain::api::Playback| p.mp4.iter().map(|r| r.url.clone()).collect::<Vec<_>>();
     assert_eq!(urls(&after.playback.unwrap()), urls(&high_playback));
 
+    // Operators see queues, task durations, encode speed and tiers going live.
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = app
+            .client
+            .http()
+            .get(format!("{}/metrics", app.client.base()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let wanted = [
+            "vtx_queue_ready{queue=\"slices.fast\"}",
+            "vtx_task_seconds_bucket",
+            "vtx_encode_fps_bucket",
+            "vtx_tiers_live_total{tier=\"high\"}",
+        ];
+        if wanted.iter().all(|w| text.contains(w)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "metrics missing from:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     // After the grace period the replaced tier's objects and the job's scratch are deleted.
     let fast_prefix = vtx_domain::keys::tier_output(done.video_id, done.job_id, Tier::Fast);
     let work_prefix = vtx_domain::keys::work(done.job_id);

@@ -66,6 +66,7 @@ impl TestApp {
         let mut env: Vec<(String, String)> = vec![
             ("VTX_DATABASE_URL".into(), database_url),
             ("VTX_HTTP_ADDR".into(), "127.0.0.1:0".into()),
+            ("VTX_METRICS_ADDR".into(), "127.0.0.1:0".into()),
             ("VTX_QUEUE_PREFIX".into(), format!("test-{tag}")),
             ("VTX_S3_PREFIX".into(), format!("test-{tag}/")),
             // Short leases and grace so that tests see reaping and collection quickly.
@@ -116,6 +117,10 @@ impl TestApp {
             shutdown.clone(),
         ));
         tasks.spawn(scheduler.run(shutdown.clone()));
+        tasks.spawn(vtx_infra::metrics::sample_queues(
+            broker.clone(),
+            shutdown.clone(),
+        ));
         if services.worker {
             tasks.spawn(worker.clone().run(broker.clone(), shutdown.clone()));
         }

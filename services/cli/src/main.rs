@@ -170,6 +170,16 @@ async fn serve(command: Command) -> anyhow::Result<()> {
             unreachable!("client commands")
         }
     };
+    // Every service process samples queue depths; worker and scheduler processes serve
+    // /metrics themselves (the gateway serves it on its own address).
+    tasks.spawn(vtx_infra::metrics::sample_queues(
+        broker.clone(),
+        shutdown.clone(),
+    ));
+    if !gateway {
+        let addr = vtx_infra::metrics::serve(cfg.metrics_addr, shutdown.clone()).await?;
+        tracing::info!(%addr, "metrics at /metrics");
+    }
     if gateway || scheduler {
         // Whoever writes the outbox relays it.
         tasks.spawn(outbox::run_relay(

@@ -92,6 +92,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(|| async { vtx_infra::metrics::render() }))
         .route("/v1/uploads", post(uploads::create))
         .route("/v1/uploads/{id}", get(uploads::show))
         .route("/v1/uploads/{id}/chunks/{index}", put(uploads::put_chunk))

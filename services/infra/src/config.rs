@@ -39,6 +39,9 @@ pub struct Config {
     pub s3: S3Config,
     /// `VTX_HTTP_ADDR`: where the gateway listens; port 0 picks a free port.
     pub http_addr: SocketAddr,
+    /// `VTX_METRICS_ADDR`: where `vtx worker` and `vtx scheduler` serve `/metrics` (the gateway
+    /// serves it on its own address).
+    pub metrics_addr: SocketAddr,
     /// `VTX_PUBLIC_URL`: base of the playback URLs handed to clients. Defaults to the gateway.
     pub public_url: Option<String>,
     pub uploads: UploadLimits,
@@ -121,6 +124,8 @@ impl Config {
                 key_prefix: env.string("VTX_S3_PREFIX", ""),
             },
             http_addr: env.parse("VTX_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            metrics_addr: env
+                .parse("VTX_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9464)))?,
             public_url: get("VTX_PUBLIC_URL").filter(|s| !s.is_empty()),
             uploads: UploadLimits {
                 max_chunk_bytes: env.parse("VTX_MAX_CHUNK_BYTES", 64 << 20)?,

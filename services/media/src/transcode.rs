@@ -538,8 +538,13 @@ fn gpu_options(name: &str, max_bitrate: u32) -> ffmpeg_next::Dictionary<'static>
 
 /// H.264 encoders this machine can open, best first; always ends with "libx264". A GPU encoder
 /// counts only if it opens a small test session (compiled into FFmpeg is not enough: the device
-/// and driver must be there too).
+/// and driver must be there too). Probed once per process.
 pub fn detect_h264_encoders() -> Vec<String> {
+    static FOUND: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    FOUND.get_or_init(detect_uncached).clone()
+}
+
+fn detect_uncached() -> Vec<String> {
     crate::init();
     let settings = EncoderSettings {
         width: 256,

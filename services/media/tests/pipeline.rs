@@ -511,3 +511,42 @@ fn anamorphic_source_gets_square_pixels() {
     let sizes: Vec<(u32, u32)> = m.renditions.iter().map(|r| (r.width, r.height)).collect();
     assert_eq!(sizes, vec![(564, 240), (640, 272)]);
 }
+
+#[test]
+fn gpu_encoders_count_only_when_they_open_and_workers_fall_back_to_libx264() {
+    let found = vtx_media::detect_h264_encoders();
+    assert_eq!(
+        found.last().map(String::as_str),
+        Some("libx264"),
+        "{found:?}"
+    );
+    let mut unique = found.clone();
+    unique.dedup();
+    assert_eq!(unique, found);
+    // Ask for encoders that cannot open here (NVENC without a GPU, or no such encoder at all):
+    // the encode still succeeds, with libx264.
+    let wanted = ["h264_nvenc", "h264_vaapi", "no_such_encoder"]
+        .into_iter()
+        .filter(|e| !found.iter().any(|f| f == e));
+    for wanted in wanted {
+        let dir = tempfile::tempdir().unwrap();
+        let src = media("carphone_pristine.mp4");
+        let p = probe(&src, &Limits::default(), Deadline::none()).unwrap();
+        let outputs = vtx_domain::plan_ladder(p.video.width, p.video.height)
+            .into_iter()
+            .map(|rung| vtx_media::RenditionOutput {
+                path: dir.path().join(format!("{}.mp4", rung.name)),
+                codec: VideoCodec::H264,
+                rung,
+            })
+            .collect();
+        let mut req = vtx_media::TranscodeRequest::new(&src, outputs, Tier::Fast);
+        req.h264_encoder = Some(wanted.to_string());
+        let reports = vtx_media::transcode_ladder(&req).unwrap();
+        for r in reports {
+            let got = probe(&r.path, &Limits::default(), Deadline::none()).unwrap();
+            assert_eq!(got.video.codec, "h264", "{wanted}");
+            assert_eq!(got.video.frames, p.video.frames);
+        }
+    }
+}

@@ -108,6 +108,7 @@ impl Scheduler {
             .await
             {
                 Ok(_) => {
+                    metrics::counter!("vtx_jobs_planned_total").increment(1);
                     tracing::info!(%video, slices = plan.slices.len(), secs = started.elapsed().as_secs_f64(), "job planned");
                     Outcome::Ack
                 }
@@ -121,6 +122,7 @@ impl Scheduler {
                     || e.code() == vtx_domain::ErrorCode::TranscodeTimeout =>
             {
                 tracing::info!(code = %e.code(), error = %e, "source refused");
+                metrics::counter!("vtx_failures_total", "code" => e.code().as_str()).increment(1);
                 match db::fail_job(&inner.pool, job, e.code(), &e.to_string()).await {
                     Ok(_) => Outcome::Ack,
                     Err(_) => Outcome::Retry,

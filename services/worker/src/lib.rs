@@ -76,6 +76,34 @@ impl WorkError {
     }
 }
 
+/// Counts a task in flight for as long as it lives.
+struct InFlight(&'static str, Tier);
+
+impl InFlight {
+    fn new(kind: &'static str, tier: Tier) -> Self {
+        metrics::gauge!("vtx_tasks_in_flight", "kind" => kind, "tier" => tier.as_str())
+            .increment(1.0);
+        Self(kind, tier)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("vtx_tasks_in_flight", "kind" => self.0, "tier" => self.1.as_str())
+            .decrement(1.0);
+    }
+}
+
+fn record_task(kind: &'static str, tier: Tier, started: std::time::Instant, outcome: &Outcome) {
+    let outcome = match outcome {
+        Outcome::Ack => "ack",
+        Outcome::Retry => "retry",
+        Outcome::DeadLetter => "dead_letter",
+    };
+    metrics::histogram!("vtx_task_seconds", "kind" => kind, "tier" => tier.as_str(), "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+}
+
 impl Worker {
     /// Detects the encoders this machine can open and names the worker.
     pub fn new(
@@ -184,13 +212,20 @@ impl Worker {
                 index,
             } => {
                 let span = tracing::info_span!("slice", %job_id, %tier, index);
-                self.handle_slice(job_id, tier, index)
+                let (_f, started) = (InFlight::new("slice", tier), std::time::Instant::now());
+                let outcome = self
+                    .handle_slice(job_id, tier, index)
                     .instrument(span)
-                    .await
+                    .await;
+                record_task("slice", tier, started, &outcome);
+                outcome
             }
             Task::Merge { job_id, tier } => {
                 let span = tracing::info_span!("merge", %job_id, %tier);
-                self.handle_merge(job_id, tier).instrument(span).await
+                let (_f, started) = (InFlight::new("merge", tier), std::time::Instant::now());
+                let outcome = self.handle_merge(job_id, tier).instrument(span).await;
+                record_task("merge", tier, started, &outcome);
+                outcome
             }
             other => {
                 tracing::error!(task = ?other, "worker got a task for another queue");
@@ -254,11 +289,17 @@ impl Worker {
         match result {
             Ok(()) => match db::complete_slice(&inner.pool, job, tier, index, &inner.id).await {
                 Ok(SliceDone::Counted { merge_queued }) => {
-                    tracing::info!(
-                        secs = started.elapsed().as_secs_f64(),
-                        merge_queued,
-                        "slice encoded"
-                    );
+                    let secs = started.elapsed().as_secs_f64();
+                    if let Some(w) = ctx.plan.slices.get(index as usize) {
+                        let (a, b) = ctx.plan.window_in_slice(w);
+                        let (tb, fr) = (ctx.plan.time_base, ctx.plan.frame_rate);
+                        let frames = (b - a) as f64 * f64::from(tb.0) / f64::from(tb.1)
+                            * f64::from(fr.0)
+                            / f64::from(fr.1);
+                        metrics::histogram!("vtx_encode_fps", "tier" => tier.as_str())
+                            .record(frames / secs.max(1e-3));
+                    }
+                    tracing::info!(secs, merge_queued, "slice encoded");
                     Outcome::Ack
                 }
                 Ok(SliceDone::Duplicate) => Outcome::Ack,
@@ -303,6 +344,7 @@ impl Worker {
         then: Outcome,
     ) -> Outcome {
         tracing::warn!(%code, message, "giving up");
+        metrics::counter!("vtx_failures_total", "code" => code.as_str()).increment(1);
         match db::fail_tier(&self.inner.pool, job, tier, code, message).await {
             Ok(()) => then,
             Err(e) => {
@@ -431,6 +473,7 @@ impl Worker {
         .await
         {
             Ok(Publish::Live) => {
+                metrics::counter!("vtx_tiers_live_total", "tier" => tier.as_str()).increment(1);
                 inner
                     .merge_failures
                     .lock()
