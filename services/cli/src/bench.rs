@@ -272,3 +272,205 @@ pub fn media(input: Option<PathBuf>, jobs: usize) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A throwaway vtx on the local services: its own database (dropped at the end), queue prefix
+/// and bucket prefix; gateway, scheduler and outbox relay in this process, workers as processes.
+struct BenchStack {
+    client: vtx_client::Client,
+    env: Vec<(String, String)>,
+    admin: sqlx::PgPool,
+    database: String,
+    broker: vtx_infra::broker::BrokerClient,
+    shutdown: tokio_util::sync::CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl BenchStack {
+    async fn start(tiers: &str) -> anyhow::Result<Self> {
+        use vtx_infra::{Config, ObjectStore, db};
+        let base = Config::from_env()?;
+        let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let database = format!("vtx_bench_{tag}");
+        let admin = sqlx::PgPool::connect(base.database_url.expose()).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&admin)
+            .await?;
+        let url = match base.database_url.expose().rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{database}"),
+            None => anyhow::bail!("VTX_DATABASE_URL has no database name"),
+        };
+        let env: Vec<(String, String)> = vec![
+            ("VTX_DATABASE_URL".into(), url),
+            ("VTX_QUEUE_PREFIX".into(), format!("bench-{tag}")),
+            ("VTX_S3_PREFIX".into(), format!("bench-{tag}/")),
+            ("VTX_HTTP_ADDR".into(), "127.0.0.1:0".into()),
+            ("VTX_METRICS_ADDR".into(), "127.0.0.1:0".into()),
+            ("VTX_TIERS".into(), tiers.into()),
+        ];
+        let cfg = Config::from_lookup(|k| {
+            env.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+                .or_else(|| std::env::var(k).ok())
+        })?;
+        let pool = db::connect(&cfg).await?;
+        db::migrate(&pool).await?;
+        let store = ObjectStore::new(&cfg.s3);
+        store.ensure_bucket().await?;
+        let broker =
+            vtx_infra::broker::BrokerClient::new(cfg.amqp_url.clone(), cfg.queue_prefix.clone());
+        broker.check().await?;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(vtx_infra::outbox::run_relay(
+            pool.clone(),
+            broker.clone(),
+            shutdown.clone(),
+        ));
+        let scheduler = vtx_scheduler::Scheduler::new(
+            pool.clone(),
+            store.clone(),
+            broker.clone(),
+            cfg.pipeline.clone(),
+            &cfg.worker,
+        );
+        tasks.spawn(scheduler.run(shutdown.clone()));
+        let gw = vtx_gateway::Gateway::build(&cfg, pool, store, broker.clone()).await?;
+        let client = vtx_client::Client::new(gw.public_url());
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            let _ = gw.run_until(token).await;
+        });
+        Ok(Self {
+            client,
+            env,
+            admin,
+            database,
+            broker,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Starts `n` worker processes and waits until they consume fast slices.
+    async fn workers(&self, n: usize) -> anyhow::Result<Vec<ChildGuard>> {
+        let exe = std::env::current_exe()?;
+        let mut children = Vec::new();
+        for _ in 0..n {
+            let child = Command::new(&exe)
+                .arg("worker")
+                .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .env("VTX_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .spawn()?;
+            children.push(ChildGuard(child));
+        }
+        let broker = self.broker.get().await?;
+        let until = Instant::now() + std::time::Duration::from_secs(30);
+        while broker
+            .queue_stats(vtx_domain::messages::queue::FAST_SLICES)
+            .await?
+            .1
+            < n as u32
+        {
+            anyhow::ensure!(Instant::now() < until, "workers did not start");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Ok(children)
+    }
+
+    /// Uploads `clip`; returns (seconds from upload complete to published, the job id).
+    async fn publish_latency(&self, clip: &Path) -> anyhow::Result<(f64, vtx_domain::JobId)> {
+        let done = self.client.upload_file(clip, 4 << 20, &|_, _| {}).await?;
+        let t0 = Instant::now();
+        let until = t0 + std::time::Duration::from_secs(1800);
+        loop {
+            let v = self.client.video(done.video_id).await?;
+            match v.state.as_str() {
+                "published" => return Ok((t0.elapsed().as_secs_f64(), done.job_id)),
+                "failed" => bail!("video failed: {:?}", v.error),
+                _ => {}
+            }
+            anyhow::ensure!(Instant::now() < until, "not published in 30 min");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        if let Ok(b) = self.broker.get().await {
+            let _ = b.delete_topology().await;
+        }
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.database
+        )))
+        .execute(&self.admin)
+        .await;
+    }
+}
+
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `vtx bench pipeline`: publish latency by clip length, and a long video on 1 vs 2 workers.
+pub async fn pipeline() -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir()?;
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/media/bigbuckbunny.mp4");
+    let mut clips = Vec::new();
+    for (label, loops) in [("15 s", 3u32), ("60 s", 12), ("5 min", 57)] {
+        let out = scratch.path().join(format!("bbb-{loops}.mp4"));
+        ffmpeg(&[
+            "-stream_loop".into(),
+            (loops - 1).to_string(),
+            "-i".into(),
+            src.to_string_lossy().into_owned(),
+            "-c".into(),
+            "copy".into(),
+            out.to_string_lossy().into_owned(),
+        ])?;
+        clips.push((label, out));
+    }
+    println!("720p clips (the shared Big Buck Bunny excerpt looped), fast tier only, 2 cores");
+    println!();
+    println!("| clip | workers | slices | upload complete -> published, s |");
+    println!("| --- | ---: | ---: | ---: |");
+    let mut long = Vec::new();
+    for workers in [2usize, 1] {
+        let stack = BenchStack::start("fast").await?;
+        let _w = stack.workers(workers).await?;
+        for (label, clip) in &clips {
+            if workers == 1 && *label != "5 min" {
+                continue;
+            }
+            let (secs, job) = stack.publish_latency(clip).await?;
+            let slices = stack
+                .client
+                .job(job)
+                .await?
+                .tiers
+                .first()
+                .map_or(0, |t| t.slices_total);
+            println!("| {label} | {workers} | {slices} | {secs:.1} |");
+            if *label == "5 min" {
+                long.push((workers, secs));
+            }
+        }
+        stack.stop().await;
+    }
+    if let [(2, two), (1, one)] = long[..] {
+        println!();
+        println!(
+            "5-minute video: 1 worker {one:.1} s, 2 workers {two:.1} s: speed-up {:.2}x",
+            one / two
+        );
+    }
+    Ok(())
+}

@@ -98,6 +98,9 @@ enum Bench {
         #[arg(long, default_value_t = 2)]
         jobs: usize,
     },
+    /// Distributed pipeline on the local services (own temporary database, queues and bucket
+    /// prefix; real worker processes): publish latency by clip length, 1 vs 2 workers.
+    Pipeline,
 }
 
 #[tokio::main]
@@ -112,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
             url,
         } => upload(file, chunk_size, wait, url).await,
         Command::Status { id, wait, url } => status(id, wait, url).await,
+        Command::Bench(Bench::Pipeline) => bench::pipeline().await,
         Command::Bench(Bench::Media { input, jobs }) => {
             tokio::task::spawn_blocking(move || bench::media(input, jobs)).await?
         }
