@@ -48,10 +48,11 @@ pub fn plan_slices(keyframes: &[i64], stream_end: i64, target_ticks: i64) -> Vec
         .collect()
 }
 
-/// A slice length for a video of `duration_s` seconds spread over `workers`: enough slices to
-/// keep every worker busy (two rounds), none shorter than `min_s` nor longer than `max_s`.
+/// A slice length for a video of `duration_s` seconds spread over `workers`: about four slices
+/// per worker, so that slices of uneven length (cuts fall on the source's keyframes) even out,
+/// none shorter than `min_s` nor longer than `max_s`.
 pub fn slice_seconds_for(duration_s: f64, workers: u32, min_s: f64, max_s: f64) -> f64 {
-    let rounds = f64::from(workers.max(1)) * 2.0;
+    let rounds = f64::from(workers.max(1)) * 4.0;
     (duration_s / rounds).clamp(min_s, max_s.max(min_s))
 }
 
@@ -99,8 +100,8 @@ mod tests {
 
     #[test]
     fn slice_length_follows_duration_and_workers() {
-        assert_eq!(slice_seconds_for(300.0, 2, 4.0, 60.0), 75.0_f64.min(60.0));
-        assert_eq!(slice_seconds_for(10.0, 4, 4.0, 60.0), 4.0);
-        assert_eq!(slice_seconds_for(120.0, 5, 4.0, 60.0), 12.0);
+        assert_eq!(slice_seconds_for(300.0, 2, 4.0, 30.0), 30.0);
+        assert_eq!(slice_seconds_for(10.0, 4, 4.0, 30.0), 4.0);
+        assert_eq!(slice_seconds_for(120.0, 5, 4.0, 30.0), 6.0);
     }
 }

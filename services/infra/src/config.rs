@@ -156,7 +156,7 @@ impl Config {
                     .context("VTX_TIERS")?,
                 slice_seconds: env.parse("VTX_SLICE_SECONDS", 0.0)?,
                 min_slice_seconds: env.parse("VTX_MIN_SLICE_SECONDS", 4.0)?,
-                max_slice_seconds: env.parse("VTX_MAX_SLICE_SECONDS", 60.0)?,
+                max_slice_seconds: env.parse("VTX_MAX_SLICE_SECONDS", 30.0)?,
                 swap_grace: Duration::from_secs(env.parse("VTX_SWAP_GRACE_SECS", 600)?),
             },
         };
