@@ -452,8 +452,10 @@ pub async fn pipeline() -> anyhow::Result<()> {
         "720p clips (the shared Big Buck Bunny excerpt looped), fast tier only; each worker process pinned to one core"
     );
     println!();
-    println!("| clip | workers | slices | upload complete -> published, s |");
-    println!("| --- | ---: | ---: | ---: |");
+    println!(
+        "| clip | workers | slices | upload complete -> published, s | planning s | encoding s | merging s |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut long = Vec::new();
     for workers in [2usize, 1] {
         let stack = BenchStack::start("fast").await?;
@@ -463,14 +465,17 @@ pub async fn pipeline() -> anyhow::Result<()> {
                 continue;
             }
             let (secs, job) = stack.publish_latency(clip).await?;
-            let slices = stack
-                .client
-                .job(job)
-                .await?
-                .tiers
-                .first()
-                .map_or(0, |t| t.slices_total);
-            println!("| {label} | {workers} | {slices} | {secs:.1} |");
+            let view = stack.client.job(job).await?;
+            let fast = view.tiers.first();
+            let ms =
+                |v: Option<u64>| v.map_or("-".to_string(), |m| format!("{:.1}", m as f64 / 1000.0));
+            println!(
+                "| {label} | {workers} | {} | {secs:.1} | {} | {} | {} |",
+                fast.map_or(0, |t| t.slices_total),
+                ms(view.planning_ms),
+                ms(fast.and_then(|t| t.encode_ms)),
+                ms(fast.and_then(|t| t.merge_ms)),
+            );
             if *label == "5 min" {
                 long.push((workers, secs));
             }
