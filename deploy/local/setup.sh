@@ -79,11 +79,13 @@ if ! command -v s3s-fs >/dev/null 2>&1; then
   log "building s3s-fs $S3S_VERSION (once, several minutes)"
   cargo install --quiet --locked s3s-fs --version "$S3S_VERSION" --features binary
 fi
-# A server started from another checkout (its folder perhaps gone) is replaced by this one's.
+# Only a server this checkout started (its pid in .vtx/s3s-fs.pid) counts as ours: one started
+# from another checkout, or from an earlier copy of this folder that was deleted, is replaced.
+PIDFILE="$STATE/s3s-fs.pid"
 for pid in $(pgrep -f "^s3s-fs .*--port $S3_PORT " || true); do
-  root="$(tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | tail -n 1)"
-  if [ "$root" != "$STATE/s3" ]; then
-    log "stopping the s3s-fs serving $root (pid $pid)"
+  if [ ! -f "$PIDFILE" ] || [ "$(cat "$PIDFILE")" != "$pid" ]; then
+    root="$(tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | tail -n 1)"
+    log "stopping the s3s-fs serving $root (pid $pid), not this checkout's"
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 20); do port_open "$S3_PORT" || break; sleep 0.5; done
   fi
@@ -93,6 +95,7 @@ if ! port_open "$S3_PORT"; then
   setsid nohup s3s-fs --host 127.0.0.1 --port "$S3_PORT" \
     --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" "$STATE/s3" \
     >"$STATE/s3s-fs.log" 2>&1 < /dev/null &
+  echo $! > "$PIDFILE"
   wait_port "$S3_PORT" 30 s3s-fs
 fi
 
