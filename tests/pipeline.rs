@@ -222,3 +222,90 @@ async fn a_poison_job_fails_with_a_code_lands_in_the_dead_letter_queue_and_other
     worker.await.unwrap();
     app.stop().await;
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn sigterm_lets_a_worker_finish_the_slice_in_hand_then_exit(pool: PgPool) {
+    // High tier only: slices take a few seconds, long enough to be caught in hand.
+    let settings = [("VTX_SLICE_SECONDS", "4"), ("VTX_TIERS", "high")];
+    let app = TestApp::spawn_with(pool, &settings, Services { worker: false }).await;
+    let mut first = ChildGuard(app.spawn_worker_process("sigterm-a"));
+    let clip = looped("bikes.mp4", 3);
+    let frames = probe(&clip, &Limits::default(), Deadline::none())
+        .unwrap()
+        .video
+        .frames;
+    let done = app
+        .client
+        .upload_file(&clip, 1 << 20, &|_, _| {})
+        .await
+        .unwrap();
+
+    let until = std::time::Instant::now() + WITHIN;
+    let (owner, index) = loop {
+        let row: Option<(String, i32)> = sqlx::query_as(
+            "SELECT lease_owner, idx FROM slices WHERE job_id = $1 AND state = 'running' LIMIT 1",
+        )
+        .bind(done.job_id.as_uuid())
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap();
+        if let Some(r) = row {
+            break r;
+        }
+        assert!(std::time::Instant::now() < until, "no slice ever ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(owner.contains(&format!("-{}-", first.0.id())));
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &first.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    // It exits by itself, cleanly, having finished the slice it held.
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = first.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "worker did not stop after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let (state, by): (String, Option<String>) =
+        sqlx::query_as("SELECT state, finished_by FROM slices WHERE job_id = $1 AND idx = $2")
+            .bind(done.job_id.as_uuid())
+            .bind(index)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (state.as_str(), by.as_deref()),
+        ("done", Some(owner.as_str()))
+    );
+
+    // Another worker takes the rest; nothing was lost.
+    let _second = ChildGuard(app.spawn_worker_process("sigterm-b"));
+    let v = app
+        .client
+        .wait_for_video(done.video_id, WITHIN)
+        .await
+        .unwrap();
+    assert_eq!(v.state, "published");
+    let dir = tempfile::tempdir().unwrap();
+    for r in &v.playback.unwrap().mp4 {
+        let path = dir.path().join(&r.name);
+        app.client.download(&r.url, &path).await.unwrap();
+        assert_eq!(
+            probe(&path, &Limits::default(), Deadline::none())
+                .unwrap()
+                .video
+                .frames,
+            frames
+        );
+    }
+    app.stop().await;
+}

@@ -590,17 +590,24 @@ async fn run_blocking<T: Send + 'static>(
     .map_err(WorkError::Media)
 }
 
-/// Uploads every file under `dir` to `prefix` + its relative path.
+/// Uploads every file under `dir` to `prefix` + its relative path, several at a time (a tier
+/// has hundreds of small HLS segments).
 async fn upload_tree(store: &ObjectStore, dir: &Path, prefix: &str) -> Result<(), WorkError> {
+    use futures_util::{StreamExt, TryStreamExt};
+    let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let mut entries = tokio::fs::read_dir(&d).await?;
         while let Some(e) = entries.next_entry().await? {
-            let path = e.path();
             if e.file_type().await?.is_dir() {
-                stack.push(path);
-                continue;
+                stack.push(e.path());
+            } else {
+                files.push(e.path());
             }
+        }
+    }
+    futures_util::stream::iter(files)
+        .map(|path| async move {
             let rel = path
                 .strip_prefix(dir)
                 .expect("under dir")
@@ -608,9 +615,12 @@ async fn upload_tree(store: &ObjectStore, dir: &Path, prefix: &str) -> Result<()
                 .replace('\\', "/");
             store
                 .put_file(&format!("{prefix}{rel}"), &path, content_type(&rel))
-                .await?;
-        }
-    }
+                .await
+                .map_err(WorkError::from)
+        })
+        .buffer_unordered(8)
+        .try_collect::<Vec<()>>()
+        .await?;
     Ok(())
 }
 
