@@ -157,3 +157,49 @@ async fn a_live_lease_cannot_be_taken_but_an_expired_one_can(pool: PgPool) {
             .unwrap()
     );
 }
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_merge_that_never_finishes_fails_its_job_instead_of_hanging(pool: PgPool) {
+    let job = planned_job(&pool, 1).await;
+    db::claim_slice(&pool, job, Tier::Fast, 0, "w", Duration::from_secs(30))
+        .await
+        .unwrap();
+    db::complete_slice(&pool, job, Tier::Fast, 0, "w")
+        .await
+        .unwrap();
+    assert!(
+        db::fail_stale_merges(&pool, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty(),
+        "recent: left alone"
+    );
+    sqlx::query("UPDATE job_tiers SET encoded_at = now() - interval '2 hours' WHERE job_id = $1")
+        .bind(job.as_uuid())
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        db::fail_stale_merges(&pool, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        vec![job]
+    );
+    let (state, code): (String, Option<String>) =
+        sqlx::query_as("SELECT state, error_code FROM jobs WHERE id = $1")
+            .bind(job.as_uuid())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (state.as_str(), code.as_deref()),
+        ("failed", Some("retries-exhausted"))
+    );
+    assert!(
+        db::claim_merge(&pool, job, Tier::Fast)
+            .await
+            .unwrap()
+            .is_none(),
+        "a late merge finds nothing to do"
+    );
+}

@@ -214,6 +214,16 @@ impl Scheduler {
                 Ok(n) => tracing::warn!(slices = n, "re-queued slices whose worker vanished"),
                 Err(e) => tracing::warn!(error = %e, "lease reaper failed"),
             }
+            // A merge takes far less than a transcode timeout; three of them is abandonment.
+            match db::fail_stale_merges(&inner.pool, inner.timeout * 3).await {
+                Ok(jobs) if !jobs.is_empty() => {
+                    tracing::warn!(?jobs, "failed tiers whose merge never finished");
+                    metrics::counter!("vtx_failures_total", "code" => "retries-exhausted")
+                        .increment(jobs.len() as u64);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "stale merge sweep failed"),
+            }
             if let Ok(due) = db::due_garbage(&inner.pool, 20).await {
                 for (id, prefix) in due {
                     match inner.store.delete_prefix(&prefix).await {

@@ -571,6 +571,32 @@ pub async fn reap_expired_leases(pool: &PgPool) -> sqlx::Result<u64> {
     Ok(rows.len() as u64)
 }
 
+/// Fails tiers that have waited for their merge longer than `older_than`: a merge that kept
+/// killing its worker ends in the dead-letter queue, and its tier would otherwise stay `merging`
+/// for ever. Returns the jobs failed.
+pub async fn fail_stale_merges(pool: &PgPool, older_than: Duration) -> sqlx::Result<Vec<JobId>> {
+    let mut tx = pool.begin().await?;
+    let stale: Vec<(Uuid, String)> = sqlx::query_as(
+        "UPDATE job_tiers SET state = 'failed', error_code = $1, finished_at = now(),
+                error_message = 'the merge did not finish in time'
+         WHERE state = 'merging' AND encoded_at < now() - make_interval(secs => $2)
+         RETURNING job_id, tier",
+    )
+    .bind(ErrorCode::RetriesExhausted.as_str())
+    .bind(secs(older_than))
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut failed = Vec::new();
+    for (job, tier) in stale {
+        let job = JobId::from_uuid(job);
+        let message = format!("the {tier} tier's merge did not finish in time");
+        fail_job_in(&mut tx, job, ErrorCode::RetriesExhausted, &message).await?;
+        failed.push(job);
+    }
+    tx.commit().await?;
+    Ok(failed)
+}
+
 /// Garbage whose time has come (at most `limit` entries).
 pub async fn due_garbage(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<(i64, String)>> {
     sqlx::query_as(
