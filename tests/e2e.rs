@@ -405,3 +405,71 @@ async fn readiness_checks_every_dependency(pool: PgPool) {
     assert_eq!(health.status(), StatusCode::OK);
     app.stop().await;
 }
+
+/// Waits until no object is left under `prefix`.
+async fn wait_until_empty(app: &TestApp, prefix: &str) {
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = app.store.list(prefix).await.unwrap();
+        if left.is_empty() {
+            return;
+        }
+        assert!(std::time::Instant::now() < until, "left behind: {left:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn an_aborted_upload_takes_no_chunks_and_its_objects_are_removed(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let c = &app.client;
+    let up = c.create_upload().await.unwrap();
+    c.put_chunk(up.id, 0, Bytes::from_static(b"some bytes"))
+        .await
+        .unwrap();
+    c.put_chunk(up.id, 1, Bytes::from_static(b"more bytes"))
+        .await
+        .unwrap();
+    let prefix = format!("uploads/{}/", up.id);
+    assert_eq!(app.store.list(&prefix).await.unwrap().len(), 2);
+
+    c.abort(up.id).await.unwrap();
+    c.abort(up.id).await.unwrap(); // again: still fine
+    assert_eq!(c.upload(up.id).await.unwrap().state, "aborted");
+    let err = failure(
+        c.put_chunk(up.id, 2, Bytes::from_static(b"late"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (err.status, err.code.as_str()),
+        (StatusCode::CONFLICT, "upload-not-open")
+    );
+    let err = failure(c.complete(up.id, None).await.unwrap_err());
+    assert_eq!(err.code, "upload-not-open");
+    wait_until_empty(&app, &prefix).await;
+    app.stop().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn an_abandoned_upload_expires_and_its_objects_are_removed(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, &[("VTX_UPLOAD_TTL_SECS", "1")], Default::default()).await;
+    let c = &app.client;
+    let up = c.create_upload().await.unwrap();
+    c.put_chunk(up.id, 0, Bytes::from_static(b"some bytes"))
+        .await
+        .unwrap();
+    let prefix = format!("uploads/{}/", up.id);
+    wait_until_empty(&app, &prefix).await;
+    assert_eq!(c.upload(up.id).await.unwrap().state, "expired");
+    let err = failure(
+        c.put_chunk(up.id, 1, Bytes::from_static(b"late"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (err.status, err.code.as_str()),
+        (StatusCode::GONE, "upload-expired")
+    );
+    app.stop().await;
+}

@@ -86,6 +86,19 @@ impl Client {
         .await
     }
 
+    /// Aborts an upload session.
+    pub async fn abort(&self, id: UploadId) -> anyhow::Result<()> {
+        let resp = self
+            .http
+            .delete(self.url(&format!("/v1/uploads/{id}")))
+            .send()
+            .await?;
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        Self::parse::<serde_json::Value>(resp).await.map(|_| ())
+    }
+
     /// Sends one chunk with its SHA-256; returns the status (201 new, 200 already stored).
     pub async fn put_chunk(
         &self,

@@ -42,6 +42,7 @@ text_enum!(UploadState {
     Open => "open",
     Completed => "completed",
     Aborted => "aborted",
+    Expired => "expired",
 });
 
 text_enum!(VideoState {
@@ -75,7 +76,10 @@ text_enum!(JobState {
 impl UploadState {
     pub fn can_become(self, next: UploadState) -> bool {
         use UploadState::*;
-        matches!((self, next), (Open, Completed) | (Open, Aborted))
+        matches!(
+            (self, next),
+            (Open, Completed) | (Open, Aborted) | (Open, Expired)
+        )
     }
 }
 

@@ -94,7 +94,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(|| async { vtx_infra::metrics::render() }))
         .route("/v1/uploads", post(uploads::create))
-        .route("/v1/uploads/{id}", get(uploads::show))
+        .route(
+            "/v1/uploads/{id}",
+            get(uploads::show).delete(uploads::abort),
+        )
         .route("/v1/uploads/{id}/chunks/{index}", put(uploads::put_chunk))
         .route("/v1/uploads/{id}/complete", post(uploads::complete))
         .route("/v1/jobs/{id}", get(status::job))

@@ -55,6 +55,11 @@ async fn load_open_upload(state: &AppState, id: UploadId) -> ApiResult<UploadRow
             "the upload session has expired; start a new one",
         )),
         UploadState::Open => Ok(row),
+        UploadState::Expired => Err(ApiError::new(
+            StatusCode::GONE,
+            "upload-expired",
+            "the upload session has expired; start a new one",
+        )),
         other => Err(ApiError::conflict(
             "upload-not-open",
             format!("the upload is {other}; it takes no more chunks"),
@@ -314,6 +319,27 @@ async fn stream_to_store(state: &AppState, key: &str, len: u64, body: Body) -> A
     }
 }
 
+/// Aborts an open upload: it takes no more chunks and its stored chunks are deleted. Aborting
+/// again is fine (204); a completed upload cannot be aborted (409).
+pub async fn abort(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let id: UploadId = parse_id(&id, "upload-not-found", "upload")?;
+    let row = db::get_upload(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("upload-not-found", "upload"))?;
+    match row.state() {
+        UploadState::Open => {
+            db::end_upload(&state.pool, id, UploadState::Aborted).await?;
+            tracing::info!(upload_id = %id, "upload aborted");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        UploadState::Aborted | UploadState::Expired => Ok(StatusCode::NO_CONTENT),
+        UploadState::Completed => Err(ApiError::conflict(
+            "upload-completed",
+            "the upload is complete; its video exists",
+        )),
+    }
+}
+
 /// Assembles the source from the chunks, creates the video and its job, and queues the job, once.
 /// Completing again returns the same ids.
 pub async fn complete(
@@ -342,10 +368,10 @@ pub async fn complete(
                 }),
             ));
         }
-        UploadState::Aborted => {
+        UploadState::Aborted | UploadState::Expired => {
             return Err(ApiError::conflict(
                 "upload-not-open",
-                "the upload was aborted",
+                format!("the upload is {}", upload.state),
             ));
         }
         UploadState::Open if upload.expires_at <= chrono::Utc::now() => {

@@ -224,6 +224,11 @@ impl Scheduler {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "stale merge sweep failed"),
             }
+            match db::expire_uploads(&inner.pool, 100).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(uploads = n, "expired abandoned uploads"),
+                Err(e) => tracing::warn!(error = %e, "upload expiry failed"),
+            }
             if let Ok(due) = db::due_garbage(&inner.pool, 20).await {
                 for (id, prefix) in due {
                     match inner.store.delete_prefix(&prefix).await {

@@ -170,6 +170,42 @@ pub async fn insert_chunk(
     Ok(Some(result))
 }
 
+/// Ends an open upload as `to` (aborted or expired) and schedules its chunk objects for
+/// deletion, in one transaction. False when it was not open.
+pub async fn end_upload(pool: &PgPool, id: UploadId, to: UploadState) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let ended = sqlx::query("UPDATE uploads SET state = $2 WHERE id = $1 AND state = 'open'")
+        .bind(id.as_uuid())
+        .bind(to.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        == 1;
+    if ended {
+        sqlx::query("INSERT INTO garbage (prefix, delete_after) VALUES ($1, now())")
+            .bind(format!("uploads/{id}/"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(ended)
+}
+
+/// Expires open uploads past their expiry (at most `limit`); returns how many.
+pub async fn expire_uploads(pool: &PgPool, limit: i64) -> sqlx::Result<usize> {
+    let due: Vec<(Uuid,)> = sqlx::query_as(
+        "SELECT id FROM uploads WHERE state = 'open' AND expires_at < now() LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let mut n = 0;
+    for (id,) in due {
+        n += usize::from(end_upload(pool, UploadId::from_uuid(id), UploadState::Expired).await?);
+    }
+    Ok(n)
+}
+
 /// Locks an upload row for the rest of the transaction (completion runs once at a time).
 pub async fn lock_upload(
     tx: &mut Transaction<'static, Postgres>,
