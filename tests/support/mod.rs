@@ -14,6 +14,8 @@ use vtx_infra::broker::BrokerClient;
 use vtx_infra::{Config, ObjectStore, outbox};
 use vtx_worker::Worker;
 
+pub use vtx_testkit::{derived, looped, media};
+
 pub struct TestApp {
     pub client: Client,
     pub pool: PgPool,
@@ -183,46 +185,6 @@ pub fn vtx_binary() -> PathBuf {
     bin
 }
 
-/// An input derived from the shared clips with the ffmpeg command line, made once per target
-/// directory (written under a temporary name first, so parallel tests never see half a file).
-pub fn derived(name: &str, args: &[&str]) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> -> target/tmp/e2e-fixtures
-    let target = exe.ancestors().nth(3).expect("target dir");
-    let dir = target.join("tmp").join("e2e-fixtures");
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join(name);
-    if out.exists() {
-        return out;
-    }
-    let tmp = dir.join(format!("{}.{}.part.mp4", name, std::process::id()));
-    let st = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y"])
-        .args(args)
-        .arg(&tmp)
-        .status()
-        .expect("ffmpeg command line is installed by deploy/local/setup.sh");
-    assert!(st.success(), "ffmpeg {args:?}");
-    std::fs::rename(&tmp, &out).unwrap();
-    out
-}
-
-/// `times` copies of a shared clip back to back, without re-encoding.
-pub fn looped(clip: &str, times: u32) -> PathBuf {
-    let src = media(clip);
-    derived(
-        &format!("{clip}-x{times}.mp4"),
-        &[
-            "-stream_loop",
-            &(times - 1).to_string(),
-            "-i",
-            src.to_str().unwrap(),
-            "-c",
-            "copy",
-        ],
-    )
-}
-
 /// Kills a child process group member for good.
 pub struct ChildGuard(pub Child);
 
@@ -231,14 +193,4 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// A sample clip from shared/media (or `VTX_MEDIA_DIR`).
-pub fn media(name: &str) -> PathBuf {
-    let dir = std::env::var_os("VTX_MEDIA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/media"));
-    let p = dir.join(name);
-    assert!(p.exists(), "sample clip {} missing", p.display());
-    p
 }

@@ -1,21 +1,13 @@
 //! The media engine on real clips from shared/media and inputs derived from them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use vtx_domain::{ErrorCode, plan_ladder};
 use vtx_media::{
     Deadline, Limits, RenditionOutput, Tier, TranscodeRequest, VideoCodec, probe, transcode_ladder,
 };
-
-fn media(name: &str) -> PathBuf {
-    let dir = std::env::var_os("VTX_MEDIA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/media"));
-    let p = dir.join(name);
-    assert!(p.exists(), "sample clip {} missing", p.display());
-    p
-}
+use vtx_testkit::media;
 
 /// Derives an input with the ffmpeg command line (installed by the setup script).
 fn ffmpeg(args: &[&str]) {

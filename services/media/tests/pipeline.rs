@@ -9,37 +9,7 @@ use vtx_domain::ErrorCode;
 use vtx_media::{
     Deadline, Limits, Manifest, PipelineRequest, Tier, VideoCodec, probe, run_pipeline,
 };
-
-fn media(name: &str) -> PathBuf {
-    let dir = std::env::var_os("VTX_MEDIA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/media"));
-    let p = dir.join(name);
-    assert!(p.exists(), "sample clip {} missing", p.display());
-    p
-}
-
-/// A derived input, made once with the ffmpeg command line (installed by the setup script) and
-/// kept under the target directory; written to a temporary name first so parallel tests never
-/// see half a file.
-fn derived(name: &str, args: &[&str]) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("media-fixtures");
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join(name);
-    if out.exists() {
-        return out;
-    }
-    let tmp = dir.join(format!("{}.{}.part.mp4", name, std::process::id()));
-    let st = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y"])
-        .args(args)
-        .arg(&tmp)
-        .status()
-        .expect("ffmpeg command line is installed by deploy/local/setup.sh");
-    assert!(st.success(), "ffmpeg {args:?}");
-    std::fs::rename(&tmp, &out).unwrap();
-    out
-}
+use vtx_testkit::{derived, media};
 
 /// 10.6 s, 640x360, keyframe every second, 3 B-frames, AAC audio.
 fn gop_bframes() -> PathBuf {
