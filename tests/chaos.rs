@@ -118,7 +118,10 @@ async fn jobs_survive_a_killed_worker_and_restarts_of_rabbitmq_and_postgresql(po
     let app = TestApp::spawn_with(
         pool,
         &[("VTX_SLICE_SECONDS", "4")],
-        Services { worker: false },
+        Services {
+            worker: false,
+            scheduler: true,
+        },
     )
     .await;
     let mut workers = vec![

@@ -473,3 +473,58 @@ async fn an_abandoned_upload_expires_and_its_objects_are_removed(pool: PgPool) {
     );
     app.stop().await;
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_job_whose_source_vanished_fails_after_bounded_retries(pool: PgPool) {
+    let services = vtx_tests::Services {
+        worker: true,
+        scheduler: false,
+    };
+    let app = TestApp::spawn_with(pool, &[("VTX_MAX_ATTEMPTS", "2")], services).await;
+    let c = &app.client;
+    let up = c.create_upload().await.unwrap();
+    c.put_chunk(
+        up.id,
+        0,
+        Bytes::from(std::fs::read(media("carphone_pristine.mp4")).unwrap()),
+    )
+    .await
+    .unwrap();
+    let done = c.complete(up.id, None).await.unwrap();
+    // The source disappears before any scheduler looks at the job.
+    app.store
+        .delete(&vtx_domain::keys::source(done.video_id))
+        .await
+        .unwrap();
+    let scheduler = vtx_scheduler::Scheduler::new(
+        app.pool.clone(),
+        app.store.clone(),
+        app.broker.clone(),
+        app.cfg.pipeline.clone(),
+        &app.cfg.worker,
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(scheduler.run(shutdown.clone()));
+    let v = c.wait_for_video(done.video_id, READY_WITHIN).await.unwrap();
+    assert_eq!(v.state, "failed");
+    let job = c.job(done.job_id).await.unwrap();
+    assert_eq!(job.error.unwrap().code, "retries-exhausted");
+    assert_eq!(job.attempts, 2, "bounded");
+    let dead = app.broker.get().await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while dead
+        .get_one(vtx_domain::messages::queue::DEAD)
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "the job message did not reach the dead-letter queue"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    shutdown.cancel();
+    running.await.unwrap();
+    app.stop().await;
+}

@@ -58,7 +58,15 @@ fn start_viewer(app: &TestApp, video: vtx_domain::VideoId) -> (Arc<AtomicBool>, 
 async fn two_worker_processes_share_a_five_minute_clip_and_the_swap_never_breaks_a_fetch(
     pool: PgPool,
 ) {
-    let app = TestApp::spawn_with(pool, &[], Services { worker: false }).await;
+    let app = TestApp::spawn_with(
+        pool,
+        &[],
+        Services {
+            worker: false,
+            scheduler: true,
+        },
+    )
+    .await;
     let workers = [
         ChildGuard(app.spawn_worker_process("pipeline-a")),
         ChildGuard(app.spawn_worker_process("pipeline-b")),
@@ -149,7 +157,10 @@ async fn a_poison_job_fails_with_a_code_lands_in_the_dead_letter_queue_and_other
     let app = TestApp::spawn_with(
         pool,
         &[("VTX_MAX_ATTEMPTS", "2"), ("VTX_TIERS", "fast")],
-        Services { worker: false },
+        Services {
+            worker: false,
+            scheduler: true,
+        },
     )
     .await;
     // Plan a job, then take away one of its slices: every attempt at it fails.
@@ -227,7 +238,15 @@ async fn a_poison_job_fails_with_a_code_lands_in_the_dead_letter_queue_and_other
 async fn sigterm_lets_a_worker_finish_the_slice_in_hand_then_exit(pool: PgPool) {
     // High tier only: slices take a few seconds, long enough to be caught in hand.
     let settings = [("VTX_SLICE_SECONDS", "4"), ("VTX_TIERS", "high")];
-    let app = TestApp::spawn_with(pool, &settings, Services { worker: false }).await;
+    let app = TestApp::spawn_with(
+        pool,
+        &settings,
+        Services {
+            worker: false,
+            scheduler: true,
+        },
+    )
+    .await;
     let mut first = ChildGuard(app.spawn_worker_process("sigterm-a"));
     let clip = looped("bikes.mp4", 3);
     let frames = probe(&clip, &Limits::default(), Deadline::none())

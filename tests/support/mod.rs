@@ -33,11 +33,15 @@ pub struct TestApp {
 #[derive(Clone, Copy)]
 pub struct Services {
     pub worker: bool,
+    pub scheduler: bool,
 }
 
 impl Default for Services {
     fn default() -> Self {
-        Self { worker: true }
+        Self {
+            worker: true,
+            scheduler: true,
+        }
     }
 }
 
@@ -118,7 +122,9 @@ impl TestApp {
             broker.clone(),
             shutdown.clone(),
         ));
-        tasks.spawn(scheduler.run(shutdown.clone()));
+        if services.scheduler {
+            tasks.spawn(scheduler.run(shutdown.clone()));
+        }
         tasks.spawn(vtx_infra::metrics::sample_queues(
             broker.clone(),
             shutdown.clone(),

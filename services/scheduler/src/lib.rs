@@ -30,6 +30,7 @@ struct Inner {
     pipeline: PipelineConfig,
     limits: Limits,
     timeout: Duration,
+    max_attempts: u32,
     scratch: PathBuf,
 }
 
@@ -52,6 +53,7 @@ impl Scheduler {
                     ..Limits::default()
                 },
                 timeout: worker.transcode_timeout,
+                max_attempts: worker.max_attempts,
                 scratch: std::env::temp_dir(),
             }),
         }
@@ -96,6 +98,13 @@ impl Scheduler {
         if state != JobState::Queued {
             return Outcome::Ack;
         }
+        let attempts = match db::count_plan_attempt(&inner.pool, job).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot count the attempt; will retry");
+                return Outcome::Retry;
+            }
+        };
         let started = std::time::Instant::now();
         match self.prepare_and_store(job, &source_key).await {
             Ok((plan, audio_key)) => match db::record_plan(
@@ -128,8 +137,24 @@ impl Scheduler {
                     Err(_) => Outcome::Retry,
                 }
             }
+            Err(e) if attempts >= inner.max_attempts => {
+                let msg = format!("planning gave up after {attempts} attempts: {e}");
+                tracing::warn!(message = %msg, "giving up");
+                metrics::counter!("vtx_failures_total", "code" => "retries-exhausted").increment(1);
+                match db::fail_job(
+                    &inner.pool,
+                    job,
+                    vtx_domain::ErrorCode::RetriesExhausted,
+                    &msg,
+                )
+                .await
+                {
+                    Ok(_) => Outcome::DeadLetter,
+                    Err(_) => Outcome::Retry,
+                }
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "planning failed; will retry");
+                tracing::warn!(attempt = attempts, error = %e, "planning failed; will retry");
                 Outcome::Retry
             }
         }

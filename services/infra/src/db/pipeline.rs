@@ -37,6 +37,16 @@ pub async fn job_source(
     Ok(row.and_then(|(v, state, key)| state.parse().ok().map(|s| (VideoId::from_uuid(v), s, key))))
 }
 
+/// Counts an attempt at planning a job; returns the count so far, this one included.
+pub async fn count_plan_attempt(pool: &PgPool, job: JobId) -> sqlx::Result<u32> {
+    let (n,): (i32,) =
+        sqlx::query_as("UPDATE jobs SET attempts = attempts + 1 WHERE id = $1 RETURNING attempts")
+            .bind(job.as_uuid())
+            .fetch_one(pool)
+            .await?;
+    Ok(n.max(0) as u32)
+}
+
 /// Records the scheduler's plan and creates the tiers and their slices; the first tier's slice
 /// tasks are queued at once, later tiers wait for the one before them to go live. Returns false
 /// (changing nothing) unless the job was still queued.
