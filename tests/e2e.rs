@@ -348,6 +348,21 @@ async fn chunks_are_checked_and_stored_once(pool: PgPool) {
     );
     assert!(err.message.contains("[1]"), "{}", err.message);
 
+    // CRC32C works as well as SHA-256.
+    let body = Bytes::from_static(b"crc checked");
+    let good = crc32c::crc32c(&body);
+    let err = failure(
+        c.put_chunk_crc32c(up.id, 3, body.clone(), good ^ 1)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (err.status, err.code.as_str()),
+        (StatusCode::BAD_REQUEST, "checksum-mismatch")
+    );
+    let (status, _) = c.put_chunk_crc32c(up.id, 3, body, good).await.unwrap();
+    assert_eq!(status, StatusCode::CREATED);
+
     // Limits and unknown ids.
     let err = failure(
         c.put_chunk(up.id, 1_000_000, Bytes::from_static(b"x"))

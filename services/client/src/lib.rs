@@ -86,6 +86,26 @@ impl Client {
         .await
     }
 
+    /// Sends one chunk with its CRC32C instead of a SHA-256.
+    pub async fn put_chunk_crc32c(
+        &self,
+        id: UploadId,
+        index: u32,
+        data: Bytes,
+        crc32c: u32,
+    ) -> anyhow::Result<(StatusCode, ChunkView)> {
+        let resp = self
+            .http
+            .put(self.url(&format!("/v1/uploads/{id}/chunks/{index}")))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header("x-vtx-chunk-crc32c", format!("{crc32c:08x}"))
+            .body(data)
+            .send()
+            .await?;
+        let status = resp.status();
+        Ok((status, Self::parse(resp).await?))
+    }
+
     /// Aborts an upload session.
     pub async fn abort(&self, id: UploadId) -> anyhow::Result<()> {
         let resp = self

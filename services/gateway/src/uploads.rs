@@ -17,6 +17,8 @@ use crate::{ApiError, ApiResult, AppState, parse_id, rfc3339};
 
 /// Optional request header with the hex SHA-256 of the chunk body.
 pub const CHUNK_SHA256_HEADER: &str = "x-vtx-chunk-sha256";
+/// Optional request header with the CRC32C (Castagnoli) of the chunk body, as 8 hex digits.
+pub const CHUNK_CRC32C_HEADER: &str = "x-vtx-chunk-crc32c";
 
 fn chunk_key(upload: UploadId, index: ChunkIndex, attempt: uuid::Uuid) -> String {
     // Each attempt writes its own object; the database decides which one counts.
@@ -194,15 +196,29 @@ pub async fn put_chunk(
         ));
     }
 
+    let claimed_crc = match headers.get(CHUNK_CRC32C_HEADER) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|s| s.len() == 8)
+                .and_then(|s| u32::from_str_radix(s, 16).ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid-checksum",
+                        format!("{CHUNK_CRC32C_HEADER} must be 8 hex digits"),
+                    )
+                })?,
+        ),
+    };
+
     let key = chunk_key(id, index, uuid::Uuid::new_v4());
-    let sha = stream_to_store(&state, &key, len, body).await?;
-    if let Some(claimed) = &claimed_sha
-        && claimed != &sha
-    {
+    let (sha, crc) = stream_to_store(&state, &key, len, body).await?;
+    if claimed_sha.as_ref().is_some_and(|c| c != &sha) || claimed_crc.is_some_and(|c| c != crc) {
         discard(&state, &key).await;
         return Err(ApiError::bad_request(
             "checksum-mismatch",
-            "the chunk's SHA-256 does not match the header; nothing was stored",
+            "the chunk's checksum does not match the header; nothing was stored",
         ));
     }
     match db::insert_chunk(&state.pool, id, index.get(), len, &sha, &key).await {
@@ -253,12 +269,18 @@ async fn discard(state: &AppState, key: &str) {
     }
 }
 
-/// Streams the request body into the store while hashing it; returns the hex SHA-256.
-/// Memory stays bounded: the channel holds a few body frames at most.
-async fn stream_to_store(state: &AppState, key: &str, len: u64, body: Body) -> ApiResult<String> {
+/// Streams the request body into the store while hashing it; returns the hex SHA-256 and the
+/// CRC32C. Memory stays bounded: the channel holds a few body frames at most.
+async fn stream_to_store(
+    state: &AppState,
+    key: &str,
+    len: u64,
+    body: Body,
+) -> ApiResult<(String, u32)> {
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
     let pump = async move {
         let mut hasher = Sha256::new();
+        let mut crc = 0u32;
         let mut seen = 0u64;
         let mut stream = body.into_data_stream();
         while let Some(frame) = stream.next().await {
@@ -285,6 +307,7 @@ async fn stream_to_store(state: &AppState, key: &str, len: u64, body: Body) -> A
                 ));
             }
             hasher.update(&bytes);
+            crc = crc32c::crc32c_append(crc, &bytes);
             if tx.send(Ok(bytes)).await.is_err() {
                 break; // the store gave up; its error is reported below
             }
@@ -300,7 +323,7 @@ async fn stream_to_store(state: &AppState, key: &str, len: u64, body: Body) -> A
                 "the body is shorter than Content-Length",
             ));
         }
-        Ok(hex::encode(hasher.finalize()))
+        Ok((hex::encode(hasher.finalize()), crc))
     };
     let put = state
         .store
