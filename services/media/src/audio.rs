@@ -5,7 +5,7 @@ use std::path::Path;
 
 use ffmpeg_next::{Packet, Rational, Rescale, codec, encoder, filter, format, frame, media};
 
-use crate::probe::open_input;
+use crate::probe::{next_packet, open_input};
 use crate::{Deadline, MediaError};
 
 /// Where encoded packets go: `(packet, its time base)`.
@@ -308,10 +308,8 @@ fn encode_audio_inner(
     let mut packet = Packet::empty();
     loop {
         deadline.check()?;
-        match packet.read(&mut ictx) {
-            Ok(()) => {}
-            Err(ffmpeg_next::Error::Eof) => break,
-            Err(e) => return Err(MediaError::CorruptStream(format!("reading packets: {e}"))),
+        if !next_packet(&mut ictx, &mut packet)? {
+            break;
         }
         if packet.stream() == pipe.stream_index() {
             pipe.push_packet(&packet, &mut emit)?;

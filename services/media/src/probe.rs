@@ -198,10 +198,8 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
     let mut packet = Packet::empty();
     loop {
         deadline.check()?;
-        match packet.read(&mut ictx) {
-            Ok(()) => {}
-            Err(ffmpeg_next::Error::Eof) => break,
-            Err(e) => return Err(MediaError::CorruptStream(format!("reading packets: {e}"))),
+        if !next_packet(&mut ictx, &mut packet)? {
+            break;
         }
         let idx = packet.stream();
         if idx == v_index {
@@ -297,6 +295,19 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
         },
         audio,
     })
+}
+
+/// Reads the next packet; `Ok(false)` at the end of the file. FFmpeg's packet iterator stops
+/// silently on any error; this surfaces errors as a corrupt stream.
+pub(crate) fn next_packet(
+    ictx: &mut format::context::Input,
+    packet: &mut Packet,
+) -> Result<bool, MediaError> {
+    match packet.read(ictx) {
+        Ok(()) => Ok(true),
+        Err(ffmpeg_next::Error::Eof) => Ok(false),
+        Err(e) => Err(MediaError::CorruptStream(format!("reading packets: {e}"))),
+    }
 }
 
 /// Whether the demuxer marked a packet as decoded-but-not-shown (edit lists).

@@ -13,7 +13,7 @@ use ffmpeg_next::{Packet, Rational, codec, format, media};
 use serde::{Deserialize, Serialize};
 use vtx_domain::SliceWindow;
 
-use crate::probe::{Probe, open_input};
+use crate::probe::{Probe, next_packet, open_input};
 use crate::{Deadline, MediaError};
 
 /// One slice on disk. `window` is in the source stream's time base; the file's timestamps are
@@ -155,10 +155,8 @@ fn split_inner(
     let mut packet = Packet::empty();
     loop {
         deadline.check()?;
-        match packet.read(&mut ictx) {
-            Ok(()) => {}
-            Err(ffmpeg_next::Error::Eof) => break,
-            Err(e) => return Err(MediaError::CorruptStream(format!("reading packets: {e}"))),
+        if !next_packet(&mut ictx, &mut packet)? {
+            break;
         }
         if packet.stream() != v_index {
             continue;

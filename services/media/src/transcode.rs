@@ -18,7 +18,7 @@ use vtx_domain::Rung;
 
 use crate::audio::AudioPipe;
 use crate::encoder::{Tier, VideoCodec, codec_string, encoder_options};
-use crate::probe::{nominal_frame_rate, open_input, rational_to_f64};
+use crate::probe::{next_packet, nominal_frame_rate, open_input, rational_to_f64};
 use crate::{Deadline, MediaError};
 
 #[derive(Clone, Debug)]
@@ -223,10 +223,8 @@ fn run(req: &TranscodeRequest) -> Result<Vec<RenditionReport>, MediaError> {
     let mut packet = Packet::empty();
     loop {
         req.deadline.check()?;
-        match packet.read(&mut ictx) {
-            Ok(()) => {}
-            Err(ffmpeg_next::Error::Eof) => break,
-            Err(e) => return Err(MediaError::CorruptStream(format!("reading packets: {e}"))),
+        if !next_packet(&mut ictx, &mut packet)? {
+            break;
         }
         if packet.stream() == v_index {
             vdec.send_packet(&packet)
