@@ -43,13 +43,11 @@ pub async fn serve(
     } else {
         StatusCode::OK
     };
-    let content_type = if key.ends_with(".mp4") {
-        "video/mp4".to_string()
-    } else {
-        obj.content_type
-            .clone()
-            .unwrap_or_else(|| "application/octet-stream".into())
-    };
+    // The worker stored each object with its content type.
+    let content_type = obj
+        .content_type
+        .clone()
+        .unwrap_or_else(|| "application/octet-stream".into());
     // Stream the object through; a failure mid-way ends the response (the client sees a short
     // body against Content-Length and retries with a Range).
     let stream = futures_util::stream::unfold(Some(obj.body), |body| async move {

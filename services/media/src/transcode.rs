@@ -457,15 +457,7 @@ impl PostDecode {
     }
 
     fn drain(&mut self, clock: &mut Clock, outs: &mut [VideoOut]) -> Result<(), MediaError> {
-        let mut f = frame::Video::empty();
-        while self
-            .graph
-            .get("out")
-            .expect("added in new")
-            .sink()
-            .frame(&mut f)
-            .is_ok()
-        {
+        for mut f in self.drain_frames() {
             encode_frame(&mut f, clock, outs)?;
         }
         Ok(())
