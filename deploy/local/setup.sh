@@ -8,6 +8,7 @@
 #   - s3s-fs (an S3-compatible server from crates.io) built once and running on 127.0.0.1:9000,
 #     its data under .vtx/s3 in this checkout (ignored by git)
 #   - migrations applied and the bucket created (`vtx migrate`)
+#   - a random local service token in .vtx/service-token
 #
 # Works as root or through sudo. No systemd needed.
 set -euo pipefail
@@ -15,6 +16,12 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 STATE="$ROOT/.vtx"
 mkdir -p "$STATE/s3"
+
+# The local service token (internal services and the `vtx` CLI send it as a bearer token).
+# Written once; `vtx` reads it when VTX_SERVICE_TOKEN is unset.
+if [ ! -s "$STATE/service-token" ]; then
+  (umask 077; od -An -tx1 -N24 /dev/urandom | tr -d ' \n' > "$STATE/service-token")
+fi
 
 S3_PORT="${VTX_S3_PORT:-9000}"
 S3_ACCESS_KEY="${VTX_S3_ACCESS_KEY:-vtx}"

@@ -78,6 +78,10 @@ impl TestApp {
             // Short leases and grace so that tests see reaping and collection quickly.
             ("VTX_LEASE_SECS".into(), "6".into()),
             ("VTX_SWAP_GRACE_SECS".into(), "2".into()),
+            (
+                "VTX_SERVICE_TOKEN".into(),
+                format!("svc-{}", uuid::Uuid::new_v4().simple()),
+            ),
         ];
         for (k, v) in settings {
             env.retain(|(key, _)| key != k);
@@ -136,7 +140,8 @@ impl TestApp {
             vtx_gateway::Gateway::build(&cfg, pool.clone(), store.clone(), broker.clone())
                 .await
                 .expect("gateway binds");
-        let client = Client::new(gateway.public_url());
+        let client = Client::new(gateway.public_url())
+            .with_token(cfg.auth.service_tokens[0].expose());
         let token = shutdown.clone();
         tasks.spawn(async move {
             gateway.run_until(token).await.expect("gateway runs");

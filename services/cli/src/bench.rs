@@ -306,6 +306,10 @@ impl BenchStack {
             ("VTX_HTTP_ADDR".into(), "127.0.0.1:0".into()),
             ("VTX_METRICS_ADDR".into(), "127.0.0.1:0".into()),
             ("VTX_TIERS".into(), tiers.into()),
+            (
+                "VTX_SERVICE_TOKEN".into(),
+                format!("bench-{}", uuid::Uuid::new_v4().simple()),
+            ),
         ];
         let cfg = Config::from_lookup(|k| {
             env.iter()
@@ -336,7 +340,8 @@ impl BenchStack {
         );
         tasks.spawn(scheduler.run(shutdown.clone()));
         let gw = vtx_gateway::Gateway::build(&cfg, pool, store, broker.clone()).await?;
-        let client = vtx_client::Client::new(gw.public_url());
+        let client = vtx_client::Client::new(gw.public_url())
+            .with_token(cfg.auth.service_tokens[0].expose());
         let token = shutdown.clone();
         tasks.spawn(async move {
             let _ = gw.run_until(token).await;

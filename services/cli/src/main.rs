@@ -302,8 +302,18 @@ fn transcode_local(mut req: vtx_media::PipelineRequest) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A client with the service token from `VTX_SERVICE_TOKEN` or `.vtx/service-token`.
+fn service_client(url: String) -> anyhow::Result<vtx_client::Client> {
+    let cfg = Config::from_env()?;
+    let token = cfg.auth.service_tokens.first().context(
+        "no service token: set VTX_SERVICE_TOKEN, or run this from the checkout where \
+         deploy/local/setup.sh wrote .vtx/service-token",
+    )?;
+    Ok(vtx_client::Client::new(url).with_token(token.expose()))
+}
+
 async fn upload(file: PathBuf, chunk_size: u64, wait: bool, url: String) -> anyhow::Result<()> {
-    let client = vtx_client::Client::new(url);
+    let client = service_client(url)?;
     let progress = |sent: u64, total: u64| {
         eprint!(
             "\ruploading {:>5.1}% ({sent}/{total} bytes)",
@@ -323,7 +333,7 @@ async fn upload(file: PathBuf, chunk_size: u64, wait: bool, url: String) -> anyh
 }
 
 async fn status(id: String, wait: bool, url: String) -> anyhow::Result<()> {
-    let client = vtx_client::Client::new(url);
+    let client = service_client(url)?;
     let video_id: VideoId = id
         .parse()
         .context("ID must be a video or job id (a UUID)")?;

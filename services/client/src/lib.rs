@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use vtx_domain::api::{
-    ChunkView, CompleteRequest, ErrorBody, JobView, UploadCompleted, UploadCreated, UploadView,
-    VideoView,
+    ChunkView, CompleteRequest, ErrorBody, GrantIssued, GrantRequest, JobView, UploadCompleted,
+    UploadCreated, UploadView, VideoView,
 };
 use vtx_domain::{JobId, UploadId, VideoId};
 
@@ -28,6 +28,8 @@ pub struct ApiFailure {
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// Bearer token sent with every API call: a service, grant or upload token.
+    token: Option<std::sync::Arc<str>>,
 }
 
 /// Progress callback: (bytes sent, total bytes).
@@ -43,6 +45,24 @@ impl Client {
         Self {
             http,
             base: base.into().trim_end_matches('/').to_string(),
+            token: None,
+        }
+    }
+
+    /// The same client, sending `token` as its bearer credential.
+    pub fn with_token(&self, token: impl Into<std::sync::Arc<str>>) -> Self {
+        Self {
+            token: Some(token.into()),
+            ..self.clone()
+        }
+    }
+
+    /// A request to an API path, with the bearer token.
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, self.url(path));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
         }
     }
 
@@ -72,14 +92,29 @@ impl Client {
         .into())
     }
 
+    /// Mints a grant token for an app (needs a service token).
+    pub async fn grant(&self, req: &GrantRequest) -> anyhow::Result<GrantIssued> {
+        Self::parse(
+            self.request(reqwest::Method::POST, "/v1/upload-tokens")
+                .json(req)
+                .send()
+                .await?,
+        )
+        .await
+    }
+
     pub async fn create_upload(&self) -> anyhow::Result<UploadCreated> {
-        Self::parse(self.http.post(self.url("/v1/uploads")).send().await?).await
+        Self::parse(
+            self.request(reqwest::Method::POST, "/v1/uploads")
+                .send()
+                .await?,
+        )
+        .await
     }
 
     pub async fn upload(&self, id: UploadId) -> anyhow::Result<UploadView> {
         Self::parse(
-            self.http
-                .get(self.url(&format!("/v1/uploads/{id}")))
+            self.request(reqwest::Method::GET, &format!("/v1/uploads/{id}"))
                 .send()
                 .await?,
         )
@@ -95,8 +130,10 @@ impl Client {
         crc32c: u32,
     ) -> anyhow::Result<(StatusCode, ChunkView)> {
         let resp = self
-            .http
-            .put(self.url(&format!("/v1/uploads/{id}/chunks/{index}")))
+            .request(
+                reqwest::Method::PUT,
+                &format!("/v1/uploads/{id}/chunks/{index}"),
+            )
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .header("x-vtx-chunk-crc32c", format!("{crc32c:08x}"))
             .body(data)
@@ -109,8 +146,7 @@ impl Client {
     /// Aborts an upload session.
     pub async fn abort(&self, id: UploadId) -> anyhow::Result<()> {
         let resp = self
-            .http
-            .delete(self.url(&format!("/v1/uploads/{id}")))
+            .request(reqwest::Method::DELETE, &format!("/v1/uploads/{id}"))
             .send()
             .await?;
         if resp.status().is_success() {
@@ -138,8 +174,10 @@ impl Client {
         sha256: Option<&str>,
     ) -> anyhow::Result<(StatusCode, ChunkView)> {
         let mut req = self
-            .http
-            .put(self.url(&format!("/v1/uploads/{id}/chunks/{index}")))
+            .request(
+                reqwest::Method::PUT,
+                &format!("/v1/uploads/{id}/chunks/{index}"),
+            )
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(data);
         if let Some(sha) = sha256 {
@@ -156,8 +194,7 @@ impl Client {
         chunks: Option<u32>,
     ) -> anyhow::Result<UploadCompleted> {
         let resp = self
-            .http
-            .post(self.url(&format!("/v1/uploads/{id}/complete")))
+            .request(reqwest::Method::POST, &format!("/v1/uploads/{id}/complete"))
             .json(&CompleteRequest { chunks })
             .send()
             .await?;
@@ -166,8 +203,7 @@ impl Client {
 
     pub async fn job(&self, id: JobId) -> anyhow::Result<JobView> {
         Self::parse(
-            self.http
-                .get(self.url(&format!("/v1/jobs/{id}")))
+            self.request(reqwest::Method::GET, &format!("/v1/jobs/{id}"))
                 .send()
                 .await?,
         )
@@ -176,8 +212,7 @@ impl Client {
 
     pub async fn video(&self, id: VideoId) -> anyhow::Result<VideoView> {
         Self::parse(
-            self.http
-                .get(self.url(&format!("/v1/videos/{id}")))
+            self.request(reqwest::Method::GET, &format!("/v1/videos/{id}"))
                 .send()
                 .await?,
         )
@@ -196,6 +231,8 @@ impl Client {
         let total = tokio::fs::metadata(path).await?.len();
         anyhow::ensure!(total > 0, "{} is empty", path.display());
         let session = self.create_upload().await?;
+        // From here on, act with the session's own token, as an app does.
+        let this = self.with_token(session.upload_token.as_str());
         let chunk_bytes = chunk_bytes.min(session.max_chunk_bytes);
         let mut file = tokio::fs::File::open(path).await?;
         let (mut index, mut sent) = (0u32, 0u64);
@@ -204,12 +241,12 @@ impl Client {
             let mut buf = vec![0u8; n];
             file.read_exact(&mut buf).await?;
             let data = Bytes::from(buf);
-            self.put_chunk_retrying(session.id, index, data).await?;
+            this.put_chunk_retrying(session.id, index, data).await?;
             sent += n as u64;
             index += 1;
             progress(sent, total);
         }
-        self.complete(session.id, Some(index)).await
+        this.complete(session.id, Some(index)).await
     }
 
     async fn put_chunk_retrying(

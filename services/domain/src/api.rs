@@ -17,9 +17,30 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+/// `POST /v1/upload-tokens` (service token): a grant an app uses to open upload sessions.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct GrantRequest {
+    /// Who the app acts for (your user id); kept for logs.
+    #[serde(default)]
+    pub sub: Option<String>,
+    /// Lifetime in seconds (default `VTX_GRANT_TTL_SECS`, at most one day).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GrantIssued {
+    pub token: String,
+    /// RFC 3339.
+    pub expires_at: String,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UploadCreated {
     pub id: UploadId,
+    /// Bearer token for this session alone (chunks, status, complete, abort); it expires with
+    /// the session.
+    pub upload_token: String,
     /// RFC 3339.
     pub expires_at: String,
     pub max_chunk_bytes: u64,

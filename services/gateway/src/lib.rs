@@ -3,6 +3,7 @@
 //! `Gateway::build` binds (port 0 in tests) and exposes the real address; `run_until` serves
 //! until the token is cancelled, then drains in-flight requests.
 
+mod auth;
 mod error;
 mod health;
 mod media;
@@ -22,6 +23,7 @@ use vtx_infra::broker::BrokerClient;
 use vtx_infra::config::UploadLimits;
 use vtx_infra::{Config, ObjectStore};
 
+pub use auth::{Auth, Caller, Claims, TokenKind};
 pub use error::{ApiError, ApiResult};
 
 #[derive(Clone)]
@@ -30,6 +32,9 @@ pub struct AppState {
     pub store: ObjectStore,
     pub broker: BrokerClient,
     pub limits: Arc<UploadLimits>,
+    pub auth: Auth,
+    /// Default lifetime of a grant token.
+    pub grant_ttl: std::time::Duration,
     /// Base of playback URLs, without a trailing slash.
     pub public_url: Arc<str>,
 }
@@ -48,6 +53,18 @@ impl Gateway {
         store: ObjectStore,
         broker: BrokerClient,
     ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !cfg.auth.service_tokens.is_empty(),
+            "no service token: set VTX_SERVICE_TOKEN (at least 16 characters), or run \
+             deploy/local/setup.sh, which writes one to .vtx/service-token"
+        );
+        let tokens: Vec<String> = cfg
+            .auth
+            .service_tokens
+            .iter()
+            .map(|t| t.expose().to_string())
+            .collect();
+        let auth = Auth::new(&tokens, cfg.auth.signing_key.as_ref().map(|k| k.expose()));
         let listener = TcpListener::bind(cfg.http_addr).await?;
         let addr = listener.local_addr()?;
         let public_url = cfg
@@ -61,6 +78,8 @@ impl Gateway {
             store,
             broker,
             limits: Arc::new(cfg.uploads.clone()),
+            auth,
+            grant_ttl: cfg.auth.grant_ttl,
             public_url: public_url.as_str().into(),
         };
         Ok(Self {
@@ -93,6 +112,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(|| async { vtx_infra::metrics::render() }))
+        .route("/v1/upload-tokens", post(uploads::grant))
         .route("/v1/uploads", post(uploads::create))
         .route(
             "/v1/uploads/{id}",

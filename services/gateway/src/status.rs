@@ -6,7 +6,7 @@ use vtx_domain::api::{ErrorDetail, JobView, Playback, RenditionView, TierView, V
 use vtx_domain::{JobId, VideoId, VideoState};
 use vtx_infra::db::{self, JobRow, TierRow};
 
-use crate::{ApiError, ApiResult, AppState, parse_id, rfc3339};
+use crate::{ApiError, ApiResult, AppState, Caller, parse_id, rfc3339};
 
 fn error_detail(code: Option<String>, message: Option<String>) -> Option<ErrorDetail> {
     code.map(|code| ErrorDetail {
@@ -58,8 +58,10 @@ fn job_view(j: JobRow, tiers: Vec<TierRow>) -> JobView {
 
 pub async fn job(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobView>> {
+    caller.require_service()?;
     let id: JobId = parse_id(&id, "job-not-found", "job")?;
     let row = db::get_job(&state.pool, id)
         .await?
@@ -75,8 +77,10 @@ pub fn media_url(state: &AppState, key: &str) -> String {
 
 pub async fn video(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<VideoView>> {
+    caller.require_service()?;
     let id: VideoId = parse_id(&id, "video-not-found", "video")?;
     let v = db::get_video(&state.pool, id)
         .await?

@@ -9,10 +9,14 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use vtx_domain::api::{ChunkView, CompleteRequest, UploadCompleted, UploadCreated, UploadView};
+use vtx_domain::api::{
+    ChunkView, CompleteRequest, GrantIssued, GrantRequest, UploadCompleted, UploadCreated,
+    UploadView,
+};
 use vtx_domain::{ChunkIndex, JobId, UploadId, UploadState, VideoId};
 use vtx_infra::db::{self, ChunkInsert, UploadRow};
 
+use crate::auth::{Caller, Claims, MAX_GRANT_TTL_SECS, TokenKind};
 use crate::{ApiError, ApiResult, AppState, parse_id, rfc3339};
 
 /// Optional request header with the hex SHA-256 of the chunk body.
@@ -29,15 +33,63 @@ fn source_key(video: VideoId) -> String {
     format!("sources/{video}/source")
 }
 
-pub async fn create(State(state): State<AppState>) -> ApiResult<(StatusCode, Json<UploadCreated>)> {
+/// Mints a grant token for an app (internal services only).
+pub async fn grant(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Option<Json<GrantRequest>>,
+) -> ApiResult<(StatusCode, Json<GrantIssued>)> {
+    caller.require_service()?;
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let ttl = req.ttl_secs.unwrap_or(state.grant_ttl.as_secs());
+    if ttl == 0 || ttl > MAX_GRANT_TTL_SECS {
+        return Err(ApiError::bad_request(
+            "invalid-ttl",
+            format!("ttl_secs must be between 1 and {MAX_GRANT_TTL_SECS}"),
+        ));
+    }
+    if req.sub.as_ref().is_some_and(|s| s.len() > 256) {
+        return Err(ApiError::bad_request(
+            "invalid-sub",
+            "sub may hold at most 256 bytes",
+        ));
+    }
+    let expires_at = chrono::Utc::now() + chrono::Duration::seconds(ttl as i64);
+    let token = state.auth.sign(&Claims {
+        kind: TokenKind::Grant,
+        id: uuid::Uuid::new_v4(),
+        exp: expires_at.timestamp(),
+        sub: req.sub,
+    });
+    Ok((
+        StatusCode::CREATED,
+        Json(GrantIssued {
+            token,
+            expires_at: rfc3339(expires_at),
+        }),
+    ))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<(StatusCode, Json<UploadCreated>)> {
+    let grant = caller.may_create_upload()?;
     let id = UploadId::new();
     let ttl = chrono::Duration::from_std(state.limits.session_ttl).map_err(ApiError::internal)?;
-    let row = db::create_upload(&state.pool, id, chrono::Utc::now() + ttl).await?;
-    tracing::info!(upload_id = %id, "upload created");
+    let row = db::create_upload(&state.pool, id, chrono::Utc::now() + ttl, grant).await?;
+    tracing::info!(upload_id = %id, grant = ?grant, "upload created");
+    let upload_token = state.auth.sign(&Claims {
+        kind: TokenKind::Upload,
+        id: id.as_uuid(),
+        exp: row.expires_at.timestamp(),
+        sub: None,
+    });
     Ok((
         StatusCode::CREATED,
         Json(UploadCreated {
             id,
+            upload_token,
             expires_at: rfc3339(row.expires_at),
             max_chunk_bytes: state.limits.max_chunk_bytes,
             max_chunks: state.limits.max_chunks,
@@ -46,10 +98,17 @@ pub async fn create(State(state): State<AppState>) -> ApiResult<(StatusCode, Jso
     ))
 }
 
-async fn load_open_upload(state: &AppState, id: UploadId) -> ApiResult<UploadRow> {
+/// The upload, if it exists and `caller` may use it.
+async fn load_upload(state: &AppState, caller: &Caller, id: UploadId) -> ApiResult<UploadRow> {
     let row = db::get_upload(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::not_found("upload-not-found", "upload"))?;
+    caller.may_use_upload(id, row.grant_id)?;
+    Ok(row)
+}
+
+async fn load_open_upload(state: &AppState, caller: &Caller, id: UploadId) -> ApiResult<UploadRow> {
+    let row = load_upload(state, caller, id).await?;
     match row.state() {
         UploadState::Open if row.expires_at <= chrono::Utc::now() => Err(ApiError::new(
             StatusCode::GONE,
@@ -71,12 +130,11 @@ async fn load_open_upload(state: &AppState, id: UploadId) -> ApiResult<UploadRow
 
 pub async fn show(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<UploadView>> {
     let id: UploadId = parse_id(&id, "upload-not-found", "upload")?;
-    let row = db::get_upload(&state.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("upload-not-found", "upload"))?;
+    let row = load_upload(&state, &caller, id).await?;
     let mut conn = state.pool.acquire().await?;
     let chunks = db::list_chunks(&mut conn, id).await?;
     let ids = db::video_for_upload(&mut conn, id).await?;
@@ -102,6 +160,7 @@ pub async fn show(
 /// different bytes hold that index.
 pub async fn put_chunk(
     State(state): State<AppState>,
+    caller: Caller,
     Path((id, index)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
@@ -121,7 +180,7 @@ pub async fn put_chunk(
                 ),
             )
         })?;
-    load_open_upload(&state, id).await?;
+    load_open_upload(&state, &caller, id).await?;
 
     let len: u64 = headers
         .get(header::CONTENT_LENGTH)
@@ -344,11 +403,13 @@ async fn stream_to_store(
 
 /// Aborts an open upload: it takes no more chunks and its stored chunks are deleted. Aborting
 /// again is fine (204); a completed upload cannot be aborted (409).
-pub async fn abort(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn abort(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let id: UploadId = parse_id(&id, "upload-not-found", "upload")?;
-    let row = db::get_upload(&state.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("upload-not-found", "upload"))?;
+    let row = load_upload(&state, &caller, id).await?;
     match row.state() {
         UploadState::Open => {
             db::end_upload(&state.pool, id, UploadState::Aborted).await?;
@@ -367,10 +428,12 @@ pub async fn abort(State(state): State<AppState>, Path(id): Path<String>) -> Api
 /// Completing again returns the same ids.
 pub async fn complete(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     body: Option<Json<CompleteRequest>>,
 ) -> ApiResult<(StatusCode, Json<UploadCompleted>)> {
     let id: UploadId = parse_id(&id, "upload-not-found", "upload")?;
+    load_upload(&state, &caller, id).await?;
     let req = body.map(|Json(b)| b).unwrap_or_default();
     let mut tx = state.pool.begin().await?;
     let upload = db::lock_upload(&mut tx, id)

@@ -45,6 +45,7 @@ pub struct Config {
     /// `VTX_PUBLIC_URL`: base of the playback URLs handed to clients. Defaults to the gateway.
     pub public_url: Option<String>,
     pub uploads: UploadLimits,
+    pub auth: AuthConfig,
     pub worker: WorkerConfig,
     pub pipeline: PipelineConfig,
 }
@@ -72,6 +73,52 @@ pub struct S3Config {
     pub secret_key: Secret,
     /// Every object key starts with it (tests use a random one).
     pub key_prefix: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    /// `VTX_SERVICE_TOKEN`: bearer tokens of internal services, comma-separated (list a new
+    /// one beside the old while rotating). When unset, read from `VTX_SERVICE_TOKEN_FILE`
+    /// (default `.vtx/service-token`, which `deploy/local/setup.sh` writes). The gateway
+    /// refuses to start without one.
+    pub service_tokens: Vec<Secret>,
+    /// `VTX_UPLOAD_TOKEN_SECRET`: key that signs grant and upload tokens. Unset: derived from
+    /// the first service token.
+    pub signing_key: Option<Secret>,
+    /// `VTX_GRANT_TTL_SECS`: default lifetime of a grant token.
+    pub grant_ttl: Duration,
+}
+
+impl AuthConfig {
+    fn load(env: &Env<'_, impl Fn(&str) -> Option<String>>) -> anyhow::Result<Self> {
+        let raw = match (env.0)("VTX_SERVICE_TOKEN").filter(|s| !s.trim().is_empty()) {
+            Some(v) => v,
+            None => {
+                let file = env.string("VTX_SERVICE_TOKEN_FILE", ".vtx/service-token");
+                match std::fs::read_to_string(&file) {
+                    Ok(s) => s,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                    Err(e) => return Err(e).with_context(|| format!("reading {file}")),
+                }
+            }
+        };
+        let service_tokens: Vec<Secret> = raw
+            .split([',', '\n'])
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(Secret::new)
+            .collect();
+        if service_tokens.iter().any(|t| t.expose().len() < 16) {
+            bail!("VTX_SERVICE_TOKEN: each token must be at least 16 characters");
+        }
+        Ok(Self {
+            service_tokens,
+            signing_key: (env.0)("VTX_UPLOAD_TOKEN_SECRET")
+                .filter(|s| !s.is_empty())
+                .map(Secret::new),
+            grant_ttl: Duration::from_secs(env.parse("VTX_GRANT_TTL_SECS", 3600)?),
+        })
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -133,6 +180,7 @@ impl Config {
                 max_chunks: env.parse("VTX_MAX_CHUNKS", 2_000)?,
                 session_ttl: Duration::from_secs(env.parse("VTX_UPLOAD_TTL_SECS", 24 * 3600)?),
             },
+            auth: AuthConfig::load(&env)?,
             worker: WorkerConfig {
                 concurrency: env.parse("VTX_WORKER_CONCURRENCY", 1)?,
                 transcode_timeout: Duration::from_secs(

@@ -42,6 +42,8 @@ pub struct UploadRow {
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// The grant token that opened the session, if an app opened it.
+    pub grant_id: Option<Uuid>,
 }
 
 impl UploadRow {
@@ -65,20 +67,22 @@ pub async fn create_upload(
     pool: &PgPool,
     id: UploadId,
     expires_at: DateTime<Utc>,
+    grant_id: Option<Uuid>,
 ) -> sqlx::Result<UploadRow> {
     sqlx::query_as(
-        "INSERT INTO uploads (id, expires_at) VALUES ($1, $2)
-         RETURNING id, state, created_at, expires_at, completed_at",
+        "INSERT INTO uploads (id, expires_at, grant_id) VALUES ($1, $2, $3)
+         RETURNING id, state, created_at, expires_at, completed_at, grant_id",
     )
     .bind(id.as_uuid())
     .bind(expires_at)
+    .bind(grant_id)
     .fetch_one(pool)
     .await
 }
 
 pub async fn get_upload(pool: &PgPool, id: UploadId) -> sqlx::Result<Option<UploadRow>> {
     sqlx::query_as(
-        "SELECT id, state, created_at, expires_at, completed_at FROM uploads WHERE id = $1",
+        "SELECT id, state, created_at, expires_at, completed_at, grant_id FROM uploads WHERE id = $1",
     )
     .bind(id.as_uuid())
     .fetch_optional(pool)
@@ -212,7 +216,7 @@ pub async fn lock_upload(
     id: UploadId,
 ) -> sqlx::Result<Option<UploadRow>> {
     sqlx::query_as(
-        "SELECT id, state, created_at, expires_at, completed_at FROM uploads WHERE id = $1 FOR UPDATE",
+        "SELECT id, state, created_at, expires_at, completed_at, grant_id FROM uploads WHERE id = $1 FOR UPDATE",
     )
     .bind(id.as_uuid())
     .fetch_optional(&mut **tx)
