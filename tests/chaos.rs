@@ -136,7 +136,7 @@ async fn jobs_survive_a_killed_worker_and_restarts_of_rabbitmq_and_postgresql(po
 
     // 1. kill -9 the worker holding a high-tier slice.
     let job = client
-        .upload_file(&clip, 1 << 20, &|_, _| {})
+        .upload_file(&clip, &Default::default(), &|_, _| {})
         .await
         .unwrap();
     let owner = running_slice(&app.pool, &job, "high").await;
@@ -158,7 +158,7 @@ async fn jobs_survive_a_killed_worker_and_restarts_of_rabbitmq_and_postgresql(po
 
     // 2. Restart RabbitMQ while the fast tier encodes.
     let job = client
-        .upload_file(&clip, 1 << 20, &|_, _| {})
+        .upload_file(&clip, &Default::default(), &|_, _| {})
         .await
         .unwrap();
     running_slice(&app.pool, &job, "fast").await;
@@ -170,7 +170,7 @@ async fn jobs_survive_a_killed_worker_and_restarts_of_rabbitmq_and_postgresql(po
 
     // 3. Restart PostgreSQL while the high tier encodes.
     let job = client
-        .upload_file(&clip, 1 << 20, &|_, _| {})
+        .upload_file(&clip, &Default::default(), &|_, _| {})
         .await
         .unwrap();
     running_slice(&app.pool, &job, "high").await;

@@ -9,7 +9,7 @@ use vtx_client::ApiFailure;
 use vtx_domain::{Task, Tier};
 use vtx_infra::broker::Outcome;
 use vtx_media::{Deadline, Limits, probe};
-use vtx_tests::{TestApp, media};
+use vtx_tests::{TestApp, gop_bframes, media, ts_chunks};
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
 
@@ -17,20 +17,14 @@ fn failure(e: anyhow::Error) -> ApiFailure {
     e.downcast::<ApiFailure>().expect("an API error response")
 }
 
-/// Splits `data` into `n` nearly equal chunks.
-fn split(data: &[u8], n: usize) -> Vec<Bytes> {
-    let size = data.len().div_ceil(n);
-    data.chunks(size).map(Bytes::copy_from_slice).collect()
-}
-
 #[sqlx::test(migrations = "../migrations")]
 async fn three_chunks_out_of_order_become_a_playable_video_with_every_frame(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let src = media("bigbuckbunny.mp4");
+    let src = gop_bframes(); // 10.6 s, a keyframe every second, B-frames
     let source = probe(&src, &Limits::default(), Deadline::none()).unwrap();
-    let data = std::fs::read(&src).unwrap();
-    let chunks = split(&data, 3);
+    let chunks = ts_chunks(&src, 3.5);
     assert_eq!(chunks.len(), 3);
+    let bytes: u64 = chunks.iter().map(|c| c.len() as u64).sum();
 
     let up = app.client.create_upload().await.unwrap();
     for i in [2usize, 0, 1] {
@@ -50,10 +44,10 @@ async fn three_chunks_out_of_order_become_a_playable_video_with_every_frame(pool
     assert_eq!(status, StatusCode::OK);
     let view = app.client.upload(up.id).await.unwrap();
     assert_eq!(view.chunks.len(), 3);
-    assert_eq!(view.bytes, data.len() as u64);
+    assert_eq!(view.bytes, bytes);
 
     let done = app.client.complete(up.id, Some(3)).await.unwrap();
-    assert_eq!(done.source_bytes, data.len() as u64);
+    assert_eq!(done.source_bytes, bytes);
     let again = app.client.complete(up.id, Some(3)).await.unwrap();
     assert_eq!(
         (again.video_id, again.job_id),
@@ -262,33 +256,43 @@ async fn three_chunks_out_of_order_become_a_playable_video_with_every_frame(pool
 }
 
 #[sqlx::test(migrations = "../migrations")]
-async fn a_non_video_upload_ends_as_a_failed_job_with_a_clear_code(pool: PgPool) {
+async fn a_chunk_that_is_not_gop_aligned_media_gets_422_and_nothing_is_stored(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let up = app.client.create_upload().await.unwrap();
+    let c = &app.client;
+    let up = c.create_upload().await.unwrap();
     let junk: Vec<u8> = (0..300_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    app.client
-        .put_chunk(up.id, 0, Bytes::from(junk))
-        .await
-        .unwrap();
-    let done = app.client.complete(up.id, None).await.unwrap();
-
-    let video = app
-        .client
-        .wait_for_video(done.video_id, READY_WITHIN)
-        .await
-        .unwrap();
-    assert_eq!(video.state, "failed");
-    assert_eq!(video.error.as_ref().unwrap().code, "not-a-video");
-    assert!(video.playback.is_none());
-    let job = app.client.job(done.job_id).await.unwrap();
-    assert_eq!(job.state, "failed");
-    assert_eq!(job.error.unwrap().code, "not-a-video");
-    assert!(
-        job.tiers.is_empty(),
-        "refused while planning: nothing was encoded"
+    let err = failure(c.put_chunk(up.id, 0, Bytes::from(junk)).await.unwrap_err());
+    assert_eq!(
+        (err.status, err.code.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "chunk-not-media")
     );
+    // A whole MP4 file is a video, but not a chunk: chunks are MPEG-TS segments.
+    let mp4 = Bytes::from(std::fs::read(media("bikes.mp4")).unwrap());
+    let err = failure(c.put_chunk(up.id, 0, mp4).await.unwrap_err());
+    assert_eq!(err.code, "chunk-not-media");
+    // A chunk cut inside a GOP: the second chunk without its first quarter.
+    let chunks = ts_chunks(&gop_bframes(), 2.0);
+    let packets = chunks[1].len() / 188;
+    let mid_gop = chunks[1].slice((packets / 4) * 188..);
+    let err = failure(c.put_chunk(up.id, 1, mid_gop).await.unwrap_err());
+    assert_eq!(
+        (err.status, err.code.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "chunk-not-gop-aligned")
+    );
+    assert!(c.upload(up.id).await.unwrap().chunks.is_empty());
+    assert!(
+        app.store
+            .list(&format!("uploads/{}/", up.id))
+            .await
+            .unwrap()
+            .is_empty(),
+        "refused chunks leave no object behind"
+    );
+    // The same index takes a proper chunk afterwards.
+    let (status, _) = c.put_chunk(up.id, 1, chunks[1].clone()).await.unwrap();
+    assert_eq!(status, StatusCode::CREATED);
     app.stop().await;
 }
 
@@ -297,23 +301,19 @@ async fn chunks_are_checked_and_stored_once(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let c = &app.client;
     let up = c.create_upload().await.unwrap();
+    let chunks = ts_chunks(&media("bikes.mp4"), 2.0);
+    assert!(chunks.len() >= 5);
 
     // Same index, different bytes: refused, and the first bytes stay.
-    c.put_chunk(up.id, 0, Bytes::from_static(b"first bytes"))
-        .await
-        .unwrap();
-    let err = failure(
-        c.put_chunk(up.id, 0, Bytes::from_static(b"other bytes"))
-            .await
-            .unwrap_err(),
-    );
+    c.put_chunk(up.id, 0, chunks[0].clone()).await.unwrap();
+    let err = failure(c.put_chunk(up.id, 0, chunks[1].clone()).await.unwrap_err());
     assert_eq!(
         (err.status, err.code.as_str()),
         (StatusCode::CONFLICT, "chunk-conflict")
     );
     // The same conflict is found even without a checksum header (after streaming the body).
     let err = failure(
-        c.put_chunk_with_sha(up.id, 0, Bytes::from_static(b"other bytes"), None)
+        c.put_chunk_with_sha(up.id, 0, chunks[1].clone(), None)
             .await
             .unwrap_err(),
     );
@@ -322,7 +322,7 @@ async fn chunks_are_checked_and_stored_once(pool: PgPool) {
     // A body that does not match its checksum is refused and not stored.
     let wrong = "0".repeat(64);
     let err = failure(
-        c.put_chunk_with_sha(up.id, 1, Bytes::from_static(b"payload"), Some(&wrong))
+        c.put_chunk_with_sha(up.id, 1, chunks[1].clone(), Some(&wrong))
             .await
             .unwrap_err(),
     );
@@ -335,12 +335,10 @@ async fn chunks_are_checked_and_stored_once(pool: PgPool) {
         view.chunks.iter().map(|ch| ch.index).collect::<Vec<_>>(),
         vec![0]
     );
-    assert_eq!(view.chunks[0].size_bytes, b"first bytes".len() as u64);
+    assert_eq!(view.chunks[0].size_bytes, chunks[0].len() as u64);
 
     // Completing with a gap is refused with the missing indices.
-    c.put_chunk(up.id, 2, Bytes::from_static(b"third"))
-        .await
-        .unwrap();
+    c.put_chunk(up.id, 2, chunks[2].clone()).await.unwrap();
     let err = failure(c.complete(up.id, Some(3)).await.unwrap_err());
     assert_eq!(
         (err.status, err.code.as_str()),
@@ -349,7 +347,7 @@ async fn chunks_are_checked_and_stored_once(pool: PgPool) {
     assert!(err.message.contains("[1]"), "{}", err.message);
 
     // CRC32C works as well as SHA-256.
-    let body = Bytes::from_static(b"crc checked");
+    let body = chunks[3].clone();
     let good = crc32c::crc32c(&body);
     let err = failure(
         c.put_chunk_crc32c(up.id, 3, body.clone(), good ^ 1)
@@ -365,7 +363,7 @@ async fn chunks_are_checked_and_stored_once(pool: PgPool) {
 
     // Limits and unknown ids.
     let err = failure(
-        c.put_chunk(up.id, 1_000_000, Bytes::from_static(b"x"))
+        c.put_chunk(up.id, 1_000_000, chunks[4].clone())
             .await
             .unwrap_err(),
     );
@@ -439,23 +437,16 @@ async fn an_aborted_upload_takes_no_chunks_and_its_objects_are_removed(pool: PgP
     let app = TestApp::spawn(pool).await;
     let c = &app.client;
     let up = c.create_upload().await.unwrap();
-    c.put_chunk(up.id, 0, Bytes::from_static(b"some bytes"))
-        .await
-        .unwrap();
-    c.put_chunk(up.id, 1, Bytes::from_static(b"more bytes"))
-        .await
-        .unwrap();
+    let chunks = ts_chunks(&media("bikes.mp4"), 2.0);
+    c.put_chunk(up.id, 0, chunks[0].clone()).await.unwrap();
+    c.put_chunk(up.id, 1, chunks[1].clone()).await.unwrap();
     let prefix = format!("uploads/{}/", up.id);
     assert_eq!(app.store.list(&prefix).await.unwrap().len(), 2);
 
     c.abort(up.id).await.unwrap();
     c.abort(up.id).await.unwrap(); // again: still fine
     assert_eq!(c.upload(up.id).await.unwrap().state, "aborted");
-    let err = failure(
-        c.put_chunk(up.id, 2, Bytes::from_static(b"late"))
-            .await
-            .unwrap_err(),
-    );
+    let err = failure(c.put_chunk(up.id, 2, chunks[2].clone()).await.unwrap_err());
     assert_eq!(
         (err.status, err.code.as_str()),
         (StatusCode::CONFLICT, "upload-not-open")
@@ -471,17 +462,12 @@ async fn an_abandoned_upload_expires_and_its_objects_are_removed(pool: PgPool) {
     let app = TestApp::spawn_with(pool, &[("VTX_UPLOAD_TTL_SECS", "1")], Default::default()).await;
     let c = &app.client;
     let up = c.create_upload().await.unwrap();
-    c.put_chunk(up.id, 0, Bytes::from_static(b"some bytes"))
-        .await
-        .unwrap();
+    let chunks = ts_chunks(&media("bikes.mp4"), 2.0);
+    c.put_chunk(up.id, 0, chunks[0].clone()).await.unwrap();
     let prefix = format!("uploads/{}/", up.id);
     wait_until_empty(&app, &prefix).await;
     assert_eq!(c.upload(up.id).await.unwrap().state, "expired");
-    let err = failure(
-        c.put_chunk(up.id, 1, Bytes::from_static(b"late"))
-            .await
-            .unwrap_err(),
-    );
+    let err = failure(c.put_chunk(up.id, 1, chunks[1].clone()).await.unwrap_err());
     assert_eq!(
         (err.status, err.code.as_str()),
         (StatusCode::GONE, "upload-expired")
@@ -498,13 +484,8 @@ async fn a_job_whose_source_vanished_fails_after_bounded_retries(pool: PgPool) {
     let app = TestApp::spawn_with(pool, &[("VTX_MAX_ATTEMPTS", "2")], services).await;
     let c = &app.client;
     let up = c.create_upload().await.unwrap();
-    c.put_chunk(
-        up.id,
-        0,
-        Bytes::from(std::fs::read(media("carphone_pristine.mp4")).unwrap()),
-    )
-    .await
-    .unwrap();
+    let chunks = ts_chunks(&media("carphone_pristine.mp4"), 2.0);
+    c.put_chunk(up.id, 0, chunks[0].clone()).await.unwrap();
     let done = c.complete(up.id, None).await.unwrap();
     // The source disappears before any scheduler looks at the job.
     app.store

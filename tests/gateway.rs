@@ -1,6 +1,5 @@
 //! The upload gateway's edges: credentials, chunk checks, tus.
 
-use bytes::Bytes;
 use reqwest::StatusCode;
 use sqlx::PgPool;
 use vtx_client::{ApiFailure, Client};
@@ -43,12 +42,7 @@ async fn calls_without_valid_credentials_get_401_with_a_clear_code(pool: PgPool)
         unauthorized("auth-missing")
     );
     assert_eq!(
-        failure(
-            anonymous
-                .grant(&GrantRequest::default())
-                .await
-                .unwrap_err()
-        ),
+        failure(anonymous.grant(&GrantRequest::default()).await.unwrap_err()),
         unauthorized("auth-missing")
     );
 
@@ -117,10 +111,8 @@ async fn an_app_uploads_with_a_grant_and_its_session_token_only(pool: PgPool) {
     // The grant opens a session and gets a token bound to it.
     let up = app_client.create_upload().await.unwrap();
     let session = Client::new(service.base()).with_token(up.upload_token.as_str());
-    let (status, _) = session
-        .put_chunk(up.id, 0, Bytes::from_static(b"some bytes"))
-        .await
-        .unwrap();
+    let chunk = vtx_tests::ts_chunks(&vtx_tests::media("bikes.mp4"), 2.0).remove(0);
+    let (status, _) = session.put_chunk(up.id, 0, chunk).await.unwrap();
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(session.upload(up.id).await.unwrap().chunks.len(), 1);
     // The grant that opened the session may use it too (tus clients send one header).

@@ -91,7 +91,7 @@ async fn two_worker_processes_share_a_five_minute_clip_and_the_swap_never_breaks
     );
     let done = app
         .client
-        .upload_file(&clip, 256 << 10, &|_, _| {})
+        .upload_file(&clip, &Default::default(), &|_, _| {})
         .await
         .unwrap();
 
@@ -167,7 +167,7 @@ async fn a_poison_job_fails_with_a_code_lands_in_the_dead_letter_queue_and_other
     let clip = looped("bikes.mp4", 2);
     let poison = app
         .client
-        .upload_file(&clip, 1 << 20, &|_, _| {})
+        .upload_file(&clip, &Default::default(), &|_, _| {})
         .await
         .unwrap();
     let until = std::time::Instant::now() + Duration::from_secs(60);
@@ -220,7 +220,11 @@ async fn a_poison_job_fails_with_a_code_lands_in_the_dead_letter_queue_and_other
     // Other jobs keep flowing.
     let good = app
         .client
-        .upload_file(&vtx_tests::media("bikes.mp4"), 1 << 20, &|_, _| {})
+        .upload_file(
+            &vtx_tests::media("bikes.mp4"),
+            &Default::default(),
+            &|_, _| {},
+        )
         .await
         .unwrap();
     let v = app
@@ -255,7 +259,7 @@ async fn sigterm_lets_a_worker_finish_the_slice_in_hand_then_exit(pool: PgPool) 
         .frames;
     let done = app
         .client
-        .upload_file(&clip, 1 << 20, &|_, _| {})
+        .upload_file(&clip, &Default::default(), &|_, _| {})
         .await
         .unwrap();
 

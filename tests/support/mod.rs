@@ -14,7 +14,17 @@ use vtx_infra::broker::BrokerClient;
 use vtx_infra::{Config, ObjectStore, outbox};
 use vtx_worker::Worker;
 
-pub use vtx_testkit::{derived, looped, media};
+pub use vtx_testkit::{derived, gop_bframes, looped, media};
+
+/// `clip` cut into GOP-aligned MPEG-TS chunks of at least `seconds`, as the client sends them.
+pub fn ts_chunks(clip: &Path, seconds: f64) -> Vec<bytes::Bytes> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    vtx_media::cut_chunks(clip, dir.path(), seconds, vtx_media::Deadline::none())
+        .expect("clip cuts into chunks")
+        .iter()
+        .map(|c| bytes::Bytes::from(std::fs::read(&c.path).expect("chunk file")))
+        .collect()
+}
 
 pub struct TestApp {
     pub client: Client,
@@ -140,8 +150,8 @@ impl TestApp {
             vtx_gateway::Gateway::build(&cfg, pool.clone(), store.clone(), broker.clone())
                 .await
                 .expect("gateway binds");
-        let client = Client::new(gateway.public_url())
-            .with_token(cfg.auth.service_tokens[0].expose());
+        let client =
+            Client::new(gateway.public_url()).with_token(cfg.auth.service_tokens[0].expose());
         let token = shutdown.clone();
         tasks.spawn(async move {
             gateway.run_until(token).await.expect("gateway runs");

@@ -396,7 +396,10 @@ impl BenchStack {
 
     /// Uploads `clip`; returns (seconds from upload complete to published, the job id).
     async fn publish_latency(&self, clip: &Path) -> anyhow::Result<(f64, vtx_domain::JobId)> {
-        let done = self.client.upload_file(clip, 4 << 20, &|_, _| {}).await?;
+        let done = self
+            .client
+            .upload_file(clip, &Default::default(), &|_, _| {})
+            .await?;
         let t0 = Instant::now();
         let until = t0 + std::time::Duration::from_secs(1800);
         loop {

@@ -39,13 +39,22 @@ enum Command {
     Worker,
     /// Run every service in one process (local use).
     Up,
-    /// Upload a video file; prints the video id.
+    /// Upload a video file as GOP-aligned chunks (resumable); prints the video id.
     Upload {
         file: PathBuf,
-        /// Chunk size in bytes.
-        #[arg(long, default_value_t = 4 << 20)]
-        chunk_size: u64,
-        /// Wait until the video is ready (or failed) and print its status.
+        /// Shortest chunk in seconds of video (chunks end at a keyframe).
+        #[arg(long, default_value_t = 2.0)]
+        chunk_seconds: f64,
+        /// Chunks in flight at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Send chunks at the video's real-time rate, as a phone still recording would.
+        #[arg(long)]
+        live: bool,
+        /// Keep no resume state (by default a killed upload resumes when run again).
+        #[arg(long)]
+        no_resume: bool,
+        /// Wait until the video is ready (or failed), print its status and the publish latency.
         #[arg(long)]
         wait: bool,
         #[arg(long, env = "VTX_URL", default_value = "http://127.0.0.1:8080")]
@@ -110,10 +119,25 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Upload {
             file,
-            chunk_size,
+            chunk_seconds,
+            concurrency,
+            live,
+            no_resume,
             wait,
             url,
-        } => upload(file, chunk_size, wait, url).await,
+        } => {
+            let opts = vtx_client::UploadOptions {
+                chunk_seconds,
+                concurrency,
+                live,
+                state_dir: if no_resume {
+                    None
+                } else {
+                    vtx_client::UploadOptions::default_state_dir()
+                },
+            };
+            upload(file, opts, wait, url).await
+        }
         Command::Status { id, wait, url } => status(id, wait, url).await,
         Command::Bench(Bench::Pipeline) => bench::pipeline().await,
         Command::Bench(Bench::Media { input, jobs }) => {
@@ -312,21 +336,45 @@ fn service_client(url: String) -> anyhow::Result<vtx_client::Client> {
     Ok(vtx_client::Client::new(url).with_token(token.expose()))
 }
 
-async fn upload(file: PathBuf, chunk_size: u64, wait: bool, url: String) -> anyhow::Result<()> {
+async fn upload(
+    file: PathBuf,
+    opts: vtx_client::UploadOptions,
+    wait: bool,
+    url: String,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
     let client = service_client(url)?;
-    let progress = |sent: u64, total: u64| {
-        eprint!(
-            "\ruploading {:>5.1}% ({sent}/{total} bytes)",
-            sent as f64 * 100.0 / total as f64
-        );
+    let tty = std::io::stderr().is_terminal();
+    let progress = move |sent: u64, total: u64| {
+        if tty {
+            let pct = sent as f64 * 100.0 / total.max(1) as f64;
+            let bar = "#".repeat((pct / 2.5) as usize);
+            eprint!("\r[{bar:<40}] {pct:>5.1}% {sent}/{total} bytes");
+        }
     };
-    let done = client.upload_file(&file, chunk_size, &progress).await?;
-    eprintln!();
-    println!("{}", done.video_id);
+    let report = client.upload_video(&file, &opts, &progress).await?;
+    if tty {
+        eprintln!();
+    }
+    eprintln!(
+        "{} chunks, {} bytes{}",
+        report.chunks,
+        report.bytes,
+        if report.resumed_chunks > 0 {
+            format!(" ({} already stored: resumed)", report.resumed_chunks)
+        } else {
+            String::new()
+        }
+    );
+    println!("{}", report.completed.video_id);
     if wait {
         let v = client
-            .wait_for_video(done.video_id, Duration::from_secs(600))
+            .wait_for_video(report.completed.video_id, Duration::from_secs(3600))
             .await?;
+        eprintln!(
+            "published {:.2} s after the last chunk was stored",
+            report.last_chunk_stored.elapsed().as_secs_f64()
+        );
         eprintln!("{}", serde_json::to_string_pretty(&v)?);
     }
     Ok(())

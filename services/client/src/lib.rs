@@ -8,7 +8,6 @@ use bytes::Bytes;
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
 use vtx_domain::api::{
     ChunkView, CompleteRequest, ErrorBody, GrantIssued, GrantRequest, JobView, UploadCompleted,
     UploadCreated, UploadView, VideoView,
@@ -31,6 +30,10 @@ pub struct Client {
     /// Bearer token sent with every API call: a service, grant or upload token.
     token: Option<std::sync::Arc<str>>,
 }
+
+mod upload;
+
+pub use upload::{UploadOptions, UploadReport};
 
 /// Progress callback: (bytes sent, total bytes).
 pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
@@ -219,61 +222,39 @@ impl Client {
         .await
     }
 
-    /// Uploads a file in chunks of `chunk_bytes`, retrying each chunk on transient failures,
-    /// then completes the upload.
+    /// Uploads a video file the way a phone does: cut into GOP-aligned MPEG-TS chunks by
+    /// remuxing (no re-encode), several chunks in flight, each retried with backoff, resumable
+    /// through a state file; then completes the upload. See [`upload`].
     pub async fn upload_file(
         &self,
         path: &Path,
-        chunk_bytes: u64,
+        opts: &UploadOptions,
         progress: Progress<'_>,
     ) -> anyhow::Result<UploadCompleted> {
-        anyhow::ensure!(chunk_bytes > 0, "chunk size must be positive");
-        let total = tokio::fs::metadata(path).await?.len();
-        anyhow::ensure!(total > 0, "{} is empty", path.display());
-        let session = self.create_upload().await?;
-        // From here on, act with the session's own token, as an app does.
-        let this = self.with_token(session.upload_token.as_str());
-        let chunk_bytes = chunk_bytes.min(session.max_chunk_bytes);
-        let mut file = tokio::fs::File::open(path).await?;
-        let (mut index, mut sent) = (0u32, 0u64);
-        while sent < total {
-            let n = chunk_bytes.min(total - sent) as usize;
-            let mut buf = vec![0u8; n];
-            file.read_exact(&mut buf).await?;
-            let data = Bytes::from(buf);
-            this.put_chunk_retrying(session.id, index, data).await?;
-            sent += n as u64;
-            index += 1;
-            progress(sent, total);
-        }
-        this.complete(session.id, Some(index)).await
+        Ok(upload::run(self, path, opts, progress).await?.completed)
     }
 
-    async fn put_chunk_retrying(
+    /// As [`Client::upload_file`], with timings.
+    pub async fn upload_video(
+        &self,
+        path: &Path,
+        opts: &UploadOptions,
+        progress: Progress<'_>,
+    ) -> anyhow::Result<UploadReport> {
+        upload::run(self, path, opts, progress).await
+    }
+
+    pub(crate) async fn put_chunk_retrying(
         &self,
         id: UploadId,
         index: u32,
         data: Bytes,
     ) -> anyhow::Result<()> {
-        let mut delay = Duration::from_millis(250);
-        for attempt in 1.. {
-            match self.put_chunk(id, index, data.clone()).await {
-                Ok(_) => return Ok(()),
-                Err(e) => {
-                    let transient = match e.downcast_ref::<ApiFailure>() {
-                        Some(f) => f.status.is_server_error(),
-                        None => true, // connection-level failure
-                    };
-                    if !transient || attempt >= 5 {
-                        return Err(e.context(format!("chunk {index}")));
-                    }
-                    tracing::warn!(index, attempt, error = %e, "chunk upload failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-            }
-        }
-        unreachable!("the loop returns")
+        upload::retry(&format!("chunk {index}"), || {
+            self.put_chunk(id, index, data.clone())
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Polls a video until it is published or failed, or `timeout` passes.

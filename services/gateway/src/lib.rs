@@ -33,6 +33,8 @@ pub struct AppState {
     pub broker: BrokerClient,
     pub limits: Arc<UploadLimits>,
     pub auth: Auth,
+    /// Limits a chunk's media is checked against.
+    pub chunk_limits: Arc<vtx_media::Limits>,
     /// Default lifetime of a grant token.
     pub grant_ttl: std::time::Duration,
     /// Base of playback URLs, without a trailing slash.
@@ -79,6 +81,11 @@ impl Gateway {
             broker,
             limits: Arc::new(cfg.uploads.clone()),
             auth,
+            chunk_limits: Arc::new(vtx_media::Limits {
+                max_duration: std::time::Duration::from_secs(cfg.worker.max_source_seconds),
+                max_file_bytes: cfg.uploads.max_chunk_bytes,
+                ..vtx_media::Limits::default()
+            }),
             grant_ttl: cfg.auth.grant_ttl,
             public_url: public_url.as_str().into(),
         };

@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use vtx_domain::api::{
     ChunkView, CompleteRequest, GrantIssued, GrantRequest, UploadCompleted, UploadCreated,
@@ -272,7 +273,13 @@ pub async fn put_chunk(
     };
 
     let key = chunk_key(id, index, uuid::Uuid::new_v4());
-    let (sha, crc) = stream_to_store(&state, &key, len, body).await?;
+    let copy = tempfile::Builder::new()
+        .prefix("vtx-chunk-")
+        .suffix(".ts")
+        .tempfile()
+        .map_err(ApiError::internal)?
+        .into_temp_path();
+    let (sha, crc) = stream_to_store(&state, &key, len, body, &copy).await?;
     if claimed_sha.as_ref().is_some_and(|c| c != &sha) || claimed_crc.is_some_and(|c| c != crc) {
         discard(&state, &key).await;
         return Err(ApiError::bad_request(
@@ -280,7 +287,47 @@ pub async fn put_chunk(
             "the chunk's checksum does not match the header; nothing was stored",
         ));
     }
-    match db::insert_chunk(&state.pool, id, index.get(), len, &sha, &key).await {
+    // Same bytes as a stored chunk: no need to check them again.
+    if let Some(existing) = db::get_chunk(&state.pool, id, index.get()).await? {
+        discard(&state, &key).await;
+        return if existing.sha256 == sha {
+            Ok((StatusCode::OK, Json(chunk_view(index, len, sha))))
+        } else {
+            Err(chunk_conflict(index))
+        };
+    }
+    let info = match check_chunk(&state, copy).await {
+        Ok(info) => info,
+        Err(e) => {
+            discard(&state, &key).await;
+            return Err(e);
+        }
+    };
+    let stored_seconds = db::upload_seconds(&state.pool, id).await?;
+    let limit = state.chunk_limits.max_duration.as_secs_f64();
+    if stored_seconds + (info.end_seconds - info.start_seconds) > limit {
+        discard(&state, &key).await;
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too-long",
+            format!("an upload may last at most {limit} s"),
+        ));
+    }
+    match db::insert_chunk(
+        &state.pool,
+        id,
+        index.get(),
+        len,
+        &sha,
+        &key,
+        Some(&db::ChunkMedia {
+            start_seconds: info.start_seconds,
+            end_seconds: info.end_seconds,
+            frames: info.frames as i32,
+        }),
+    )
+    .await
+    {
         Ok(Some(ChunkInsert::Stored)) => {
             tracing::info!(upload_id = %id, index = index.get(), bytes = len, "chunk stored");
             Ok((StatusCode::CREATED, Json(chunk_view(index, len, sha))))
@@ -307,6 +354,38 @@ pub async fn put_chunk(
     }
 }
 
+/// Checks a chunk's bytes off the async runtime, under the media limits and a time limit:
+/// 422 `chunk-not-media` or `chunk-not-gop-aligned` (or the media error's own code).
+async fn check_chunk(
+    state: &AppState,
+    copy: tempfile::TempPath,
+) -> ApiResult<vtx_media::ChunkInfo> {
+    let limits = state.chunk_limits.clone();
+    let deadline = vtx_media::Deadline::after(CHUNK_CHECK_TIMEOUT);
+    let checked = tokio::task::spawn_blocking(move || {
+        let r = vtx_media::inspect_chunk(&copy, &limits, deadline);
+        drop(copy);
+        r
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let unprocessable =
+        |code, message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message);
+    checked.map_err(|e| match e {
+        vtx_media::ChunkError::NotGopAligned => {
+            unprocessable("chunk-not-gop-aligned", e.to_string())
+        }
+        vtx_media::ChunkError::NotMedia(_) => unprocessable("chunk-not-media", e.to_string()),
+        vtx_media::ChunkError::Media(m) => match m.code() {
+            vtx_domain::ErrorCode::Internal => ApiError::internal(m),
+            code => unprocessable(code.as_str(), m.to_string()),
+        },
+    })
+}
+
+/// How long checking one chunk may take.
+const CHUNK_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn chunk_view(index: ChunkIndex, size: u64, sha256: String) -> ChunkView {
     ChunkView {
         index: index.get(),
@@ -328,15 +407,23 @@ async fn discard(state: &AppState, key: &str) {
     }
 }
 
-/// Streams the request body into the store while hashing it; returns the hex SHA-256 and the
-/// CRC32C. Memory stays bounded: the channel holds a few body frames at most.
+/// Streams the request body into the store and into `copy` (a local file the chunk is checked
+/// from) while hashing it; returns the hex SHA-256 and the CRC32C. Memory stays bounded: the
+/// channel holds a few body frames at most.
 async fn stream_to_store(
     state: &AppState,
     key: &str,
     len: u64,
     body: Body,
+    copy: &std::path::Path,
 ) -> ApiResult<(String, u32)> {
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
+    let mut file = tokio::io::BufWriter::with_capacity(
+        256 << 10,
+        tokio::fs::File::create(copy)
+            .await
+            .map_err(ApiError::internal)?,
+    );
     let pump = async move {
         let mut hasher = Sha256::new();
         let mut crc = 0u32;
@@ -367,6 +454,7 @@ async fn stream_to_store(
             }
             hasher.update(&bytes);
             crc = crc32c::crc32c_append(crc, &bytes);
+            file.write_all(&bytes).await.map_err(ApiError::internal)?;
             if tx.send(Ok(bytes)).await.is_err() {
                 break; // the store gave up; its error is reported below
             }
@@ -382,6 +470,7 @@ async fn stream_to_store(
                 "the body is shorter than Content-Length",
             ));
         }
+        file.flush().await.map_err(ApiError::internal)?;
         Ok((hex::encode(hasher.finalize()), crc))
     };
     let put = state

@@ -4,6 +4,7 @@
 //! dedicated thread, and pass a [`Deadline`] so that untrusted input cannot hold a thread forever.
 
 mod audio;
+mod chunk;
 mod cover;
 mod encoder;
 mod error;
@@ -19,6 +20,7 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 pub use audio::encode_audio;
+pub use chunk::{ChunkError, ChunkInfo, CutChunk, cut_chunks, inspect_chunk};
 pub use cover::write_cover;
 pub use encoder::{Tier, VideoCodec, codec_string, tier_codecs};
 pub use error::MediaError;

@@ -2,42 +2,14 @@
 //! command line: B-frames and many GOPs, variable frame rate, rotation, odd sizes, HEVC, no
 //! audio, truncation.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use vtx_domain::ErrorCode;
 use vtx_media::{
     Deadline, Limits, Manifest, PipelineRequest, Tier, VideoCodec, probe, run_pipeline,
 };
-use vtx_testkit::{derived, media};
-
-/// 10.6 s, 640x360, keyframe every second, 3 B-frames, AAC audio.
-fn gop_bframes() -> PathBuf {
-    let src = media("bigbuckbunny.mp4");
-    derived(
-        "gop-bframes.mp4",
-        &[
-            "-stream_loop",
-            "1",
-            "-i",
-            src.to_str().unwrap(),
-            "-vf",
-            "scale=640:360",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-g",
-            "25",
-            "-bf",
-            "3",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "96k",
-        ],
-    )
-}
+use vtx_testkit::{derived, gop_bframes, media};
 
 fn run(
     input: &Path,

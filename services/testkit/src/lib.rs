@@ -33,7 +33,10 @@ pub fn derived(name: &str, args: &[&str]) -> PathBuf {
     if out.exists() {
         return out;
     }
-    let tmp = dir.join(format!("{}.{}.part.mp4", name, std::process::id()));
+    // Unique per process and thread: tests in one binary run on parallel threads.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("{}.{}-{n}.part.mp4", name, std::process::id()));
     let st = Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-y"])
         .args(args)
@@ -57,6 +60,34 @@ pub fn looped(clip: &str, times: u32) -> PathBuf {
             src.to_str().expect("utf-8 path"),
             "-c",
             "copy",
+        ],
+    )
+}
+
+/// 10.6 s, 640x360, keyframe every second, 3 B-frames, AAC audio.
+pub fn gop_bframes() -> PathBuf {
+    let src = media("bigbuckbunny.mp4");
+    derived(
+        "gop-bframes.mp4",
+        &[
+            "-stream_loop",
+            "1",
+            "-i",
+            src.to_str().unwrap(),
+            "-vf",
+            "scale=640:360",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-g",
+            "25",
+            "-bf",
+            "3",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "96k",
         ],
     )
 }

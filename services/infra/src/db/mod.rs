@@ -120,6 +120,25 @@ pub async fn upload_bytes(pool: &PgPool, id: UploadId) -> sqlx::Result<i64> {
     .await
 }
 
+/// Seconds of video stored so far for an upload (from the checked chunks).
+pub async fn upload_seconds(pool: &PgPool, id: UploadId) -> sqlx::Result<f64> {
+    sqlx::query_scalar(
+        "SELECT COALESCE(SUM(end_seconds - start_seconds), 0)::float8 FROM upload_chunks
+         WHERE upload_id = $1",
+    )
+    .bind(id.as_uuid())
+    .fetch_one(pool)
+    .await
+}
+
+/// What a chunk's media holds, as checked on arrival.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChunkMedia {
+    pub start_seconds: f64,
+    pub end_seconds: f64,
+    pub frames: i32,
+}
+
 pub enum ChunkInsert {
     Stored,
     /// The index was already stored; here is what it holds.
@@ -135,6 +154,7 @@ pub async fn insert_chunk(
     size_bytes: u64,
     sha256: &str,
     object_key: &str,
+    media: Option<&ChunkMedia>,
 ) -> sqlx::Result<Option<ChunkInsert>> {
     let mut tx = pool.begin().await?;
     let open: Option<(String,)> =
@@ -146,14 +166,18 @@ pub async fn insert_chunk(
         return Ok(None);
     }
     let inserted = sqlx::query(
-        "INSERT INTO upload_chunks (upload_id, idx, size_bytes, sha256, object_key)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (upload_id, idx) DO NOTHING",
+        "INSERT INTO upload_chunks
+             (upload_id, idx, size_bytes, sha256, object_key, start_seconds, end_seconds, frames)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (upload_id, idx) DO NOTHING",
     )
     .bind(id.as_uuid())
     .bind(idx as i32)
     .bind(size_bytes as i64)
     .bind(sha256)
     .bind(object_key)
+    .bind(media.map(|m| m.start_seconds))
+    .bind(media.map(|m| m.end_seconds))
+    .bind(media.map(|m| m.frames))
     .execute(&mut *tx)
     .await?
     .rows_affected();

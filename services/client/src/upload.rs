@@ -1,0 +1,260 @@
+//! `vtx upload`: a file sent as a phone sends it. The file is cut into GOP-aligned MPEG-TS
+//! chunks by remuxing (no re-encode), chunks go up several at once, each retried with backoff,
+//! and a state file lets a killed upload resume where it stopped. `live` paces the chunks at
+//! the video's own rate, as a phone that is still recording would send them.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use vtx_domain::UploadId;
+use vtx_domain::api::UploadCompleted;
+
+use crate::{ApiFailure, Client, Progress};
+
+#[derive(Clone, Debug)]
+pub struct UploadOptions {
+    /// Shortest chunk, in seconds of video; chunks end at the first keyframe after it.
+    pub chunk_seconds: f64,
+    /// Chunks in flight at once.
+    pub concurrency: usize,
+    /// Send each chunk only once the video has "recorded" up to its end (real-time pace).
+    pub live: bool,
+    /// Where the resume state lives; `None` keeps none.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for UploadOptions {
+    fn default() -> Self {
+        Self {
+            chunk_seconds: 2.0,
+            concurrency: 4,
+            live: false,
+            state_dir: None,
+        }
+    }
+}
+
+impl UploadOptions {
+    /// The default state directory: `VTX_STATE_DIR`, else `~/.local/state/vtx`.
+    pub fn default_state_dir() -> Option<PathBuf> {
+        std::env::var_os("VTX_STATE_DIR")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/vtx/uploads"))
+            })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct UploadReport {
+    pub completed: UploadCompleted,
+    pub upload_id: UploadId,
+    pub chunks: u32,
+    pub bytes: u64,
+    /// Chunks the gateway already held (a resumed upload).
+    pub resumed_chunks: u32,
+    /// When the gateway acknowledged the last chunk, and when the upload was completed.
+    pub last_chunk_stored: Instant,
+    pub completed_at: Instant,
+}
+
+/// What survives a killed upload.
+#[derive(Serialize, Deserialize)]
+struct ResumeState {
+    upload_id: UploadId,
+    upload_token: String,
+}
+
+pub(crate) async fn run(
+    client: &Client,
+    path: &Path,
+    opts: &UploadOptions,
+    progress: Progress<'_>,
+) -> anyhow::Result<UploadReport> {
+    let dir = tempfile::tempdir()?;
+    let chunks = {
+        let (input, out, secs) = (
+            path.to_path_buf(),
+            dir.path().to_path_buf(),
+            opts.chunk_seconds,
+        );
+        tokio::task::spawn_blocking(move || {
+            vtx_media::cut_chunks(
+                &input,
+                &out,
+                secs,
+                vtx_media::Deadline::after(Duration::from_secs(600)),
+            )
+        })
+        .await?
+        .with_context(|| format!("cutting {} into GOP-aligned chunks", path.display()))?
+    };
+    let total: u64 = chunks.iter().map(|c| c.bytes).sum();
+    let state_file = match &opts.state_dir {
+        Some(d) => Some(d.join(format!("{}.json", state_key(path, opts).await?))),
+        None => None,
+    };
+
+    // Resume the session a killed run left, if it is still open.
+    let mut stored: Vec<(u32, String)> = Vec::new();
+    let mut state = None;
+    if let Some(f) = &state_file
+        && let Ok(text) = tokio::fs::read_to_string(f).await
+        && let Ok(s) = serde_json::from_str::<ResumeState>(&text)
+    {
+        match client
+            .with_token(s.upload_token.as_str())
+            .upload(s.upload_id)
+            .await
+        {
+            Ok(view) if view.state == "open" || view.state == "completed" => {
+                tracing::info!(upload_id = %s.upload_id, chunks = view.chunks.len(), "resuming");
+                stored = view
+                    .chunks
+                    .into_iter()
+                    .map(|c| (c.index, c.sha256))
+                    .collect();
+                state = Some(s);
+            }
+            Ok(view) => tracing::info!(state = view.state, "previous session ended; starting anew"),
+            Err(e) => tracing::info!(error = %e, "previous session unusable; starting anew"),
+        }
+    }
+    let state = match state {
+        Some(s) => s,
+        None => {
+            let created = client.create_upload().await?;
+            if let Some(c) = chunks.iter().find(|c| c.bytes > created.max_chunk_bytes) {
+                anyhow::bail!(
+                    "chunk {} holds {} bytes (one GOP or more), over the gateway's limit of {}",
+                    c.index,
+                    c.bytes,
+                    created.max_chunk_bytes
+                );
+            }
+            let s = ResumeState {
+                upload_id: created.id,
+                upload_token: created.upload_token,
+            };
+            if let Some(f) = &state_file {
+                if let Some(d) = f.parent() {
+                    tokio::fs::create_dir_all(d).await?;
+                }
+                tokio::fs::write(f, serde_json::to_vec(&s)?).await?;
+            }
+            s
+        }
+    };
+    let id = state.upload_id;
+    // Act with the session's own token from here on, as an app does.
+    let this = client.with_token(state.upload_token.as_str());
+
+    let sent = AtomicU64::new(0);
+    let started = Instant::now();
+    let first = chunks[0].start_seconds;
+    let mut resumed = 0u32;
+    let mut to_send = Vec::new();
+    for c in &chunks {
+        let data = Bytes::from(tokio::fs::read(&c.path).await?);
+        let sha = hex::encode(Sha256::digest(&data));
+        match stored.iter().find(|(i, _)| *i == c.index) {
+            Some((_, s)) if *s == sha => {
+                resumed += 1;
+                sent.fetch_add(c.bytes, Ordering::Relaxed);
+            }
+            // A different chunk at this index: the gateway will say 409; let it.
+            _ => to_send.push((c, data)),
+        }
+    }
+    progress(sent.load(Ordering::Relaxed), total);
+    let results: Vec<anyhow::Result<Instant>> = futures_util::stream::iter(to_send)
+        .map(|(c, data)| {
+            let (this, sent) = (&this, &sent);
+            async move {
+                if opts.live {
+                    let due = Duration::from_secs_f64((c.end_seconds - first).max(0.0));
+                    tokio::time::sleep_until((started + due).into()).await;
+                }
+                this.put_chunk_retrying(id, c.index, data).await?;
+                let done = sent.fetch_add(c.bytes, Ordering::Relaxed) + c.bytes;
+                progress(done, total);
+                Ok(Instant::now())
+            }
+        })
+        .buffer_unordered(opts.concurrency.max(1))
+        .collect()
+        .await;
+    let mut last_chunk_stored = started;
+    for r in results {
+        last_chunk_stored = last_chunk_stored.max(r?);
+    }
+
+    let n = chunks.len() as u32;
+    let completed = retry("completing the upload", || this.complete(id, Some(n))).await?;
+    let completed_at = Instant::now();
+    if let Some(f) = &state_file {
+        let _ = tokio::fs::remove_file(f).await;
+    }
+    Ok(UploadReport {
+        completed,
+        upload_id: id,
+        chunks: n,
+        bytes: total,
+        resumed_chunks: resumed,
+        last_chunk_stored,
+        completed_at,
+    })
+}
+
+/// Names the state file after the file (path, size, modification time) and the chunking, so
+/// a changed file never resumes an old session.
+async fn state_key(path: &Path, opts: &UploadOptions) -> anyhow::Result<String> {
+    let canonical = tokio::fs::canonicalize(path).await?;
+    let meta = tokio::fs::metadata(path).await?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let mut h = Sha256::new();
+    h.update(canonical.to_string_lossy().as_bytes());
+    h.update(meta.len().to_le_bytes());
+    h.update(mtime.to_le_bytes());
+    h.update(opts.chunk_seconds.to_le_bytes());
+    Ok(hex::encode(&h.finalize()[..12]))
+}
+
+/// Runs `f` until it succeeds, a permanent (4xx) error comes back, or five attempts fail;
+/// waits 250 ms, 500 ms, 1 s, ... between attempts.
+pub(crate) async fn retry<T, F, Fut>(what: &str, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut delay = Duration::from_millis(250);
+    let mut attempt = 1;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let transient = match e.downcast_ref::<ApiFailure>() {
+                    Some(f) => f.status.is_server_error(),
+                    None => true, // connection-level failure
+                };
+                if !transient || attempt >= 5 {
+                    return Err(e.context(what.to_string()));
+                }
+                tracing::warn!(what, attempt, error = %e, "failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+        }
+    }
+}
