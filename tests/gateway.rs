@@ -171,3 +171,310 @@ async fn an_app_uploads_with_a_grant_and_its_session_token_only(pool: PgPool) {
     assert!(grants[0].is_some() && grants[1].is_none(), "{grants:?}");
     app.stop().await;
 }
+
+/// tuspy, from the virtualenv deploy/local/setup.sh makes (off the test's runtime, which also
+/// serves the gateway).
+async fn tuspy(args: &[&str]) -> (String, u64) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || tuspy_blocking(&args))
+        .await
+        .unwrap()
+}
+
+fn tuspy_blocking(args: &[String]) -> (String, u64) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join(".vtx/py/bin/python");
+    assert!(
+        python.exists(),
+        "tuspy missing: run deploy/local/setup.sh (it installs tuspy into .vtx/py)"
+    );
+    let out = std::process::Command::new(python)
+        .arg(root.join("tests/tus/upload.py"))
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "tuspy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let url = lines.next().expect("upload URL").to_string();
+    let offset = lines
+        .next()
+        .expect("offset")
+        .parse()
+        .expect("offset number");
+    (url, offset)
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_tus_upload_from_a_real_tus_client_resumes_and_becomes_a_playable_video(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let clip = vtx_tests::media("bikes.mp4");
+    let size = std::fs::metadata(&clip).unwrap().len();
+    let source = vtx_media::probe(
+        &clip,
+        &vtx_media::Limits::default(),
+        vtx_media::Deadline::none(),
+    )
+    .unwrap();
+    // An app's credentials: a grant from an internal service.
+    let grant = app
+        .client
+        .grant(&GrantRequest::default())
+        .await
+        .unwrap()
+        .token;
+    let endpoint = format!("{}/v1/tus/", app.client.base());
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("tus-urls.json");
+    let (clip_s, store_s) = (clip.to_str().unwrap(), store.to_str().unwrap());
+
+    // The client stops half-way (killed), then a second run resumes from the server's offset.
+    let half = (size / 2).to_string();
+    let (url, offset) = tuspy(&[&endpoint, &grant, clip_s, store_s, &half]).await;
+    assert!(offset >= size / 2 && offset < size, "{offset} of {size}");
+    let (url_again, offset) = tuspy(&[&endpoint, &grant, clip_s, store_s]).await;
+    assert_eq!(url_again, url, "the second run resumed the same upload");
+    assert_eq!(offset, size);
+
+    let id: vtx_domain::UploadId = url.rsplit('/').next().unwrap().parse().unwrap();
+    let view = Client::new(app.client.base())
+        .with_token(grant.as_str())
+        .upload(id)
+        .await
+        .unwrap();
+    assert_eq!((view.state.as_str(), view.bytes), ("completed", size));
+    let video = app
+        .client
+        .wait_for_video(view.video_id.unwrap(), std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(video.state, "published", "{video:?}");
+    assert_eq!(video.frames, Some(source.video.frames));
+    app.stop().await;
+}
+
+/// A raw tus request with the app's grant.
+fn tus(
+    c: &Client,
+    method: reqwest::Method,
+    url: &str,
+    token: &str,
+    headers: &[(&str, String)],
+) -> reqwest::RequestBuilder {
+    let mut req = c.http().request(method, url).bearer_auth(token);
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    req
+}
+
+fn header(resp: &reqwest::Response, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn tus_follows_the_protocol_at_its_edges(pool: PgPool) {
+    use reqwest::Method;
+    let app = TestApp::spawn(pool).await;
+    let c = &app.client;
+    let token = c.grant(&GrantRequest::default()).await.unwrap().token;
+    let endpoint = format!("{}/v1/tus/", c.base());
+    let v = ("Tus-Resumable", "1.0.0".to_string());
+
+    // Discovery needs neither credentials nor the version header.
+    let resp = c
+        .http()
+        .request(Method::OPTIONS, &endpoint)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&resp, "tus-version"), "1.0.0");
+    for ext in ["creation", "checksum", "termination", "expiration"] {
+        assert!(header(&resp, "tus-extension").contains(ext));
+    }
+    assert!(header(&resp, "tus-checksum-algorithm").contains("sha1"));
+    assert_eq!(
+        header(&resp, "tus-max-size"),
+        app.cfg.uploads.max_upload_bytes.to_string()
+    );
+
+    // Creation: version, credentials and size are checked.
+    let len = ("Upload-Length", "1000".to_string());
+    let resp = tus(
+        c,
+        Method::POST,
+        &endpoint,
+        &token,
+        std::slice::from_ref(&len),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::PRECONDITION_FAILED);
+    let resp = c
+        .http()
+        .post(&endpoint)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", "1000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let too_big = (
+        "Upload-Length",
+        (app.cfg.uploads.max_upload_bytes + 1).to_string(),
+    );
+    let resp = tus(c, Method::POST, &endpoint, &token, &[v.clone(), too_big])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    let junk: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let resp = tus(
+        c,
+        Method::POST,
+        &endpoint,
+        &token,
+        &[v.clone(), len.clone()],
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(header(&resp, "tus-resumable"), "1.0.0");
+    assert!(header(&resp, "upload-expires").ends_with("GMT"));
+    let url = header(&resp, "location");
+    let octets = (
+        "Content-Type",
+        "application/offset+octet-stream".to_string(),
+    );
+    let at = |n: usize| ("Upload-Offset", n.to_string());
+
+    // A wrong offset is a conflict; a wrong checksum is 460 and stores nothing; a wrong
+    // content type is 415.
+    let resp = tus(
+        c,
+        Method::PATCH,
+        &url,
+        &token,
+        &[v.clone(), octets.clone(), at(10)],
+    )
+    .body(junk[..100].to_vec())
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    let bad_sum = (
+        "Upload-Checksum",
+        "sha1 AAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string(),
+    );
+    let resp = tus(
+        c,
+        Method::PATCH,
+        &url,
+        &token,
+        &[v.clone(), octets.clone(), at(0), bad_sum],
+    )
+    .body(junk[..100].to_vec())
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status().as_u16(), 460);
+    let resp = tus(c, Method::PATCH, &url, &token, &[v.clone(), at(0)])
+        .body(junk[..100].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let resp = tus(c, Method::HEAD, &url, &token, std::slice::from_ref(&v))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, "upload-offset"), "0");
+    assert_eq!(header(&resp, "upload-length"), "1000");
+    assert_eq!(header(&resp, "cache-control"), "no-store");
+
+    // Parts with a good checksum move the offset; past the length is refused.
+    use base64::Engine;
+    use sha1::Digest;
+    let sum = base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(&junk[..600]));
+    let resp = tus(
+        c,
+        Method::PATCH,
+        &url,
+        &token,
+        &[
+            v.clone(),
+            octets.clone(),
+            at(0),
+            ("Upload-Checksum", format!("sha1 {sum}")),
+        ],
+    )
+    .body(junk[..600].to_vec())
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&resp, "upload-offset"), "600");
+    let resp = tus(
+        c,
+        Method::PATCH,
+        &url,
+        &token,
+        &[v.clone(), octets.clone(), at(600)],
+    )
+    .body(vec![0u8; 500])
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // The last part finishes the upload: the bytes are not a video, so its job fails with a
+    // clear code.
+    let resp = tus(
+        c,
+        Method::PATCH,
+        &url,
+        &token,
+        &[v.clone(), octets.clone(), at(600)],
+    )
+    .body(junk[600..].to_vec())
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let video: vtx_domain::VideoId = header(&resp, "vtx-video-id").parse().unwrap();
+    let done = c
+        .wait_for_video(video, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(done.state, "failed");
+    assert_eq!(done.error.unwrap().code, "not-a-video");
+
+    // Termination: a second upload is deleted, and then gone.
+    let resp = tus(c, Method::POST, &endpoint, &token, &[v.clone(), len])
+        .send()
+        .await
+        .unwrap();
+    let url = header(&resp, "location");
+    let resp = tus(c, Method::DELETE, &url, &token, std::slice::from_ref(&v))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let resp = tus(c, Method::HEAD, &url, &token, &[v])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::GONE);
+    app.stop().await;
+}

@@ -9,6 +9,7 @@
 #     its data under .vtx/s3 in this checkout (ignored by git)
 #   - migrations applied and the bucket created (`vtx migrate`)
 #   - a random local service token in .vtx/service-token
+#   - tuspy (a tus client, for the tests) in a virtualenv under .vtx/py
 #
 # Works as root or through sudo. No systemd needed.
 set -euo pipefail
@@ -104,6 +105,19 @@ if ! port_open "$S3_PORT"; then
     >"$STATE/s3s-fs.log" 2>&1 < /dev/null &
   echo $! > "$PIDFILE"
   wait_port "$S3_PORT" 30 s3s-fs
+fi
+
+# --- An off-the-shelf tus client, for the tests ---------------------------------------------------
+# tuspy (the tus project's Python client) in a virtualenv of this checkout: the tus tests upload
+# through it rather than through a client of our own.
+TUSPY_VERSION="1.1.0"
+if ! "$STATE/py/bin/python" -c "import tusclient" 2>/dev/null; then
+  log "installing tuspy $TUSPY_VERSION into $STATE/py"
+  if ! python3 -m venv "$STATE/py" 2>/dev/null; then
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >/dev/null
+    python3 -m venv "$STATE/py"
+  fi
+  "$STATE/py/bin/pip" install --quiet --disable-pip-version-check "tuspy==$TUSPY_VERSION"
 fi
 
 # --- Schema and bucket ------------------------------------------------------------------------

@@ -8,13 +8,14 @@ mod error;
 mod health;
 mod media;
 mod status;
+mod tus;
 mod uploads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post, put};
+use axum::routing::{get, head, post, put};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -130,8 +131,20 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(status::job))
         .route("/v1/videos/{id}", get(status::video))
         .route("/v1/media/{*key}", get(media::serve))
+        .merge(tus_routes())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+fn tus_routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/tus", post(tus::create).options(tus::options))
+        .route("/v1/tus/", post(tus::create).options(tus::options))
+        .route(
+            "/v1/tus/{id}",
+            head(tus::head).patch(tus::patch).delete(tus::terminate),
+        )
+        .layer(axum::middleware::from_fn(tus::resumable_header))
 }
 
 /// Parses a path id, answering 404 with `code` for anything that is not one.

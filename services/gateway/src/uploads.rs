@@ -100,7 +100,11 @@ pub async fn create(
 }
 
 /// The upload, if it exists and `caller` may use it.
-async fn load_upload(state: &AppState, caller: &Caller, id: UploadId) -> ApiResult<UploadRow> {
+pub(crate) async fn load_upload(
+    state: &AppState,
+    caller: &Caller,
+    id: UploadId,
+) -> ApiResult<UploadRow> {
     let row = db::get_upload(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::not_found("upload-not-found", "upload"))?;
@@ -181,7 +185,13 @@ pub async fn put_chunk(
                 ),
             )
         })?;
-    load_open_upload(&state, &caller, id).await?;
+    let row = load_open_upload(&state, &caller, id).await?;
+    if row.protocol != "chunks" {
+        return Err(ApiError::conflict(
+            "wrong-protocol",
+            "this is a tus upload; continue it at /v1/tus/{id}",
+        ));
+    }
 
     let len: u64 = headers
         .get(header::CONTENT_LENGTH)
@@ -279,7 +289,11 @@ pub async fn put_chunk(
         .tempfile()
         .map_err(ApiError::internal)?
         .into_temp_path();
-    let (sha, crc) = stream_to_store(&state, &key, len, body, &copy).await?;
+    let Streamed {
+        sha256: sha,
+        crc32c: crc,
+        ..
+    } = stream_to_store(&state, &key, len, body, Some(&copy), false).await?;
     if claimed_sha.as_ref().is_some_and(|c| c != &sha) || claimed_crc.is_some_and(|c| c != crc) {
         discard(&state, &key).await;
         return Err(ApiError::bad_request(
@@ -401,31 +415,43 @@ fn chunk_conflict(index: ChunkIndex) -> ApiError {
     )
 }
 
-async fn discard(state: &AppState, key: &str) {
+pub(crate) async fn discard(state: &AppState, key: &str) {
     if let Err(e) = state.store.delete(key).await {
         tracing::warn!(key, error = %e, "could not delete a discarded chunk object");
     }
 }
 
+/// What streaming a body gave: its checksums.
+pub(crate) struct Streamed {
+    pub sha256: String,
+    pub crc32c: u32,
+    pub sha1: Option<[u8; 20]>,
+}
+
 /// Streams the request body into the store and into `copy` (a local file the chunk is checked
 /// from) while hashing it; returns the hex SHA-256 and the CRC32C. Memory stays bounded: the
 /// channel holds a few body frames at most.
-async fn stream_to_store(
+pub(crate) async fn stream_to_store(
     state: &AppState,
     key: &str,
     len: u64,
     body: Body,
-    copy: &std::path::Path,
-) -> ApiResult<(String, u32)> {
+    copy: Option<&std::path::Path>,
+    want_sha1: bool,
+) -> ApiResult<Streamed> {
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
-    let mut file = tokio::io::BufWriter::with_capacity(
-        256 << 10,
-        tokio::fs::File::create(copy)
-            .await
-            .map_err(ApiError::internal)?,
-    );
+    let mut file = match copy {
+        Some(path) => Some(tokio::io::BufWriter::with_capacity(
+            256 << 10,
+            tokio::fs::File::create(path)
+                .await
+                .map_err(ApiError::internal)?,
+        )),
+        None => None,
+    };
     let pump = async move {
         let mut hasher = Sha256::new();
+        let mut sha1 = want_sha1.then(sha1::Sha1::new);
         let mut crc = 0u32;
         let mut seen = 0u64;
         let mut stream = body.into_data_stream();
@@ -454,7 +480,12 @@ async fn stream_to_store(
             }
             hasher.update(&bytes);
             crc = crc32c::crc32c_append(crc, &bytes);
-            file.write_all(&bytes).await.map_err(ApiError::internal)?;
+            if let Some(h) = sha1.as_mut() {
+                h.update(&bytes);
+            }
+            if let Some(f) = file.as_mut() {
+                f.write_all(&bytes).await.map_err(ApiError::internal)?;
+            }
             if tx.send(Ok(bytes)).await.is_err() {
                 break; // the store gave up; its error is reported below
             }
@@ -470,8 +501,14 @@ async fn stream_to_store(
                 "the body is shorter than Content-Length",
             ));
         }
-        file.flush().await.map_err(ApiError::internal)?;
-        Ok((hex::encode(hasher.finalize()), crc))
+        if let Some(f) = file.as_mut() {
+            f.flush().await.map_err(ApiError::internal)?;
+        }
+        Ok(Streamed {
+            sha256: hex::encode(hasher.finalize()),
+            crc32c: crc,
+            sha1: sha1.map(|h| h.finalize().into()),
+        })
     };
     let put = state
         .store
@@ -522,8 +559,25 @@ pub async fn complete(
     body: Option<Json<CompleteRequest>>,
 ) -> ApiResult<(StatusCode, Json<UploadCompleted>)> {
     let id: UploadId = parse_id(&id, "upload-not-found", "upload")?;
-    load_upload(&state, &caller, id).await?;
+    if load_upload(&state, &caller, id).await?.protocol != "chunks" {
+        return Err(ApiError::conflict(
+            "wrong-protocol",
+            "a tus upload completes when its last byte arrives",
+        ));
+    }
     let req = body.map(|Json(b)| b).unwrap_or_default();
+    let (status, done) = finish_upload(&state, id, req.chunks).await?;
+    Ok((status, Json(done)))
+}
+
+/// Assembles the source from the stored chunks (or tus parts), creates the video and its job
+/// and queues the job, once: 202 the first time, 200 with the same ids after. `expected` is
+/// the chunk count the client claims; any gap is refused.
+pub(crate) async fn finish_upload(
+    state: &AppState,
+    id: UploadId,
+    expected: Option<u32>,
+) -> ApiResult<(StatusCode, UploadCompleted)> {
     let mut tx = state.pool.begin().await?;
     let upload = db::lock_upload(&mut tx, id)
         .await?
@@ -536,11 +590,11 @@ pub async fn complete(
             let source_bytes = db::upload_bytes(&state.pool, id).await? as u64;
             return Ok((
                 StatusCode::OK,
-                Json(UploadCompleted {
+                UploadCompleted {
                     video_id,
                     job_id,
                     source_bytes,
-                }),
+                },
             ));
         }
         UploadState::Aborted | UploadState::Expired => {
@@ -566,7 +620,7 @@ pub async fn complete(
             "the upload holds no chunks",
         ));
     }
-    let expected = req.chunks.unwrap_or(chunks.len() as u32);
+    let expected = expected.unwrap_or(chunks.len() as u32);
     let missing: Vec<u32> = (0..expected)
         .filter(|i| {
             chunks
@@ -602,7 +656,7 @@ pub async fn complete(
     };
     if let Err(e) = committed {
         // Nothing refers to the assembled source: remove it, the client may complete again.
-        discard(&state, &source).await;
+        discard(state, &source).await;
         return Err(e.into());
     }
     tracing::info!(upload_id = %id, video_id = %video, job_id = %job, bytes, "upload completed");
@@ -618,10 +672,10 @@ pub async fn complete(
     });
     Ok((
         StatusCode::ACCEPTED,
-        Json(UploadCompleted {
+        UploadCompleted {
             video_id: video,
             job_id: job,
             source_bytes: bytes,
-        }),
+        },
     ))
 }

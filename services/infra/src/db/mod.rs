@@ -44,6 +44,12 @@ pub struct UploadRow {
     pub completed_at: Option<DateTime<Utc>>,
     /// The grant token that opened the session, if an app opened it.
     pub grant_id: Option<Uuid>,
+    /// `chunks` (GOP-aligned chunks) or `tus` (a whole file, in parts).
+    pub protocol: String,
+    /// A tus upload's declared length.
+    pub upload_length: Option<i64>,
+    /// A tus upload's `Upload-Metadata`, as sent.
+    pub metadata: Option<String>,
 }
 
 impl UploadRow {
@@ -71,7 +77,7 @@ pub async fn create_upload(
 ) -> sqlx::Result<UploadRow> {
     sqlx::query_as(
         "INSERT INTO uploads (id, expires_at, grant_id) VALUES ($1, $2, $3)
-         RETURNING id, state, created_at, expires_at, completed_at, grant_id",
+         RETURNING id, state, created_at, expires_at, completed_at, grant_id, protocol, upload_length, metadata",
     )
     .bind(id.as_uuid())
     .bind(expires_at)
@@ -80,9 +86,43 @@ pub async fn create_upload(
     .await
 }
 
+/// Opens a tus upload of `length` bytes.
+pub async fn create_tus_upload(
+    pool: &PgPool,
+    id: UploadId,
+    expires_at: DateTime<Utc>,
+    grant_id: Option<Uuid>,
+    length: u64,
+    metadata: Option<&str>,
+) -> sqlx::Result<UploadRow> {
+    sqlx::query_as(
+        "INSERT INTO uploads (id, expires_at, grant_id, protocol, upload_length, metadata)
+         VALUES ($1, $2, $3, 'tus', $4, $5)
+         RETURNING id, state, created_at, expires_at, completed_at, grant_id, protocol, upload_length, metadata",
+    )
+    .bind(id.as_uuid())
+    .bind(expires_at)
+    .bind(grant_id)
+    .bind(length as i64)
+    .bind(metadata)
+    .fetch_one(pool)
+    .await
+}
+
+/// Parts stored so far and their total size (a tus upload's offset).
+pub async fn upload_parts(pool: &PgPool, id: UploadId) -> sqlx::Result<(i64, i64)> {
+    sqlx::query_as(
+        "SELECT count(*)::bigint, COALESCE(SUM(size_bytes), 0)::bigint FROM upload_chunks
+         WHERE upload_id = $1",
+    )
+    .bind(id.as_uuid())
+    .fetch_one(pool)
+    .await
+}
+
 pub async fn get_upload(pool: &PgPool, id: UploadId) -> sqlx::Result<Option<UploadRow>> {
     sqlx::query_as(
-        "SELECT id, state, created_at, expires_at, completed_at, grant_id FROM uploads WHERE id = $1",
+        "SELECT id, state, created_at, expires_at, completed_at, grant_id, protocol, upload_length, metadata FROM uploads WHERE id = $1",
     )
     .bind(id.as_uuid())
     .fetch_optional(pool)
@@ -240,7 +280,7 @@ pub async fn lock_upload(
     id: UploadId,
 ) -> sqlx::Result<Option<UploadRow>> {
     sqlx::query_as(
-        "SELECT id, state, created_at, expires_at, completed_at, grant_id FROM uploads WHERE id = $1 FOR UPDATE",
+        "SELECT id, state, created_at, expires_at, completed_at, grant_id, protocol, upload_length, metadata FROM uploads WHERE id = $1 FOR UPDATE",
     )
     .bind(id.as_uuid())
     .fetch_optional(&mut **tx)
