@@ -478,3 +478,74 @@ async fn tus_follows_the_protocol_at_its_edges(pool: PgPool) {
     assert_eq!(resp.status(), StatusCode::GONE);
     app.stop().await;
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_killed_client_upload_resumes_and_sends_only_what_is_missing(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let clip = vtx_tests::media("bikes.mp4"); // 10 s: five 2 s chunks
+    let state = tempfile::tempdir().unwrap();
+    let opts = vtx_client::UploadOptions {
+        chunk_seconds: 2.0,
+        concurrency: 2,
+        live: true, // paced at the video's rate, so it can be killed part-way
+        state_dir: Some(state.path().to_path_buf()),
+    };
+    // Killed once the first chunk is acknowledged.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let first = {
+        let (client, clip, opts) = (app.client.clone(), clip.clone(), opts.clone());
+        tokio::spawn(async move {
+            let progress = move |sent: u64, _total: u64| {
+                if sent > 0 {
+                    let _ = tx.send(());
+                }
+            };
+            client.upload_file(&clip, &opts, &progress).await
+        })
+    };
+    rx.recv().await.expect("a chunk was stored");
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+
+    let again = vtx_client::UploadOptions {
+        live: false,
+        ..opts
+    };
+    let report = app
+        .client
+        .upload_video(&clip, &again, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(
+        report.resumed_chunks >= 1 && report.resumed_chunks < report.chunks,
+        "{report:?}"
+    );
+    let view = app.client.upload(report.upload_id).await.unwrap();
+    assert_eq!(view.chunks.len() as u32, report.chunks);
+    let uploads: i64 = sqlx::query_scalar("SELECT count(*) FROM uploads")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(uploads, 1, "the second run continued the first session");
+    assert!(
+        std::fs::read_dir(state.path()).unwrap().next().is_none(),
+        "the state file is removed once the upload completes"
+    );
+    let source = vtx_media::probe(
+        &clip,
+        &vtx_media::Limits::default(),
+        vtx_media::Deadline::none(),
+    )
+    .unwrap();
+    let video = app
+        .client
+        .wait_for_video(
+            report.completed.video_id,
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(video.state, "published", "{video:?}");
+    assert_eq!(video.frames, Some(source.video.frames));
+    app.stop().await;
+}

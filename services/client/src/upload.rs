@@ -169,12 +169,12 @@ pub(crate) async fn run(
                 sent.fetch_add(c.bytes, Ordering::Relaxed);
             }
             // A different chunk at this index: the gateway will say 409; let it.
-            _ => to_send.push((c, data)),
+            _ => to_send.push((c.clone(), data)),
         }
     }
     progress(sent.load(Ordering::Relaxed), total);
     let results: Vec<anyhow::Result<Instant>> = futures_util::stream::iter(to_send)
-        .map(|(c, data)| {
+        .map(|(c, data): (vtx_media::CutChunk, Bytes)| {
             let (this, sent) = (&this, &sent);
             async move {
                 if opts.live {
