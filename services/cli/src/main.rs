@@ -107,6 +107,15 @@ enum Bench {
         #[arg(long, default_value_t = 2)]
         jobs: usize,
     },
+    /// Upload gateway under load: concurrent sessions on loopback against a `vtx gateway`
+    /// process; throughput, p99 chunk latency, the gateway's peak RSS.
+    Uploads {
+        #[arg(long, default_value_t = 1000)]
+        sessions: usize,
+        /// Chunks each session sends (2 s GOP-aligned chunks of a shared clip).
+        #[arg(long, default_value_t = 5)]
+        chunks: usize,
+    },
     /// Distributed pipeline on the local services (own temporary database, queues and bucket
     /// prefix; real worker processes): publish latency by clip length, 1 vs 2 workers.
     Pipeline,
@@ -140,6 +149,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Status { id, wait, url } => status(id, wait, url).await,
         Command::Bench(Bench::Pipeline) => bench::pipeline().await,
+        Command::Bench(Bench::Uploads { sessions, chunks }) => {
+            bench::uploads(sessions, chunks).await
+        }
         Command::Bench(Bench::Media { input, jobs }) => {
             tokio::task::spawn_blocking(move || bench::media(input, jobs)).await?
         }

@@ -36,6 +36,8 @@ pub struct AppState {
     pub auth: Auth,
     /// Limits a chunk's media is checked against.
     pub chunk_limits: Arc<vtx_media::Limits>,
+    /// Chunk checks running at once (each holds FFmpeg contexts and a core): two per core.
+    pub chunk_checks: Arc<tokio::sync::Semaphore>,
     /// Default lifetime of a grant token.
     pub grant_ttl: std::time::Duration,
     /// Base of playback URLs, without a trailing slash.
@@ -87,6 +89,9 @@ impl Gateway {
                 max_file_bytes: cfg.uploads.max_chunk_bytes,
                 ..vtx_media::Limits::default()
             }),
+            chunk_checks: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+            )),
             grant_ttl: cfg.auth.grant_ttl,
             public_url: public_url.as_str().into(),
         };

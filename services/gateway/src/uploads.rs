@@ -375,6 +375,11 @@ async fn check_chunk(
     copy: tempfile::TempPath,
 ) -> ApiResult<vtx_media::ChunkInfo> {
     let limits = state.chunk_limits.clone();
+    let _permit = state
+        .chunk_checks
+        .acquire()
+        .await
+        .map_err(ApiError::internal)?;
     let deadline = vtx_media::Deadline::after(CHUNK_CHECK_TIMEOUT);
     let checked = tokio::task::spawn_blocking(move || {
         let r = vtx_media::inspect_chunk(&copy, &limits, deadline);
@@ -441,12 +446,13 @@ pub(crate) async fn stream_to_store(
 ) -> ApiResult<Streamed> {
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
     let mut file = match copy {
-        Some(path) => Some(tokio::io::BufWriter::with_capacity(
-            256 << 10,
+        // Unbuffered: body frames are already tens of KiB, and a buffer per request adds up
+        // over a thousand concurrent uploads.
+        Some(path) => Some(
             tokio::fs::File::create(path)
                 .await
                 .map_err(ApiError::internal)?,
-        )),
+        ),
         None => None,
     };
     let pump = async move {

@@ -35,18 +35,15 @@ pub fn write_cover(video: &Path, out: &Path, deadline: Deadline) -> Result<(), M
     let mut f = frame::Video::empty();
     'read: loop {
         deadline.check()?;
-        let eof = match pkt.read(&mut ictx) {
-            Ok(()) if pkt.stream() == index => {
-                dec.send_packet(&pkt)
-                    .map_err(|e| MediaError::CorruptStream(e.to_string()))?;
-                false
-            }
-            Ok(()) => continue,
-            Err(ffmpeg_next::Error::Eof) => {
-                let _ = dec.send_eof();
-                true
-            }
-            Err(e) => return Err(MediaError::CorruptStream(e.to_string())),
+        let eof = if !crate::probe::next_packet(&mut ictx, &mut pkt)? {
+            let _ = dec.send_eof();
+            true
+        } else if pkt.stream() == index {
+            dec.send_packet(&pkt)
+                .map_err(|e| MediaError::CorruptStream(e.to_string()))?;
+            false
+        } else {
+            continue;
         };
         while dec.receive_frame(&mut f).is_ok() {
             let t = secs(f.timestamp().unwrap_or(0));

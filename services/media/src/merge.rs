@@ -89,22 +89,14 @@ impl Source {
 
     fn next(&mut self) -> Result<Option<Packet>, MediaError> {
         let mut p = Packet::empty();
-        loop {
-            match p.read(&mut self.ictx) {
-                Ok(()) if p.stream() == self.stream => {
-                    p.set_pts(p.pts().map(|t| t + self.offset));
-                    p.set_dts(p.dts().map(|t| t + self.offset));
-                    return Ok(Some(p));
-                }
-                Ok(()) => continue,
-                Err(ffmpeg_next::Error::Eof) => return Ok(None),
-                Err(e) => {
-                    return Err(MediaError::CorruptStream(format!(
-                        "reading an encoded slice: {e}"
-                    )));
-                }
+        while crate::probe::next_packet(&mut self.ictx, &mut p)? {
+            if p.stream() == self.stream {
+                p.set_pts(p.pts().map(|t| t + self.offset));
+                p.set_dts(p.dts().map(|t| t + self.offset));
+                return Ok(Some(p));
             }
         }
+        Ok(None)
     }
 }
 
@@ -366,17 +358,7 @@ pub fn prefetch_bytes(mp4: &Path, seconds: f64) -> Result<u64, MediaError> {
     let tbs: Vec<Rational> = ictx.streams().map(|s| s.time_base()).collect();
     let mut end = 0u64;
     let mut p = Packet::empty();
-    loop {
-        match p.read(&mut ictx) {
-            Ok(()) => {}
-            Err(ffmpeg_next::Error::Eof) => break,
-            Err(e) => {
-                return Err(MediaError::CorruptStream(format!(
-                    "reading {}: {e}",
-                    mp4.display()
-                )));
-            }
-        }
+    while crate::probe::next_packet(&mut ictx, &mut p)? {
         let tb = tbs[p.stream()];
         let t = p.pts().or(p.dts()).unwrap_or(0) as f64 * f64::from(tb.numerator())
             / f64::from(tb.denominator());

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use ffmpeg_next::packet::Mut as _;
 use ffmpeg_next::packet::Ref as _;
 use ffmpeg_next::{Packet, Rational, codec, format, media};
 use serde::{Deserialize, Serialize};
@@ -299,10 +300,15 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
 
 /// Reads the next packet; `Ok(false)` at the end of the file. FFmpeg's packet iterator stops
 /// silently on any error; this surfaces errors as a corrupt stream.
+///
+/// The packet's previous data is released first: `av_read_frame` (behind ffmpeg-next's
+/// `Packet::read`) overwrites a packet without unreferencing it, so reusing one packet leaked
+/// every packet read (the whole file, per probe or transcode).
 pub(crate) fn next_packet(
     ictx: &mut format::context::Input,
     packet: &mut Packet,
 ) -> Result<bool, MediaError> {
+    unsafe { ffmpeg_next::ffi::av_packet_unref(packet.as_mut_ptr()) };
     match packet.read(ictx) {
         Ok(()) => Ok(true),
         Err(ffmpeg_next::Error::Eof) => Ok(false),
