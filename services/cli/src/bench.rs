@@ -636,3 +636,65 @@ pub async fn uploads(sessions: usize, chunks: usize) -> anyhow::Result<()> {
     stack.stop().await;
     Ok(())
 }
+
+/// `vtx bench live`: `vtx upload --live` (chunks paced at the video's real-time rate, as a phone
+/// still recording sends them) of a 60 s and a 5-minute clip; the publish latency after the
+/// last chunk was stored, median over `runs` (`long_runs` for the 5-minute clip).
+pub async fn live(runs: usize, long_runs: usize) -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir()?;
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/media/bigbuckbunny.mp4");
+    let stack = BenchStack::start("fast").await?;
+    let _w = stack.workers(2).await?;
+    println!("| clip | chunks | runs | last chunk -> published, s (median) | all runs, s |");
+    println!("| --- | ---: | ---: | ---: | --- |");
+    for (label, loops, n) in [("60 s", 12u32, runs), ("5 min", 57, long_runs)] {
+        if n == 0 {
+            continue;
+        }
+        let clip = scratch.path().join(format!("bbb-{loops}.mp4"));
+        ffmpeg(&[
+            "-stream_loop".into(),
+            (loops - 1).to_string(),
+            "-i".into(),
+            src.to_string_lossy().into_owned(),
+            "-c".into(),
+            "copy".into(),
+            clip.to_string_lossy().into_owned(),
+        ])?;
+        let opts = vtx_client::UploadOptions {
+            live: true,
+            ..Default::default()
+        };
+        let mut latencies = Vec::new();
+        let mut chunks = 0;
+        for _ in 0..n {
+            let report = stack.client.upload_video(&clip, &opts, &|_, _| {}).await?;
+            chunks = report.chunks;
+            let until = Instant::now() + std::time::Duration::from_secs(1800);
+            loop {
+                let v = stack.client.video(report.completed.video_id).await?;
+                match v.state.as_str() {
+                    "published" => break,
+                    "failed" => bail!("video failed: {:?}", v.error),
+                    _ => {}
+                }
+                anyhow::ensure!(Instant::now() < until, "not published in 30 min");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            latencies.push(report.last_chunk_stored.elapsed().as_secs_f64());
+        }
+        let mut sorted = latencies.clone();
+        sorted.sort_by(f64::total_cmp);
+        println!(
+            "| {label} | {chunks} | {n} | {:.1} | {} |",
+            sorted[sorted.len() / 2],
+            latencies
+                .iter()
+                .map(|l| format!("{l:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    stack.stop().await;
+    Ok(())
+}

@@ -116,6 +116,15 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         chunks: usize,
     },
+    /// `vtx upload --live` of a 60 s and a 5-minute clip: publish latency after the last chunk.
+    Live {
+        /// Uploads of the 60 s clip (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Uploads of the 5-minute clip.
+        #[arg(long, default_value_t = 1)]
+        long_runs: usize,
+    },
     /// Distributed pipeline on the local services (own temporary database, queues and bucket
     /// prefix; real worker processes): publish latency by clip length, 1 vs 2 workers.
     Pipeline,
@@ -149,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Status { id, wait, url } => status(id, wait, url).await,
         Command::Bench(Bench::Pipeline) => bench::pipeline().await,
+        Command::Bench(Bench::Live { runs, long_runs }) => bench::live(runs, long_runs).await,
         Command::Bench(Bench::Uploads { sessions, chunks }) => {
             bench::uploads(sessions, chunks).await
         }

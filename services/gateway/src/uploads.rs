@@ -344,6 +344,8 @@ pub async fn put_chunk(
     {
         Ok(Some(ChunkInsert::Stored)) => {
             tracing::info!(upload_id = %id, index = index.get(), bytes = len, "chunk stored");
+            metrics::counter!("vtx_chunks_stored_total").increment(1);
+            metrics::counter!("vtx_chunk_bytes_total").increment(len);
             Ok((StatusCode::CREATED, Json(chunk_view(index, len, sha))))
         }
         Ok(Some(ChunkInsert::Existing(existing))) => {
@@ -388,9 +390,18 @@ async fn check_chunk(
     })
     .await
     .map_err(ApiError::internal)?;
-    let unprocessable =
-        |code, message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message);
-    checked.map_err(|e| match e {
+    checked.map_err(|e| {
+        let err = chunk_refusal(e);
+        metrics::counter!("vtx_chunks_refused_total", "code" => err.code).increment(1);
+        err
+    })
+}
+
+fn chunk_refusal(e: vtx_media::ChunkError) -> ApiError {
+    let unprocessable = |code, message: String| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    };
+    match e {
         vtx_media::ChunkError::NotGopAligned => {
             unprocessable("chunk-not-gop-aligned", e.to_string())
         }
@@ -399,7 +410,7 @@ async fn check_chunk(
             vtx_domain::ErrorCode::Internal => ApiError::internal(m),
             code => unprocessable(code.as_str(), m.to_string()),
         },
-    })
+    }
 }
 
 /// How long checking one chunk may take.
