@@ -549,3 +549,36 @@ async fn a_killed_client_upload_resumes_and_sends_only_what_is_missing(pool: PgP
     assert_eq!(video.frames, Some(source.video.frames));
     app.stop().await;
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_rotated_video_uploaded_in_chunks_stays_upright(pool: PgPool) {
+    // MPEG-TS chunks lose the display matrix; the client declares the rotation instead.
+    let app = TestApp::spawn(pool).await;
+    let clip = vtx_testkit::rotated(); // 640x272 coded, shown 272x640
+    let done = app
+        .client
+        .upload_file(&clip, &Default::default(), &|_, _| {})
+        .await
+        .unwrap();
+    let video = app
+        .client
+        .wait_for_video(done.video_id, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(video.state, "published", "{video:?}");
+    let playback = video.playback.unwrap();
+    for r in &playback.mp4 {
+        assert!(r.height > r.width, "{} is {}x{}", r.name, r.width, r.height);
+    }
+    // A rotation that is not a quarter turn is refused.
+    let err = app
+        .client
+        .create_upload_with(&vtx_domain::api::CreateUpload { rotation: Some(45) })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        failure(err),
+        (StatusCode::BAD_REQUEST, "invalid-rotation".to_string())
+    );
+    app.stop().await;
+}

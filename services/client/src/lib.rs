@@ -9,8 +9,8 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use vtx_domain::api::{
-    ChunkView, CompleteRequest, ErrorBody, GrantIssued, GrantRequest, JobView, UploadCompleted,
-    UploadCreated, UploadView, VideoView,
+    ChunkView, CompleteRequest, CreateUpload, ErrorBody, GrantIssued, GrantRequest, JobView,
+    UploadCompleted, UploadCreated, UploadView, VideoView,
 };
 use vtx_domain::{JobId, UploadId, VideoId};
 
@@ -107,8 +107,13 @@ impl Client {
     }
 
     pub async fn create_upload(&self) -> anyhow::Result<UploadCreated> {
+        self.create_upload_with(&CreateUpload::default()).await
+    }
+
+    pub async fn create_upload_with(&self, req: &CreateUpload) -> anyhow::Result<UploadCreated> {
         Self::parse(
             self.request(reqwest::Method::POST, "/v1/uploads")
+                .json(req)
                 .send()
                 .await?,
         )

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use vtx_domain::UploadId;
-use vtx_domain::api::UploadCompleted;
+use vtx_domain::api::{CreateUpload, UploadCompleted};
 
 use crate::{ApiFailure, Client, Progress};
 
@@ -78,19 +78,18 @@ pub(crate) async fn run(
     progress: Progress<'_>,
 ) -> anyhow::Result<UploadReport> {
     let dir = tempfile::tempdir()?;
-    let chunks = {
+    let (chunks, rotation) = {
         let (input, out, secs) = (
             path.to_path_buf(),
             dir.path().to_path_buf(),
             opts.chunk_seconds,
         );
         tokio::task::spawn_blocking(move || {
-            vtx_media::cut_chunks(
-                &input,
-                &out,
-                secs,
-                vtx_media::Deadline::after(Duration::from_secs(600)),
-            )
+            let deadline = vtx_media::Deadline::after(Duration::from_secs(600));
+            Ok::<_, vtx_media::MediaError>((
+                vtx_media::cut_chunks(&input, &out, secs, deadline)?,
+                vtx_media::source_rotation(&input)?,
+            ))
         })
         .await?
         .with_context(|| format!("cutting {} into GOP-aligned chunks", path.display()))?
@@ -129,7 +128,12 @@ pub(crate) async fn run(
     let state = match state {
         Some(s) => s,
         None => {
-            let created = client.create_upload().await?;
+            // The chunks cannot carry the source's rotation: declare it.
+            let created = client
+                .create_upload_with(&CreateUpload {
+                    rotation: Some(rotation),
+                })
+                .await?;
             if let Some(c) = chunks.iter().find(|c| c.bytes > created.max_chunk_bytes) {
                 anyhow::bail!(
                     "chunk {} holds {} bytes (one GOP or more), over the gateway's limit of {}",

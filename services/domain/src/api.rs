@@ -35,6 +35,15 @@ pub struct GrantIssued {
     pub expires_at: String,
 }
 
+/// `POST /v1/uploads` (the body is optional).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CreateUpload {
+    /// Clockwise degrees (0, 90, 180, 270) the video is to be turned for display. MPEG-TS
+    /// chunks cannot say it, so a client whose source carries a rotation declares it here.
+    #[serde(default)]
+    pub rotation: Option<u32>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UploadCreated {
     pub id: UploadId,

@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use vtx_domain::api::{
-    ChunkView, CompleteRequest, GrantIssued, GrantRequest, UploadCompleted, UploadCreated,
-    UploadView,
+    ChunkView, CompleteRequest, CreateUpload, GrantIssued, GrantRequest, UploadCompleted,
+    UploadCreated, UploadView,
 };
 use vtx_domain::{ChunkIndex, JobId, UploadId, UploadState, VideoId};
 use vtx_infra::db::{self, ChunkInsert, UploadRow};
@@ -74,11 +74,29 @@ pub async fn grant(
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    body: Option<Json<CreateUpload>>,
 ) -> ApiResult<(StatusCode, Json<UploadCreated>)> {
     let grant = caller.may_create_upload()?;
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    if req
+        .rotation
+        .is_some_and(|r| ![0, 90, 180, 270].contains(&r))
+    {
+        return Err(ApiError::bad_request(
+            "invalid-rotation",
+            "rotation must be 0, 90, 180 or 270",
+        ));
+    }
     let id = UploadId::new();
     let ttl = chrono::Duration::from_std(state.limits.session_ttl).map_err(ApiError::internal)?;
-    let row = db::create_upload(&state.pool, id, chrono::Utc::now() + ttl, grant).await?;
+    let row = db::create_upload(
+        &state.pool,
+        id,
+        chrono::Utc::now() + ttl,
+        grant,
+        req.rotation,
+    )
+    .await?;
     tracing::info!(upload_id = %id, grant = ?grant, "upload created");
     let upload_token = state.auth.sign(&Claims {
         kind: TokenKind::Upload,
@@ -398,9 +416,8 @@ async fn check_chunk(
 }
 
 fn chunk_refusal(e: vtx_media::ChunkError) -> ApiError {
-    let unprocessable = |code, message: String| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
-    };
+    let unprocessable =
+        |code, message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message);
     match e {
         vtx_media::ChunkError::NotGopAligned => {
             unprocessable("chunk-not-gop-aligned", e.to_string())

@@ -82,6 +82,18 @@ pub fn inspect_chunk(
     })
 }
 
+/// Clockwise degrees `input`'s video is turned for display (its display matrix), which MPEG-TS
+/// chunks cannot carry: a client declares it when it opens the upload session.
+pub fn source_rotation(input: &Path) -> Result<u32, MediaError> {
+    crate::init();
+    let ictx = open_input(input)?;
+    let video = ictx
+        .streams()
+        .best(media::Type::Video)
+        .ok_or(MediaError::NoVideoStream)?;
+    Ok(crate::probe::display_rotation(&video))
+}
+
 /// One chunk cut from a file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CutChunk {

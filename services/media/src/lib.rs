@@ -20,7 +20,7 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 pub use audio::encode_audio;
-pub use chunk::{ChunkError, ChunkInfo, CutChunk, cut_chunks, inspect_chunk};
+pub use chunk::{ChunkError, ChunkInfo, CutChunk, cut_chunks, inspect_chunk, source_rotation};
 pub use cover::write_cover;
 pub use encoder::{Tier, VideoCodec, codec_string, tier_codecs};
 pub use error::MediaError;

@@ -322,7 +322,7 @@ pub(crate) fn is_discarded(p: &Packet) -> bool {
 }
 
 /// Clockwise degrees to rotate for display, from the stream's display matrix.
-fn display_rotation(stream: &format::stream::Stream) -> u32 {
+pub(crate) fn display_rotation(stream: &format::stream::Stream) -> u32 {
     // Read through FFmpeg directly: ffmpeg-next's side-data iterator panics on types it does not
     // know, and this runs on untrusted input.
     let angle = unsafe {

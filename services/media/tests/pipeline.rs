@@ -182,18 +182,7 @@ fn variable_frame_rate_keeps_its_duration() {
 
 #[test]
 fn rotation_is_applied_to_the_pixels_as_the_ffmpeg_command_line_does() {
-    let src = media("bikes.mp4");
-    let input = derived(
-        "rotated.mp4",
-        &[
-            "-i",
-            src.to_str().unwrap(),
-            "-c",
-            "copy",
-            "-metadata:s:v:0",
-            "rotate=90",
-        ],
-    );
+    let input = vtx_testkit::rotated();
     let p = probe(&input, &Limits::default(), Deadline::none()).unwrap();
     assert_eq!(p.video.rotation % 180, 90);
     assert_eq!((p.video.display_width, p.video.display_height), (272, 640));

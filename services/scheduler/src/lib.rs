@@ -87,7 +87,12 @@ impl Scheduler {
 
     async fn plan(&self, job: JobId) -> Outcome {
         let inner = &self.inner;
-        let (video, state, source_key) = match db::job_source(&inner.pool, job).await {
+        let db::JobSource {
+            video,
+            state,
+            source_key,
+            declared_rotation,
+        } = match db::job_source(&inner.pool, job).await {
             Ok(Some(row)) => row,
             Ok(None) => return Outcome::Ack,
             Err(e) => {
@@ -107,10 +112,13 @@ impl Scheduler {
         };
         let started = std::time::Instant::now();
         match self.prepare_and_store(job, &source_key).await {
-            Ok((plan, audio_key)) => match db::record_plan(
+            Ok((mut plan, audio_key)) => match db::record_plan(
                 &inner.pool,
                 job,
-                &plan,
+                {
+                    apply_declared_rotation(&mut plan, declared_rotation);
+                    &plan
+                },
                 audio_key.as_deref(),
                 &inner.pipeline.tiers,
             )
@@ -265,6 +273,19 @@ impl Scheduler {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A rotation the upload declared (its MPEG-TS chunks could not carry the source's) applies when
+/// the source itself says none: the displayed size turns with it.
+fn apply_declared_rotation(plan: &mut vtx_domain::JobPlan, declared: Option<u32>) {
+    if let Some(r) = declared.filter(|r| *r != 0)
+        && plan.rotation == 0
+    {
+        plan.rotation = r;
+        if r % 180 == 90 {
+            std::mem::swap(&mut plan.display_width, &mut plan.display_height);
         }
     }
 }

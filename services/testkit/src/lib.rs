@@ -91,3 +91,19 @@ pub fn gop_bframes() -> PathBuf {
         ],
     )
 }
+
+/// bikes.mp4 (640x272) with a display matrix turning it 90 degrees: shown 272x640.
+pub fn rotated() -> PathBuf {
+    let src = media("bikes.mp4");
+    derived(
+        "rotated.mp4",
+        &[
+            "-i",
+            src.to_str().expect("utf-8 path"),
+            "-c",
+            "copy",
+            "-metadata:s:v:0",
+            "rotate=90",
+        ],
+    )
+}

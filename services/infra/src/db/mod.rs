@@ -74,14 +74,16 @@ pub async fn create_upload(
     id: UploadId,
     expires_at: DateTime<Utc>,
     grant_id: Option<Uuid>,
+    rotation: Option<u32>,
 ) -> sqlx::Result<UploadRow> {
     sqlx::query_as(
-        "INSERT INTO uploads (id, expires_at, grant_id) VALUES ($1, $2, $3)
+        "INSERT INTO uploads (id, expires_at, grant_id, rotation) VALUES ($1, $2, $3, $4)
          RETURNING id, state, created_at, expires_at, completed_at, grant_id, protocol, upload_length, metadata",
     )
     .bind(id.as_uuid())
     .bind(expires_at)
     .bind(grant_id)
+    .bind(rotation.map(|r| r as i32))
     .fetch_one(pool)
     .await
 }

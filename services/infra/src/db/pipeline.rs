@@ -24,17 +24,31 @@ fn secs(d: Duration) -> f64 {
 }
 
 /// A job's video, state and source object (what the scheduler needs to plan it).
-pub async fn job_source(
-    pool: &PgPool,
-    job: JobId,
-) -> sqlx::Result<Option<(VideoId, JobState, String)>> {
-    let row: Option<(Uuid, String, String)> = sqlx::query_as(
-        "SELECT j.video_id, j.state, v.source_key FROM jobs j JOIN videos v ON v.id = j.video_id WHERE j.id = $1",
+/// A job's source: its video, state, source object and the rotation its upload declared.
+pub struct JobSource {
+    pub video: VideoId,
+    pub state: JobState,
+    pub source_key: String,
+    pub declared_rotation: Option<u32>,
+}
+
+pub async fn job_source(pool: &PgPool, job: JobId) -> sqlx::Result<Option<JobSource>> {
+    let row: Option<(Uuid, String, String, Option<i32>)> = sqlx::query_as(
+        "SELECT j.video_id, j.state, v.source_key, u.rotation FROM jobs j
+         JOIN videos v ON v.id = j.video_id LEFT JOIN uploads u ON u.id = v.upload_id
+         WHERE j.id = $1",
     )
     .bind(job.as_uuid())
     .fetch_optional(pool)
     .await?;
-    Ok(row.and_then(|(v, state, key)| state.parse().ok().map(|s| (VideoId::from_uuid(v), s, key))))
+    Ok(row.and_then(|(v, state, key, rotation)| {
+        state.parse().ok().map(|state| JobSource {
+            video: VideoId::from_uuid(v),
+            state,
+            source_key: key,
+            declared_rotation: rotation.map(|r| r as u32),
+        })
+    }))
 }
 
 /// Counts an attempt at planning a job; returns the count so far, this one included.
