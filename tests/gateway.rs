@@ -582,3 +582,24 @@ async fn a_rotated_video_uploaded_in_chunks_stays_upright(pool: PgPool) {
     );
     app.stop().await;
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn chunks_of_two_different_videos_do_not_complete(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let c = &app.client;
+    let up = c.create_upload().await.unwrap();
+    let bikes = vtx_tests::ts_chunks(&vtx_tests::media("bikes.mp4"), 2.0);
+    let other = vtx_tests::ts_chunks(&vtx_tests::gop_bframes(), 2.0);
+    c.put_chunk(up.id, 0, bikes[0].clone()).await.unwrap();
+    c.put_chunk(up.id, 1, other[0].clone()).await.unwrap();
+    let err = c.complete(up.id, Some(2)).await.unwrap_err();
+    assert_eq!(
+        failure(err),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "chunks-not-contiguous".to_string()
+        )
+    );
+    assert_eq!(c.upload(up.id).await.unwrap().state, "open");
+    app.stop().await;
+}

@@ -430,6 +430,17 @@ fn chunk_refusal(e: vtx_media::ChunkError) -> ApiError {
     }
 }
 
+/// The first chunk whose video does not start where the one before it ends (within half a
+/// second, which tolerates a dropped frame but not chunks of two different videos).
+fn discontinuity(chunks: &[db::ChunkRow]) -> Option<u32> {
+    chunks
+        .windows(2)
+        .find_map(|w| match (w[0].end_seconds, w[1].start_seconds) {
+            (Some(end), Some(start)) if (start - end).abs() > 0.5 => Some(w[1].idx as u32),
+            _ => None,
+        })
+}
+
 /// How long checking one chunk may take.
 const CHUNK_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -673,6 +684,17 @@ pub(crate) async fn finish_upload(
             } else {
                 format!("chunks missing: {missing:?}")
             },
+        ));
+    }
+
+    if let Some(at) = discontinuity(&chunks) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "chunks-not-contiguous",
+            format!(
+                "chunk {at} does not continue where chunk {} ends: the chunks are not one video",
+                at - 1
+            ),
         ));
     }
 

@@ -67,6 +67,9 @@ pub struct ChunkRow {
     pub sha256: String,
     #[serde(skip)]
     pub object_key: String,
+    /// The chunk's video span (GOP-aligned chunks; none for tus parts).
+    pub start_seconds: Option<f64>,
+    pub end_seconds: Option<f64>,
 }
 
 pub async fn create_upload(
@@ -133,7 +136,7 @@ pub async fn get_upload(pool: &PgPool, id: UploadId) -> sqlx::Result<Option<Uplo
 
 pub async fn list_chunks(conn: &mut PgConnection, id: UploadId) -> sqlx::Result<Vec<ChunkRow>> {
     sqlx::query_as(
-        "SELECT idx, size_bytes, sha256, object_key FROM upload_chunks
+        "SELECT idx, size_bytes, sha256, object_key, start_seconds, end_seconds FROM upload_chunks
          WHERE upload_id = $1 ORDER BY idx",
     )
     .bind(id.as_uuid())
@@ -143,7 +146,7 @@ pub async fn list_chunks(conn: &mut PgConnection, id: UploadId) -> sqlx::Result<
 
 pub async fn get_chunk(pool: &PgPool, id: UploadId, idx: u32) -> sqlx::Result<Option<ChunkRow>> {
     sqlx::query_as(
-        "SELECT idx, size_bytes, sha256, object_key FROM upload_chunks
+        "SELECT idx, size_bytes, sha256, object_key, start_seconds, end_seconds FROM upload_chunks
          WHERE upload_id = $1 AND idx = $2",
     )
     .bind(id.as_uuid())
@@ -227,7 +230,7 @@ pub async fn insert_chunk(
         ChunkInsert::Stored
     } else {
         let row: ChunkRow = sqlx::query_as(
-            "SELECT idx, size_bytes, sha256, object_key FROM upload_chunks
+            "SELECT idx, size_bytes, sha256, object_key, start_seconds, end_seconds FROM upload_chunks
              WHERE upload_id = $1 AND idx = $2",
         )
         .bind(id.as_uuid())
