@@ -603,3 +603,51 @@ async fn chunks_of_two_different_videos_do_not_complete(pool: PgPool) {
     assert_eq!(c.upload(up.id).await.unwrap().state, "open");
     app.stop().await;
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_file_that_cannot_be_cut_into_chunks_goes_up_whole_over_tus(pool: PgPool) {
+    // VP9 does not go into MPEG-TS: the client sends the file whole, over tus.
+    let app = TestApp::spawn(pool).await;
+    let src = vtx_tests::media("bikes.mp4");
+    let clip = vtx_tests::derived(
+        "vp9-opus.mp4",
+        &[
+            "-i",
+            src.to_str().unwrap(),
+            "-t",
+            "4",
+            "-c:v",
+            "libvpx-vp9",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+            "-b:v",
+            "400k",
+            "-c:a",
+            "libopus",
+        ],
+    );
+    let report = app
+        .client
+        .upload_video(&clip, &Default::default(), &|_, _| {})
+        .await
+        .unwrap();
+    let view = app.client.upload(report.upload_id).await.unwrap();
+    assert_eq!(view.state, "completed");
+    let protocol: String = sqlx::query_scalar("SELECT protocol FROM uploads")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(protocol, "tus");
+    let video = app
+        .client
+        .wait_for_video(
+            report.completed.video_id,
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(video.state, "published", "{video:?}");
+    app.stop().await;
+}

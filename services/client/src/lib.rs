@@ -31,6 +31,7 @@ pub struct Client {
     token: Option<std::sync::Arc<str>>,
 }
 
+mod tus;
 mod upload;
 
 pub use upload::{UploadOptions, UploadReport};
@@ -73,7 +74,7 @@ impl Client {
         &self.base
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 

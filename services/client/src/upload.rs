@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -84,15 +83,27 @@ pub(crate) async fn run(
             dir.path().to_path_buf(),
             opts.chunk_seconds,
         );
-        tokio::task::spawn_blocking(move || {
+        let cut = tokio::task::spawn_blocking(move || {
             let deadline = vtx_media::Deadline::after(Duration::from_secs(600));
             Ok::<_, vtx_media::MediaError>((
                 vtx_media::cut_chunks(&input, &out, secs, deadline)?,
                 vtx_media::source_rotation(&input)?,
             ))
         })
-        .await?
-        .with_context(|| format!("cutting {} into GOP-aligned chunks", path.display()))?
+        .await?;
+        match cut {
+            Ok(cut) => cut,
+            Err(vtx_media::MediaError::NotChunkable(why)) => {
+                tracing::info!(%why, "cannot cut into chunks; sending the file whole over tus");
+                return crate::tus::upload_whole(client, path, progress).await;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cutting {} into GOP-aligned chunks",
+                    path.display()
+                )));
+            }
+        }
     };
     let total: u64 = chunks.iter().map(|c| c.bytes).sum();
     let state_file = match &opts.state_dir {

@@ -108,7 +108,7 @@ pub struct CutChunk {
 
 /// Why a file cannot be cut into chunks (it can still be uploaded whole, over tus).
 fn cannot_cut(why: impl Into<String>) -> MediaError {
-    MediaError::UnsupportedCodec(format!("cannot cut into MPEG-TS chunks: {}", why.into()))
+    MediaError::NotChunkable(why.into())
 }
 
 struct ChunkWriter {

@@ -23,6 +23,9 @@ pub enum MediaError {
         #[source]
         source: ffmpeg_next::Error,
     },
+    /// The file is a video, but its streams cannot go into MPEG-TS chunks (send it whole).
+    #[error("cannot cut into MPEG-TS chunks: {0}")]
+    NotChunkable(String),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -32,7 +35,9 @@ impl MediaError {
         match self {
             MediaError::NotAVideo => ErrorCode::NotAVideo,
             MediaError::NoVideoStream => ErrorCode::NoVideoStream,
-            MediaError::UnsupportedCodec(_) => ErrorCode::UnsupportedCodec,
+            MediaError::UnsupportedCodec(_) | MediaError::NotChunkable(_) => {
+                ErrorCode::UnsupportedCodec
+            }
             MediaError::TooLong { .. } => ErrorCode::TooLong,
             MediaError::TooLarge(_) => ErrorCode::TooLarge,
             MediaError::CorruptStream(_) => ErrorCode::CorruptStream,
