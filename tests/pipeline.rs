@@ -332,3 +332,55 @@ async fn sigterm_lets_a_worker_finish_the_slice_in_hand_then_exit(pool: PgPool) 
     }
     app.stop().await;
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_merge_that_keeps_failing_gives_up_after_bounded_attempts_counted_durably(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        &[("VTX_MAX_ATTEMPTS", "2"), ("VTX_TIERS", "fast")],
+        Services::default(),
+    )
+    .await;
+    let done = app
+        .client
+        .upload_file(&vtx_tests::gop_bframes(), &Default::default(), &|_, _| {})
+        .await
+        .unwrap();
+    // Once planned, the shared audio vanishes: every merge attempt fails.
+    let until = std::time::Instant::now() + WITHIN;
+    loop {
+        let key: Option<String> = sqlx::query_scalar("SELECT audio_key FROM jobs WHERE id = $1")
+            .bind(done.job_id.as_uuid())
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        if let Some(key) = key {
+            app.store.delete(&key).await.unwrap();
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "never planned with audio"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let video = app
+        .client
+        .wait_for_video(done.video_id, WITHIN)
+        .await
+        .unwrap();
+    assert_eq!(video.state, "failed", "{video:?}");
+    assert_eq!(video.error.unwrap().code, "retries-exhausted");
+    let attempts: i32 = sqlx::query_scalar(
+        "SELECT merge_attempts FROM job_tiers WHERE job_id = $1 AND tier = 'fast'",
+    )
+    .bind(done.job_id.as_uuid())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        attempts, 2,
+        "bounded by VTX_MAX_ATTEMPTS and counted in the database"
+    );
+    app.stop().await;
+}

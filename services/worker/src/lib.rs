@@ -4,9 +4,8 @@
 //! Handling is idempotent per (job, tier, slice): duplicates and stale deliveries are acked
 //! without work.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -38,8 +37,6 @@ struct Inner {
     /// H.264 encoders this machine opened, best first (always ends with libx264).
     encoders: Vec<String>,
     scratch: PathBuf,
-    /// Failed attempts at merges, per (job, tier): merges keep no attempt count in the database.
-    merge_failures: Mutex<HashMap<(JobId, Tier), u32>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +129,6 @@ impl Worker {
                 id,
                 encoders,
                 scratch: std::env::temp_dir(),
-                merge_failures: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -416,6 +412,18 @@ impl Worker {
                 return Outcome::Retry;
             }
         };
+        if ctx.attempts > inner.cfg.max_attempts {
+            let msg = format!("merge gave up after {} attempts", ctx.attempts - 1);
+            return self
+                .give_up(
+                    job,
+                    tier,
+                    ErrorCode::RetriesExhausted,
+                    &msg,
+                    Outcome::DeadLetter,
+                )
+                .await;
+        }
         let started = std::time::Instant::now();
         let next = inner
             .pipeline
@@ -440,12 +448,7 @@ impl Worker {
                     .await;
             }
             Err(e) => {
-                let n = {
-                    let mut m = inner.merge_failures.lock().expect("lock");
-                    let n = m.entry((job, tier)).or_insert(0);
-                    *n += 1;
-                    *n
-                };
+                let n = ctx.attempts;
                 if n >= inner.cfg.max_attempts {
                     let msg = format!("merge gave up after {n} attempts: {e}");
                     return self
@@ -474,11 +477,6 @@ impl Worker {
         {
             Ok(Publish::Live) => {
                 metrics::counter!("vtx_tiers_live_total", "tier" => tier.as_str()).increment(1);
-                inner
-                    .merge_failures
-                    .lock()
-                    .expect("lock")
-                    .remove(&(job, tier));
                 tracing::info!(secs = started.elapsed().as_secs_f64(), next = ?next, "tier live");
                 Outcome::Ack
             }

@@ -391,20 +391,25 @@ pub async fn claim_merge(
     job: JobId,
     tier: Tier,
 ) -> sqlx::Result<Option<WorkContext>> {
-    let row: Option<(Uuid, Option<Json<JobPlan>>, Option<String>)> = sqlx::query_as(
-        "SELECT j.video_id, j.plan, j.audio_key FROM job_tiers t JOIN jobs j ON j.id = t.job_id
-         WHERE t.job_id = $1 AND t.tier = $2 AND t.state = 'merging' AND j.state NOT IN ('failed', 'succeeded')",
+    // Each claim counts an attempt, durably: a merge that kills its worker is redelivered and
+    // counted again, so retries stay bounded.
+    let row: Option<(Uuid, Option<Json<JobPlan>>, Option<String>, i32)> = sqlx::query_as(
+        "UPDATE job_tiers t SET merge_attempts = t.merge_attempts + 1
+         FROM jobs j
+         WHERE j.id = t.job_id AND t.job_id = $1 AND t.tier = $2 AND t.state = 'merging'
+           AND j.state NOT IN ('failed', 'succeeded')
+         RETURNING j.video_id, j.plan, j.audio_key, t.merge_attempts",
     )
     .bind(job.as_uuid())
     .bind(tier.as_str())
     .fetch_optional(pool)
     .await?;
-    Ok(row.and_then(|(video, plan, audio_key)| {
+    Ok(row.and_then(|(video, plan, audio_key, attempts)| {
         plan.map(|Json(plan)| WorkContext {
             video_id: VideoId::from_uuid(video),
             plan,
             audio_key,
-            attempts: 0,
+            attempts: attempts.max(0) as u32,
         })
     }))
 }
