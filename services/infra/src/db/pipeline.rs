@@ -386,6 +386,9 @@ pub(crate) async fn fail_job_in(
 
 /// The context for merging a tier whose slices are all encoded; `None` if it is not (or no
 /// longer) waiting for its merge.
+/// (video, plan, audio key, merge attempts so far)
+type MergeClaimRow = (Uuid, Option<Json<JobPlan>>, Option<String>, i32);
+
 pub async fn claim_merge(
     pool: &PgPool,
     job: JobId,
@@ -393,7 +396,7 @@ pub async fn claim_merge(
 ) -> sqlx::Result<Option<WorkContext>> {
     // Each claim counts an attempt, durably: a merge that kills its worker is redelivered and
     // counted again, so retries stay bounded.
-    let row: Option<(Uuid, Option<Json<JobPlan>>, Option<String>, i32)> = sqlx::query_as(
+    let row: Option<MergeClaimRow> = sqlx::query_as(
         "UPDATE job_tiers t SET merge_attempts = t.merge_attempts + 1
          FROM jobs j
          WHERE j.id = t.job_id AND t.job_id = $1 AND t.tier = $2 AND t.state = 'merging'
