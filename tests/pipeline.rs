@@ -384,3 +384,36 @@ async fn a_merge_that_keeps_failing_gives_up_after_bounded_attempts_counted_dura
     );
     app.stop().await;
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_worker_consumes_only_the_classes_it_is_given(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        &[("VTX_WORKER_QUEUES", "fast,merge")],
+        Services::default(),
+    )
+    .await;
+    assert_eq!(app.worker.queues(), vec![queue::FAST_SLICES, queue::MERGE]);
+    let broker = app.broker.get().await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while broker.queue_stats(queue::FAST_SLICES).await.unwrap().1 == 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the worker never consumed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(broker.queue_stats(queue::HIGH_SLICES).await.unwrap().1, 0);
+    assert_eq!(
+        broker.queue_stats(queue::EXTREME_SLICES).await.unwrap().1,
+        0
+    );
+    let registered: Vec<String> = sqlx::query_scalar("SELECT unnest(queues) FROM workers")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(registered, vec![queue::FAST_SLICES, queue::MERGE]);
+    // This machine's FFmpeg has libx265 and libsvtav1: by default the extreme class is served.
+    assert!(vtx_media::can_encode_tier(vtx_media::Tier::Extreme));
+    app.stop().await;
+}

@@ -139,6 +139,9 @@ pub struct WorkerConfig {
     pub max_source_seconds: u64,
     /// `VTX_LEASE_SECS`: a slice's lease; heartbeats renew it every third of it.
     pub lease: Duration,
+    /// `VTX_WORKER_QUEUES`: task classes this worker takes (`fast`, `high`, `extreme`,
+    /// `merge`; default all). A class whose encoders this machine cannot open is dropped.
+    pub queues: Vec<String>,
     /// `VTX_H264_ENCODER`: preferred H.264 encoder (h264_nvenc, h264_qsv, h264_vaapi); when it
     /// cannot be opened, workers fall back to libx264. Empty: the best one detected.
     pub h264_encoder: Option<String>,
@@ -183,6 +186,12 @@ impl Config {
             auth: AuthConfig::load(&env)?,
             worker: WorkerConfig {
                 concurrency: env.parse("VTX_WORKER_CONCURRENCY", 1)?,
+                queues: env
+                    .string("VTX_WORKER_QUEUES", "fast,high,extreme,merge")
+                    .split(',')
+                    .map(|q| q.trim().to_string())
+                    .filter(|q| !q.is_empty())
+                    .collect(),
                 transcode_timeout: Duration::from_secs(
                     env.parse("VTX_TRANSCODE_TIMEOUT_SECS", 30 * 60)?,
                 ),
@@ -231,6 +240,14 @@ impl Config {
         }
         if self.worker.lease < Duration::from_secs(3) {
             bail!("VTX_LEASE_SECS must be at least 3");
+        }
+        if let Some(q) = self
+            .worker
+            .queues
+            .iter()
+            .find(|q| !["fast", "high", "extreme", "merge"].contains(&q.as_str()))
+        {
+            bail!("VTX_WORKER_QUEUES: unknown class {q:?} (fast, high, extreme, merge)");
         }
         if self.worker.concurrency == 0 || self.worker.max_attempts == 0 {
             bail!("VTX_WORKER_CONCURRENCY and VTX_MAX_ATTEMPTS must be positive");
@@ -290,5 +307,8 @@ mod tests {
             Config::from_lookup(|k| (k == "VTX_MAX_ATTEMPTS").then(|| "lots".into())).unwrap_err();
         assert!(err.to_string().contains("VTX_MAX_ATTEMPTS"));
         assert!(Config::from_lookup(|k| (k == "VTX_QUEUE_PREFIX").then(|| "a b".into())).is_err());
+        let err = Config::from_lookup(|k| (k == "VTX_WORKER_QUEUES").then(|| "fast,gpu".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("VTX_WORKER_QUEUES"), "{err}");
     }
 }

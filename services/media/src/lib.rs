@@ -35,7 +35,7 @@ pub use probe::{AudioInfo, Keyframe, Probe, VideoInfo, probe};
 pub use quality::{Quality, measure};
 pub use split::{SliceFile, split_video};
 pub use transcode::{
-    FrameProgress, RenditionOutput, RenditionReport, TranscodeRequest, Window,
+    FrameProgress, RenditionOutput, RenditionReport, TranscodeRequest, Window, can_encode_tier,
     detect_h264_encoders, transcode_ladder,
 };
 

@@ -534,6 +534,17 @@ pub fn detect_h264_encoders() -> Vec<String> {
     FOUND.get_or_init(detect_uncached).clone()
 }
 
+/// Whether this machine's FFmpeg has every software encoder `tier` needs (libx264; for the
+/// extreme tier libx265 and libsvtav1, which a slimmer FFmpeg build may lack). Software encoders
+/// need no device, so being built in is enough (opening libx265 or libsvtav1 only to close it
+/// again can stall).
+pub fn can_encode_tier(tier: crate::Tier) -> bool {
+    crate::init();
+    crate::tier_codecs(tier)
+        .iter()
+        .all(|c| encoder::find_by_name(c.encoder_name()).is_some())
+}
+
 fn detect_uncached() -> Vec<String> {
     crate::init();
     let settings = EncoderSettings {

@@ -151,16 +151,38 @@ impl Worker {
             .or_else(|| self.inner.encoders.first().cloned())
     }
 
+    /// The queues this worker consumes: the configured classes it can serve. A class whose
+    /// software encoders do not open here (the extreme tier on an FFmpeg without libx265 or
+    /// libsvtav1) is left to workers that can.
+    pub fn queues(&self) -> Vec<&'static str> {
+        let classes = [
+            ("fast", queue::FAST_SLICES, Some(Tier::Fast)),
+            ("high", queue::HIGH_SLICES, Some(Tier::High)),
+            ("extreme", queue::EXTREME_SLICES, Some(Tier::Extreme)),
+            ("merge", queue::MERGE, None),
+        ];
+        classes
+            .into_iter()
+            .filter(|(name, _, _)| self.inner.cfg.queues.iter().any(|q| q == name))
+            .filter(|(name, _, tier)| {
+                let ok = tier.is_none_or(vtx_media::can_encode_tier);
+                if !ok {
+                    tracing::warn!(
+                        class = name,
+                        "cannot open this class's encoders: not consuming it"
+                    );
+                }
+                ok
+            })
+            .map(|(_, q, _)| q)
+            .collect()
+    }
+
     /// Registers, then consumes until `shutdown`: fast slices, high slices (each `concurrency`
     /// consumers, so fast work never waits behind high work) and merges. Each consumer finishes
     /// the task it holds before stopping.
     pub async fn run(self, broker: BrokerClient, shutdown: CancellationToken) {
-        let queues = [
-            queue::FAST_SLICES,
-            queue::HIGH_SLICES,
-            queue::EXTREME_SLICES,
-            queue::MERGE,
-        ];
+        let queues = self.queues();
         let host = self
             .inner
             .id
