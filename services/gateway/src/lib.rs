@@ -111,14 +111,48 @@ impl Gateway {
         &self.public_url
     }
 
+    /// Serves HTTP/1.1 through hyper with each connection's read buffer capped at
+    /// [`READ_BUFFER`] (hyper lets it grow to about 400 KiB while a handler drains an upload
+    /// more slowly than the client sends it, which a thousand concurrent uploads multiply).
+    /// On cancellation, stops accepting and waits for the connections in flight.
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        use hyper_util::rt::{TokioIo, TokioTimer};
+        use hyper_util::service::TowerToHyperService;
         tracing::info!(addr = %self.addr, "gateway listening");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await?;
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.max_buf_size(READ_BUFFER)
+            .timer(TokioTimer::new())
+            .header_read_timeout(std::time::Duration::from_secs(30));
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors, say: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.cancelled() => break,
+            };
+            let service = TowerToHyperService::new(self.router.clone());
+            // No upgrades: the API has no WebSocket or CONNECT routes.
+            let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+        graceful.shutdown().await;
         Ok(())
     }
 }
+
+/// Most a connection buffers of a request it has not yet handed to the handler.
+const READ_BUFFER: usize = 32 << 10;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
