@@ -238,6 +238,19 @@ fn cut_inner(
         let Some(w) = writer.as_mut() else {
             continue; // audio before the first video keyframe: no chunk holds it
         };
+        // A frame after a cut shown before the cut's keyframe is an open GOP's leading frame:
+        // it needs the previous chunk's frames to decode, so it would be lost at the join.
+        if is_video
+            && !starts_chunk
+            && w.index > 0
+            && packet
+                .pts()
+                .is_some_and(|pts| seconds(pts) < w.start_seconds - 1e-6)
+        {
+            return Err(cannot_cut(
+                "open GOPs: frames after a keyframe are shown before it",
+            ));
+        }
         let shift = (shift_seconds / f64::from(in_tb)).ceil() as i64;
         packet.set_pts(packet.pts().map(|t| t + shift));
         packet.set_dts(packet.dts().map(|t| t + shift));

@@ -91,3 +91,38 @@ fn a_chunk_cut_inside_a_gop_or_not_mpegts_is_refused() {
     let err = inspect_chunk(text.path(), &Limits::default(), Deadline::none()).unwrap_err();
     assert!(matches!(err, ChunkError::NotMedia(_)), "{err:?}");
 }
+
+#[test]
+fn an_open_gop_source_is_not_cut_into_chunks() {
+    // Leading B-frames of an open GOP need the GOP before: a chunk boundary there would lose
+    // them, so such a file is refused for chunking (the client then sends it whole over tus).
+    let src = media("bikes.mp4");
+    let open_gop = vtx_testkit::derived(
+        "open-gop.mp4",
+        &[
+            "-i",
+            src.to_str().unwrap(),
+            "-an",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-g",
+            "25",
+            "-bf",
+            "3",
+            "-x264-params",
+            "open-gop=1:scenecut=0",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let err = cut_chunks(&open_gop, dir.path(), 2.0, Deadline::none()).unwrap_err();
+    assert!(
+        matches!(err, vtx_media::MediaError::NotChunkable(_)),
+        "{err:?}"
+    );
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing left behind"
+    );
+}
