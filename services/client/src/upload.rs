@@ -176,26 +176,28 @@ pub(crate) async fn run(
     let mut resumed = 0u32;
     let mut to_send = Vec::new();
     for c in &chunks {
-        let data = Bytes::from(tokio::fs::read(&c.path).await?);
-        let sha = hex::encode(Sha256::digest(&data));
-        match stored.iter().find(|(i, _)| *i == c.index) {
-            Some((_, s)) if *s == sha => {
-                resumed += 1;
-                sent.fetch_add(c.bytes, Ordering::Relaxed);
-            }
-            // A different chunk at this index: the gateway will say 409; let it.
-            _ => to_send.push((c.clone(), data)),
+        // Only a chunk the gateway already holds is read here (to compare); the others are
+        // read when sent, so memory holds at most `concurrency` chunks.
+        if let Some((_, held)) = stored.iter().find(|(i, _)| *i == c.index)
+            && *held == hex::encode(Sha256::digest(tokio::fs::read(&c.path).await?))
+        {
+            resumed += 1;
+            sent.fetch_add(c.bytes, Ordering::Relaxed);
+            continue;
         }
+        // New, or a different chunk at this index (the gateway will say 409; let it).
+        to_send.push(c.clone());
     }
     progress(sent.load(Ordering::Relaxed), total);
     let results: Vec<anyhow::Result<Instant>> = futures_util::stream::iter(to_send)
-        .map(|(c, data): (vtx_media::CutChunk, Bytes)| {
+        .map(|c: vtx_media::CutChunk| {
             let (this, sent) = (&this, &sent);
             async move {
                 if opts.live {
                     let due = Duration::from_secs_f64((c.end_seconds - first).max(0.0));
                     tokio::time::sleep_until((started + due).into()).await;
                 }
+                let data = Bytes::from(tokio::fs::read(&c.path).await?);
                 this.put_chunk_retrying(id, c.index, data).await?;
                 let done = sent.fetch_add(c.bytes, Ordering::Relaxed) + c.bytes;
                 progress(done, total);
