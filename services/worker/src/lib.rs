@@ -270,15 +270,7 @@ impl Worker {
         };
         if ctx.attempts > inner.cfg.max_attempts {
             let msg = format!("slice {index} gave up after {} attempts", ctx.attempts - 1);
-            return self
-                .give_up(
-                    job,
-                    tier,
-                    ErrorCode::RetriesExhausted,
-                    &msg,
-                    Outcome::DeadLetter,
-                )
-                .await;
+            return self.exhausted(job, tier, &msg).await;
         }
         // Renew the lease while the slice encodes; losing it stops the work.
         let lost = CancellationToken::new();
@@ -336,14 +328,7 @@ impl Worker {
             }
             Err(e) if ctx.attempts >= inner.cfg.max_attempts => {
                 let msg = format!("slice {index} gave up after {} attempts: {e}", ctx.attempts);
-                self.give_up(
-                    job,
-                    tier,
-                    ErrorCode::RetriesExhausted,
-                    &msg,
-                    Outcome::DeadLetter,
-                )
-                .await
+                self.exhausted(job, tier, &msg).await
             }
             Err(e) => {
                 tracing::warn!(attempt = ctx.attempts, error = %e, "slice failed; will retry");
@@ -353,6 +338,19 @@ impl Worker {
     }
 
     /// Fails the tier (and so the job) for good, then settles the delivery as `then`.
+    /// Gives up after the last allowed attempt: the tier fails with `retries-exhausted` and the
+    /// message goes to the dead-letter queue.
+    async fn exhausted(&self, job: JobId, tier: Tier, message: &str) -> Outcome {
+        self.give_up(
+            job,
+            tier,
+            ErrorCode::RetriesExhausted,
+            message,
+            Outcome::DeadLetter,
+        )
+        .await
+    }
+
     async fn give_up(
         &self,
         job: JobId,
@@ -436,15 +434,7 @@ impl Worker {
         };
         if ctx.attempts > inner.cfg.max_attempts {
             let msg = format!("merge gave up after {} attempts", ctx.attempts - 1);
-            return self
-                .give_up(
-                    job,
-                    tier,
-                    ErrorCode::RetriesExhausted,
-                    &msg,
-                    Outcome::DeadLetter,
-                )
-                .await;
+            return self.exhausted(job, tier, &msg).await;
         }
         let started = std::time::Instant::now();
         let next = inner
@@ -473,15 +463,7 @@ impl Worker {
                 let n = ctx.attempts;
                 if n >= inner.cfg.max_attempts {
                     let msg = format!("merge gave up after {n} attempts: {e}");
-                    return self
-                        .give_up(
-                            job,
-                            tier,
-                            ErrorCode::RetriesExhausted,
-                            &msg,
-                            Outcome::DeadLetter,
-                        )
-                        .await;
+                    return self.exhausted(job, tier, &msg).await;
                 }
                 tracing::warn!(attempt = n, error = %e, "merge failed; will retry");
                 return Outcome::Retry;
