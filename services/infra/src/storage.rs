@@ -261,36 +261,11 @@ impl ObjectStore {
     /// Deletes every object under `prefix` (one at a time: not every S3-compatible server has
     /// batch delete). Returns how many went.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<u64, StorageError> {
-        let full = self.key(prefix);
-        let mut deleted = 0u64;
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(&full)
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| classify("listing objects", e))?;
-            for obj in page.contents() {
-                if let Some(k) = obj.key() {
-                    self.client
-                        .delete_object()
-                        .bucket(&self.bucket)
-                        .key(k)
-                        .send()
-                        .await
-                        .map_err(|e| classify("deleting an object", e))?;
-                    deleted += 1;
-                }
-            }
-            match page.next_continuation_token() {
-                Some(t) if page.is_truncated().unwrap_or(false) => token = Some(t.to_string()),
-                _ => return Ok(deleted),
-            }
+        let keys = self.list(prefix).await?;
+        for key in &keys {
+            self.delete(key).await?;
         }
+        Ok(keys.len() as u64)
     }
 
     /// Keys under `prefix` (relative to the store's own prefix), for tests and operators.
