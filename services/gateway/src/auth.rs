@@ -103,6 +103,20 @@ impl Auth {
         format!("{PREFIX}.{payload}.{sig}")
     }
 
+    /// The token of one upload session, expiring with it.
+    pub fn upload_token(
+        &self,
+        upload: UploadId,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> String {
+        self.sign(&Claims {
+            kind: TokenKind::Upload,
+            id: upload.as_uuid(),
+            exp: expires_at.timestamp(),
+            sub: None,
+        })
+    }
+
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
         let mut parts = token.split('.');
         let (Some(PREFIX), Some(payload), Some(sig), None) =

@@ -18,8 +18,10 @@ use base64::engine::general_purpose::STANDARD as B64;
 use vtx_domain::{UploadId, UploadState};
 use vtx_infra::db::{self, ChunkInsert, UploadRow};
 
-use crate::auth::{Caller, Claims, TokenKind};
-use crate::uploads::{Streamed, discard, finish_upload, load_upload, stream_to_store};
+use crate::auth::Caller;
+use crate::uploads::{
+    Streamed, discard, finish_upload, load_upload, session_expiry, stream_to_store,
+};
 use crate::{ApiError, ApiResult, AppState, parse_id};
 
 const VERSION: &str = "1.0.0";
@@ -131,23 +133,18 @@ pub async fn create(
         ),
     };
     let id = UploadId::new();
-    let ttl = chrono::Duration::from_std(state.limits.session_ttl).map_err(ApiError::internal)?;
+
     let row = db::create_tus_upload(
         &state.pool,
         id,
-        chrono::Utc::now() + ttl,
+        session_expiry(&state)?,
         grant,
         length,
         metadata.as_deref(),
     )
     .await?;
     tracing::info!(upload_id = %id, length, "tus upload created");
-    let token = state.auth.sign(&Claims {
-        kind: TokenKind::Upload,
-        id: id.as_uuid(),
-        exp: row.expires_at.timestamp(),
-        sub: None,
-    });
+    let token = state.auth.upload_token(id, row.expires_at);
     Ok((
         StatusCode::CREATED,
         [

@@ -88,22 +88,17 @@ pub async fn create(
         ));
     }
     let id = UploadId::new();
-    let ttl = chrono::Duration::from_std(state.limits.session_ttl).map_err(ApiError::internal)?;
+
     let row = db::create_upload(
         &state.pool,
         id,
-        chrono::Utc::now() + ttl,
+        session_expiry(&state)?,
         grant,
         req.rotation,
     )
     .await?;
     tracing::info!(upload_id = %id, grant = ?grant, "upload created");
-    let upload_token = state.auth.sign(&Claims {
-        kind: TokenKind::Upload,
-        id: id.as_uuid(),
-        exp: row.expires_at.timestamp(),
-        sub: None,
-    });
+    let upload_token = state.auth.upload_token(id, row.expires_at);
     Ok((
         StatusCode::CREATED,
         Json(UploadCreated {
@@ -115,6 +110,12 @@ pub async fn create(
             max_upload_bytes: state.limits.max_upload_bytes,
         }),
     ))
+}
+
+/// When a session opened now expires.
+pub(crate) fn session_expiry(state: &AppState) -> ApiResult<chrono::DateTime<chrono::Utc>> {
+    let ttl = chrono::Duration::from_std(state.limits.session_ttl).map_err(ApiError::internal)?;
+    Ok(chrono::Utc::now() + ttl)
 }
 
 /// The upload, if it exists and `caller` may use it.
