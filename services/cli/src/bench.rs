@@ -56,18 +56,7 @@ fn ffmpeg(args: &[String]) -> anyhow::Result<()> {
 
 /// A 720p clip of at least 30 s: the shared Big Buck Bunny excerpt looped without re-encoding.
 fn default_input(dir: &Path) -> anyhow::Result<PathBuf> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/media/bigbuckbunny.mp4");
-    let out = dir.join("bbb-720p-32s.mp4");
-    ffmpeg(&[
-        "-stream_loop".into(),
-        "5".into(),
-        "-i".into(),
-        src.to_string_lossy().into_owned(),
-        "-c".into(),
-        "copy".into(),
-        out.to_string_lossy().into_owned(),
-    ])?;
-    Ok(out)
+    looped_bbb(dir, 6) // 31.7 s
 }
 
 /// The ffmpeg command line's equivalent of our fast-tier x264 settings for one rung.
@@ -403,11 +392,17 @@ impl BenchStack {
             .upload_file(clip, &Default::default(), &|_, _| {})
             .await?;
         let t0 = Instant::now();
-        let until = t0 + std::time::Duration::from_secs(1800);
+        self.wait_published(done.video_id).await?;
+        Ok((t0.elapsed().as_secs_f64(), done.job_id))
+    }
+
+    /// Polls every 50 ms (finer than the client's wait) until the video is published.
+    async fn wait_published(&self, video: vtx_domain::VideoId) -> anyhow::Result<()> {
+        let until = Instant::now() + std::time::Duration::from_secs(1800);
         loop {
-            let v = self.client.video(done.video_id).await?;
+            let v = self.client.video(video).await?;
             match v.state.as_str() {
-                "published" => return Ok((t0.elapsed().as_secs_f64(), done.job_id)),
+                "published" => return Ok(()),
                 "failed" => bail!("video failed: {:?}", v.error),
                 _ => {}
             }
@@ -477,23 +472,36 @@ impl Drop for ChildGuard {
     }
 }
 
+/// A clip from the shared media folder beside the checkout.
+fn shared_clip(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/media")
+        .join(name)
+}
+
+/// The shared 720p Big Buck Bunny excerpt, `loops` times back to back (no re-encode), in `dir`.
+fn looped_bbb(dir: &Path, loops: u32) -> anyhow::Result<PathBuf> {
+    let out = dir.join(format!("bbb-{loops}.mp4"));
+    ffmpeg(&[
+        "-stream_loop".into(),
+        (loops - 1).to_string(),
+        "-i".into(),
+        shared_clip("bigbuckbunny.mp4")
+            .to_string_lossy()
+            .into_owned(),
+        "-c".into(),
+        "copy".into(),
+        out.to_string_lossy().into_owned(),
+    ])?;
+    Ok(out)
+}
+
 /// `vtx bench pipeline`: publish latency by clip length, and a long video on 1 vs 2 workers.
 pub async fn pipeline() -> anyhow::Result<()> {
     let scratch = tempfile::tempdir()?;
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/media/bigbuckbunny.mp4");
     let mut clips = Vec::new();
     for (label, loops) in [("15 s", 3u32), ("60 s", 12), ("5 min", 57)] {
-        let out = scratch.path().join(format!("bbb-{loops}.mp4"));
-        ffmpeg(&[
-            "-stream_loop".into(),
-            (loops - 1).to_string(),
-            "-i".into(),
-            src.to_string_lossy().into_owned(),
-            "-c".into(),
-            "copy".into(),
-            out.to_string_lossy().into_owned(),
-        ])?;
-        clips.push((label, out));
+        clips.push((label, looped_bbb(scratch.path(), loops)?));
     }
     println!(
         "720p clips (the shared Big Buck Bunny excerpt looped), fast tier only; each worker process pinned to one core"
@@ -552,7 +560,7 @@ fn peak_rss(pid: u32) -> Option<u64> {
 /// the gateway as in production). Prints throughput, chunk latency and the gateway's peak RSS.
 pub async fn uploads(sessions: usize, chunks: usize) -> anyhow::Result<()> {
     let scratch = tempfile::tempdir()?;
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/media/bikes.mp4");
+    let src = shared_clip("bikes.mp4");
     let cut = {
         let (src, dir) = (src.clone(), scratch.path().to_path_buf());
         tokio::task::spawn_blocking(move || {
@@ -642,7 +650,6 @@ pub async fn uploads(sessions: usize, chunks: usize) -> anyhow::Result<()> {
 /// last chunk was stored, median over `runs` (`long_runs` for the 5-minute clip).
 pub async fn live(runs: usize, long_runs: usize) -> anyhow::Result<()> {
     let scratch = tempfile::tempdir()?;
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/media/bigbuckbunny.mp4");
     let stack = BenchStack::start("fast").await?;
     let _w = stack.workers(2).await?;
     println!("| clip | chunks | runs | last chunk -> published, s (median) | all runs, s |");
@@ -651,16 +658,7 @@ pub async fn live(runs: usize, long_runs: usize) -> anyhow::Result<()> {
         if n == 0 {
             continue;
         }
-        let clip = scratch.path().join(format!("bbb-{loops}.mp4"));
-        ffmpeg(&[
-            "-stream_loop".into(),
-            (loops - 1).to_string(),
-            "-i".into(),
-            src.to_string_lossy().into_owned(),
-            "-c".into(),
-            "copy".into(),
-            clip.to_string_lossy().into_owned(),
-        ])?;
+        let clip = looped_bbb(scratch.path(), loops)?;
         let opts = vtx_client::UploadOptions {
             live: true,
             ..Default::default()
@@ -670,17 +668,7 @@ pub async fn live(runs: usize, long_runs: usize) -> anyhow::Result<()> {
         for _ in 0..n {
             let report = stack.client.upload_video(&clip, &opts, &|_, _| {}).await?;
             chunks = report.chunks;
-            let until = Instant::now() + std::time::Duration::from_secs(1800);
-            loop {
-                let v = stack.client.video(report.completed.video_id).await?;
-                match v.state.as_str() {
-                    "published" => break,
-                    "failed" => bail!("video failed: {:?}", v.error),
-                    _ => {}
-                }
-                anyhow::ensure!(Instant::now() < until, "not published in 30 min");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+            stack.wait_published(report.completed.video_id).await?;
             latencies.push(report.last_chunk_stored.elapsed().as_secs_f64());
         }
         let mut sorted = latencies.clone();
