@@ -16,6 +16,18 @@ fn unauthorized(code: &str) -> (StatusCode, String) {
     (StatusCode::UNAUTHORIZED, code.to_string())
 }
 
+/// Frames of a clip, from its packets.
+fn frames_of(clip: &std::path::Path) -> u64 {
+    vtx_media::probe(
+        clip,
+        &vtx_media::Limits::default(),
+        vtx_media::Deadline::none(),
+    )
+    .unwrap()
+    .video
+    .frames
+}
+
 fn forbidden() -> (StatusCode, String) {
     (StatusCode::FORBIDDEN, "auth-scope".to_string())
 }
@@ -214,12 +226,7 @@ async fn a_tus_upload_from_a_real_tus_client_resumes_and_becomes_a_playable_vide
     let app = TestApp::spawn(pool).await;
     let clip = vtx_tests::media("bikes.mp4");
     let size = std::fs::metadata(&clip).unwrap().len();
-    let source = vtx_media::probe(
-        &clip,
-        &vtx_media::Limits::default(),
-        vtx_media::Deadline::none(),
-    )
-    .unwrap();
+    let source_frames = frames_of(&clip);
     // An app's credentials: a grant from an internal service.
     let grant = app
         .client
@@ -253,7 +260,7 @@ async fn a_tus_upload_from_a_real_tus_client_resumes_and_becomes_a_playable_vide
         .await
         .unwrap();
     assert_eq!(video.state, "published", "{video:?}");
-    assert_eq!(video.frames, Some(source.video.frames));
+    assert_eq!(video.frames, Some(source_frames));
     app.stop().await;
 }
 
@@ -531,12 +538,7 @@ async fn a_killed_client_upload_resumes_and_sends_only_what_is_missing(pool: PgP
         std::fs::read_dir(state.path()).unwrap().next().is_none(),
         "the state file is removed once the upload completes"
     );
-    let source = vtx_media::probe(
-        &clip,
-        &vtx_media::Limits::default(),
-        vtx_media::Deadline::none(),
-    )
-    .unwrap();
+    let source_frames = frames_of(&clip);
     let video = app
         .client
         .wait_for_video(
@@ -546,7 +548,7 @@ async fn a_killed_client_upload_resumes_and_sends_only_what_is_missing(pool: PgP
         .await
         .unwrap();
     assert_eq!(video.state, "published", "{video:?}");
-    assert_eq!(video.frames, Some(source.video.frames));
+    assert_eq!(video.frames, Some(source_frames));
     app.stop().await;
 }
 
