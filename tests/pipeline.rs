@@ -215,7 +215,7 @@ async fn a_poison_job_fails_with_a_code_lands_in_the_dead_letter_queue_and_other
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(dead.job_id(), poison.job_id);
+    assert_eq!(dead.job_id(), Some(poison.job_id));
 
     // Other jobs keep flowing.
     let good = app

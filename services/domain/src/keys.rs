@@ -31,3 +31,12 @@ pub fn encoded(job: JobId, tier: Tier) -> String {
 pub fn tier_output(video: VideoId, job: JobId, tier: Tier) -> String {
     format!("videos/{video}/{job}/{tier}/")
 }
+
+/// Where a pipelined upload's chunk `index` puts rendition `name`'s HLS init and segments: in
+/// the fast tier's output of the job the upload reserved, beside the playlists that list them.
+pub fn chunk_hls(video: VideoId, job: JobId, name: &str, index: u32) -> String {
+    format!(
+        "{}hls/{name}/c{index:05}/",
+        tier_output(video, job, Tier::Fast)
+    )
+}

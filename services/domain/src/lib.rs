@@ -10,6 +10,7 @@ pub mod ids;
 pub mod keys;
 pub mod ladder;
 pub mod messages;
+pub mod pipelined;
 pub mod plan;
 pub mod slicing;
 pub mod state;

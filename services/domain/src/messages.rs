@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{JobId, Tier};
+use crate::{JobId, Tier, UploadId};
 
 /// Logical queue names, one per task class; the broker adapter prefixes them per deployment (or
 /// per test). Separate queues keep fast-tier work from waiting behind high-tier work.
@@ -38,6 +38,9 @@ pub enum Task {
     },
     /// Every slice of a tier is encoded: package it and put it live.
     Merge { job_id: JobId, tier: Tier },
+    /// A media chunk of an upload still arriving was stored: encode it into the fast ladder
+    /// and package its HLS segments (transcoding while the upload arrives).
+    EncodeChunk { upload_id: UploadId, index: u32 },
 }
 
 impl Task {
@@ -56,14 +59,18 @@ impl Task {
                 ..
             } => queue::EXTREME_SLICES,
             Task::Merge { .. } => queue::MERGE,
+            // Publishing waits on it exactly as on a fast slice.
+            Task::EncodeChunk { .. } => queue::FAST_SLICES,
         }
     }
 
-    pub fn job_id(&self) -> JobId {
+    /// The job the task belongs to (a chunk's encode belongs to an upload, not yet to a job).
+    pub fn job_id(&self) -> Option<JobId> {
         match self {
             Task::JobCreated { job_id }
             | Task::EncodeSlice { job_id, .. }
-            | Task::Merge { job_id, .. } => *job_id,
+            | Task::Merge { job_id, .. } => Some(*job_id),
+            Task::EncodeChunk { .. } => None,
         }
     }
 }

@@ -11,6 +11,7 @@ mod error;
 mod hls;
 mod merge;
 mod pipeline;
+mod pipelined;
 mod probe;
 mod quality;
 mod split;
@@ -31,6 +32,7 @@ pub use pipeline::{
     ProgressFn, Stage, encode_slice, encoded_slice_path, package, plan_job, plan_outputs, prepare,
     run_pipeline, verify_packaged,
 };
+pub use pipelined::{chunk_hls_dir, encode_chunk};
 pub use probe::{AudioInfo, Keyframe, Probe, VideoInfo, probe};
 pub use quality::{Quality, measure};
 pub use split::{SliceFile, split_video};

@@ -33,6 +33,10 @@ pub struct MergeRequest {
     /// Directory for this rung's HLS playlist (`index.m3u8`), init segment and media segments.
     pub hls_dir: Option<PathBuf>,
     pub segment_seconds: f64,
+    /// Keep the inputs' clock in the HLS segments (`tfdt` is the packets' own time, not time
+    /// from the first packet), so segments muxed apart (one upload chunk at a time) play on as
+    /// one stream. The MP4 starts at zero either way.
+    pub keep_timestamps: bool,
     pub deadline: Deadline,
 }
 
@@ -244,9 +248,20 @@ fn merge_inner(req: &MergeRequest) -> Result<MergeReport, MediaError> {
         Some(path) => Some(Source::open(path, media::Type::Audio, 0, Rational(1, 1))?),
         None => None,
     };
+    let mut next_a = match audio.as_mut() {
+        Some(a) => a.next()?,
+        None => None,
+    };
+    // AAC from MPEG-TS comes in ADTS frames: MP4 wants raw frames and the AudioSpecificConfig
+    // (the HLS muxer, unlike the MP4 one, does not convert by itself).
+    let adts = next_a.as_ref().and_then(|p| p.data()).and_then(Adts::parse);
     let apar = audio.as_ref().map(|a| {
         let s = a.ictx.stream(a.stream).expect("opened");
-        (s.parameters(), a.tb)
+        let mut par = s.parameters();
+        if let Some(h) = adts {
+            set_extradata(&mut par, &h.audio_specific_config());
+        }
+        (par, a.tb)
     });
     let hevc = req.codec == VideoCodec::Hevc;
 
@@ -273,6 +288,9 @@ fn merge_inner(req: &MergeRequest) -> Result<MergeReport, MediaError> {
             &dir.join("seg-%05d.m4s").to_string_lossy(),
         );
         o.set("hls_flags", "independent_segments");
+        if req.keep_timestamps {
+            o.set("hls_segment_options", "movflags=+frag_discont");
+        }
         o.set("hls_list_size", "0");
         sinks.push(Sink::open(
             &dir.join("index.m3u8"),
@@ -295,10 +313,6 @@ fn merge_inner(req: &MergeRequest) -> Result<MergeReport, MediaError> {
             .max(1),
     };
     let mut next_v = video.next()?;
-    let mut next_a = match audio.as_mut() {
-        Some(a) => a.next()?,
-        None => None,
-    };
     let (mut frames, mut first_pts, mut end_pts) = (0u64, None::<i64>, 0i64);
     let a_tb = audio.as_ref().map(|a| a.tb).unwrap_or(Rational(1, 1));
     loop {
@@ -328,7 +342,10 @@ fn merge_inner(req: &MergeRequest) -> Result<MergeReport, MediaError> {
             }
             next_v = video.next()?;
         } else {
-            let p = next_a.take().expect("checked");
+            let mut p = next_a.take().expect("checked");
+            if adts.is_some() {
+                p = strip_adts(&p);
+            }
             for s in sinks.iter_mut() {
                 s.write(&p, a_tb, false)?;
             }
@@ -349,6 +366,70 @@ fn merge_inner(req: &MergeRequest) -> Result<MergeReport, MediaError> {
         codec_string: codec_string(req.codec, &extradata),
         prefetch_bytes_3s: prefetch_bytes(&req.mp4, 3.0)?,
     })
+}
+
+/// The fixed part of an ADTS header: what the AudioSpecificConfig is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Adts {
+    object_type: u8,
+    frequency_index: u8,
+    channels: u8,
+}
+
+impl Adts {
+    fn parse(data: &[u8]) -> Option<Self> {
+        if data.len() < 7 || data[0] != 0xFF || data[1] & 0xF6 != 0xF0 {
+            return None;
+        }
+        let channels = ((data[2] & 0x01) << 2) | (data[3] >> 6);
+        // Channel configuration 0 needs a program config element: not handled, left as it is.
+        (channels != 0).then_some(Adts {
+            object_type: (data[2] >> 6) + 1,
+            frequency_index: (data[2] >> 2) & 0x0F,
+            channels,
+        })
+    }
+
+    fn audio_specific_config(&self) -> [u8; 2] {
+        let v = (u16::from(self.object_type) << 11)
+            | (u16::from(self.frequency_index) << 7)
+            | (u16::from(self.channels) << 3);
+        v.to_be_bytes()
+    }
+}
+
+/// The packet without its ADTS header (7 bytes, 9 with a CRC).
+fn strip_adts(p: &Packet) -> Packet {
+    let data = p.data().unwrap_or_default();
+    if Adts::parse(data).is_none() {
+        return p.clone();
+    }
+    let header = if data[1] & 0x01 == 0 { 9 } else { 7 };
+    let mut out = Packet::copy(&data[header.min(data.len())..]);
+    out.set_pts(p.pts());
+    out.set_dts(p.dts());
+    out.set_duration(p.duration());
+    out.set_stream(p.stream());
+    out.set_flags(p.flags());
+    out
+}
+
+fn set_extradata(par: &mut codec::Parameters, bytes: &[u8]) {
+    // SAFETY: the parameters own their extradata; it is replaced by a buffer from av_malloc
+    // with the padding FFmpeg requires, and the old one is freed.
+    unsafe {
+        let p = par.as_mut_ptr();
+        ffmpeg_next::ffi::av_freep(std::ptr::addr_of_mut!((*p).extradata).cast());
+        let pad = ffmpeg_next::ffi::AV_INPUT_BUFFER_PADDING_SIZE as usize;
+        let buf = ffmpeg_next::ffi::av_mallocz(bytes.len() + pad).cast::<u8>();
+        if buf.is_null() {
+            (*p).extradata_size = 0;
+            return;
+        }
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf, bytes.len());
+        (*p).extradata = buf;
+        (*p).extradata_size = bytes.len() as i32;
+    }
 }
 
 /// Bytes of a faststart MP4 needed to play its first `seconds`: everything up to the end of the

@@ -359,6 +359,7 @@ pub fn package(
             mp4: mp4.clone(),
             hls_dir: hls_dir.clone(),
             segment_seconds: 2.0,
+            keep_timestamps: false,
             deadline,
         })?;
         let playlist = hls_dir.as_ref().map(|d| d.join("index.m3u8"));

@@ -1,0 +1,148 @@
+//! Transcoding while the upload arrives: one upload chunk (a GOP-aligned MPEG-TS segment) is
+//! encoded into the tier's ladder and packaged at once into its own HLS init and media
+//! segments, which keep the upload's clock so that the chunks' segments, listed one after the
+//! other, play as one stream. Completing the upload then only writes playlists.
+
+use std::path::Path;
+
+use vtx_domain::pipelined::{ChunkEncode, ChunkRendition, Segment};
+
+use crate::encoder::Tier;
+use crate::merge::{EncodedSlice, MergeRequest, merge_rendition};
+use crate::pipeline::{EncodeOptions, plan_outputs};
+use crate::transcode::{RenditionOutput, TranscodeRequest, transcode_ladder};
+use crate::{Deadline, Limits, MediaError, probe};
+
+/// Where `encode_chunk` puts rendition `name`'s HLS files (init, segments, playlist).
+pub fn chunk_hls_dir(out_dir: &Path, name: &str) -> std::path::PathBuf {
+    out_dir.join("hls").join(name)
+}
+
+/// Encodes one chunk into every rendition of `tier` and packages each as HLS under
+/// `chunk_hls_dir(out_dir, name)` (plus `{name}.mp4`, the chunk's rendition with its audio).
+/// `rotation` is the one the upload declared (MPEG-TS carries none); a chunk's own wins.
+pub fn encode_chunk(
+    input: &Path,
+    rotation: u32,
+    tier: Tier,
+    out_dir: &Path,
+    limits: &Limits,
+    options: &EncodeOptions,
+    deadline: Deadline,
+) -> Result<ChunkEncode, MediaError> {
+    crate::init();
+    std::fs::create_dir_all(out_dir)?;
+    let p = probe(input, limits, deadline)?;
+    let v = &p.video;
+    let (rotation, (dw, dh)) = if v.rotation != 0 || rotation % 360 == 0 {
+        (v.rotation, (v.display_width, v.display_height))
+    } else if rotation % 180 == 90 {
+        (rotation % 360, (v.display_height, v.display_width))
+    } else {
+        (rotation % 360, (v.display_width, v.display_height))
+    };
+    let outputs: Vec<RenditionOutput> = plan_outputs(tier, dw, dh)
+        .into_iter()
+        .map(|(rung, codec, name)| RenditionOutput {
+            path: out_dir.join(format!("enc-{name}.mp4")),
+            rung,
+            codec,
+        })
+        .collect();
+    let names: Vec<String> = plan_outputs(tier, dw, dh)
+        .into_iter()
+        .map(|(_, _, n)| n)
+        .collect();
+    let request = TranscodeRequest {
+        input: input.to_path_buf(),
+        window: None,
+        // Keyframes on the 2 s grid of the upload's clock: the same grid in every chunk.
+        timeline_offset: v.start_pts,
+        outputs: outputs.clone(),
+        tier,
+        gop_seconds: 2.0,
+        frame_rate: Some(v.frame_rate_q),
+        variable_frame_rate: v.variable_frame_rate,
+        rotation,
+        watermark: options.watermark.clone(),
+        audio: false,
+        threads: options.threads,
+        h264_encoder: options.h264_encoder.clone(),
+        deadline,
+        progress: options.progress.clone(),
+    };
+    let reports = transcode_ladder(&request)?;
+    let mut renditions = Vec::new();
+    for ((out, report), name) in outputs.iter().zip(&reports).zip(&names) {
+        let hls_dir = chunk_hls_dir(out_dir, name);
+        let merged = merge_rendition(&MergeRequest {
+            slices: vec![EncodedSlice {
+                path: out.path.clone(),
+                offset: v.start_pts,
+                offset_tb: v.time_base,
+            }],
+            audio: p.audio.is_some().then(|| input.to_path_buf()),
+            codec: out.codec,
+            frame_rate: v.frame_rate_q,
+            mp4: out_dir.join(format!("{name}.mp4")),
+            hls_dir: Some(hls_dir.clone()),
+            segment_seconds: 2.0,
+            keep_timestamps: true,
+            deadline,
+        })?;
+        let _ = std::fs::remove_file(&out.path);
+        let (init, segments) = read_playlist(&hls_dir.join("index.m3u8"))?;
+        renditions.push(ChunkRendition {
+            name: name.clone(),
+            codec: out.codec.label().to_string(),
+            codec_string: merged.codec_string,
+            width: report.width,
+            height: report.height,
+            frames: merged.frames,
+            duration_seconds: merged.duration_seconds,
+            init_bytes: std::fs::metadata(hls_dir.join(&init))?.len(),
+            init,
+            segments,
+        });
+    }
+    Ok(ChunkEncode {
+        time_base: v.time_base,
+        start: v.start_pts,
+        end: v.end_pts,
+        frames: v.frames,
+        frame_rate: v.frame_rate_q,
+        variable_frame_rate: v.variable_frame_rate,
+        display_width: dw,
+        display_height: dh,
+        has_audio: p.audio.is_some(),
+        renditions,
+    })
+}
+
+/// The init segment and the media segments (with durations and sizes) of a media playlist
+/// FFmpeg's HLS muxer wrote.
+fn read_playlist(playlist: &Path) -> Result<(String, Vec<Segment>), MediaError> {
+    let dir = playlist.parent().unwrap_or(Path::new("."));
+    let text = std::fs::read_to_string(playlist)?;
+    let init = text
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\""))
+        .and_then(|rest| rest.split('"').next())
+        .ok_or_else(|| MediaError::CorruptStream("HLS playlist without an init segment".into()))?
+        .to_string();
+    let mut segments = Vec::new();
+    let mut seconds = None;
+    for line in text.lines() {
+        if let Some(d) = line.strip_prefix("#EXTINF:") {
+            seconds = d.split(',').next().and_then(|x| x.trim().parse().ok());
+        } else if !line.starts_with('#') && !line.trim().is_empty() {
+            let uri = line.trim().to_string();
+            segments.push(Segment {
+                bytes: std::fs::metadata(dir.join(&uri))?.len(),
+                seconds: seconds.take().unwrap_or(0.0),
+                uri,
+            });
+        }
+    }
+    Ok((init, segments))
+}

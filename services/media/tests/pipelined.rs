@@ -1,0 +1,125 @@
+//! Transcoding while the upload arrives: chunks encoded and packaged one by one, then listed in
+//! one playlist per rendition, play as one stream with every frame of the source and the audio
+//! in step.
+
+use std::path::Path;
+
+use ffmpeg_next::{Rational, media};
+use vtx_domain::pipelined::{ChunkEncode, check_chunks, media_playlist};
+use vtx_media::{
+    Deadline, EncodeOptions, Limits, Tier, chunk_hls_dir, cut_chunks, encode_chunk, probe,
+};
+use vtx_testkit::gop_bframes;
+
+/// (video packets, video end s, audio end s, first video pts s, first audio pts s), checking
+/// that each stream's decode times only go up.
+fn read_hls(playlist: &Path) -> (u64, f64, f64, f64, f64) {
+    let mut ictx = ffmpeg_next::format::input(playlist).expect("open the playlist");
+    let v = ictx.streams().best(media::Type::Video).unwrap();
+    let (vi, vtb) = (v.index(), v.time_base());
+    let a = ictx.streams().best(media::Type::Audio).unwrap();
+    let (ai, atb) = (a.index(), a.time_base());
+    let secs = |t: i64, tb: Rational| t as f64 * f64::from(tb.0) / f64::from(tb.1);
+    let (mut frames, mut vend, mut aend) = (0u64, 0f64, 0f64);
+    let (mut vfirst, mut afirst) = (f64::MAX, f64::MAX);
+    let mut last_dts = [i64::MIN, i64::MIN];
+    for (s, p) in ictx.packets() {
+        let (tb, slot) = if s.index() == vi {
+            (vtb, 0)
+        } else if s.index() == ai {
+            (atb, 1)
+        } else {
+            continue;
+        };
+        let dts = p.dts().expect("dts");
+        assert!(
+            dts > last_dts[slot],
+            "decode time goes back: {dts} after {}",
+            last_dts[slot]
+        );
+        last_dts[slot] = dts;
+        let pts = p.pts().expect("pts");
+        let end = secs(pts + p.duration(), tb);
+        if slot == 0 {
+            frames += 1;
+            vend = vend.max(end);
+            vfirst = vfirst.min(secs(pts, tb));
+        } else {
+            aend = aend.max(end);
+            afirst = afirst.min(secs(pts, tb));
+        }
+    }
+    (frames, vend, aend, vfirst, afirst)
+}
+
+#[test]
+fn chunks_encoded_apart_play_as_one_stream_with_every_frame() {
+    let src = gop_bframes(); // keyframe every second, B-frames, AAC
+    let source = probe(&src, &Limits::default(), Deadline::none()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let chunks = cut_chunks(&src, dir.path(), 2.0, Deadline::none()).unwrap();
+    assert!(chunks.len() >= 4);
+
+    // Out of order, as chunks may arrive.
+    let mut encoded: Vec<(u32, ChunkEncode)> = Vec::new();
+    for c in chunks.iter().rev() {
+        let out = dir.path().join(format!("enc-{}", c.index));
+        let e = encode_chunk(
+            &c.path,
+            0,
+            Tier::Fast,
+            &out,
+            &Limits::default(),
+            &EncodeOptions::default(),
+            Deadline::none(),
+        )
+        .unwrap();
+        // The chunk's files go where the tier's playlists will find them.
+        for r in &e.renditions {
+            let to = dir
+                .path()
+                .join("hls")
+                .join(&r.name)
+                .join(format!("c{:05}", c.index));
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::rename(chunk_hls_dir(&out, &r.name), &to).unwrap();
+        }
+        encoded.push((c.index, e));
+    }
+    encoded.sort_by_key(|(i, _)| *i);
+    let all: Vec<ChunkEncode> = encoded.iter().map(|(_, e)| e.clone()).collect();
+    check_chunks(&all).unwrap();
+    assert_eq!(
+        all.iter().map(|c| c.frames).sum::<u64>(),
+        source.video.frames
+    );
+
+    let frame = 1.0 / source.video.frame_rate;
+    for r in &all[0].renditions {
+        let list: Vec<(u32, &_)> = encoded
+            .iter()
+            .map(|(i, e)| (*i, e.rendition(&r.name).unwrap()))
+            .collect();
+        let playlist = dir.path().join("hls").join(&r.name).join("index.m3u8");
+        std::fs::write(&playlist, media_playlist(&list)).unwrap();
+        let (frames, vend, aend, vfirst, afirst) = read_hls(&playlist);
+        assert_eq!(frames, source.video.frames, "{}", r.name);
+        let duration = vend - vfirst;
+        assert!(
+            (duration - source.video.duration_seconds).abs() <= frame + 1e-3,
+            "{}: {duration} s vs {} s",
+            r.name,
+            source.video.duration_seconds
+        );
+        assert!(
+            (vend - aend).abs() <= frame + 1e-3,
+            "{}: video ends at {vend}, audio at {aend}",
+            r.name
+        );
+        assert!(
+            (vfirst - afirst).abs() <= frame,
+            "{}: video starts at {vfirst}, audio at {afirst}",
+            r.name
+        );
+    }
+}
