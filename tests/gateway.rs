@@ -568,6 +568,12 @@ async fn a_rotated_video_uploaded_in_chunks_stays_upright(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(video.state, "published", "{video:?}");
+    assert!(
+        video.height > video.width,
+        "{:?}x{:?}",
+        video.width,
+        video.height
+    );
     let playback = video.playback.unwrap();
     for r in &playback.mp4 {
         assert!(r.height > r.width, "{} is {}x{}", r.name, r.width, r.height);
@@ -651,5 +657,109 @@ async fn a_file_that_cannot_be_cut_into_chunks_goes_up_whole_over_tus(pool: PgPo
         .await
         .unwrap();
     assert_eq!(video.state, "published", "{video:?}");
+    app.stop().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn chunks_are_transcoded_while_the_upload_arrives(pool: PgPool) {
+    // A long grace keeps the fast tier's objects fetchable after the high tier replaces it.
+    let app = TestApp::spawn_with(
+        pool,
+        &[("VTX_SWAP_GRACE_SECS", "600")],
+        vtx_tests::Services::default(),
+    )
+    .await;
+    let clip = vtx_tests::gop_bframes(); // keyframe every second, B-frames, AAC
+    let source_frames = frames_of(&clip);
+    let chunks = vtx_tests::ts_chunks(&clip, 2.0);
+    let n = chunks.len() as i64;
+    let c = &app.client;
+    let up = c.create_upload().await.unwrap();
+    // Out of order; each chunk is encoded as soon as it is stored.
+    for (i, chunk) in chunks.iter().enumerate().rev() {
+        c.put_chunk(up.id, i as u32, chunk.clone()).await.unwrap();
+    }
+    let encoded = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM upload_chunks WHERE upload_id = $1 AND encode_state = 'done'",
+        )
+        .bind(up.id.as_uuid())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while encoded().await < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "chunks not encoded before completion"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // Completing only publishes: the fast tier is the chunks' encodes.
+    let done = c.complete(up.id, Some(n as u32)).await.unwrap();
+    let video = c
+        .wait_for_video(done.video_id, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(video.state, "published", "{video:?}");
+    assert_eq!(video.frames, Some(source_frames));
+    let job = c.job(done.job_id).await.unwrap();
+    let fast = &job.tiers[0];
+    assert_eq!(
+        (fast.tier.as_str(), fast.slices_total),
+        ("fast", n as u32),
+        "{job:?}"
+    );
+    let pipelined: bool = sqlx::query_scalar("SELECT pipelined FROM jobs WHERE id = $1")
+        .bind(done.job_id.as_uuid())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(pipelined);
+
+    // The fast tier plays as one stream: every frame, the audio, time always moving on.
+    let playback = video.playback.clone().unwrap();
+    let master_url = playback.hls.expect("an HLS master");
+    let http = reqwest::Client::new();
+    let master = http
+        .get(&master_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(master.contains("CODECS=\"avc1."), "{master}");
+    assert!(master.contains(",mp4a.40.2\""), "{master}");
+    let variant = master
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.is_empty())
+        .unwrap();
+    let base = &master_url[..master_url.rfind('/').unwrap() + 1];
+    let dir = tempfile::tempdir().unwrap();
+    let (frames, audio) =
+        vtx_tests::fetch_hls(&http, &format!("{base}{variant}"), dir.path()).await;
+    assert_eq!(frames, source_frames);
+    assert!(audio > 0);
+    assert!(playback.cover.is_some());
+
+    // The high tier follows on the source assembled from the chunks, with MP4s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let high = loop {
+        let v = c.video(done.video_id).await.unwrap();
+        if v.live_tier.as_deref() == Some("high") {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "high tier never went live: {v:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let mp4 = high.playback.unwrap().mp4;
+    assert!(!mp4.is_empty());
+    assert!(mp4.iter().all(|r| r.frames == source_frames), "{mp4:?}");
     app.stop().await;
 }

@@ -26,6 +26,79 @@ pub fn ts_chunks(clip: &Path, seconds: f64) -> Vec<bytes::Bytes> {
         .collect()
 }
 
+/// Downloads an HLS media playlist (`url`) with its init and media segments into `dir` and
+/// reads it back with FFmpeg's HLS demuxer: (video frames, audio packets), checking that each
+/// stream's decode times only go up across every segment and chunk join.
+pub async fn fetch_hls(http: &reqwest::Client, url: &str, dir: &Path) -> (u64, u64) {
+    let text = http
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let base = &url[..url.rfind('/').expect("a path") + 1];
+    let mut uris: Vec<String> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("#EXT-X-MAP:URI=\"") {
+            uris.push(rest.split('"').next().unwrap().to_string());
+        } else if !line.starts_with('#') && !line.trim().is_empty() {
+            uris.push(line.trim().to_string());
+        }
+    }
+    for uri in &uris {
+        let bytes = http
+            .get(format!("{base}{uri}"))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap_or_else(|e| panic!("{uri}: {e}"))
+            .bytes()
+            .await
+            .unwrap();
+        let path = dir.join(uri);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    let playlist = dir.join("index.m3u8");
+    std::fs::write(&playlist, &text).unwrap();
+    tokio::task::spawn_blocking(move || {
+        ffmpeg_next::init().unwrap();
+        let mut ictx = ffmpeg_next::format::input(&playlist).expect("the playlist opens");
+        let video = ictx
+            .streams()
+            .best(ffmpeg_next::media::Type::Video)
+            .map(|s| s.index());
+        let audio = ictx
+            .streams()
+            .best(ffmpeg_next::media::Type::Audio)
+            .map(|s| s.index());
+        let (mut frames, mut audio_packets) = (0u64, 0u64);
+        let mut last = std::collections::HashMap::new();
+        for (s, p) in ictx.packets() {
+            let dts = p.dts().expect("a decode time");
+            let prev = last.insert(s.index(), dts);
+            assert!(
+                prev.is_none_or(|d| dts > d),
+                "decode time goes back in stream {}",
+                s.index()
+            );
+            if Some(s.index()) == video {
+                frames += 1;
+            } else if Some(s.index()) == audio {
+                audio_packets += 1;
+            }
+        }
+        (frames, audio_packets)
+    })
+    .await
+    .unwrap()
+}
+
 pub struct TestApp {
     pub client: Client,
     pub pool: PgPool,

@@ -42,6 +42,8 @@ pub struct AppState {
     pub grant_ttl: std::time::Duration,
     /// Base of playback URLs, without a trailing slash.
     pub public_url: Arc<str>,
+    /// Chunked uploads are transcoded while they arrive (`VTX_PIPELINE_UPLOADS`).
+    pub pipeline_uploads: bool,
 }
 
 pub struct Gateway {
@@ -94,6 +96,7 @@ impl Gateway {
             )),
             grant_ttl: cfg.auth.grant_ttl,
             public_url: public_url.as_str().into(),
+            pipeline_uploads: cfg.pipeline.pipeline_uploads,
         };
         Ok(Self {
             listener,

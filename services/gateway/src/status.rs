@@ -89,6 +89,8 @@ pub async fn video(
         let mp4 = db::live_renditions(&state.pool, id)
             .await?
             .into_iter()
+            // A pipelined fast tier is HLS only: its renditions are in the master playlist.
+            .filter(|r| r.container == "mp4")
             .map(|r| RenditionView {
                 url: media_url(&state, &r.object_key),
                 name: r.name,

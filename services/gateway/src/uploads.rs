@@ -95,6 +95,7 @@ pub async fn create(
         session_expiry(&state)?,
         grant,
         req.rotation,
+        state.pipeline_uploads,
     )
     .await?;
     tracing::info!(upload_id = %id, grant = ?grant, "upload created");
@@ -699,7 +700,29 @@ pub(crate) async fn finish_upload(
         ));
     }
 
-    let (video, job) = (VideoId::new(), JobId::new());
+    if let Some((video, job, true)) = db::pipelined_ids(&mut tx, id).await? {
+        // Every chunk is encoded, or being encoded, as it arrived: completing only queues the
+        // publication (at once if the last encode is done, else when it is). The source is
+        // assembled later, for the tiers after the first.
+        let bytes = chunks.iter().map(|c| c.size_bytes.max(0) as u64).sum();
+        let source = source_key(video);
+        db::complete_pipelined_upload(&mut tx, id, video, job, &source, bytes, expected).await?;
+        tx.commit().await?;
+        tracing::info!(upload_id = %id, video_id = %video, job_id = %job, bytes, "upload completed (pipelined)");
+        return Ok((
+            StatusCode::ACCEPTED,
+            UploadCompleted {
+                video_id: video,
+                job_id: job,
+                source_bytes: bytes,
+            },
+        ));
+    }
+    // Reserved ids are kept when falling back to the ordinary path (a chunk's encode failed).
+    let (video, job) = match db::pipelined_ids(&mut tx, id).await? {
+        Some((video, job, _)) => (video, job),
+        None => (VideoId::new(), JobId::new()),
+    };
     let source = source_key(video);
     let keys: Vec<String> = chunks.iter().map(|c| c.object_key.clone()).collect();
     let bytes = state

@@ -62,6 +62,9 @@ pub struct PipelineConfig {
     pub max_slice_seconds: f64,
     /// `VTX_SWAP_GRACE_SECS`: how long a replaced tier's objects stay fetchable.
     pub swap_grace: Duration,
+    /// `VTX_PIPELINE_UPLOADS`: encode each media chunk of a chunked upload into the fast tier
+    /// as soon as it is stored, so completing only publishes (default on).
+    pub pipeline_uploads: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -215,6 +218,7 @@ impl Config {
                 min_slice_seconds: env.parse("VTX_MIN_SLICE_SECONDS", 4.0)?,
                 max_slice_seconds: env.parse("VTX_MAX_SLICE_SECONDS", 30.0)?,
                 swap_grace: Duration::from_secs(env.parse("VTX_SWAP_GRACE_SECS", 600)?),
+                pipeline_uploads: env.parse("VTX_PIPELINE_UPLOADS", true)?,
             },
         };
         cfg.validate()?;

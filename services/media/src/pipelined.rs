@@ -34,7 +34,7 @@ pub fn encode_chunk(
     std::fs::create_dir_all(out_dir)?;
     let p = probe(input, limits, deadline)?;
     let v = &p.video;
-    let (rotation, (dw, dh)) = if v.rotation != 0 || rotation % 360 == 0 {
+    let (rotation, (dw, dh)) = if v.rotation != 0 || rotation.is_multiple_of(360) {
         (v.rotation, (v.display_width, v.display_height))
     } else if rotation % 180 == 90 {
         (rotation % 360, (v.display_height, v.display_width))

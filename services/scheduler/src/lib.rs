@@ -111,7 +111,29 @@ impl Scheduler {
             }
         };
         let started = std::time::Instant::now();
-        match self.prepare_and_store(job, &source_key).await {
+        // A pipelined job's fast tier came from its upload's chunks and is live already: the
+        // source is assembled from the chunks now, and only the later tiers are planned.
+        let chunks = match db::pipelined_chunk_keys(&inner.pool, job).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the job's chunks; will retry");
+                return Outcome::Retry;
+            }
+        };
+        let tiers: Vec<vtx_domain::Tier> = inner
+            .pipeline
+            .tiers
+            .iter()
+            .copied()
+            .filter(|t| chunks.is_none() || *t != vtx_domain::Tier::Fast)
+            .collect();
+        if tiers.is_empty() {
+            return Outcome::Ack;
+        }
+        match self
+            .prepare_and_store(job, &source_key, chunks.as_ref().map(|c| c.1.as_slice()))
+            .await
+        {
             Ok((mut plan, audio_key)) => match db::record_plan(
                 &inner.pool,
                 job,
@@ -120,11 +142,16 @@ impl Scheduler {
                     &plan
                 },
                 audio_key.as_deref(),
-                &inner.pipeline.tiers,
+                &tiers,
             )
             .await
             {
                 Ok(_) => {
+                    if let Some((upload, _)) = &chunks
+                        && let Err(e) = db::forget_chunks(&inner.pool, *upload).await
+                    {
+                        tracing::warn!(error = %e, "could not schedule the chunks' deletion");
+                    }
                     metrics::counter!("vtx_jobs_planned_total").increment(1);
                     tracing::info!(%video, slices = plan.slices.len(), secs = started.elapsed().as_secs_f64(), "job planned");
                     Outcome::Ack
@@ -168,13 +195,21 @@ impl Scheduler {
         }
     }
 
-    /// Downloads the source, prepares it off the async runtime, and uploads slices and audio.
+    /// Downloads the source (assembling it first from a pipelined upload's `chunks`), prepares
+    /// it off the async runtime, and uploads slices and audio.
     async fn prepare_and_store(
         &self,
         job: JobId,
         source_key: &str,
+        chunks: Option<&[String]>,
     ) -> Result<(vtx_domain::JobPlan, Option<String>), PlanError> {
         let inner = &self.inner;
+        if let Some(chunks) = chunks {
+            inner
+                .store
+                .concat(chunks, source_key, "application/octet-stream")
+                .await?;
+        }
         let scratch = tempfile::Builder::new()
             .prefix("vtx-plan-")
             .tempdir_in(&inner.scratch)?;
@@ -246,6 +281,13 @@ impl Scheduler {
                 Ok(0) => {}
                 Ok(n) => tracing::warn!(slices = n, "re-queued slices whose worker vanished"),
                 Err(e) => tracing::warn!(error = %e, "lease reaper failed"),
+            }
+            match db::reap_expired_chunk_encodes(&inner.pool).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::warn!(chunks = n, "re-queued chunk encodes whose worker vanished")
+                }
+                Err(e) => tracing::warn!(error = %e, "chunk lease reaper failed"),
             }
             // A merge takes far less than a transcode timeout; three of them is abandonment.
             match db::fail_stale_merges(&inner.pool, inner.timeout * 3).await {

@@ -18,6 +18,8 @@ use vtx_infra::broker::{BrokerClient, Outcome, consume};
 use vtx_infra::config::{PipelineConfig, WorkerConfig};
 use vtx_infra::db::{self, NewRendition, Publish, SliceDone, TierOutput, WorkContext};
 use vtx_infra::storage::StorageError;
+mod pipelined;
+
 use vtx_media::{
     Deadline, EncodeOptions, MediaError, encode_slice, encoded_slice_path, package, plan_outputs,
     verify_packaged,
@@ -245,6 +247,16 @@ impl Worker {
                 record_task("merge", tier, started, &outcome);
                 outcome
             }
+            Task::EncodeChunk { upload_id, index } => {
+                let span = tracing::info_span!("chunk", %upload_id, index);
+                let (_f, started) = (
+                    InFlight::new("chunk", Tier::Fast),
+                    std::time::Instant::now(),
+                );
+                let outcome = self.handle_chunk(upload_id, index).instrument(span).await;
+                record_task("chunk", Tier::Fast, started, &outcome);
+                outcome
+            }
             other => {
                 tracing::error!(task = ?other, "worker got a task for another queue");
                 Outcome::DeadLetter
@@ -275,19 +287,10 @@ impl Worker {
         // Renew the lease while the slice encodes; losing it stops the work.
         let lost = CancellationToken::new();
         let beat = {
-            let (pool, owner, lost) = (inner.pool.clone(), inner.id.clone(), lost.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(lease / 3).await;
-                    match db::heartbeat_slice(&pool, job, tier, index, &owner, lease).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            lost.cancel();
-                            return;
-                        }
-                        Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
-                    }
-                }
+            let (pool, owner) = (inner.pool.clone(), inner.id.clone());
+            spawn_heartbeat(lease, lost.clone(), move || {
+                let (pool, owner) = (pool.clone(), owner.clone());
+                async move { db::heartbeat_slice(&pool, job, tier, index, &owner, lease).await }
             })
         };
         let started = std::time::Instant::now();
@@ -424,6 +427,16 @@ impl Worker {
 
     async fn handle_merge(&self, job: JobId, tier: Tier) -> Outcome {
         let inner = &self.inner;
+        if tier == Tier::Fast {
+            match db::is_pipelined(&inner.pool, job).await {
+                Ok(true) => return self.publish_chunks(job).await,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the job; will retry");
+                    return Outcome::Retry;
+                }
+            }
+        }
         let ctx = match db::claim_merge(&inner.pool, job, tier).await {
             Ok(Some(c)) => c,
             Ok(None) => return Outcome::Ack,
@@ -555,6 +568,7 @@ impl Worker {
                 .iter()
                 .map(|r| NewRendition {
                     name: r.name.clone(),
+                    container: "mp4",
                     codec: r.codec.label().to_string(),
                     codec_string: r.codec_string.clone(),
                     object_key: format!("{dest}{}", r.file),
@@ -574,6 +588,32 @@ impl Worker {
             cover_key: packaged.cover.as_ref().map(|c| format!("{dest}{c}")),
         })
     }
+}
+
+/// Renews a lease every third of it with `renew` until aborted; cancels `lost` when the lease
+/// turns out to be someone else's.
+fn spawn_heartbeat<F, Fut>(
+    lease: Duration,
+    lost: CancellationToken,
+    renew: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = sqlx::Result<bool>> + Send,
+{
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            match renew().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    lost.cancel();
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            }
+        }
+    })
 }
 
 /// Runs media work on the blocking pool. The deadline inside stops the work; the outer bound

@@ -13,7 +13,9 @@ use crate::config::Config;
 use crate::outbox;
 
 pub mod pipeline;
+pub mod pipelined;
 pub use pipeline::*;
+pub use pipelined::*;
 
 /// Migrations under the repository's `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
@@ -78,15 +80,22 @@ pub async fn create_upload(
     expires_at: DateTime<Utc>,
     grant_id: Option<Uuid>,
     rotation: Option<u32>,
+    pipelined: bool,
 ) -> sqlx::Result<UploadRow> {
+    // A pipelined upload reserves the ids of its video and job: its chunks' encodes write
+    // straight to that job's fast-tier objects.
+    let reserved = pipelined.then(|| (VideoId::new().as_uuid(), JobId::new().as_uuid()));
     sqlx::query_as(
-        "INSERT INTO uploads (id, expires_at, grant_id, rotation) VALUES ($1, $2, $3, $4)
+        "INSERT INTO uploads (id, expires_at, grant_id, rotation, video_id, job_id)
+         VALUES ($1, $2, $3, $4, $5, $6)
          RETURNING id, state, created_at, expires_at, completed_at, grant_id, protocol, upload_length, metadata",
     )
     .bind(id.as_uuid())
     .bind(expires_at)
     .bind(grant_id)
     .bind(rotation.map(|r| r as i32))
+    .bind(reserved.map(|r| r.0))
+    .bind(reserved.map(|r| r.1))
     .fetch_one(pool)
     .await
 }
@@ -202,18 +211,25 @@ pub async fn insert_chunk(
     media: Option<&ChunkMedia>,
 ) -> sqlx::Result<Option<ChunkInsert>> {
     let mut tx = pool.begin().await?;
-    let open: Option<(String,)> =
-        sqlx::query_as("SELECT state FROM uploads WHERE id = $1 FOR SHARE")
+    let open: Option<(String, Option<Uuid>)> =
+        sqlx::query_as("SELECT state, job_id FROM uploads WHERE id = $1 FOR SHARE")
             .bind(id.as_uuid())
             .fetch_optional(&mut *tx)
             .await?;
-    if open.is_none_or(|(s,)| s != UploadState::Open.as_str()) {
+    let Some((state, reserved_job)) = open else {
+        return Ok(None);
+    };
+    if state != UploadState::Open.as_str() {
         return Ok(None);
     }
+    // A media chunk of a pipelined upload is encoded as soon as it is stored.
+    let encode = reserved_job.is_some() && media.is_some();
     let inserted = sqlx::query(
         "INSERT INTO upload_chunks
-             (upload_id, idx, size_bytes, sha256, object_key, start_seconds, end_seconds, frames)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (upload_id, idx) DO NOTHING",
+             (upload_id, idx, size_bytes, sha256, object_key, start_seconds, end_seconds, frames,
+              encode_state)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $9 THEN 'queued' END)
+         ON CONFLICT (upload_id, idx) DO NOTHING",
     )
     .bind(id.as_uuid())
     .bind(idx as i32)
@@ -223,10 +239,21 @@ pub async fn insert_chunk(
     .bind(media.map(|m| m.start_seconds))
     .bind(media.map(|m| m.end_seconds))
     .bind(media.map(|m| m.frames))
+    .bind(encode)
     .execute(&mut *tx)
     .await?
     .rows_affected();
     let result = if inserted == 1 {
+        if encode {
+            outbox::enqueue(
+                &mut tx,
+                &Task::EncodeChunk {
+                    upload_id: id,
+                    index: idx,
+                },
+            )
+            .await?;
+        }
         ChunkInsert::Stored
     } else {
         let row: ChunkRow = sqlx::query_as(
@@ -255,10 +282,17 @@ pub async fn end_upload(pool: &PgPool, id: UploadId, to: UploadState) -> sqlx::R
         .rows_affected()
         == 1;
     if ended {
-        sqlx::query("INSERT INTO garbage (prefix, delete_after) VALUES ($1, now())")
-            .bind(format!("uploads/{id}/"))
-            .execute(&mut *tx)
-            .await?;
+        // The chunks, and what their encodes wrote for the video the upload reserved.
+        sqlx::query(
+            "INSERT INTO garbage (prefix, delete_after)
+             SELECT 'uploads/' || id || '/', now() FROM uploads WHERE id = $1
+             UNION ALL
+             SELECT 'videos/' || video_id || '/', now() FROM uploads
+             WHERE id = $1 AND video_id IS NOT NULL",
+        )
+        .bind(id.as_uuid())
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     Ok(ended)

@@ -421,6 +421,8 @@ pub async fn claim_merge(
 #[derive(Clone, Debug)]
 pub struct NewRendition {
     pub name: String,
+    /// `mp4`, or `hls` for a rendition that is only a media playlist (a pipelined fast tier).
+    pub container: &'static str,
     pub codec: String,
     pub codec_string: String,
     pub object_key: String,
@@ -481,70 +483,22 @@ pub async fn publish_tier(
             .bind(job.as_uuid())
             .fetch_one(&mut *tx)
             .await?;
-    let video = VideoId::from_uuid(video_id);
-    for r in &output.renditions {
-        sqlx::query(
-            "INSERT INTO renditions (video_id, job_id, tier, name, container, object_key, width, height,
-                                     frames, duration_ms, size_bytes, bitrate, codec, codec_string,
-                                     prefetch_bytes_3s, hls_playlist_key, psnr, ssim)
-             VALUES ($1, $2, $3, $4, 'mp4', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-        )
-        .bind(video_id)
-        .bind(job.as_uuid())
-        .bind(tier.as_str())
-        .bind(&r.name)
-        .bind(&r.object_key)
-        .bind(r.width as i32)
-        .bind(r.height as i32)
-        .bind(r.frames as i64)
-        .bind(r.duration_ms as i64)
-        .bind(r.size_bytes as i64)
-        .bind(r.bitrate as i64)
-        .bind(&r.codec)
-        .bind(&r.codec_string)
-        .bind(r.prefetch_bytes_3s as i64)
-        .bind(&r.hls_playlist_key)
-        .bind(r.psnr)
-        .bind(r.ssim)
-        .execute(&mut *tx)
-        .await?;
-    }
-    // The swap: readers see the old tier or the new one, never a mix.
-    let previous: Option<(Option<String>, Option<Uuid>)> =
-        sqlx::query_as("SELECT live_tier, live_job_id FROM videos WHERE id = $1 FOR UPDATE")
-            .bind(video_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let plan = plan.map(|Json(p)| p);
-    sqlx::query(
-        "UPDATE videos SET state = $2, live_tier = $3, live_job_id = $4, hls_master_key = $5, cover_key = $6,
-                width = $7, height = $8, frames = $9, duration_ms = $10,
-                published_at = COALESCE(published_at, now()), updated_at = now()
-         WHERE id = $1 AND state IN ('processing', 'published')",
+    let facts = plan.map(|Json(p)| VideoFacts {
+        width: p.display_width,
+        height: p.display_height,
+        frames: p.frames,
+        duration_ms: (p.duration_seconds * 1000.0).round() as u64,
+    });
+    go_live(
+        &mut tx,
+        VideoId::from_uuid(video_id),
+        job,
+        tier,
+        output,
+        facts.as_ref(),
+        grace,
     )
-    .bind(video_id)
-    .bind(VideoState::Published.as_str())
-    .bind(tier.as_str())
-    .bind(job.as_uuid())
-    .bind(&output.hls_master_key)
-    .bind(&output.cover_key)
-    .bind(plan.as_ref().map(|p| p.display_width as i32))
-    .bind(plan.as_ref().map(|p| p.display_height as i32))
-    .bind(plan.as_ref().map(|p| p.frames as i64))
-    .bind(plan.as_ref().map(|p| (p.duration_seconds * 1000.0).round() as i64))
-    .execute(&mut *tx)
     .await?;
-    if let Some((Some(old_tier), Some(old_job))) = previous
-        && let Ok(old_tier) = old_tier.parse::<Tier>()
-        && (old_tier, old_job) != (tier, job.as_uuid())
-    {
-        // Players may hold the old URLs for a while: keep those objects through the grace.
-        sqlx::query("INSERT INTO garbage (prefix, delete_after) VALUES ($1, now() + make_interval(secs => $2))")
-            .bind(keys::tier_output(video, JobId::from_uuid(old_job), old_tier))
-            .bind(secs(grace))
-            .execute(&mut *tx)
-            .await?;
-    }
     match next_tier {
         Some(next) => {
             let n: Option<(i32,)> = sqlx::query_as(
@@ -575,6 +529,93 @@ pub async fn publish_tier(
     }
     tx.commit().await?;
     Ok(Publish::Live)
+}
+
+/// What the video row says about the picture of its live tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VideoFacts {
+    pub width: u32,
+    pub height: u32,
+    pub frames: u64,
+    pub duration_ms: u64,
+}
+
+/// Inside a publishing transaction: records a tier's renditions and moves the video's playback
+/// pointer to them; the replaced tier's objects are deleted after `grace`.
+pub(crate) async fn go_live(
+    tx: &mut Transaction<'static, Postgres>,
+    video: VideoId,
+    job: JobId,
+    tier: Tier,
+    output: &TierOutput,
+    facts: Option<&VideoFacts>,
+    grace: Duration,
+) -> sqlx::Result<()> {
+    let video_id = video.as_uuid();
+    for r in &output.renditions {
+        sqlx::query(
+            "INSERT INTO renditions (video_id, job_id, tier, name, container, object_key, width, height,
+                                     frames, duration_ms, size_bytes, bitrate, codec, codec_string,
+                                     prefetch_bytes_3s, hls_playlist_key, psnr, ssim)
+             VALUES ($1, $2, $3, $4, $18, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        )
+        .bind(video_id)
+        .bind(job.as_uuid())
+        .bind(tier.as_str())
+        .bind(&r.name)
+        .bind(&r.object_key)
+        .bind(r.width as i32)
+        .bind(r.height as i32)
+        .bind(r.frames as i64)
+        .bind(r.duration_ms as i64)
+        .bind(r.size_bytes as i64)
+        .bind(r.bitrate as i64)
+        .bind(&r.codec)
+        .bind(&r.codec_string)
+        .bind(r.prefetch_bytes_3s as i64)
+        .bind(&r.hls_playlist_key)
+        .bind(r.psnr)
+        .bind(r.ssim)
+        .bind(r.container)
+        .execute(&mut **tx)
+        .await?;
+    }
+    // The swap: readers see the old tier or the new one, never a mix.
+    let previous: Option<(Option<String>, Option<Uuid>)> =
+        sqlx::query_as("SELECT live_tier, live_job_id FROM videos WHERE id = $1 FOR UPDATE")
+            .bind(video_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    sqlx::query(
+        "UPDATE videos SET state = $2, live_tier = $3, live_job_id = $4, hls_master_key = $5, cover_key = $6,
+                width = $7, height = $8, frames = $9, duration_ms = $10,
+                published_at = COALESCE(published_at, now()), updated_at = now()
+         WHERE id = $1 AND state IN ('processing', 'published')",
+    )
+    .bind(video_id)
+    .bind(VideoState::Published.as_str())
+    .bind(tier.as_str())
+    .bind(job.as_uuid())
+    .bind(&output.hls_master_key)
+    .bind(&output.cover_key)
+    .bind(facts.map(|f| f.width as i32))
+    .bind(facts.map(|f| f.height as i32))
+    .bind(facts.map(|f| f.frames as i64))
+    .bind(facts.map(|f| f.duration_ms as i64))
+    .execute(&mut **tx)
+    .await?;
+    if let Some((Some(old_tier), Some(old_job))) = previous
+        && let Ok(old_tier) = old_tier.parse::<Tier>()
+        && (old_tier, old_job) != (tier, job.as_uuid())
+    {
+        // Players may hold the old URLs for a while: keep those objects through the grace.
+        sqlx::query("INSERT INTO garbage (prefix, delete_after) VALUES ($1, now() + make_interval(secs => $2))")
+            .bind(keys::tier_output(video, JobId::from_uuid(old_job), old_tier))
+            .bind(secs(grace))
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Puts slices whose lease expired (their worker vanished) back in the queue. Returns how many.

@@ -1,0 +1,436 @@
+//! Transcoding while the upload arrives. A chunked upload of media chunks reserves its video and
+//! job ids at creation; each stored chunk queues its own fast-tier encode (in the transaction
+//! that stores it), tracked on the chunk row like a slice (state, lease, attempts). Completing
+//! the upload creates the job's fast tier already counting the chunks encoded so far; whichever
+//! of the completion and the last chunk encode comes second queues the tier's publication,
+//! exactly once: both take the upload row's lock first, so neither misses the other.
+
+use std::time::Duration;
+
+use sqlx::postgres::PgPool;
+use sqlx::types::Json;
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+use vtx_domain::pipelined::ChunkEncode;
+use vtx_domain::{
+    ErrorCode, JobId, JobState, Task, Tier, UploadId, UploadState, VideoId, VideoState,
+};
+
+use super::pipeline::{TierOutput, VideoFacts, go_live};
+use crate::outbox;
+
+/// What a worker needs to encode a chunk.
+#[derive(Clone, Debug)]
+pub struct ChunkWork {
+    pub object_key: String,
+    pub video: VideoId,
+    pub job: JobId,
+    pub rotation: u32,
+    /// Claims so far, this one included.
+    pub attempts: u32,
+}
+
+type ChunkWorkRow = (String, i32, Uuid, Uuid, Option<i32>);
+
+/// Takes a chunk's encode for `owner` with a lease: when it is queued, running under an expired
+/// lease, or already `owner`'s. `None` when it is done or failed, held by a live lease, or its
+/// upload ended without it (aborted, expired, or completed the ordinary way).
+pub async fn claim_chunk_encode(
+    pool: &PgPool,
+    upload: UploadId,
+    index: u32,
+    owner: &str,
+    lease: Duration,
+) -> sqlx::Result<Option<ChunkWork>> {
+    let row: Option<ChunkWorkRow> = sqlx::query_as(
+        "UPDATE upload_chunks c SET encode_state = 'running', encode_owner = $3,
+                encode_lease_until = now() + make_interval(secs => $4),
+                encode_attempts = c.encode_attempts + 1
+         FROM uploads u
+         WHERE c.upload_id = $1 AND c.idx = $2 AND u.id = c.upload_id
+           AND u.job_id IS NOT NULL AND u.state IN ('open', 'completed')
+           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = u.job_id
+                           AND (NOT j.pipelined OR j.state IN ('failed', 'succeeded')))
+           AND (c.encode_state = 'queued'
+                OR (c.encode_state = 'running'
+                    AND (c.encode_lease_until < now() OR c.encode_owner = $3)))
+         RETURNING c.object_key, c.encode_attempts, u.video_id, u.job_id, u.rotation",
+    )
+    .bind(upload.as_uuid())
+    .bind(index as i32)
+    .bind(owner)
+    .bind(lease.as_secs_f64())
+    .fetch_optional(pool)
+    .await?;
+    Ok(
+        row.map(|(object_key, attempts, video, job, rotation)| ChunkWork {
+            object_key,
+            video: VideoId::from_uuid(video),
+            job: JobId::from_uuid(job),
+            rotation: rotation.unwrap_or(0).max(0) as u32,
+            attempts: attempts.max(0) as u32,
+        }),
+    )
+}
+
+/// Renews a chunk encode's lease; false when `owner` no longer holds it.
+pub async fn heartbeat_chunk_encode(
+    pool: &PgPool,
+    upload: UploadId,
+    index: u32,
+    owner: &str,
+    lease: Duration,
+) -> sqlx::Result<bool> {
+    let n = sqlx::query(
+        "UPDATE upload_chunks SET encode_lease_until = now() + make_interval(secs => $4)
+         WHERE upload_id = $1 AND idx = $2 AND encode_state = 'running' AND encode_owner = $3",
+    )
+    .bind(upload.as_uuid())
+    .bind(index as i32)
+    .bind(owner)
+    .bind(lease.as_secs_f64())
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// Records a chunk's encode. If the upload has completed and this was the last chunk its fast
+/// tier waited for, the tier's publication is queued in the same transaction. False (nothing
+/// changed) when `owner` had lost the chunk.
+pub async fn finish_chunk_encode(
+    pool: &PgPool,
+    upload: UploadId,
+    index: u32,
+    owner: &str,
+    encoded: &ChunkEncode,
+) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let job: Option<(Option<Uuid>,)> =
+        sqlx::query_as("SELECT job_id FROM uploads WHERE id = $1 FOR SHARE")
+            .bind(upload.as_uuid())
+            .fetch_optional(&mut *tx)
+            .await?;
+    let n = sqlx::query(
+        "UPDATE upload_chunks SET encode_state = 'done', encoded = $4, encode_owner = NULL,
+                encode_lease_until = NULL
+         WHERE upload_id = $1 AND idx = $2 AND encode_state = 'running' AND encode_owner = $3",
+    )
+    .bind(upload.as_uuid())
+    .bind(index as i32)
+    .bind(owner)
+    .bind(Json(encoded))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if n == 0 {
+        return Ok(false);
+    }
+    if let Some((Some(job),)) = job {
+        count_encoded_chunks(&mut tx, upload, JobId::from_uuid(job)).await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// A chunk's encode failed for good (`code`). Before completion this only marks the chunk: the
+/// upload then completes the ordinary way. After a pipelined completion it fails the fast tier.
+pub async fn fail_chunk_encode(
+    pool: &PgPool,
+    upload: UploadId,
+    index: u32,
+    code: ErrorCode,
+    message: &str,
+) -> sqlx::Result<Option<JobId>> {
+    let mut tx = pool.begin().await?;
+    let job: Option<(Option<Uuid>, bool)> = sqlx::query_as(
+        "SELECT u.job_id, COALESCE(j.pipelined, false) FROM uploads u
+         LEFT JOIN jobs j ON j.id = u.job_id WHERE u.id = $1 FOR SHARE OF u",
+    )
+    .bind(upload.as_uuid())
+    .fetch_optional(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE upload_chunks SET encode_state = 'failed', encode_error = $3, encode_owner = NULL,
+                encode_lease_until = NULL
+         WHERE upload_id = $1 AND idx = $2 AND encode_state IN ('queued', 'running')",
+    )
+    .bind(upload.as_uuid())
+    .bind(index as i32)
+    .bind(format!("{code}: {message}"))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(match job {
+        Some((Some(job), true)) => Some(JobId::from_uuid(job)),
+        _ => None,
+    })
+}
+
+/// Under the fast tier's lock: counts the upload's encoded chunks into the tier and, when all
+/// are, moves it to merging and queues its publication.
+async fn count_encoded_chunks(
+    tx: &mut Transaction<'static, Postgres>,
+    upload: UploadId,
+    job: JobId,
+) -> sqlx::Result<()> {
+    let tier: Option<(i32,)> = sqlx::query_as(
+        "SELECT t.slices_total FROM job_tiers t JOIN jobs j ON j.id = t.job_id
+         WHERE t.job_id = $1 AND t.tier = 'fast' AND t.state = 'encoding' AND j.pipelined
+         FOR UPDATE OF t",
+    )
+    .bind(job.as_uuid())
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some((total,)) = tier else {
+        return Ok(());
+    };
+    let (done,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM upload_chunks WHERE upload_id = $1 AND encode_state = 'done'",
+    )
+    .bind(upload.as_uuid())
+    .fetch_one(&mut **tx)
+    .await?;
+    let done = (done as i32).min(total);
+    let all = done == total;
+    sqlx::query(
+        "UPDATE job_tiers SET slices_done = $2,
+                state = CASE WHEN $3 THEN 'merging' ELSE state END,
+                encoded_at = CASE WHEN $3 THEN now() ELSE encoded_at END,
+                merge_queued = merge_queued OR $3
+         WHERE job_id = $1 AND tier = 'fast'",
+    )
+    .bind(job.as_uuid())
+    .bind(done)
+    .bind(all)
+    .execute(&mut **tx)
+    .await?;
+    if all {
+        outbox::enqueue(
+            tx,
+            &Task::Merge {
+                job_id: job,
+                tier: Tier::Fast,
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Whether an upload can complete pipelined: it reserved a job and no chunk's encode failed.
+pub async fn pipelined_ids(
+    tx: &mut Transaction<'static, Postgres>,
+    upload: UploadId,
+) -> sqlx::Result<Option<(VideoId, JobId, bool)>> {
+    let row: Option<(Option<Uuid>, Option<Uuid>, bool)> = sqlx::query_as(
+        "SELECT u.video_id, u.job_id,
+                NOT EXISTS (SELECT 1 FROM upload_chunks c WHERE c.upload_id = u.id
+                            AND (c.encode_state IS NULL OR c.encode_state = 'failed'))
+         FROM uploads u WHERE u.id = $1",
+    )
+    .bind(upload.as_uuid())
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(match row {
+        Some((Some(v), Some(j), ok)) => Some((VideoId::from_uuid(v), JobId::from_uuid(j), ok)),
+        _ => None,
+    })
+}
+
+/// Completes an upload whose chunks are being (or have been) encoded as they arrived: the
+/// upload, its video and its pipelined job with a fast tier over `chunks` chunks. The source
+/// is not assembled here (the scheduler does it for the later tiers), so completing costs the
+/// same for a long video as for a short one.
+pub async fn complete_pipelined_upload(
+    tx: &mut Transaction<'static, Postgres>,
+    upload: UploadId,
+    video: VideoId,
+    job: JobId,
+    source_key: &str,
+    source_bytes: u64,
+    chunks: u32,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE uploads SET state = $2, completed_at = now() WHERE id = $1")
+        .bind(upload.as_uuid())
+        .bind(UploadState::Completed.as_str())
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO videos (id, upload_id, state, source_key, source_bytes) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(video.as_uuid())
+    .bind(upload.as_uuid())
+    .bind(VideoState::Processing.as_str())
+    .bind(source_key)
+    .bind(source_bytes as i64)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("INSERT INTO jobs (id, video_id, state, pipelined) VALUES ($1, $2, $3, true)")
+        .bind(job.as_uuid())
+        .bind(video.as_uuid())
+        .bind(JobState::Queued.as_str())
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO job_tiers (job_id, tier, state, slices_total, started_at)
+         SELECT $1, 'fast', 'encoding', $2, min(created_at) FROM upload_chunks WHERE upload_id = $3",
+    )
+    .bind(job.as_uuid())
+    .bind(chunks as i32)
+    .bind(upload.as_uuid())
+    .execute(&mut **tx)
+    .await?;
+    count_encoded_chunks(tx, upload, job).await
+}
+
+/// A pipelined fast tier ready to publish: its chunks' encodes in order.
+pub struct PipelinedMerge {
+    pub video: VideoId,
+    pub upload: UploadId,
+    pub chunks: Vec<(u32, ChunkEncode)>,
+    pub attempts: u32,
+}
+
+/// Claims the publication of a pipelined job's fast tier (counting an attempt); `None` unless
+/// the job is pipelined and its fast tier waits for it.
+pub async fn claim_pipelined_merge(
+    pool: &PgPool,
+    job: JobId,
+) -> sqlx::Result<Option<PipelinedMerge>> {
+    let row: Option<(Uuid, Uuid, i32)> = sqlx::query_as(
+        "UPDATE job_tiers t SET merge_attempts = t.merge_attempts + 1
+         FROM jobs j JOIN videos v ON v.id = j.video_id
+         WHERE j.id = t.job_id AND t.job_id = $1 AND t.tier = 'fast' AND t.state = 'merging'
+           AND j.pipelined AND j.state NOT IN ('failed', 'succeeded')
+         RETURNING j.video_id, v.upload_id, t.merge_attempts",
+    )
+    .bind(job.as_uuid())
+    .fetch_optional(pool)
+    .await?;
+    let Some((video, upload, attempts)) = row else {
+        return Ok(None);
+    };
+    let rows: Vec<(i32, Option<Json<ChunkEncode>>)> =
+        sqlx::query_as("SELECT idx, encoded FROM upload_chunks WHERE upload_id = $1 ORDER BY idx")
+            .bind(upload)
+            .fetch_all(pool)
+            .await?;
+    Ok(Some(PipelinedMerge {
+        video: VideoId::from_uuid(video),
+        upload: UploadId::from_uuid(upload),
+        chunks: rows
+            .into_iter()
+            .filter_map(|(i, e)| e.map(|Json(e)| (i as u32, e)))
+            .collect(),
+        attempts: attempts.max(0) as u32,
+    }))
+}
+
+/// Whether a job's fast tier is made of its upload's chunks.
+pub async fn is_pipelined(pool: &PgPool, job: JobId) -> sqlx::Result<bool> {
+    let row: Option<(bool,)> = sqlx::query_as("SELECT pipelined FROM jobs WHERE id = $1")
+        .bind(job.as_uuid())
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.is_some_and(|(p,)| p))
+}
+
+/// Puts a pipelined fast tier live. With later tiers to run, the job goes to the scheduler
+/// (which assembles the source and plans them); without, it is done.
+pub async fn publish_pipelined(
+    pool: &PgPool,
+    job: JobId,
+    video: VideoId,
+    output: &TierOutput,
+    facts: &VideoFacts,
+    later_tiers: bool,
+    grace: Duration,
+) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let moved = sqlx::query(
+        "UPDATE job_tiers SET state = 'done', finished_at = now()
+         WHERE job_id = $1 AND tier = 'fast' AND state = 'merging'",
+    )
+    .bind(job.as_uuid())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if moved == 0 {
+        return Ok(false);
+    }
+    go_live(&mut tx, video, job, Tier::Fast, output, Some(facts), grace).await?;
+    if later_tiers {
+        outbox::enqueue(&mut tx, &Task::JobCreated { job_id: job }).await?;
+    } else {
+        sqlx::query(
+            "UPDATE jobs SET state = 'succeeded', finished_at = now(), updated_at = now()
+             WHERE id = $1 AND state = 'queued'",
+        )
+        .bind(job.as_uuid())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// The chunk objects of a pipelined job's upload, in order (the scheduler assembles the source
+/// from them); `None` for a job whose source was assembled at completion.
+pub async fn pipelined_chunk_keys(
+    pool: &PgPool,
+    job: JobId,
+) -> sqlx::Result<Option<(UploadId, Vec<String>)>> {
+    let upload: Option<(Uuid,)> = sqlx::query_as(
+        "SELECT v.upload_id FROM jobs j JOIN videos v ON v.id = j.video_id
+         WHERE j.id = $1 AND j.pipelined AND v.upload_id IS NOT NULL",
+    )
+    .bind(job.as_uuid())
+    .fetch_optional(pool)
+    .await?;
+    let Some((upload,)) = upload else {
+        return Ok(None);
+    };
+    let keys: Vec<(String,)> =
+        sqlx::query_as("SELECT object_key FROM upload_chunks WHERE upload_id = $1 ORDER BY idx")
+            .bind(upload)
+            .fetch_all(pool)
+            .await?;
+    Ok(Some((
+        UploadId::from_uuid(upload),
+        keys.into_iter().map(|(k,)| k).collect(),
+    )))
+}
+
+/// The chunks' objects are no longer needed (the source holds their bytes).
+pub async fn forget_chunks(pool: &PgPool, upload: UploadId) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO garbage (prefix, delete_after) VALUES ($1, now())")
+        .bind(format!("uploads/{upload}/"))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Re-queues chunk encodes whose lease expired (their worker vanished). Returns how many.
+pub async fn reap_expired_chunk_encodes(pool: &PgPool) -> sqlx::Result<u64> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(Uuid, i32)> = sqlx::query_as(
+        "UPDATE upload_chunks SET encode_state = 'queued', encode_owner = NULL, encode_lease_until = NULL
+         WHERE encode_state = 'running' AND encode_lease_until < now()
+         RETURNING upload_id, idx",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for (upload, idx) in &rows {
+        outbox::enqueue(
+            &mut tx,
+            &Task::EncodeChunk {
+                upload_id: UploadId::from_uuid(*upload),
+                index: *idx as u32,
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(rows.len() as u64)
+}

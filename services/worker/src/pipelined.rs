@@ -1,0 +1,380 @@
+//! Transcoding while the upload arrives: a worker encodes each stored chunk into the fast
+//! ladder and packages its HLS segments straight into the fast tier's objects; once the upload
+//! is complete and every chunk is encoded, publishing writes only the playlists and the cover.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use vtx_domain::pipelined::{
+    ChunkEncode, ChunkRendition, bitrates, check_chunks, media_playlist, prefetch_bytes,
+};
+use vtx_domain::{ErrorCode, JobId, Tier, UploadId, keys};
+use vtx_infra::broker::Outcome;
+use vtx_infra::db::{self, ChunkWork, NewRendition, TierOutput, VideoFacts};
+use vtx_media::{Deadline, EncodeOptions, Limits, Variant, chunk_hls_dir, master_playlist};
+
+use crate::{WorkError, Worker, run_blocking, spawn_heartbeat, upload_tree};
+
+/// Where chunk 0's top rung waits for the cover to be taken from it.
+fn cover_source(job: JobId) -> String {
+    format!("{}chunk-cover.mp4", keys::work(job))
+}
+
+impl Worker {
+    pub(crate) async fn handle_chunk(&self, upload: UploadId, index: u32) -> Outcome {
+        let inner = &self.inner;
+        let lease = inner.cfg.lease;
+        let work = match db::claim_chunk_encode(&inner.pool, upload, index, &inner.id, lease).await
+        {
+            Ok(Some(w)) => w,
+            Ok(None) => {
+                tracing::debug!("chunk encoded, held by a live lease, or its upload ended");
+                return Outcome::Ack;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim the chunk; will retry");
+                return Outcome::Retry;
+            }
+        };
+        if work.attempts > inner.cfg.max_attempts {
+            let msg = format!("chunk {index} gave up after {} attempts", work.attempts - 1);
+            return self
+                .chunk_gave_up(
+                    upload,
+                    index,
+                    ErrorCode::RetriesExhausted,
+                    &msg,
+                    Outcome::DeadLetter,
+                )
+                .await;
+        }
+        let lost = CancellationToken::new();
+        let beat = {
+            let (pool, owner) = (inner.pool.clone(), inner.id.clone());
+            spawn_heartbeat(lease, lost.clone(), move || {
+                let (pool, owner) = (pool.clone(), owner.clone());
+                async move { db::heartbeat_chunk_encode(&pool, upload, index, &owner, lease).await }
+            })
+        };
+        let started = std::time::Instant::now();
+        let result = tokio::select! {
+            r = self.encode_chunk(index, &work) => r,
+            _ = lost.cancelled() => Err(WorkError::LeaseLost),
+        };
+        beat.abort();
+        match result {
+            Ok(encoded) => {
+                match db::finish_chunk_encode(&inner.pool, upload, index, &inner.id, &encoded).await
+                {
+                    Ok(_) => {
+                        let secs = started.elapsed().as_secs_f64();
+                        metrics::histogram!("vtx_encode_fps", "tier" => "fast")
+                            .record(encoded.frames as f64 / secs.max(1e-3));
+                        tracing::info!(secs, frames = encoded.frames, "chunk encoded");
+                        Outcome::Ack
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot record the chunk; will retry");
+                        Outcome::Retry
+                    }
+                }
+            }
+            Err(WorkError::LeaseLost) => Outcome::Ack,
+            Err(e) if e.is_final() => {
+                self.chunk_gave_up(upload, index, e.code(), &e.to_string(), Outcome::Ack)
+                    .await
+            }
+            Err(e) if work.attempts >= inner.cfg.max_attempts => {
+                let msg = format!(
+                    "chunk {index} gave up after {} attempts: {e}",
+                    work.attempts
+                );
+                self.chunk_gave_up(
+                    upload,
+                    index,
+                    ErrorCode::RetriesExhausted,
+                    &msg,
+                    Outcome::DeadLetter,
+                )
+                .await
+            }
+            Err(e) => {
+                tracing::warn!(attempt = work.attempts, error = %e, "chunk failed; will retry");
+                Outcome::Retry
+            }
+        }
+    }
+
+    /// A chunk's encode failed for good. Before completion the upload will complete the
+    /// ordinary way; after, its fast tier fails.
+    async fn chunk_gave_up(
+        &self,
+        upload: UploadId,
+        index: u32,
+        code: ErrorCode,
+        message: &str,
+        then: Outcome,
+    ) -> Outcome {
+        tracing::warn!(%code, message, "chunk encode failed");
+        match db::fail_chunk_encode(&self.inner.pool, upload, index, code, message).await {
+            Ok(Some(job)) => self.give_up(job, Tier::Fast, code, message, then).await,
+            Ok(None) => then,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the failure; will retry");
+                Outcome::Retry
+            }
+        }
+    }
+
+    async fn encode_chunk(&self, index: u32, work: &ChunkWork) -> Result<ChunkEncode, WorkError> {
+        let inner = &self.inner;
+        let scratch = tempfile::Builder::new()
+            .prefix("vtx-chunk-")
+            .tempdir_in(&inner.scratch)?;
+        let input = scratch.path().join("chunk.ts");
+        inner.store.download_to(&work.object_key, &input).await?;
+        let out = scratch.path().join("out");
+        let timeout = inner.cfg.transcode_timeout;
+        let limits = Limits {
+            max_duration: Duration::from_secs(inner.cfg.max_source_seconds),
+            ..Limits::default()
+        };
+        let options = EncodeOptions {
+            h264_encoder: self.preferred_h264(),
+            ..EncodeOptions::default()
+        };
+        let (out2, rotation) = (out.clone(), work.rotation);
+        let span = tracing::Span::current();
+        let encoded = run_blocking(timeout, move || {
+            let _e = span.enter();
+            vtx_media::encode_chunk(
+                &input,
+                rotation,
+                Tier::Fast,
+                &out2,
+                &limits,
+                &options,
+                Deadline::after(timeout),
+            )
+        })
+        .await?;
+        for r in &encoded.renditions {
+            let dest = keys::chunk_hls(work.video, work.job, &r.name, index);
+            upload_tree(&inner.store, &chunk_hls_dir(&out, &r.name), &dest).await?;
+        }
+        if index == 0
+            && let Some(top) = encoded.renditions.last()
+        {
+            inner
+                .store
+                .put_file(
+                    &cover_source(work.job),
+                    &out.join(format!("{}.mp4", top.name)),
+                    "video/mp4",
+                )
+                .await?;
+        }
+        Ok(encoded)
+    }
+
+    /// Publishes a pipelined job's fast tier: playlists over the chunks' segments, the master
+    /// playlist and the cover, then the playback pointer.
+    pub(crate) async fn publish_chunks(&self, job: JobId) -> Outcome {
+        let inner = &self.inner;
+        let m = match db::claim_pipelined_merge(&inner.pool, job).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Outcome::Ack,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the chunks; will retry");
+                return Outcome::Retry;
+            }
+        };
+        if m.attempts > inner.cfg.max_attempts {
+            let msg = format!("publishing gave up after {} attempts", m.attempts - 1);
+            return self.exhausted(job, Tier::Fast, &msg).await;
+        }
+        let started = std::time::Instant::now();
+        let (output, facts) = match self.package_chunks(job, &m).await {
+            Ok(x) => x,
+            Err(WorkError::Media(vtx_media::MediaError::CorruptStream(msg))) => {
+                return self
+                    .give_up(
+                        job,
+                        Tier::Fast,
+                        ErrorCode::VerificationFailed,
+                        &msg,
+                        Outcome::Ack,
+                    )
+                    .await;
+            }
+            Err(e) if m.attempts >= inner.cfg.max_attempts => {
+                let msg = format!("publishing gave up after {} attempts: {e}", m.attempts);
+                return self.exhausted(job, Tier::Fast, &msg).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "publishing failed; will retry");
+                return Outcome::Retry;
+            }
+        };
+        let later = inner.pipeline.tiers.iter().any(|t| *t != Tier::Fast);
+        match db::publish_pipelined(
+            &inner.pool,
+            job,
+            m.video,
+            &output,
+            &facts,
+            later,
+            inner.pipeline.swap_grace,
+        )
+        .await
+        {
+            Ok(true) => {
+                metrics::counter!("vtx_tiers_live_total", "tier" => "fast").increment(1);
+                tracing::info!(
+                    secs = started.elapsed().as_secs_f64(),
+                    chunks = m.chunks.len(),
+                    "fast tier live from the upload's chunks"
+                );
+                Outcome::Ack
+            }
+            Ok(false) => Outcome::Ack,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot publish; will retry");
+                Outcome::Retry
+            }
+        }
+    }
+
+    async fn package_chunks(
+        &self,
+        job: JobId,
+        m: &db::PipelinedMerge,
+    ) -> Result<(TierOutput, VideoFacts), WorkError> {
+        let inner = &self.inner;
+        let corrupt = |msg: String| WorkError::Media(vtx_media::MediaError::CorruptStream(msg));
+        let all: Vec<ChunkEncode> = m.chunks.iter().map(|(_, e)| e.clone()).collect();
+        check_chunks(&all).map_err(|e| corrupt(e.to_string()))?;
+        if m.chunks
+            .iter()
+            .enumerate()
+            .any(|(i, (idx, _))| *idx != i as u32)
+        {
+            return Err(corrupt("a chunk's encode is missing".into()));
+        }
+        let first = &all[0];
+        let frames: u64 = all.iter().map(|c| c.frames).sum();
+        let tb = first.time_base;
+        let span = all.last().map_or(0, |c| c.end) - first.start;
+        let seconds = span as f64 * f64::from(tb.0) / f64::from(tb.1);
+        let fps = f64::from(first.frame_rate.0) / f64::from(first.frame_rate.1);
+
+        let scratch = tempfile::Builder::new()
+            .prefix("vtx-publish-")
+            .tempdir_in(&inner.scratch)?;
+        let out = scratch.path().join("out");
+        std::fs::create_dir_all(out.join("hls"))?;
+        let dest = keys::tier_output(m.video, job, Tier::Fast);
+        let (mut renditions, mut variants) = (Vec::new(), Vec::new());
+        for r0 in &first.renditions {
+            let list: Vec<(u32, &ChunkRendition)> = m
+                .chunks
+                .iter()
+                .filter_map(|(i, e)| e.rendition(&r0.name).map(|r| (*i, r)))
+                .collect();
+            let rs: Vec<&ChunkRendition> = list.iter().map(|(_, r)| *r).collect();
+            let rung_frames: u64 = rs.iter().map(|r| r.frames).sum();
+            let rung_seconds: f64 = rs.iter().map(|r| r.duration_seconds).sum();
+            let ok = if first.variable_frame_rate {
+                (rung_seconds - seconds).abs() <= 1.0 / fps + 1e-3 * rs.len() as f64
+            } else {
+                rung_frames == frames
+            };
+            if !ok {
+                return Err(corrupt(format!(
+                    "{} has {rung_frames} frames over {rung_seconds:.3} s; the chunks have {frames} over {seconds:.3} s",
+                    r0.name
+                )));
+            }
+            let dir = out.join("hls").join(&r0.name);
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("index.m3u8"), media_playlist(&list))?;
+            let (peak, average) = bitrates(&rs);
+            let bytes: u64 = rs
+                .iter()
+                .map(|r| r.init_bytes + r.segments.iter().map(|s| s.bytes).sum::<u64>())
+                .sum();
+            variants.push(Variant {
+                uri: format!("{}/index.m3u8", r0.name),
+                width: r0.width,
+                height: r0.height,
+                frame_rate: fps,
+                codecs: if first.has_audio {
+                    format!("{},mp4a.40.2", r0.codec_string)
+                } else {
+                    r0.codec_string.clone()
+                },
+                peak_bitrate: peak,
+                average_bitrate: average,
+            });
+            let playlist = format!("{dest}hls/{}/index.m3u8", r0.name);
+            renditions.push(NewRendition {
+                name: r0.name.clone(),
+                container: "hls",
+                codec: r0.codec.clone(),
+                codec_string: r0.codec_string.clone(),
+                object_key: playlist.clone(),
+                hls_playlist_key: Some(playlist),
+                width: r0.width,
+                height: r0.height,
+                frames: rung_frames,
+                duration_ms: (rung_seconds * 1000.0).round() as u64,
+                size_bytes: bytes,
+                bitrate: average,
+                prefetch_bytes_3s: prefetch_bytes(&rs, 3.0),
+                psnr: None,
+                ssim: None,
+            });
+        }
+        std::fs::write(out.join("hls/master.m3u8"), master_playlist(&variants))?;
+        // The cover, from the first chunk's top rung (a small file, whatever the length).
+        let cover_src = scratch.path().join("cover-source.mp4");
+        let cover = match inner
+            .store
+            .download_to(&cover_source(job), &cover_src)
+            .await
+        {
+            Ok(_) => {
+                let (src, to) = (cover_src.clone(), out.join("cover.jpg"));
+                match run_blocking(inner.cfg.transcode_timeout, move || {
+                    vtx_media::write_cover(&src, &to, Deadline::after(Duration::from_secs(30)))
+                })
+                .await
+                {
+                    Ok(()) => Some(format!("{dest}cover.jpg")),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no cover");
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no cover source");
+                None
+            }
+        };
+        upload_tree(&inner.store, &out, &dest).await?;
+        Ok((
+            TierOutput {
+                renditions,
+                hls_master_key: Some(format!("{dest}hls/master.m3u8")),
+                cover_key: cover,
+            },
+            VideoFacts {
+                width: first.display_width,
+                height: first.display_height,
+                frames,
+                duration_ms: (seconds * 1000.0).round() as u64,
+            },
+        ))
+    }
+}
