@@ -745,6 +745,37 @@ async fn chunks_are_transcoded_while_the_upload_arrives(pool: PgPool) {
     assert!(audio > 0);
     assert!(playback.cover.is_some());
 
+    // Its MP4s follow in the background, muxed from the segments.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let fast_mp4 = loop {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT name, frames FROM renditions WHERE job_id = $1 AND tier = 'fast' AND container = 'mp4'",
+        )
+        .bind(done.job_id.as_uuid())
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        let hls: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM renditions WHERE job_id = $1 AND tier = 'fast' AND container = 'hls'",
+        )
+        .bind(done.job_id.as_uuid())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if hls > 0 && rows.len() as i64 == hls {
+            break rows;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no MP4s for the fast tier: {rows:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(
+        fast_mp4.iter().all(|(_, f)| *f as u64 == source_frames),
+        "{fast_mp4:?}"
+    );
+
     // The high tier follows on the source assembled from the chunks, with MP4s.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     let high = loop {

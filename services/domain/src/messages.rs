@@ -41,6 +41,8 @@ pub enum Task {
     /// A media chunk of an upload still arriving was stored: encode it into the fast ladder
     /// and package its HLS segments (transcoding while the upload arrives).
     EncodeChunk { upload_id: UploadId, index: u32 },
+    /// A pipelined fast tier is live as HLS: mux its MP4 renditions in the background.
+    MuxChunks { job_id: JobId },
 }
 
 impl Task {
@@ -58,7 +60,7 @@ impl Task {
                 tier: Tier::Extreme,
                 ..
             } => queue::EXTREME_SLICES,
-            Task::Merge { .. } => queue::MERGE,
+            Task::Merge { .. } | Task::MuxChunks { .. } => queue::MERGE,
             // Publishing waits on it exactly as on a fast slice.
             Task::EncodeChunk { .. } => queue::FAST_SLICES,
         }
@@ -69,7 +71,8 @@ impl Task {
         match self {
             Task::JobCreated { job_id }
             | Task::EncodeSlice { job_id, .. }
-            | Task::Merge { job_id, .. } => Some(*job_id),
+            | Task::Merge { job_id, .. }
+            | Task::MuxChunks { job_id } => Some(*job_id),
             Task::EncodeChunk { .. } => None,
         }
     }

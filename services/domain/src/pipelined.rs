@@ -123,6 +123,22 @@ pub fn media_playlist(chunks: &[(u32, &ChunkRendition)]) -> String {
     s
 }
 
+/// The files a media playlist names (init segments and media segments), relative to it.
+pub fn playlist_files(playlist: &str) -> Vec<String> {
+    playlist
+        .lines()
+        .filter_map(|line| {
+            if let Some(rest) = line.strip_prefix("#EXT-X-MAP:URI=\"") {
+                rest.split('"').next().map(str::to_string)
+            } else if !line.starts_with('#') && !line.trim().is_empty() {
+                Some(line.trim().to_string())
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
 /// Peak segment bitrate and average bitrate (bits per second) of a rendition over its chunks.
 pub fn bitrates(chunks: &[&ChunkRendition]) -> (u64, u64) {
     let (mut peak, mut bytes, mut secs) = (0f64, 0u64, 0f64);
@@ -200,6 +216,16 @@ mod tests {
             "#EXT-X-MAP:URI=\"c00000/init.mp4\"\n#EXTINF:2.000000,\nc00000/seg-00000.m4s\n#EXTINF:1.200000,\nc00000/seg-00001.m4s\n#EXT-X-MAP:URI=\"c00001/init.mp4\"\n#EXTINF:2.500000,\nc00001/seg-00000.m4s\n#EXT-X-ENDLIST\n"
         ));
         assert!(!pl.contains("DISCONTINUITY"));
+        assert_eq!(
+            playlist_files(&pl),
+            [
+                "c00000/init.mp4",
+                "c00000/seg-00000.m4s",
+                "c00000/seg-00001.m4s",
+                "c00001/init.mp4",
+                "c00001/seg-00000.m4s"
+            ]
+        );
     }
 
     #[test]

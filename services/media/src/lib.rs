@@ -26,7 +26,9 @@ pub use cover::write_cover;
 pub use encoder::{Tier, VideoCodec, codec_string, tier_codecs};
 pub use error::MediaError;
 pub use hls::{Variant, master_playlist, playlist_bitrates};
-pub use merge::{EncodedSlice, MergeReport, MergeRequest, merge_rendition, prefetch_bytes};
+pub use merge::{
+    EncodedSlice, MergeReport, MergeRequest, merge_rendition, prefetch_bytes, remux_hls_to_mp4,
+};
 pub use pipeline::{
     EncodeOptions, Manifest, ManifestRendition, Packaged, PipelineRequest, Prepared, Progress,
     ProgressFn, Stage, encode_slice, encoded_slice_path, package, plan_job, plan_outputs, prepare,

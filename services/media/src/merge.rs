@@ -368,6 +368,94 @@ fn merge_inner(req: &MergeRequest) -> Result<MergeReport, MediaError> {
     })
 }
 
+/// Remuxes an HLS rendition this engine packaged (a local media playlist with its init and
+/// media segments, video and AAC audio) into one MP4 with the index at the front, stream copy.
+/// Only our own output is opened this way: HLS is not among the containers accepted from
+/// uploads. On error the MP4 is removed.
+pub fn remux_hls_to_mp4(
+    playlist: &Path,
+    codec: VideoCodec,
+    mp4: &Path,
+    deadline: Deadline,
+) -> Result<MergeReport, MediaError> {
+    crate::init();
+    let result = remux_inner(playlist, codec, mp4, deadline);
+    if result.is_err() {
+        let _ = std::fs::remove_file(mp4);
+    }
+    result
+}
+
+fn remux_inner(
+    playlist: &Path,
+    codec: VideoCodec,
+    mp4: &Path,
+    deadline: Deadline,
+) -> Result<MergeReport, MediaError> {
+    let mut opts = Dictionary::new();
+    opts.set("format_whitelist", "hls,mov,mp4,m4a");
+    opts.set("protocol_whitelist", "file");
+    let mut ictx = format::input_with_dictionary(playlist, opts)
+        .map_err(MediaError::ffmpeg("opening an HLS rendition"))?;
+    let v = ictx
+        .streams()
+        .best(media::Type::Video)
+        .ok_or(MediaError::NoVideoStream)?;
+    let (vi, vtb, vpar) = (v.index(), v.time_base(), v.parameters());
+    let audio = ictx
+        .streams()
+        .best(media::Type::Audio)
+        .map(|a| (a.index(), a.time_base(), a.parameters()));
+    let extradata = unsafe {
+        let p = vpar.as_ptr();
+        if (*p).extradata.is_null() || (*p).extradata_size <= 0 {
+            Vec::new()
+        } else {
+            std::slice::from_raw_parts((*p).extradata, (*p).extradata_size as usize).to_vec()
+        }
+    };
+    let mut o = Dictionary::new();
+    o.set("movflags", "+faststart");
+    let mut sink = Sink::open(
+        mp4,
+        "mp4",
+        &vpar,
+        vtb,
+        audio.as_ref().map(|(_, tb, par)| (par, *tb)),
+        o,
+        codec == VideoCodec::Hevc,
+    )?;
+    let (mut frames, mut first_pts, mut end_pts) = (0u64, None::<i64>, 0i64);
+    let mut p = Packet::empty();
+    while crate::probe::next_packet(&mut ictx, &mut p)? {
+        deadline.check()?;
+        if p.stream() == vi {
+            frames += 1;
+            if let Some(pts) = p.pts() {
+                first_pts = Some(first_pts.map_or(pts, |f| f.min(pts)));
+                end_pts = end_pts.max(pts + p.duration().max(0));
+            }
+            sink.write(&p, vtb, true)?;
+        } else if let Some((ai, atb, _)) = &audio
+            && p.stream() == *ai
+        {
+            sink.write(&p, *atb, false)?;
+        }
+    }
+    sink.octx
+        .write_trailer()
+        .map_err(MediaError::ffmpeg("finishing an MP4"))?;
+    let duration_seconds = (end_pts - first_pts.unwrap_or(0)) as f64 * f64::from(vtb.numerator())
+        / f64::from(vtb.denominator());
+    Ok(MergeReport {
+        frames,
+        duration_seconds,
+        mp4_bytes: std::fs::metadata(mp4)?.len(),
+        codec_string: codec_string(codec, &extradata),
+        prefetch_bytes_3s: prefetch_bytes(mp4, 3.0)?,
+    })
+}
+
 /// The fixed part of an ADTS header: what the AudioSpecificConfig is made of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Adts {

@@ -7,7 +7,8 @@ use std::path::Path;
 use ffmpeg_next::{Rational, media};
 use vtx_domain::pipelined::{ChunkEncode, check_chunks, media_playlist};
 use vtx_media::{
-    Deadline, EncodeOptions, Limits, Tier, chunk_hls_dir, cut_chunks, encode_chunk, probe,
+    Deadline, EncodeOptions, Limits, Tier, VideoCodec, chunk_hls_dir, cut_chunks, encode_chunk,
+    probe, remux_hls_to_mp4,
 };
 use vtx_testkit::gop_bframes;
 

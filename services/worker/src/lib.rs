@@ -247,6 +247,13 @@ impl Worker {
                 record_task("merge", tier, started, &outcome);
                 outcome
             }
+            Task::MuxChunks { job_id } => {
+                let span = tracing::info_span!("mux", %job_id);
+                let (_f, started) = (InFlight::new("mux", Tier::Fast), std::time::Instant::now());
+                let outcome = self.mux_chunks(job_id).instrument(span).await;
+                record_task("mux", Tier::Fast, started, &outcome);
+                outcome
+            }
             Task::EncodeChunk { upload_id, index } => {
                 let span = tracing::info_span!("chunk", %upload_id, index);
                 let (_f, started) = (

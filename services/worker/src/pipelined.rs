@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use vtx_domain::pipelined::{
-    ChunkEncode, ChunkRendition, bitrates, check_chunks, media_playlist, prefetch_bytes,
+    ChunkEncode, ChunkRendition, bitrates, check_chunks, media_playlist, playlist_files,
+    prefetch_bytes,
 };
 use vtx_domain::{ErrorCode, JobId, Tier, UploadId, keys};
 use vtx_infra::broker::Outcome;
@@ -376,5 +377,111 @@ impl Worker {
                 duration_ms: (seconds * 1000.0).round() as u64,
             },
         ))
+    }
+
+    /// Muxes a live pipelined fast tier's MP4 renditions from its HLS segments (stream copy)
+    /// and adds them to the playback. Background work: HLS plays meanwhile, and a failure
+    /// leaves the tier as it is.
+    pub(crate) async fn mux_chunks(&self, job: JobId) -> Outcome {
+        let inner = &self.inner;
+        let (video, todo) = match db::renditions_without_mp4(&inner.pool, job).await {
+            Ok(Some(x)) => x,
+            Ok(None) => return Outcome::Ack,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the renditions; will retry");
+                return Outcome::Retry;
+            }
+        };
+        let started = std::time::Instant::now();
+        for r in todo {
+            match self.mux_one(video, job, &r).await {
+                Ok(r) => {
+                    if let Err(e) =
+                        db::add_renditions(&inner.pool, video, job, Tier::Fast, &[r]).await
+                    {
+                        tracing::warn!(error = %e, "cannot record the MP4; will retry");
+                        return Outcome::Retry;
+                    }
+                }
+                Err(WorkError::Media(e)) => {
+                    tracing::warn!(rendition = r.name, error = %e, "no MP4 for this rendition");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "muxing failed; will retry");
+                    return Outcome::Retry;
+                }
+            }
+        }
+        tracing::info!(
+            secs = started.elapsed().as_secs_f64(),
+            "fast tier MP4s muxed"
+        );
+        Outcome::Ack
+    }
+
+    async fn mux_one(
+        &self,
+        video: vtx_domain::VideoId,
+        job: JobId,
+        r: &db::HlsOnly,
+    ) -> Result<NewRendition, WorkError> {
+        let (name, playlist_key) = (r.name.as_str(), r.playlist_key.as_str());
+        use futures_util::{StreamExt, TryStreamExt};
+        let inner = &self.inner;
+        let scratch = tempfile::Builder::new()
+            .prefix("vtx-mux-")
+            .tempdir_in(&inner.scratch)?;
+        let playlist = scratch.path().join("index.m3u8");
+        inner.store.download_to(playlist_key, &playlist).await?;
+        let base = &playlist_key[..playlist_key.rfind('/').map_or(0, |i| i + 1)];
+        let files = playlist_files(&std::fs::read_to_string(&playlist)?);
+        futures_util::stream::iter(files)
+            .map(|f| {
+                let (key, path) = (format!("{base}{f}"), scratch.path().join(&f));
+                async move {
+                    if let Some(dir) = path.parent() {
+                        tokio::fs::create_dir_all(dir).await?;
+                    }
+                    inner.store.download_to(&key, &path).await?;
+                    Ok::<(), WorkError>(())
+                }
+            })
+            .buffer_unordered(8)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let codec = match r.codec.as_str() {
+            "hevc" => vtx_media::VideoCodec::Hevc,
+            "av1" => vtx_media::VideoCodec::Av1,
+            _ => vtx_media::VideoCodec::H264,
+        };
+        let mp4 = scratch.path().join(format!("{name}.mp4"));
+        let (pl, out, timeout) = (playlist.clone(), mp4.clone(), inner.cfg.transcode_timeout);
+        let report = run_blocking(timeout, move || {
+            vtx_media::remux_hls_to_mp4(&pl, codec, &out, Deadline::after(timeout))
+        })
+        .await?;
+        let key = format!("{}{name}.mp4", keys::tier_output(video, job, Tier::Fast));
+        inner.store.put_file(&key, &mp4, "video/mp4").await?;
+        Ok(NewRendition {
+            name: name.to_string(),
+            container: "mp4",
+            codec: codec.label().to_string(),
+            codec_string: report.codec_string,
+            object_key: key,
+            hls_playlist_key: Some(playlist_key.to_string()),
+            width: r.width,
+            height: r.height,
+            frames: report.frames,
+            duration_ms: (report.duration_seconds * 1000.0).round() as u64,
+            size_bytes: report.mp4_bytes,
+            bitrate: if report.duration_seconds > 0.0 {
+                (report.mp4_bytes as f64 * 8.0 / report.duration_seconds) as u64
+            } else {
+                0
+            },
+            prefetch_bytes_3s: report.prefetch_bytes_3s,
+            psnr: None,
+            ssim: None,
+        })
     }
 }

@@ -552,34 +552,7 @@ pub(crate) async fn go_live(
     grace: Duration,
 ) -> sqlx::Result<()> {
     let video_id = video.as_uuid();
-    for r in &output.renditions {
-        sqlx::query(
-            "INSERT INTO renditions (video_id, job_id, tier, name, container, object_key, width, height,
-                                     frames, duration_ms, size_bytes, bitrate, codec, codec_string,
-                                     prefetch_bytes_3s, hls_playlist_key, psnr, ssim)
-             VALUES ($1, $2, $3, $4, $18, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-        )
-        .bind(video_id)
-        .bind(job.as_uuid())
-        .bind(tier.as_str())
-        .bind(&r.name)
-        .bind(&r.object_key)
-        .bind(r.width as i32)
-        .bind(r.height as i32)
-        .bind(r.frames as i64)
-        .bind(r.duration_ms as i64)
-        .bind(r.size_bytes as i64)
-        .bind(r.bitrate as i64)
-        .bind(&r.codec)
-        .bind(&r.codec_string)
-        .bind(r.prefetch_bytes_3s as i64)
-        .bind(&r.hls_playlist_key)
-        .bind(r.psnr)
-        .bind(r.ssim)
-        .bind(r.container)
-        .execute(&mut **tx)
-        .await?;
-    }
+    insert_renditions(tx, video, job, tier, &output.renditions).await?;
     // The swap: readers see the old tier or the new one, never a mix.
     let previous: Option<(Option<String>, Option<Uuid>)> =
         sqlx::query_as("SELECT live_tier, live_job_id FROM videos WHERE id = $1 FOR UPDATE")
@@ -614,6 +587,47 @@ pub(crate) async fn go_live(
             .bind(secs(grace))
             .execute(&mut **tx)
             .await?;
+    }
+    Ok(())
+}
+
+/// Records renditions of a tier (a rendition already recorded is left as it is).
+pub(crate) async fn insert_renditions(
+    tx: &mut Transaction<'static, Postgres>,
+    video: VideoId,
+    job: JobId,
+    tier: Tier,
+    renditions: &[NewRendition],
+) -> sqlx::Result<()> {
+    let video_id = video.as_uuid();
+    for r in renditions {
+        sqlx::query(
+            "INSERT INTO renditions (video_id, job_id, tier, name, container, object_key, width, height,
+                                     frames, duration_ms, size_bytes, bitrate, codec, codec_string,
+                                     prefetch_bytes_3s, hls_playlist_key, psnr, ssim)
+             VALUES ($1, $2, $3, $4, $18, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(video_id)
+        .bind(job.as_uuid())
+        .bind(tier.as_str())
+        .bind(&r.name)
+        .bind(&r.object_key)
+        .bind(r.width as i32)
+        .bind(r.height as i32)
+        .bind(r.frames as i64)
+        .bind(r.duration_ms as i64)
+        .bind(r.size_bytes as i64)
+        .bind(r.bitrate as i64)
+        .bind(&r.codec)
+        .bind(&r.codec_string)
+        .bind(r.prefetch_bytes_3s as i64)
+        .bind(&r.hls_playlist_key)
+        .bind(r.psnr)
+        .bind(r.ssim)
+        .bind(r.container)
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(())
 }

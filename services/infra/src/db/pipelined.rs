@@ -16,7 +16,7 @@ use vtx_domain::{
     ErrorCode, JobId, JobState, Task, Tier, UploadId, UploadState, VideoId, VideoState,
 };
 
-use super::pipeline::{TierOutput, VideoFacts, go_live};
+use super::pipeline::{NewRendition, TierOutput, VideoFacts, go_live, insert_renditions};
 use crate::outbox;
 
 /// What a worker needs to encode a chunk.
@@ -360,6 +360,7 @@ pub async fn publish_pipelined(
         return Ok(false);
     }
     go_live(&mut tx, video, job, Tier::Fast, output, Some(facts), grace).await?;
+    outbox::enqueue(&mut tx, &Task::MuxChunks { job_id: job }).await?;
     if later_tiers {
         outbox::enqueue(&mut tx, &Task::JobCreated { job_id: job }).await?;
     } else {
@@ -433,4 +434,60 @@ pub async fn reap_expired_chunk_encodes(pool: &PgPool) -> sqlx::Result<u64> {
     }
     tx.commit().await?;
     Ok(rows.len() as u64)
+}
+
+/// A rendition of a live pipelined fast tier that has no MP4 yet.
+pub struct HlsOnly {
+    pub name: String,
+    pub codec: String,
+    pub playlist_key: String,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// A pipelined fast tier's HLS renditions that have no MP4 yet.
+pub async fn renditions_without_mp4(
+    pool: &PgPool,
+    job: JobId,
+) -> sqlx::Result<Option<(VideoId, Vec<HlsOnly>)>> {
+    let rows: Vec<(Uuid, String, String, String, i32, i32)> = sqlx::query_as(
+        "SELECT h.video_id, h.name, h.codec, h.object_key, h.width, h.height FROM renditions h
+         JOIN jobs j ON j.id = h.job_id AND j.pipelined
+         WHERE h.job_id = $1 AND h.tier = 'fast' AND h.container = 'hls'
+           AND NOT EXISTS (SELECT 1 FROM renditions m WHERE m.video_id = h.video_id
+                           AND m.job_id = h.job_id AND m.tier = h.tier AND m.name = h.name
+                           AND m.container = 'mp4')
+         ORDER BY h.height",
+    )
+    .bind(job.as_uuid())
+    .fetch_all(pool)
+    .await?;
+    let Some(video) = rows.first().map(|r| VideoId::from_uuid(r.0)) else {
+        return Ok(None);
+    };
+    Ok(Some((
+        video,
+        rows.into_iter()
+            .map(|(_, name, codec, playlist_key, w, h)| HlsOnly {
+                name,
+                codec,
+                playlist_key,
+                width: w.max(0) as u32,
+                height: h.max(0) as u32,
+            })
+            .collect(),
+    )))
+}
+
+/// Adds MP4 renditions to a tier already live.
+pub async fn add_renditions(
+    pool: &PgPool,
+    video: VideoId,
+    job: JobId,
+    tier: Tier,
+    renditions: &[NewRendition],
+) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    insert_renditions(&mut tx, video, job, tier, renditions).await?;
+    tx.commit().await
 }
