@@ -122,5 +122,20 @@ fn chunks_encoded_apart_play_as_one_stream_with_every_frame() {
             "{}: video starts at {vfirst}, audio at {afirst}",
             r.name
         );
+
+        // The same segments remuxed into one MP4: every frame, and the audio.
+        let mp4 = dir.path().join(format!("{}.mp4", r.name));
+        let report = remux_hls_to_mp4(&playlist, VideoCodec::H264, &mp4, Deadline::none()).unwrap();
+        assert_eq!(report.frames, source.video.frames);
+        let p = probe(&mp4, &Limits::default(), Deadline::none()).unwrap();
+        assert_eq!(p.video.frames, source.video.frames);
+        let audio = p.audio.expect("audio");
+        assert!(
+            (audio.duration_seconds - p.video.duration_seconds).abs() <= frame + 0.03,
+            "{}: audio {} s, video {} s",
+            r.name,
+            audio.duration_seconds,
+            p.video.duration_seconds
+        );
     }
 }
