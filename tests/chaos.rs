@@ -115,9 +115,14 @@ async fn jobs_survive_a_killed_worker_and_restarts_of_rabbitmq_and_postgresql(po
         eprintln!("chaos test skipped: restarting RabbitMQ and PostgreSQL needs root");
         return;
     }
+    // The sliced fast tier (what tus uploads and whole-file sources take); a chunk encode's
+    // worker killed mid-way is tested in tests/pipeline.rs.
     let app = TestApp::spawn_with(
         pool,
-        &[("VTX_SLICE_SECONDS", "4")],
+        &[
+            ("VTX_SLICE_SECONDS", "4"),
+            ("VTX_PIPELINE_UPLOADS", "false"),
+        ],
         Services {
             worker: false,
             scheduler: true,

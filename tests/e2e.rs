@@ -67,8 +67,28 @@ async fn three_chunks_out_of_order_become_a_playable_video_with_every_frame(pool
         "the fast tier publishes"
     );
     assert_eq!(video.frames, Some(source.video.frames));
-    let playback = video.playback.expect("ready video has playback");
-    assert!(playback.mp4.len() >= 2, "at least two renditions");
+    assert!(
+        video
+            .playback
+            .expect("ready video has playback")
+            .hls
+            .is_some()
+    );
+    // The fast tier was encoded chunk by chunk as the upload arrived and published as HLS; its
+    // MP4s follow a moment later.
+    let until = std::time::Instant::now() + READY_WITHIN;
+    let playback = loop {
+        let v = app.client.video(done.video_id).await.unwrap();
+        let p = v.playback.expect("still published");
+        if p.mp4.len() >= 2 {
+            break p;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "at least two MP4 renditions"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
 
     let dir = tempfile::tempdir().unwrap();
     for r in &playback.mp4 {
@@ -99,21 +119,16 @@ async fn three_chunks_out_of_order_become_a_playable_video_with_every_frame(pool
     let variants: Vec<&str> = master.lines().filter(|l| l.ends_with(".m3u8")).collect();
     assert_eq!(variants.len(), playback.mp4.len());
     let base = master_url.rsplit_once('/').unwrap().0;
-    let variant = app
-        .client
-        .http()
-        .get(format!("{base}/{}", variants[0]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(variant.status(), StatusCode::OK);
-    assert!(
-        variant
-            .text()
-            .await
-            .unwrap()
-            .contains("#EXT-X-MAP:URI=\"init.mp4\"")
-    );
+    // Every init and media segment resolves, and they play as one stream with every frame.
+    let hls_dir = tempfile::tempdir().unwrap();
+    let (frames, audio_packets) = vtx_tests::fetch_hls(
+        app.client.http(),
+        &format!("{base}/{}", variants[0]),
+        hls_dir.path(),
+    )
+    .await;
+    assert_eq!(frames, source.video.frames);
+    assert!(audio_packets > 0);
     let cover = app
         .client
         .http()
@@ -481,7 +496,14 @@ async fn a_job_whose_source_vanished_fails_after_bounded_retries(pool: PgPool) {
         worker: true,
         scheduler: false,
     };
-    let app = TestApp::spawn_with(pool, &[("VTX_MAX_ATTEMPTS", "2")], services).await;
+    // The ordinary path, where completing assembles the source (a pipelined upload's source is
+    // assembled later, from its chunks).
+    let app = TestApp::spawn_with(
+        pool,
+        &[("VTX_MAX_ATTEMPTS", "2"), ("VTX_PIPELINE_UPLOADS", "false")],
+        services,
+    )
+    .await;
     let c = &app.client;
     let up = c.create_upload().await.unwrap();
     let chunks = ts_chunks(&media("carphone_pristine.mp4"), 2.0);

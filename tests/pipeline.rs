@@ -32,19 +32,26 @@ fn start_viewer(app: &TestApp, video: vtx_domain::VideoId) -> (Arc<AtomicBool>, 
                 if tiers.last() != Some(&tier) {
                     tiers.push(tier);
                 }
-                let mp4 = client
-                    .http()
-                    .get(&p.mp4[0].url)
-                    .header("Range", "bytes=0-4095")
-                    .send()
-                    .await;
+                // A pipelined fast tier is HLS only until its MP4s are muxed.
+                let mp4 = match p.mp4.first() {
+                    Some(r) => Some(
+                        client
+                            .http()
+                            .get(&r.url)
+                            .header("Range", "bytes=0-4095")
+                            .send()
+                            .await,
+                    ),
+                    None => None,
+                };
                 let hls = client
                     .http()
                     .get(p.hls.as_deref().unwrap_or_default())
                     .send()
                     .await;
-                let good = matches!(&mp4, Ok(r) if r.status() == StatusCode::PARTIAL_CONTENT)
-                    && matches!(&hls, Ok(r) if r.status() == StatusCode::OK);
+                let good = mp4.as_ref().is_none_or(
+                    |m| matches!(m, Ok(r) if r.status() == StatusCode::PARTIAL_CONTENT),
+                ) && matches!(&hls, Ok(r) if r.status() == StatusCode::OK);
                 if good { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -129,17 +136,28 @@ async fn two_worker_processes_share_a_five_minute_clip_and_the_swap_never_breaks
         assert_eq!(got.video.frames, source.video.frames, "{}", r.name);
     }
 
-    // Slices were spread over both workers, and the fast tier was live before the high one began.
+    // The fast tier (the upload's chunks, encoded as they arrived) and the high tier's slices
+    // were spread over both workers, and the fast tier was live before the high one began.
     let job = app.client.job(done.job_id).await.unwrap();
     let (fast_tier, high_tier) = (&job.tiers[0], &job.tiers[1]);
     assert!(
-        fast_tier.slices_total >= 4,
-        "{} slices",
-        fast_tier.slices_total
+        fast_tier.slices_total >= 4 && high_tier.slices_total >= 4,
+        "{} chunks, {} slices",
+        fast_tier.slices_total,
+        high_tier.slices_total
     );
     assert!(fast_tier.finished_at.as_deref().unwrap() <= high_tier.started_at.as_deref().unwrap());
+    let chunks_by: Vec<(Option<String>,)> = sqlx::query_as(
+        "SELECT DISTINCT c.encode_owner FROM upload_chunks c JOIN videos v ON v.upload_id = c.upload_id
+         WHERE v.id = $1",
+    )
+    .bind(done.video_id.as_uuid())
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(chunks_by.len(), 2, "chunks went to {chunks_by:?}");
     let by: Vec<(String,)> = sqlx::query_as(
-        "SELECT DISTINCT finished_by FROM slices WHERE job_id = $1 AND tier = 'fast'",
+        "SELECT DISTINCT finished_by FROM slices WHERE job_id = $1 AND tier = 'high'",
     )
     .bind(done.job_id.as_uuid())
     .fetch_all(&app.pool)
@@ -156,7 +174,12 @@ async fn a_poison_job_fails_with_a_code_lands_in_the_dead_letter_queue_and_other
 ) {
     let app = TestApp::spawn_with(
         pool,
-        &[("VTX_MAX_ATTEMPTS", "2"), ("VTX_TIERS", "fast")],
+        // The sliced fast tier (whole-file and tus sources, and uploads not pipelined).
+        &[
+            ("VTX_MAX_ATTEMPTS", "2"),
+            ("VTX_TIERS", "fast"),
+            ("VTX_PIPELINE_UPLOADS", "false"),
+        ],
         Services {
             worker: false,
             scheduler: true,
@@ -337,7 +360,12 @@ async fn sigterm_lets_a_worker_finish_the_slice_in_hand_then_exit(pool: PgPool) 
 async fn a_merge_that_keeps_failing_gives_up_after_bounded_attempts_counted_durably(pool: PgPool) {
     let app = TestApp::spawn_with(
         pool,
-        &[("VTX_MAX_ATTEMPTS", "2"), ("VTX_TIERS", "fast")],
+        // The sliced fast tier (whole-file and tus sources, and uploads not pipelined).
+        &[
+            ("VTX_MAX_ATTEMPTS", "2"),
+            ("VTX_TIERS", "fast"),
+            ("VTX_PIPELINE_UPLOADS", "false"),
+        ],
         Services::default(),
     )
     .await;
@@ -415,5 +443,64 @@ async fn a_worker_consumes_only_the_classes_it_is_given(pool: PgPool) {
     assert_eq!(registered, vec![queue::FAST_SLICES, queue::MERGE]);
     // This machine's FFmpeg has libx265 and libsvtav1: by default the extreme class is served.
     assert!(vtx_media::can_encode_tier(vtx_media::Tier::Extreme));
+    app.stop().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_chunk_encode_whose_worker_is_killed_is_redone(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        &[("VTX_TIERS", "fast")],
+        Services {
+            worker: false,
+            scheduler: true,
+        },
+    )
+    .await;
+    let mut first = ChildGuard(app.spawn_worker_process("chunk-a"));
+    let clip = looped("bigbuckbunny.mp4", 2); // 720p, two 5.28 s GOPs: two chunks
+    let source = probe(&clip, &Limits::default(), Deadline::none()).unwrap();
+    let chunks = vtx_tests::ts_chunks(&clip, 2.0);
+    assert_eq!(chunks.len(), 2);
+    let c = &app.client;
+    let up = c.create_upload().await.unwrap();
+    c.put_chunk(up.id, 0, chunks[0].clone()).await.unwrap();
+
+    // kill -9 the worker while it encodes chunk 0.
+    let until = std::time::Instant::now() + WITHIN;
+    loop {
+        let state: Option<String> = sqlx::query_scalar(
+            "SELECT encode_state FROM upload_chunks WHERE upload_id = $1 AND idx = 0",
+        )
+        .bind(up.id.as_uuid())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        match state.as_deref() {
+            Some("running") => break,
+            Some("done") => panic!("the chunk was encoded before the worker could be killed"),
+            _ => {}
+        }
+        assert!(std::time::Instant::now() < until, "chunk 0 never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.0.kill().unwrap();
+    let _ = first.0.wait();
+    let _second = ChildGuard(app.spawn_worker_process("chunk-b"));
+    c.put_chunk(up.id, 1, chunks[1].clone()).await.unwrap();
+    let done = c.complete(up.id, Some(2)).await.unwrap();
+
+    // The reaper hands the chunk back once its lease expires; the video is whole.
+    let video = c.wait_for_video(done.video_id, WITHIN).await.unwrap();
+    assert_eq!(video.state, "published", "{video:?}");
+    assert_eq!(video.frames, Some(source.video.frames));
+    let attempts: i32 = sqlx::query_scalar(
+        "SELECT encode_attempts FROM upload_chunks WHERE upload_id = $1 AND idx = 0",
+    )
+    .bind(up.id.as_uuid())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(attempts >= 2, "{attempts} attempts");
     app.stop().await;
 }

@@ -9,6 +9,7 @@ mod cover;
 mod encoder;
 mod error;
 mod hls;
+mod hw;
 mod merge;
 mod pipeline;
 mod pipelined;

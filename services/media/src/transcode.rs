@@ -18,6 +18,7 @@ use vtx_domain::Rung;
 
 use crate::audio::AudioPipe;
 use crate::encoder::{Tier, VideoCodec, codec_string, encoder_options};
+use crate::hw::{HwFrames, needs_device_frames};
 use crate::probe::{next_packet, nominal_frame_rate, open_input, rational_to_f64};
 use crate::{Deadline, MediaError};
 
@@ -479,6 +480,7 @@ fn open_encoder(
     name: &str,
     s: &EncoderSettings,
     mut opts: ffmpeg_next::Dictionary<'static>,
+    hw: Option<&HwFrames>,
 ) -> Result<(ffmpeg_next::Codec, encoder::Video), MediaError> {
     let codec = encoder::find_by_name(name)
         .ok_or_else(|| MediaError::UnsupportedCodec(format!("{name} encoder missing")))?;
@@ -489,6 +491,10 @@ fn open_encoder(
     enc.set_width(s.width);
     enc.set_height(s.height);
     enc.set_format(format::Pixel::YUV420P);
+    if let Some(hw) = hw {
+        // SAFETY: the context is live and not yet opened.
+        hw.attach(unsafe { enc.as_mut_ptr() });
+    }
     enc.set_aspect_ratio(Rational(1, 1));
     // 1/fps, as the ffmpeg command line uses: with a fine time base instead, MP4 samples come
     // back without durations. Variable-rate input keeps its own clock.
@@ -558,11 +564,28 @@ fn detect_uncached() -> Vec<String> {
     };
     let mut found: Vec<String> = ["h264_nvenc", "h264_qsv", "h264_vaapi"]
         .into_iter()
-        .filter(|name| open_encoder(name, &settings, gpu_options(name, 1_000_000)).is_ok())
+        .filter(|name| encoder::find_by_name(name).is_some())
+        .filter(|name| open_gpu_encoder(name, &settings, 1_000_000).is_ok())
         .map(str::to_string)
         .collect();
     found.push("libx264".into());
     found
+}
+
+/// Opens a GPU encoder as the transcode would: with a device and a frame pool when it takes
+/// frames in device memory (VAAPI, QSV), which fails on a machine without that device.
+fn open_gpu_encoder(
+    name: &str,
+    settings: &EncoderSettings,
+    max_bitrate: u32,
+) -> Result<(ffmpeg_next::Codec, encoder::Video, Option<HwFrames>), MediaError> {
+    let hw = if needs_device_frames(name) {
+        Some(HwFrames::new(name, settings.width, settings.height)?)
+    } else {
+        None
+    };
+    let (codec, enc) = open_encoder(name, settings, gpu_options(name, max_bitrate), hw.as_ref())?;
+    Ok((codec, enc, hw))
 }
 
 /// One rung: scaler, encoder and MP4 muxer.
@@ -573,6 +596,8 @@ struct VideoOut {
     octx: format::context::Output,
     scaler: Option<scaling::Context>,
     encoder: encoder::Video,
+    /// Device frame pool of a VAAPI/QSV encoder: scaled frames are uploaded into it.
+    hw: Option<HwFrames>,
     width: u32,
     height: u32,
     enc_tb: Rational,
@@ -612,17 +637,17 @@ impl VideoOut {
             .h264_encoder
             .as_deref()
             .filter(|n| out.codec == VideoCodec::H264 && *n != default_name);
-        let (codec, encoder) = match preferred.map(|name| {
-            let opts = gpu_options(name, out.rung.max_bitrate);
-            open_encoder(name, &settings, opts)
-        }) {
-            Some(Ok(pair)) => pair,
+        let (codec, encoder, hw) = match preferred
+            .map(|name| open_gpu_encoder(name, &settings, out.rung.max_bitrate))
+        {
+            Some(Ok(opened)) => opened,
             other => {
                 if let (Some(name), Some(Err(e))) = (preferred, other) {
                     tracing::warn!(encoder = name, error = %e, "encoder failed to open; falling back to {default_name}");
                 }
                 let opts = encoder_options(out.codec, req.tier, out.rung.max_bitrate, gop);
-                open_encoder(default_name, &settings, opts)?
+                let (codec, encoder) = open_encoder(default_name, &settings, opts, None)?;
+                (codec, encoder, None)
             }
         };
         let (width, height) = (out.rung.width, out.rung.height);
@@ -676,6 +701,7 @@ impl VideoOut {
             octx,
             scaler: None,
             encoder,
+            hw,
             width,
             height,
             enc_tb,
@@ -702,7 +728,9 @@ impl VideoOut {
                     input.format(),
                     input.width(),
                     input.height(),
-                    format::Pixel::YUV420P,
+                    self.hw
+                        .as_ref()
+                        .map_or(format::Pixel::YUV420P, HwFrames::sw_format),
                     self.width,
                     self.height,
                     scaling::Flags::BICUBIC,
@@ -722,8 +750,12 @@ impl VideoOut {
         self.last_pts = Some(pts);
         scaled.set_pts(Some(pts));
         scaled.set_kind(input.kind());
+        let frame = match &self.hw {
+            Some(hw) => hw.upload(&scaled)?,
+            None => scaled,
+        };
         self.encoder
-            .send_frame(&scaled)
+            .send_frame(&frame)
             .map_err(MediaError::ffmpeg("encoding video"))?;
         self.drain_encoder()
     }

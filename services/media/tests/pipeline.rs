@@ -456,7 +456,7 @@ fn gpu_encoders_count_only_when_they_open_and_workers_fall_back_to_libx264() {
     assert_eq!(unique, found);
     // Ask for encoders that cannot open here (NVENC without a GPU, or no such encoder at all):
     // the encode still succeeds, with libx264.
-    let wanted = ["h264_nvenc", "h264_vaapi", "no_such_encoder"]
+    let wanted = ["h264_nvenc", "h264_vaapi", "h264_qsv", "no_such_encoder"]
         .into_iter()
         .filter(|e| !found.iter().any(|f| f == e));
     for wanted in wanted {

@@ -112,8 +112,8 @@ pub async fn finish_chunk_encode(
             .fetch_optional(&mut *tx)
             .await?;
     let n = sqlx::query(
-        "UPDATE upload_chunks SET encode_state = 'done', encoded = $4, encode_owner = NULL,
-                encode_lease_until = NULL
+        // The owner stays, as who encoded it.
+        "UPDATE upload_chunks SET encode_state = 'done', encoded = $4, encode_lease_until = NULL
          WHERE upload_id = $1 AND idx = $2 AND encode_state = 'running' AND encode_owner = $3",
     )
     .bind(upload.as_uuid())
