@@ -20,5 +20,5 @@ pub use ids::{ChunkIndex, JobId, UploadId, VideoId};
 pub use ladder::{Rung, plan_ladder};
 pub use messages::Task;
 pub use plan::{JobPlan, Tier};
-pub use slicing::{SliceWindow, plan_slices, slice_seconds_for};
+pub use slicing::{Grid, SliceWindow, plan_slices, plan_slices_on_grid, slice_seconds_for};
 pub use state::{JobState, SliceState, TierState, UploadState, VideoState};

@@ -16,22 +16,70 @@ pub struct SliceWindow {
     pub end: i64,
 }
 
+/// The output's keyframe grid, in the stream's ticks: keyframes are forced every `period` from
+/// `origin` (the first shown frame). A keyframe within `tolerance` of a grid line is on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grid {
+    pub origin: i64,
+    pub period: i64,
+    pub tolerance: i64,
+}
+
+impl Grid {
+    fn holds(&self, t: i64) -> bool {
+        let r = (t - self.origin).rem_euclid(self.period.max(1));
+        r <= self.tolerance || self.period - r <= self.tolerance
+    }
+}
+
 /// Plans slices of about `target_ticks` each from keyframe presentation times (ascending, the
 /// first one being where the stream starts) and the stream's end. A slice may hold several GOPs
 /// but never part of one; a final slice shorter than half the target joins the one before it.
 pub fn plan_slices(keyframes: &[i64], stream_end: i64, target_ticks: i64) -> Vec<SliceWindow> {
+    plan_slices_on_grid(keyframes, stream_end, target_ticks, None)
+}
+
+/// As `plan_slices`, but where a source keyframe falls on the output's keyframe `grid` within
+/// half a target of the cut, the cut moves to it: each slice's encode starts with a keyframe,
+/// and one on the grid is one the whole-video encode has too, so slicing adds no keyframes
+/// (and costs no bytes, and changes no quality) there.
+pub fn plan_slices_on_grid(
+    keyframes: &[i64],
+    stream_end: i64,
+    target_ticks: i64,
+    grid: Option<Grid>,
+) -> Vec<SliceWindow> {
     let Some(&first) = keyframes.first() else {
         return Vec::new();
     };
     let target = target_ticks.max(1);
+    let on_grid = |k: i64| grid.is_some_and(|g| g.holds(k));
     let mut cuts = vec![first];
-    for &k in keyframes.iter().skip(1) {
-        let last = *cuts.last().expect("non-empty");
-        if k <= last || k >= stream_end {
+    let mut i = 1;
+    while i < keyframes.len() {
+        let (k, last) = (keyframes[i], *cuts.last().expect("non-empty"));
+        if k <= last || k >= stream_end || k - last < target {
+            i += 1;
             continue;
         }
-        if k - last >= target {
-            cuts.push(k);
+        let better = if on_grid(k) {
+            None
+        } else {
+            keyframes[i..]
+                .iter()
+                .enumerate()
+                .take_while(|(_, c)| **c < stream_end && **c - last <= target + target / 2)
+                .find(|(_, c)| on_grid(**c))
+        };
+        match better {
+            Some((j, &c)) => {
+                cuts.push(c);
+                i += j + 1;
+            }
+            None => {
+                cuts.push(k);
+                i += 1;
+            }
         }
     }
     // A short tail joins the slice before it.
@@ -96,6 +144,28 @@ mod tests {
         let s = plan_slices(&[1000, 3000, 5000], 7000, 2000);
         assert_eq!(starts(&s), vec![1000, 3000, 5000]);
         assert_eq!(s[0].index, 0);
+    }
+
+    #[test]
+    fn cuts_move_to_keyframes_on_the_output_grid() {
+        // Keyframes every second, output keyframes every 2 s: 5 s slices cut at 6 and 12.
+        let kf: Vec<i64> = (0..20).collect();
+        let grid = Grid {
+            origin: 0,
+            period: 2,
+            tolerance: 0,
+        };
+        let s = plan_slices_on_grid(&kf, 20, 5, Some(grid));
+        assert_eq!(starts(&s), vec![0, 6, 12]);
+        // Without a keyframe on the grid near the cut, the cut stays where it was.
+        let odd: Vec<i64> = (0..10).map(|i| i * 2 + 1).collect();
+        let s = plan_slices_on_grid(&odd, 20, 5, Some(grid));
+        assert_eq!(starts(&s), starts(&plan_slices(&odd, 20, 5)));
+        // A grid that is not there changes nothing.
+        assert_eq!(
+            plan_slices_on_grid(&kf, 20, 5, None),
+            plan_slices(&kf, 20, 5)
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use vtx_domain::{JobPlan, Rung, plan_ladder, plan_slices};
+use vtx_domain::{Grid, JobPlan, Rung, plan_ladder, plan_slices_on_grid};
 
 use crate::encoder::{Tier, VideoCodec, tier_codecs};
 use crate::hls::{Variant, master_playlist, playlist_bitrates};
@@ -187,9 +187,24 @@ pub fn plan_job(probe: &Probe, slice_seconds: f64) -> JobPlan {
         frames: v.frames,
         duration_seconds: v.duration_seconds,
         has_audio: probe.audio.is_some(),
-        slices: plan_slices(&keys, v.end_pts, target),
+        // Cuts prefer source keyframes on the 2 s output grid (see `encode_slice`).
+        slices: plan_slices_on_grid(
+            &keys,
+            v.end_pts,
+            target,
+            Some(Grid {
+                origin: v.start_pts,
+                period: (GOP_SECONDS * ticks_per_second).round() as i64,
+                tolerance: (ticks_per_second * f64::from(v.frame_rate_q.1)
+                    / f64::from(v.frame_rate_q.0).max(1.0)
+                    / 2.0) as i64,
+            }),
+        ),
     }
 }
+
+/// Keyframe interval of every encode: rungs and slices share one grid.
+const GOP_SECONDS: f64 = 2.0;
 
 /// What `prepare` leaves in its work directory.
 pub struct Prepared {
@@ -298,7 +313,7 @@ pub fn encode_slice(
         timeline_offset: plan.offset_of(w),
         outputs,
         tier,
-        gop_seconds: 2.0,
+        gop_seconds: GOP_SECONDS,
         frame_rate: Some(plan.frame_rate),
         variable_frame_rate: plan.variable_frame_rate,
         rotation: plan.rotation,
