@@ -40,9 +40,10 @@ pub fn plan_slices(keyframes: &[i64], stream_end: i64, target_ticks: i64) -> Vec
 }
 
 /// As `plan_slices`, but where a source keyframe falls on the output's keyframe `grid` within
-/// half a target of the cut, the cut moves to it: each slice's encode starts with a keyframe,
+/// half a target of a cut, the cut moves to it: each slice's encode starts with a keyframe,
 /// and one on the grid is one the whole-video encode has too, so slicing adds no keyframes
-/// (and costs no bytes, and changes no quality) there.
+/// (and costs no bytes, and changes no quality) there. With a grid, cut n aims at n targets
+/// from the start, so slices stay even on average.
 pub fn plan_slices_on_grid(
     keyframes: &[i64],
     stream_end: i64,
@@ -53,32 +54,39 @@ pub fn plan_slices_on_grid(
         return Vec::new();
     };
     let target = target_ticks.max(1);
-    let on_grid = |k: i64| grid.is_some_and(|g| g.holds(k));
     let mut cuts = vec![first];
-    let mut i = 1;
-    while i < keyframes.len() {
-        let (k, last) = (keyframes[i], *cuts.last().expect("non-empty"));
-        if k <= last || k >= stream_end || k - last < target {
-            i += 1;
-            continue;
-        }
-        let better = if on_grid(k) {
-            None
-        } else {
-            keyframes[i..]
-                .iter()
-                .enumerate()
-                .take_while(|(_, c)| **c < stream_end && **c - last <= target + target / 2)
-                .find(|(_, c)| on_grid(**c))
-        };
-        match better {
-            Some((j, &c)) => {
-                cuts.push(c);
-                i += j + 1;
+    match grid {
+        None => {
+            for &k in &keyframes[1..] {
+                let last = *cuts.last().expect("non-empty");
+                if k > last && k < stream_end && k - last >= target {
+                    cuts.push(k);
+                }
             }
-            None => {
-                cuts.push(k);
-                i += 1;
+        }
+        Some(g) => {
+            // Cut n aims at first + n x target (so slices even out) and takes the keyframe on
+            // the grid nearest to that, within half a target; without one, the keyframe
+            // nearest to it. No slice is shorter than half a target.
+            loop {
+                let last = *cuts.last().expect("non-empty");
+                let ideal = (first + cuts.len() as i64 * target).max(last + target / 2);
+                let window = |k: &&i64| **k >= last + target / 2 && **k < stream_end;
+                let on_grid = keyframes
+                    .iter()
+                    .filter(window)
+                    .filter(|k| (**k - ideal).abs() <= target / 2 && g.holds(**k))
+                    .min_by_key(|k| (**k - ideal).abs());
+                let next = on_grid.or_else(|| {
+                    keyframes
+                        .iter()
+                        .filter(window)
+                        .min_by_key(|k| (**k - ideal).abs())
+                });
+                match next {
+                    Some(&k) => cuts.push(k),
+                    None => break,
+                }
             }
         }
     }
@@ -148,7 +156,8 @@ mod tests {
 
     #[test]
     fn cuts_move_to_keyframes_on_the_output_grid() {
-        // Keyframes every second, output keyframes every 2 s: 5 s slices cut at 6 and 12.
+        // Keyframes every second, output keyframes every 2 s: 5 s slices cut on even seconds
+        // nearest 5, 10, 15.
         let kf: Vec<i64> = (0..20).collect();
         let grid = Grid {
             origin: 0,
@@ -156,11 +165,16 @@ mod tests {
             tolerance: 0,
         };
         let s = plan_slices_on_grid(&kf, 20, 5, Some(grid));
-        assert_eq!(starts(&s), vec![0, 6, 12]);
-        // Without a keyframe on the grid near the cut, the cut stays where it was.
+        assert!(s.iter().all(|w| w.start % 2 == 0), "{s:?}");
+        assert_eq!(s.len(), 4);
+        assert_eq!(s.last().unwrap().end, 20);
+        // Without a keyframe on the grid near a cut, the keyframe nearest its aim (1 + 5n).
         let odd: Vec<i64> = (0..10).map(|i| i * 2 + 1).collect();
         let s = plan_slices_on_grid(&odd, 20, 5, Some(grid));
-        assert_eq!(starts(&s), starts(&plan_slices(&odd, 20, 5)));
+        assert_eq!(starts(&s), vec![1, 5, 11, 15]);
+        // Keyframes a tick before the aim are taken, not skipped.
+        let s = plan_slices_on_grid(&[0, 527, 1055, 1583], 2000, 528, Some(grid));
+        assert_eq!(starts(&s), vec![0, 527, 1055, 1583]);
         // A grid that is not there changes nothing.
         assert_eq!(
             plan_slices_on_grid(&kf, 20, 5, None),
