@@ -496,6 +496,7 @@ async fn a_killed_client_upload_resumes_and_sends_only_what_is_missing(pool: PgP
         concurrency: 2,
         live: true, // paced at the video's rate, so it can be killed part-way
         state_dir: Some(state.path().to_path_buf()),
+        followers: None,
     };
     // Killed once the first chunk is acknowledged.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -581,7 +582,10 @@ async fn a_rotated_video_uploaded_in_chunks_stays_upright(pool: PgPool) {
     // A rotation that is not a quarter turn is refused.
     let err = app
         .client
-        .create_upload_with(&vtx_domain::api::CreateUpload { rotation: Some(45) })
+        .create_upload_with(&vtx_domain::api::CreateUpload {
+            rotation: Some(45),
+            followers: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(

@@ -193,6 +193,7 @@ impl TestApp {
             store.clone(),
             cfg.worker.clone(),
             cfg.pipeline.clone(),
+            cfg.hotness.clone(),
         );
         let scheduler = vtx_scheduler::Scheduler::new(
             pool.clone(),

@@ -37,6 +37,9 @@ enum Command {
     Scheduler,
     /// Run a transcode worker.
     Worker,
+    /// Run the hotness tracker: the most played videos (and predicted ones) get extreme
+    /// encodes. Safe to run more than once: one acts, the others stand by.
+    Hotness,
     /// Run every service in one process (local use).
     Up,
     /// Upload a video file as GOP-aligned chunks (resumable); prints the video id.
@@ -57,6 +60,9 @@ enum Command {
         /// Wait until the video is ready (or failed), print its status and the publish latency.
         #[arg(long)]
         wait: bool,
+        /// The uploader's follower count (a large one predicts a hot video: extreme encode).
+        #[arg(long)]
+        followers: Option<u64>,
         #[arg(long, env = "VTX_URL", default_value = "http://127.0.0.1:8080")]
         url: String,
     },
@@ -142,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
             live,
             no_resume,
             wait,
+            followers,
             url,
         } => {
             let opts = vtx_client::UploadOptions {
@@ -153,6 +160,7 @@ async fn main() -> anyhow::Result<()> {
                 } else {
                     vtx_client::UploadOptions::default_state_dir()
                 },
+                followers,
             };
             upload(file, opts, wait, url).await
         }
@@ -197,7 +205,7 @@ async fn serve(command: Command) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
 
-    let (gateway, scheduler, worker) = match command {
+    let (gateway, scheduler, worker, hotness) = match command {
         Command::Migrate => {
             db::migrate(&pool).await.context("applying migrations")?;
             store.ensure_bucket().await.context("creating the bucket")?;
@@ -205,13 +213,14 @@ async fn serve(command: Command) -> anyhow::Result<()> {
             println!("migrations applied, bucket {} ready", cfg.s3.bucket);
             return Ok(());
         }
-        Command::Gateway => (true, false, false),
-        Command::Scheduler => (false, true, false),
-        Command::Worker => (false, false, true),
+        Command::Gateway => (true, false, false, false),
+        Command::Scheduler => (false, true, false, false),
+        Command::Worker => (false, false, true, false),
+        Command::Hotness => (false, false, false, true),
         Command::Up => {
             db::migrate(&pool).await.context("applying migrations")?;
             store.ensure_bucket().await.context("creating the bucket")?;
-            (true, true, true)
+            (true, true, true, true)
         }
         Command::Upload { .. }
         | Command::Status { .. }
@@ -264,8 +273,14 @@ async fn serve(command: Command) -> anyhow::Result<()> {
             store.clone(),
             cfg.worker.clone(),
             cfg.pipeline.clone(),
+            cfg.hotness.clone(),
         );
         tasks.spawn(w.run(broker.clone(), shutdown.clone()));
+    }
+    if hotness {
+        let t =
+            vtx_scheduler::hotness::Tracker::new(pool.clone(), broker.clone(), cfg.hotness.clone());
+        tasks.spawn(t.run(shutdown.clone()));
     }
 
     wait_for_signal().await;

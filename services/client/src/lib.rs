@@ -9,8 +9,8 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use vtx_domain::api::{
-    ChunkView, CompleteRequest, CreateUpload, ErrorBody, GrantIssued, GrantRequest, JobView,
-    UploadCompleted, UploadCreated, UploadView, VideoView,
+    ChunkView, CompleteRequest, CreateUpload, ErrorBody, GrantIssued, GrantRequest, HotVideos,
+    JobView, PlaysAccepted, PlaysRequest, UploadCompleted, UploadCreated, UploadView, VideoView,
 };
 use vtx_domain::{JobId, UploadId, VideoId};
 
@@ -222,6 +222,42 @@ impl Client {
     pub async fn video(&self, id: VideoId) -> anyhow::Result<VideoView> {
         Self::parse(
             self.request(reqwest::Method::GET, &format!("/v1/videos/{id}"))
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// The video with the extreme renditions in `codecs` (e.g. `["hevc", "av1"]`) listed as
+    /// alternatives, for a player that decodes them.
+    pub async fn video_for(&self, id: VideoId, codecs: &[&str]) -> anyhow::Result<VideoView> {
+        Self::parse(
+            // Codec names are plain tokens: nothing to escape.
+            self.request(
+                reqwest::Method::GET,
+                &format!("/v1/videos/{id}?codecs={}", codecs.join(",")),
+            )
+            .send()
+            .await?,
+        )
+        .await
+    }
+
+    /// Sends a batch of play events (service token).
+    pub async fn plays(&self, req: &PlaysRequest) -> anyhow::Result<PlaysAccepted> {
+        Self::parse(
+            self.request(reqwest::Method::POST, "/v1/plays")
+                .json(req)
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// The most played videos (service token).
+    pub async fn hot(&self, limit: u32) -> anyhow::Result<HotVideos> {
+        Self::parse(
+            self.request(reqwest::Method::GET, &format!("/v1/hot?limit={limit}"))
                 .send()
                 .await?,
         )

@@ -26,6 +26,8 @@ pub struct UploadOptions {
     pub live: bool,
     /// Where the resume state lives; `None` keeps none.
     pub state_dir: Option<PathBuf>,
+    /// The uploader's follower count, for the hotness prediction.
+    pub followers: Option<u64>,
 }
 
 impl Default for UploadOptions {
@@ -35,6 +37,7 @@ impl Default for UploadOptions {
             concurrency: 4,
             live: false,
             state_dir: None,
+            followers: None,
         }
     }
 }
@@ -143,6 +146,7 @@ pub(crate) async fn run(
             let created = client
                 .create_upload_with(&CreateUpload {
                     rotation: Some(rotation),
+                    followers: opts.followers,
                 })
                 .await?;
             if let Some(c) = chunks.iter().find(|c| c.bytes > created.max_chunk_bytes) {

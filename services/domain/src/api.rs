@@ -42,6 +42,10 @@ pub struct CreateUpload {
     /// chunks cannot say it, so a client whose source carries a rotation declares it here.
     #[serde(default)]
     pub rotation: Option<u32>,
+    /// The uploader's follower count at upload time: above `VTX_EXTREME_FOLLOWERS` the video
+    /// is predicted hot and gets an extreme encode right after its high tier.
+    #[serde(default)]
+    pub followers: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -148,6 +152,26 @@ pub struct Playback {
     /// Smallest first.
     pub mp4: Vec<RenditionView>,
     pub cover: Option<String>,
+    /// HEVC/AV1 renditions of a hot video, smaller than the H.264 ones at equal quality; only
+    /// for clients that declare they decode them (`?codecs=hevc,av1`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alternatives: Vec<RenditionView>,
+}
+
+/// A video's extreme encode: why it was picked, where it stands, and what each rendition
+/// saved against the high tier.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExtremeView {
+    /// `queued`, `encoding`, `added`, `rejected` or `failed`.
+    pub state: String,
+    /// `hot` or `followers`.
+    pub reason: String,
+    /// Plays over the window when picked, or the follower count.
+    pub score: u64,
+    /// Per rendition: bitrate, saving, PSNR and SSIM next to the high tier's, accepted or why
+    /// not.
+    #[serde(default)]
+    pub verdicts: serde_json::Value,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -167,6 +191,64 @@ pub struct VideoView {
     pub published_at: Option<String>,
     /// The newest job working on this video.
     pub job_id: Option<JobId>,
+    /// Present once the video was picked for an extreme encode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extreme: Option<ExtremeView>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// `POST /v1/plays` (service token): a batch of play events, at most `VTX_MAX_PLAYS_PER_BATCH`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PlaysRequest {
+    pub plays: Vec<PlayEvent>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PlayEvent {
+    pub video_id: String,
+    /// RFC 3339; now when absent. Plays older than the longest hotness window (or more than a
+    /// minute ahead) are refused with `play-outside-window`.
+    #[serde(default)]
+    pub at: Option<String>,
+    /// Optional, kept for logs only.
+    #[serde(default)]
+    pub client: Option<ClientInfo>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ClientInfo {
+    #[serde(default)]
+    pub platform: Option<String>,
+    #[serde(default)]
+    pub app_version: Option<String>,
+}
+
+/// The answer to a batch: how many plays were counted and which were refused, by position.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PlaysAccepted {
+    pub accepted: u32,
+    pub rejected: Vec<PlayRejected>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlayRejected {
+    pub index: u32,
+    /// `invalid-video-id`, `video-not-found`, `invalid-time`, `play-outside-window`.
+    pub code: String,
+}
+
+/// `GET /v1/hot?limit=N` (service token): the most played videos over the tracker's window.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HotVideos {
+    pub window_secs: u64,
+    pub videos: Vec<HotVideo>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HotVideo {
+    pub video_id: VideoId,
+    pub plays: u64,
+    /// State of its extreme encode, if one was requested.
+    pub extreme: Option<String>,
 }

@@ -7,6 +7,7 @@ mod auth;
 mod error;
 mod health;
 mod media;
+mod plays;
 mod status;
 mod tus;
 mod uploads;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub public_url: Arc<str>,
     /// Chunked uploads are transcoded while they arrive (`VTX_PIPELINE_UPLOADS`).
     pub pipeline_uploads: bool,
+    /// Play counts waiting for their flush.
+    pub plays: Arc<plays::PlayCounter>,
 }
 
 pub struct Gateway {
@@ -51,6 +54,9 @@ pub struct Gateway {
     router: Router,
     addr: SocketAddr,
     public_url: String,
+    plays: Arc<plays::PlayCounter>,
+    pool: PgPool,
+    flush_every: std::time::Duration,
 }
 
 impl Gateway {
@@ -80,8 +86,12 @@ impl Gateway {
             .unwrap_or_else(|| format!("http://{addr}"))
             .trim_end_matches('/')
             .to_string();
+        let plays = Arc::new(plays::PlayCounter::new(
+            &cfg.hotness.bounds,
+            cfg.hotness.max_batch,
+        ));
         let state = AppState {
-            pool,
+            pool: pool.clone(),
             store,
             broker,
             limits: Arc::new(cfg.uploads.clone()),
@@ -97,12 +107,16 @@ impl Gateway {
             grant_ttl: cfg.auth.grant_ttl,
             public_url: public_url.as_str().into(),
             pipeline_uploads: cfg.pipeline.pipeline_uploads,
+            plays: plays.clone(),
         };
         Ok(Self {
             listener,
             router: router(state),
             addr,
             public_url,
+            plays,
+            pool,
+            flush_every: cfg.hotness.flush_every,
         })
     }
 
@@ -122,6 +136,17 @@ impl Gateway {
         use hyper_util::rt::{TokioIo, TokioTimer};
         use hyper_util::service::TowerToHyperService;
         tracing::info!(addr = %self.addr, "gateway listening");
+        // Play counts go to PostgreSQL every interval, and once more after the last request.
+        let flush_stop = CancellationToken::new();
+        let flusher = {
+            let (plays, pool, every, stop) = (
+                self.plays.clone(),
+                self.pool.clone(),
+                self.flush_every,
+                flush_stop.clone(),
+            );
+            tokio::spawn(async move { plays.run(pool, every, stop).await })
+        };
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.max_buf_size(READ_BUFFER)
@@ -150,6 +175,8 @@ impl Gateway {
             });
         }
         graceful.shutdown().await;
+        flush_stop.cancel();
+        let _ = flusher.await;
         Ok(())
     }
 }
@@ -173,6 +200,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(status::job))
         .route("/v1/videos/{id}", get(status::video))
         .route("/v1/media/{*key}", get(media::serve))
+        .route("/v1/plays", post(plays::record))
+        .route("/v1/hot", get(plays::hot))
         .merge(tus_routes())
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -1,8 +1,10 @@
 //! Job and video status for internal services, with playback URLs once a video is ready.
 
 use axum::Json;
-use axum::extract::{Path, State};
-use vtx_domain::api::{ErrorDetail, JobView, Playback, RenditionView, TierView, VideoView};
+use axum::extract::{Path, Query, State};
+use vtx_domain::api::{
+    ErrorDetail, ExtremeView, JobView, Playback, RenditionView, TierView, VideoView,
+};
 use vtx_domain::{JobId, VideoId, VideoState};
 use vtx_infra::db::{self, JobRow, TierRow};
 
@@ -75,10 +77,36 @@ pub fn media_url(state: &AppState, key: &str) -> String {
     format!("{}/v1/media/{key}", state.public_url)
 }
 
+fn rendition_view(state: &AppState, r: db::RenditionRow) -> RenditionView {
+    RenditionView {
+        url: media_url(state, &r.object_key),
+        name: r.name,
+        container: r.container,
+        codec: r.codec,
+        codec_string: r.codec_string,
+        prefetch_bytes_3s: r.prefetch_bytes_3s.map(|b| b.max(0) as u64),
+        width: r.width as u32,
+        height: r.height as u32,
+        frames: r.frames as u64,
+        duration_ms: r.duration_ms as u64,
+        size_bytes: r.size_bytes as u64,
+        bitrate: r.bitrate as u64,
+    }
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct VideoQuery {
+    /// Codecs the client decodes beyond H.264, comma-separated (`hevc,av1`): the video's
+    /// extreme renditions in them are listed as alternatives.
+    #[serde(default)]
+    codecs: Option<String>,
+}
+
 pub async fn video(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    Query(q): Query<VideoQuery>,
 ) -> ApiResult<Json<VideoView>> {
     caller.require_service()?;
     let id: VideoId = parse_id(&id, "video-not-found", "video")?;
@@ -91,29 +119,43 @@ pub async fn video(
             .into_iter()
             // A pipelined fast tier is HLS only: its renditions are in the master playlist.
             .filter(|r| r.container == "mp4")
-            .map(|r| RenditionView {
-                url: media_url(&state, &r.object_key),
-                name: r.name,
-                container: r.container,
-                codec: r.codec,
-                codec_string: r.codec_string,
-                prefetch_bytes_3s: r.prefetch_bytes_3s.map(|b| b.max(0) as u64),
-                width: r.width as u32,
-                height: r.height as u32,
-                frames: r.frames as u64,
-                duration_ms: r.duration_ms as u64,
-                size_bytes: r.size_bytes as u64,
-                bitrate: r.bitrate as u64,
-            })
+            .map(|r| rendition_view(&state, r))
             .collect();
+        let wanted: Vec<&str> = q
+            .codecs
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        let alternatives = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            db::extreme_renditions(&state.pool, id)
+                .await?
+                .into_iter()
+                .filter(|r| wanted.contains(&r.codec.as_str()))
+                .map(|r| rendition_view(&state, r))
+                .collect()
+        };
         Some(Playback {
             hls: v.hls_master_key.as_deref().map(|k| media_url(&state, k)),
             mp4,
             cover: v.cover_key.as_deref().map(|k| media_url(&state, k)),
+            alternatives,
         })
     } else {
         None
     };
+    let extreme = db::extreme_of(&state.pool, id)
+        .await?
+        .map(|(state, reason, score, verdicts)| ExtremeView {
+            state,
+            reason,
+            score: score.max(0) as u64,
+            verdicts: verdicts.map(|v| v.0).unwrap_or(serde_json::Value::Null),
+        });
     let job_id = db::jobs_of_video(&state.pool, id)
         .await?
         .first()
@@ -131,6 +173,7 @@ pub async fn video(
         live_tier: v.live_tier,
         published_at: v.published_at.map(rfc3339),
         job_id,
+        extreme,
         created_at: rfc3339(v.created_at),
         updated_at: rfc3339(v.updated_at),
     }))

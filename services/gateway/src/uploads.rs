@@ -95,6 +95,7 @@ pub async fn create(
         session_expiry(&state)?,
         grant,
         req.rotation,
+        req.followers,
         state.pipeline_uploads,
     )
     .await?;

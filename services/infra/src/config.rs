@@ -48,6 +48,27 @@ pub struct Config {
     pub auth: AuthConfig,
     pub worker: WorkerConfig,
     pub pipeline: PipelineConfig,
+    pub hotness: HotnessConfig,
+}
+
+/// Plays, the hotness tracker and extreme encodes (issue 6).
+#[derive(Clone, Debug)]
+pub struct HotnessConfig {
+    /// `VTX_PLAYS_FLUSH_SECS`: how often the gateway adds its in-memory play counts to
+    /// PostgreSQL (what a crash of the gateway can lose).
+    pub flush_every: Duration,
+    /// `VTX_MAX_PLAYS_PER_BATCH`.
+    pub max_batch: usize,
+    /// `VTX_HOT_PERIOD_SECS`: how often the tracker picks the top videos.
+    pub period: Duration,
+    /// `VTX_HOT_WINDOW_MIN_SECS`/`_MAX_SECS`, `VTX_HOT_TOP_MIN`/`_MAX`, `VTX_HOT_IDLE_LOAD`,
+    /// `VTX_HOT_BUSY_LOAD`: the bounds the window and top-x move between with the load.
+    pub bounds: vtx_domain::hotness::HotBounds,
+    /// `VTX_EXTREME_FOLLOWERS`: an upload whose uploader has at least this many followers is
+    /// predicted hot.
+    pub followers_threshold: u64,
+    /// `VTX_EXTREME_PSNR_TOLERANCE_DB`, `VTX_EXTREME_SSIM_TOLERANCE`, `VTX_EXTREME_MIN_SAVING`.
+    pub accept: vtx_domain::hotness::AcceptRule,
 }
 
 #[derive(Clone, Debug)]
@@ -220,6 +241,29 @@ impl Config {
                 swap_grace: Duration::from_secs(env.parse("VTX_SWAP_GRACE_SECS", 600)?),
                 pipeline_uploads: env.parse("VTX_PIPELINE_UPLOADS", true)?,
             },
+            hotness: HotnessConfig {
+                flush_every: Duration::from_millis(
+                    (env.parse("VTX_PLAYS_FLUSH_SECS", 5.0f64)? * 1000.0) as u64,
+                ),
+                max_batch: env.parse("VTX_MAX_PLAYS_PER_BATCH", 10_000)?,
+                period: Duration::from_millis(
+                    (env.parse("VTX_HOT_PERIOD_SECS", 60.0f64)? * 1000.0) as u64,
+                ),
+                bounds: vtx_domain::hotness::HotBounds {
+                    window_min_secs: env.parse("VTX_HOT_WINDOW_MIN_SECS", 3600)?,
+                    window_max_secs: env.parse("VTX_HOT_WINDOW_MAX_SECS", 24 * 3600)?,
+                    top_min: env.parse("VTX_HOT_TOP_MIN", 100)?,
+                    top_max: env.parse("VTX_HOT_TOP_MAX", 2000)?,
+                    idle_load: env.parse("VTX_HOT_IDLE_LOAD", 1.0)?,
+                    busy_load: env.parse("VTX_HOT_BUSY_LOAD", 10.0)?,
+                },
+                followers_threshold: env.parse("VTX_EXTREME_FOLLOWERS", 100_000)?,
+                accept: vtx_domain::hotness::AcceptRule {
+                    psnr_tolerance_db: env.parse("VTX_EXTREME_PSNR_TOLERANCE_DB", 0.5)?,
+                    ssim_tolerance: env.parse("VTX_EXTREME_SSIM_TOLERANCE", 0.005)?,
+                    min_saving: env.parse("VTX_EXTREME_MIN_SAVING", 0.1)?,
+                },
+            },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -252,6 +296,20 @@ impl Config {
             .find(|q| !["fast", "high", "extreme", "merge"].contains(&q.as_str()))
         {
             bail!("VTX_WORKER_QUEUES: unknown class {q:?} (fast, high, extreme, merge)");
+        }
+        let b = &self.hotness.bounds;
+        if b.window_min_secs == 0
+            || b.window_min_secs > b.window_max_secs
+            || b.top_min > b.top_max
+            || b.idle_load >= b.busy_load
+        {
+            bail!(
+                "hotness bounds: need 0 < VTX_HOT_WINDOW_MIN_SECS <= VTX_HOT_WINDOW_MAX_SECS, \
+                 VTX_HOT_TOP_MIN <= VTX_HOT_TOP_MAX and VTX_HOT_IDLE_LOAD < VTX_HOT_BUSY_LOAD"
+            );
+        }
+        if self.hotness.max_batch == 0 || self.hotness.flush_every.is_zero() {
+            bail!("VTX_MAX_PLAYS_PER_BATCH and VTX_PLAYS_FLUSH_SECS must be positive");
         }
         if self.worker.concurrency == 0 || self.worker.max_attempts == 0 {
             bail!("VTX_WORKER_CONCURRENCY and VTX_MAX_ATTEMPTS must be positive");

@@ -62,7 +62,11 @@ pub fn encode_chunk(
         tier,
         gop_seconds: 2.0,
         frame_rate: Some(v.frame_rate_q),
-        variable_frame_rate: v.variable_frame_rate,
+        // Every chunk keeps the upload's own clock (MPEG-TS, 1/90000), whatever its frame rate
+        // looks like alone: a chunk that holds a join in the recording can probe as variable
+        // rate while its neighbours do not, and the chunks' segments must share one time
+        // scale to play as one stream.
+        variable_frame_rate: true,
         rotation,
         watermark: options.watermark.clone(),
         audio: false,

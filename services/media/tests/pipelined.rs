@@ -10,7 +10,7 @@ use vtx_media::{
     Deadline, EncodeOptions, Limits, Tier, VideoCodec, chunk_hls_dir, cut_chunks, encode_chunk,
     probe, remux_hls_to_mp4,
 };
-use vtx_testkit::gop_bframes;
+use vtx_testkit::{gop_bframes, phone_like_twice};
 
 /// (video packets, video end s, audio end s, first video pts s, first audio pts s), checking
 /// that each stream's decode times only go up.
@@ -55,7 +55,18 @@ fn read_hls(playlist: &Path) -> (u64, f64, f64, f64, f64) {
 
 #[test]
 fn chunks_encoded_apart_play_as_one_stream_with_every_frame() {
-    let src = gop_bframes(); // keyframe every second, B-frames, AAC
+    chunks_play_as_one_stream(&gop_bframes()); // keyframe every second, B-frames, AAC
+}
+
+#[test]
+fn chunks_of_a_recording_with_a_join_share_one_clock() {
+    // One chunk holds the join of two recordings and probes as variable rate: its segments
+    // must still run on the same time scale as its neighbours'.
+    chunks_play_as_one_stream(&phone_like_twice());
+}
+
+fn chunks_play_as_one_stream(src: &std::path::Path) {
+    let src = src.to_path_buf();
     let source = probe(&src, &Limits::default(), Deadline::none()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let chunks = cut_chunks(&src, dir.path(), 2.0, Deadline::none()).unwrap();

@@ -4,6 +4,8 @@
 //! objects nobody needs any more.
 
 use std::path::PathBuf;
+pub mod hotness;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,6 +94,7 @@ impl Scheduler {
             state,
             source_key,
             declared_rotation,
+            extreme,
         } = match db::job_source(&inner.pool, job).await {
             Ok(Some(row)) => row,
             Ok(None) => return Outcome::Ack,
@@ -120,13 +123,18 @@ impl Scheduler {
                 return Outcome::Retry;
             }
         };
-        let tiers: Vec<vtx_domain::Tier> = inner
-            .pipeline
-            .tiers
-            .iter()
-            .copied()
-            .filter(|t| chunks.is_none() || *t != vtx_domain::Tier::Fast)
-            .collect();
+        // An extreme job runs the extreme tier alone, beside the video's live renditions.
+        let tiers: Vec<vtx_domain::Tier> = if extreme {
+            vec![vtx_domain::Tier::Extreme]
+        } else {
+            inner
+                .pipeline
+                .tiers
+                .iter()
+                .copied()
+                .filter(|t| chunks.is_none() || *t != vtx_domain::Tier::Fast)
+                .collect()
+        };
         if tiers.is_empty() {
             return Outcome::Ack;
         }

@@ -107,3 +107,42 @@ pub fn rotated() -> PathBuf {
         ],
     )
 }
+
+/// The shared 720p clip as a phone records it (a keyframe every second, AAC), scaled to 360p
+/// and played twice back to back without re-encoding: the chunk holding the join probes as
+/// variable rate while the others do not.
+pub fn phone_like_twice() -> PathBuf {
+    let src = media("bigbuckbunny.mp4");
+    let once = derived(
+        "bbb-phone.mp4",
+        &[
+            "-i",
+            src.to_str().expect("utf-8 path"),
+            "-vf",
+            "scale=640:360",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-g",
+            "25",
+            "-keyint_min",
+            "25",
+            "-sc_threshold",
+            "0",
+            "-c:a",
+            "copy",
+        ],
+    );
+    derived(
+        "bbb-phone-x2.mp4",
+        &[
+            "-stream_loop",
+            "1",
+            "-i",
+            once.to_str().expect("utf-8 path"),
+            "-c",
+            "copy",
+        ],
+    )
+}

@@ -15,9 +15,10 @@ use vtx_domain::messages::queue;
 use vtx_domain::{ErrorCode, JobId, Task, Tier, keys};
 use vtx_infra::ObjectStore;
 use vtx_infra::broker::{BrokerClient, Outcome, consume};
-use vtx_infra::config::{PipelineConfig, WorkerConfig};
+use vtx_infra::config::{HotnessConfig, PipelineConfig, WorkerConfig};
 use vtx_infra::db::{self, NewRendition, Publish, SliceDone, TierOutput, WorkContext};
 use vtx_infra::storage::StorageError;
+mod extreme;
 mod pipelined;
 
 use vtx_media::{
@@ -35,6 +36,7 @@ struct Inner {
     store: ObjectStore,
     cfg: WorkerConfig,
     pipeline: PipelineConfig,
+    hotness: HotnessConfig,
     id: String,
     /// H.264 encoders this machine opened, best first (always ends with libx264).
     encoders: Vec<String>,
@@ -110,6 +112,7 @@ impl Worker {
         store: ObjectStore,
         cfg: WorkerConfig,
         pipeline: PipelineConfig,
+        hotness: HotnessConfig,
     ) -> Self {
         let encoders = vtx_media::detect_h264_encoders();
         let host = std::fs::read_to_string("/etc/hostname")
@@ -128,6 +131,7 @@ impl Worker {
                 store,
                 cfg,
                 pipeline,
+                hotness,
                 id,
                 encoders,
                 scratch: std::env::temp_dir(),
@@ -464,6 +468,9 @@ impl Worker {
             .skip_while(|t| **t != tier)
             .nth(1)
             .copied();
+        if tier == Tier::Extreme {
+            return self.handle_extreme_merge(job, &ctx).await;
+        }
         let result = self.merge(job, tier, &ctx).await;
         let output = match result {
             Ok(o) => o,
@@ -502,6 +509,9 @@ impl Worker {
             Ok(Publish::Live) => {
                 metrics::counter!("vtx_tiers_live_total", "tier" => tier.as_str()).increment(1);
                 tracing::info!(secs = started.elapsed().as_secs_f64(), next = ?next, "tier live");
+                if tier == Tier::High {
+                    self.predict_hot(ctx.video_id).await;
+                }
                 Outcome::Ack
             }
             Ok(Publish::AlreadyDone) => Outcome::Ack,
@@ -519,6 +529,20 @@ impl Worker {
         tier: Tier,
         ctx: &WorkContext,
     ) -> Result<TierOutput, WorkError> {
+        let (_scratch, out, packaged) = self.package_tier(job, tier, ctx).await?;
+        let dest = keys::tier_output(ctx.video_id, job, tier);
+        upload_tree(&self.inner.store, &out, &dest).await?;
+        Ok(tier_output(&dest, &packaged))
+    }
+
+    /// Downloads a tier's encoded slices and the audio and packages them (MP4 + HLS + cover)
+    /// in a scratch directory, verified against the plan: (scratch, output directory, result).
+    async fn package_tier(
+        &self,
+        job: JobId,
+        tier: Tier,
+        ctx: &WorkContext,
+    ) -> Result<(tempfile::TempDir, PathBuf, vtx_media::Packaged), WorkError> {
         let inner = &self.inner;
         let scratch = tempfile::Builder::new()
             .prefix("vtx-merge-")
@@ -567,33 +591,36 @@ impl Worker {
             Ok(packaged)
         })
         .await?;
-        let dest = keys::tier_output(ctx.video_id, job, tier);
-        upload_tree(&inner.store, &out, &dest).await?;
-        Ok(TierOutput {
-            renditions: packaged
-                .renditions
-                .iter()
-                .map(|r| NewRendition {
-                    name: r.name.clone(),
-                    container: "mp4",
-                    codec: r.codec.label().to_string(),
-                    codec_string: r.codec_string.clone(),
-                    object_key: format!("{dest}{}", r.file),
-                    hls_playlist_key: r.hls_playlist.as_ref().map(|p| format!("{dest}{p}")),
-                    width: r.width,
-                    height: r.height,
-                    frames: r.frames,
-                    duration_ms: (r.duration * 1000.0).round() as u64,
-                    size_bytes: r.bytes,
-                    bitrate: r.bitrate,
-                    prefetch_bytes_3s: r.prefetch_bytes_3s,
-                    psnr: r.psnr,
-                    ssim: r.ssim,
-                })
-                .collect(),
-            hls_master_key: packaged.hls_master.as_ref().map(|m| format!("{dest}{m}")),
-            cover_key: packaged.cover.as_ref().map(|c| format!("{dest}{c}")),
-        })
+        Ok((scratch, out, packaged))
+    }
+}
+
+/// What a packaged tier, uploaded under `dest`, puts live.
+fn tier_output(dest: &str, packaged: &vtx_media::Packaged) -> TierOutput {
+    TierOutput {
+        renditions: packaged
+            .renditions
+            .iter()
+            .map(|r| NewRendition {
+                name: r.name.clone(),
+                container: "mp4",
+                codec: r.codec.label().to_string(),
+                codec_string: r.codec_string.clone(),
+                object_key: format!("{dest}{}", r.file),
+                hls_playlist_key: r.hls_playlist.as_ref().map(|p| format!("{dest}{p}")),
+                width: r.width,
+                height: r.height,
+                frames: r.frames,
+                duration_ms: (r.duration * 1000.0).round() as u64,
+                size_bytes: r.bytes,
+                bitrate: r.bitrate,
+                prefetch_bytes_3s: r.prefetch_bytes_3s,
+                psnr: r.psnr,
+                ssim: r.ssim,
+            })
+            .collect(),
+        hls_master_key: packaged.hls_master.as_ref().map(|m| format!("{dest}{m}")),
+        cover_key: packaged.cover.as_ref().map(|c| format!("{dest}{c}")),
     }
 }
 

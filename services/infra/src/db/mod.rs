@@ -12,8 +12,10 @@ use vtx_domain::{ErrorCode, JobId, JobState, Task, UploadId, UploadState, VideoI
 use crate::config::Config;
 use crate::outbox;
 
+pub mod hotness;
 pub mod pipeline;
 pub mod pipelined;
+pub use hotness::*;
 pub use pipeline::*;
 pub use pipelined::*;
 
@@ -80,14 +82,15 @@ pub async fn create_upload(
     expires_at: DateTime<Utc>,
     grant_id: Option<Uuid>,
     rotation: Option<u32>,
+    followers: Option<u64>,
     pipelined: bool,
 ) -> sqlx::Result<UploadRow> {
     // A pipelined upload reserves the ids of its video and job: its chunks' encodes write
     // straight to that job's fast-tier objects.
     let reserved = pipelined.then(|| (VideoId::new().as_uuid(), JobId::new().as_uuid()));
     sqlx::query_as(
-        "INSERT INTO uploads (id, expires_at, grant_id, rotation, video_id, job_id)
-         VALUES ($1, $2, $3, $4, $5, $6)
+        "INSERT INTO uploads (id, expires_at, grant_id, rotation, video_id, job_id, followers)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
          RETURNING id, state, created_at, expires_at, completed_at, grant_id, protocol, upload_length, metadata",
     )
     .bind(id.as_uuid())
@@ -96,6 +99,7 @@ pub async fn create_upload(
     .bind(rotation.map(|r| r as i32))
     .bind(reserved.map(|r| r.0))
     .bind(reserved.map(|r| r.1))
+    .bind(followers.map(|f| f.min(i64::MAX as u64) as i64))
     .fetch_one(pool)
     .await
 }
@@ -433,6 +437,8 @@ pub struct VideoRow {
     pub hls_master_key: Option<String>,
     pub cover_key: Option<String>,
     pub live_tier: Option<String>,
+    #[serde(skip)]
+    pub source_key: String,
     pub published_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -458,7 +464,8 @@ pub struct RenditionRow {
 pub async fn get_video(pool: &PgPool, id: VideoId) -> sqlx::Result<Option<VideoRow>> {
     sqlx::query_as(
         "SELECT id, state, width, height, frames, duration_ms, source_bytes, error_code,
-                error_message, hls_master_key, cover_key, live_tier, published_at, created_at, updated_at
+                error_message, hls_master_key, cover_key, live_tier, source_key, published_at,
+                created_at, updated_at
          FROM videos WHERE id = $1",
     )
     .bind(id.as_uuid())

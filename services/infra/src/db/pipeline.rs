@@ -30,23 +30,26 @@ pub struct JobSource {
     pub state: JobState,
     pub source_key: String,
     pub declared_rotation: Option<u32>,
+    /// An extreme job (its only tier is extreme), not an upload's.
+    pub extreme: bool,
 }
 
 pub async fn job_source(pool: &PgPool, job: JobId) -> sqlx::Result<Option<JobSource>> {
-    let row: Option<(Uuid, String, String, Option<i32>)> = sqlx::query_as(
-        "SELECT j.video_id, j.state, v.source_key, u.rotation FROM jobs j
+    let row: Option<(Uuid, String, String, Option<i32>, String)> = sqlx::query_as(
+        "SELECT j.video_id, j.state, v.source_key, u.rotation, j.kind FROM jobs j
          JOIN videos v ON v.id = j.video_id LEFT JOIN uploads u ON u.id = v.upload_id
          WHERE j.id = $1",
     )
     .bind(job.as_uuid())
     .fetch_optional(pool)
     .await?;
-    Ok(row.and_then(|(v, state, key, rotation)| {
+    Ok(row.and_then(|(v, state, key, rotation, kind)| {
         state.parse().ok().map(|state| JobSource {
             video: VideoId::from_uuid(v),
             state,
             source_key: key,
             declared_rotation: rotation.map(|r| r as u32),
+            extreme: kind == "extreme",
         })
     }))
 }
@@ -87,6 +90,12 @@ pub async fn record_plan(
     if moved == 0 {
         return Ok(false);
     }
+    sqlx::query(
+        "UPDATE extreme_requests SET state = 'encoding' WHERE job_id = $1 AND state = 'queued'",
+    )
+    .bind(job.as_uuid())
+    .execute(&mut *tx)
+    .await?;
     let n = plan.slices.len() as i32;
     for (i, tier) in tiers.iter().enumerate() {
         let first = i == 0;
@@ -342,6 +351,16 @@ pub async fn fail_tier(
     .bind(tier.as_str())
     .bind(code.as_str())
     .bind(message)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE extreme_requests SET state = 'failed', finished_at = now(), result = $2
+         WHERE job_id = $1 AND state IN ('queued', 'encoding')",
+    )
+    .bind(job.as_uuid())
+    .bind(sqlx::types::Json(
+        serde_json::json!({"error": code.as_str(), "message": message}),
+    ))
     .execute(&mut *tx)
     .await?;
     fail_job_in(&mut tx, job, code, message).await?;

@@ -1,0 +1,196 @@
+//! Extreme encodes (HEVC and AV1 for hot videos): once a video's extreme tier is merged, each
+//! rendition is measured against the source next to the high tier's rendition of the same rung
+//! and added beside the H.264 renditions only when it is smaller at equal quality. The
+//! measured savings are stored with the video's extreme request.
+
+use serde::Serialize;
+use vtx_domain::hotness::Measured;
+use vtx_domain::{ErrorCode, JobId, Tier, VideoId, keys};
+use vtx_infra::broker::Outcome;
+use vtx_infra::db::{self, ExtremeReason, WorkContext};
+use vtx_media::{Deadline, MediaError};
+
+use crate::{WorkError, Worker, run_blocking, tier_output};
+
+/// One extreme rendition's verdict, as stored and shown.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    pub name: String,
+    pub codec: String,
+    pub bitrate: u64,
+    pub high_bitrate: u64,
+    /// Fraction of the high tier's bitrate saved.
+    pub saving: f64,
+    pub psnr: f64,
+    pub ssim: f64,
+    pub high_psnr: f64,
+    pub high_ssim: f64,
+    pub accepted: bool,
+    /// Why it was not added.
+    pub reason: Option<String>,
+}
+
+impl Worker {
+    /// After a video's high tier went live: a large following predicts a hot video.
+    pub(crate) async fn predict_hot(&self, video: VideoId) {
+        let pool = &self.inner.pool;
+        let threshold = self.inner.hotness.followers_threshold;
+        match db::followed_without_extreme(pool, threshold, Some(video)).await {
+            Ok(found) => {
+                for (v, followers) in found {
+                    match db::request_extreme(pool, v, ExtremeReason::Followers, followers).await {
+                        Ok(true) => {
+                            tracing::info!(%v, followers, "predicted hot: extreme encode requested")
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot request the extreme encode (the tracker's sweep will)")
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check the prediction (the tracker's sweep will)")
+            }
+        }
+    }
+
+    pub(crate) async fn handle_extreme_merge(&self, job: JobId, ctx: &WorkContext) -> Outcome {
+        let inner = &self.inner;
+        match self.judge_extreme(job, ctx).await {
+            Ok(added) => {
+                metrics::counter!("vtx_extreme_results_total", "added" => added.to_string())
+                    .increment(1);
+                Outcome::Ack
+            }
+            Err(WorkError::Media(MediaError::CorruptStream(msg))) => {
+                self.give_up(
+                    job,
+                    Tier::Extreme,
+                    ErrorCode::VerificationFailed,
+                    &msg,
+                    Outcome::Ack,
+                )
+                .await
+            }
+            Err(e) if e.is_final() => {
+                self.give_up(job, Tier::Extreme, e.code(), &e.to_string(), Outcome::Ack)
+                    .await
+            }
+            Err(e) if ctx.attempts >= inner.cfg.max_attempts => {
+                let msg = format!("extreme merge gave up after {} attempts: {e}", ctx.attempts);
+                self.exhausted(job, Tier::Extreme, &msg).await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "extreme merge failed; will retry");
+                Outcome::Retry
+            }
+        }
+    }
+
+    /// Packages the extreme tier, measures it and the live high tier against the source, and
+    /// records the verdicts; the accepted renditions are uploaded and added. Returns whether
+    /// any was added.
+    async fn judge_extreme(&self, job: JobId, ctx: &WorkContext) -> Result<bool, WorkError> {
+        let inner = &self.inner;
+        let (scratch, out, packaged) = self.package_tier(job, Tier::Extreme, ctx).await?;
+        let video = db::get_video(&inner.pool, ctx.video_id)
+            .await?
+            .ok_or_else(|| WorkError::Internal("the video is gone".into()))?;
+        let high: Vec<db::RenditionRow> = db::live_renditions(&inner.pool, ctx.video_id)
+            .await?
+            .into_iter()
+            .filter(|r| r.container == "mp4" && r.codec == "h264")
+            .collect();
+        if video.live_tier.as_deref() != Some("high") || high.is_empty() {
+            return Err(WorkError::Internal(
+                "the video's high tier is not live: nothing to compare with".into(),
+            ));
+        }
+        let source = scratch.path().join("source");
+        inner.store.download_to(&video.source_key, &source).await?;
+        let mut files = Vec::new();
+        for r in &high {
+            let p = scratch.path().join(format!("high-{}.mp4", r.name));
+            inner.store.download_to(&r.object_key, &p).await?;
+            files.push(p);
+        }
+        files.extend(packaged.renditions.iter().map(|r| out.join(&r.file)));
+        let (rotation, timeout) = (ctx.plan.rotation, inner.cfg.transcode_timeout);
+        let measured = run_blocking(timeout, move || {
+            vtx_media::measure(&source, rotation, &files, Deadline::after(timeout))
+        })
+        .await?;
+        let (high_q, extreme_q) = measured.split_at(high.len());
+        let rule = inner.hotness.accept;
+        let mut verdicts = Vec::new();
+        let mut accepted_names = Vec::new();
+        for (r, q) in packaged.renditions.iter().zip(extreme_q) {
+            let rung = r.name.split('-').next().unwrap_or(&r.name);
+            let Some((h, hq)) = high.iter().zip(high_q).find(|(h, _)| h.name == rung) else {
+                continue;
+            };
+            let high_m = Measured {
+                bitrate: h.bitrate.max(0) as u64,
+                psnr: hq.psnr,
+                ssim: hq.ssim,
+            };
+            let m = Measured {
+                bitrate: r.bitrate,
+                psnr: q.psnr,
+                ssim: q.ssim,
+            };
+            let verdict = rule.judge(high_m, m);
+            if verdict.is_ok() {
+                accepted_names.push(r.name.clone());
+            }
+            verdicts.push(Verdict {
+                name: r.name.clone(),
+                codec: r.codec.label().to_string(),
+                bitrate: m.bitrate,
+                high_bitrate: high_m.bitrate,
+                saving: 1.0 - m.bitrate as f64 / high_m.bitrate.max(1) as f64,
+                psnr: m.psnr,
+                ssim: m.ssim,
+                high_psnr: high_m.psnr,
+                high_ssim: high_m.ssim,
+                accepted: verdict.is_ok(),
+                reason: verdict.err(),
+            });
+        }
+        // Only what is added is uploaded.
+        let dest = keys::tier_output(ctx.video_id, job, Tier::Extreme);
+        let mut output = tier_output(&dest, &packaged);
+        output
+            .renditions
+            .retain(|r| accepted_names.contains(&r.name));
+        for r in &mut output.renditions {
+            if let Some(v) = verdicts.iter().find(|v| v.name == r.name) {
+                r.psnr = Some(v.psnr);
+                r.ssim = Some(v.ssim);
+            }
+            let file = r.object_key.trim_start_matches(&dest).to_string();
+            inner
+                .store
+                .put_file(&r.object_key, &out.join(&file), "video/mp4")
+                .await?;
+            r.hls_playlist_key = None;
+        }
+        let added = !output.renditions.is_empty();
+        for v in &verdicts {
+            tracing::info!(
+                rendition = v.name,
+                saving = v.saving,
+                psnr = v.psnr,
+                high_psnr = v.high_psnr,
+                accepted = v.accepted,
+                reason = v.reason.as_deref().unwrap_or(""),
+                "extreme verdict"
+            );
+        }
+        let result = serde_json::to_value(&verdicts)
+            .map_err(|e| WorkError::Internal(format!("verdicts: {e}")))?;
+        db::finish_extreme(&inner.pool, job, ctx.video_id, &output.renditions, &result).await?;
+        Ok(added)
+    }
+}
