@@ -266,6 +266,7 @@ pub fn media(input: Option<PathBuf>, jobs: usize) -> anyhow::Result<()> {
 /// and bucket prefix; gateway, scheduler and outbox relay in this process, workers as processes.
 struct BenchStack {
     client: vtx_client::Client,
+    pool: sqlx::PgPool,
     store: vtx_infra::ObjectStore,
     env: Vec<(String, String)>,
     admin: sqlx::PgPool,
@@ -329,7 +330,8 @@ impl BenchStack {
             &cfg.worker,
         );
         tasks.spawn(scheduler.run(shutdown.clone()));
-        let gw = vtx_gateway::Gateway::build(&cfg, pool, store.clone(), broker.clone()).await?;
+        let gw =
+            vtx_gateway::Gateway::build(&cfg, pool.clone(), store.clone(), broker.clone()).await?;
         let client = vtx_client::Client::new(gw.public_url())
             .with_token(cfg.auth.service_tokens[0].expose());
         let token = shutdown.clone();
@@ -338,6 +340,7 @@ impl BenchStack {
         });
         Ok(Self {
             client,
+            pool,
             store,
             env,
             admin,
@@ -735,4 +738,327 @@ pub async fn live(runs: usize, long_runs: usize) -> anyhow::Result<()> {
     }
     stack.stop().await;
     Ok(())
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// `vtx bench hotness`: play events ingested by one gateway process (batches of `batch` from
+/// `senders` connections for `seconds`), every one counted after the flush; then the top-x
+/// query over synthetic history (`videos` videos x `minutes` per-minute counters).
+pub async fn hotness(
+    seconds: u64,
+    batch: usize,
+    senders: usize,
+    videos: u32,
+    minutes: u32,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let stack = BenchStack::start("fast").await?;
+    // Published videos to play (rows only: counting plays needs no media).
+    sqlx::query(
+        "INSERT INTO videos (id, state, source_key, source_bytes, live_tier, published_at)
+         SELECT gen_random_uuid(), 'published', 'none', 0, 'fast', now()
+         FROM generate_series(1, $1)",
+    )
+    .bind(i64::from(videos))
+    .execute(&stack.pool)
+    .await?;
+    let ids: Vec<(uuid::Uuid,)> = sqlx::query_as("SELECT id FROM videos")
+        .fetch_all(&stack.pool)
+        .await?;
+    let (gateway, client) = stack.gateway_process().await?;
+    let pid = gateway.0.id();
+    let token = stack
+        .env
+        .iter()
+        .find(|(k, _)| k == "VTX_SERVICE_TOKEN")
+        .map(|(_, v)| v.clone())
+        .context("service token")?;
+    // Bodies made up front, so the load generator spends its time sending. Plays are spread
+    // over the videos head-heavily, as real traffic is.
+    let bodies: Vec<bytes::Bytes> = (0..32)
+        .map(|b| {
+            let plays: Vec<vtx_domain::api::PlayEvent> = (0..batch)
+                .map(|i| {
+                    let k = (i * 7919 + b * 104_729) % (ids.len() * ids.len()).max(1);
+                    let v = ((k as f64).sqrt() as usize).min(ids.len() - 1);
+                    vtx_domain::api::PlayEvent {
+                        video_id: ids[v].0.to_string(),
+                        at: None,
+                        client: None,
+                    }
+                })
+                .collect();
+            serde_json::to_vec(&vtx_domain::api::PlaysRequest { plays }).map(bytes::Bytes::from)
+        })
+        .collect::<Result<_, _>>()?;
+    let url = format!("{}/v1/plays", client.base());
+    let accepted = AtomicU64::new(0);
+    let failed = AtomicU64::new(0);
+    let cpu_before = process_cpu_seconds(pid).unwrap_or(0.0);
+    let started = Instant::now();
+    let until = started + std::time::Duration::from_secs(seconds);
+    futures_util::future::join_all((0..senders).map(|s| {
+        let (http, url, token, bodies) = (client.http().clone(), &url, &token, &bodies);
+        let (accepted, failed) = (&accepted, &failed);
+        async move {
+            let mut i = s;
+            while Instant::now() < until {
+                let resp = http
+                    .post(url)
+                    .bearer_auth(token)
+                    .header("content-type", "application/json")
+                    .body(bodies[i % bodies.len()].clone())
+                    .send()
+                    .await;
+                match resp {
+                    Ok(r) if r.status().is_success() => {
+                        let body: vtx_domain::api::PlaysAccepted =
+                            r.json().await.unwrap_or_default();
+                        accepted.fetch_add(u64::from(body.accepted), Ordering::Relaxed);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                i += senders;
+            }
+        }
+    }))
+    .await;
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds(pid).unwrap_or(0.0) - cpu_before;
+    let accepted = accepted.load(Ordering::Relaxed);
+    // Every accepted play is counted once the flush has run.
+    let flush_until = Instant::now() + std::time::Duration::from_secs(30);
+    let counted = loop {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT COALESCE(sum(plays), 0)::bigint FROM play_counts")
+                .fetch_one(&stack.pool)
+                .await?;
+        if n as u64 >= accepted || Instant::now() > flush_until {
+            break n as u64;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let rows: (i64,) = sqlx::query_as("SELECT count(*) FROM play_counts")
+        .fetch_one(&stack.pool)
+        .await?;
+    let rss = peak_rss(pid).unwrap_or(0);
+    drop(gateway);
+    println!("### Play ingest (one gateway process)");
+    println!();
+    println!(
+        "| senders | batch | seconds | plays accepted | failed requests | plays/s | gateway CPU s per 100k plays | counted after flush | rows written | gateway peak RSS |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| {senders} | {batch} | {wall:.1} | {accepted} | {} | {:.0} | {:.2} | {counted} | {} | {} MiB |",
+        failed.load(Ordering::Relaxed),
+        accepted as f64 / wall,
+        cpu / (accepted.max(1) as f64 / 100_000.0),
+        rows.0,
+        rss >> 20
+    );
+
+    // Top-x over synthetic history: `minutes` per-minute counters for every video.
+    sqlx::query(
+        "INSERT INTO play_counts (video_id, minute, plays)
+         SELECT v.id, date_trunc('minute', now()) - make_interval(mins => m),
+                (random() * 100)::bigint
+         FROM videos v, generate_series(1, $1) m
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(i32::try_from(minutes)?)
+    .execute(&stack.pool)
+    .await?;
+    sqlx::query("ANALYZE play_counts")
+        .execute(&stack.pool)
+        .await?;
+    let rows: (i64,) = sqlx::query_as("SELECT count(*) FROM play_counts")
+        .fetch_one(&stack.pool)
+        .await?;
+    println!();
+    println!(
+        "### Top-x query ({} videos, {} per-minute rows)",
+        ids.len(),
+        rows.0
+    );
+    println!();
+    println!("| window | x | median ms | max ms |");
+    println!("| ---: | ---: | ---: | ---: |");
+    for (window_min, x) in [
+        (60u64, 100u32),
+        (60, 2000),
+        (minutes as u64, 100),
+        (minutes as u64, 2000),
+    ] {
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            let top = vtx_infra::db::top_videos(
+                &stack.pool,
+                std::time::Duration::from_secs(window_min * 60),
+                x,
+            )
+            .await?;
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            anyhow::ensure!(!top.is_empty(), "no top videos");
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "| {window_min} min | {x} | {:.1} | {:.1} |",
+            times[times.len() / 2],
+            times[times.len() - 1]
+        );
+    }
+    stack.stop().await;
+    Ok(())
+}
+
+/// Bjøntegaard's delta rate with piecewise-linear interpolation: the mean difference of log
+/// bitrate between two rate-quality curves over the quality range both cover, as the fraction
+/// of the anchor's bitrate `test` saves at equal quality. Points are (bits/s, quality).
+fn bd_saving(anchor: &[(f64, f64)], test: &[(f64, f64)]) -> Option<f64> {
+    let curve = |pts: &[(f64, f64)]| {
+        let mut c: Vec<(f64, f64)> = pts.iter().map(|&(r, q)| (q, r.ln())).collect();
+        c.sort_by(|a, b| a.0.total_cmp(&b.0));
+        c
+    };
+    let (a, t) = (curve(anchor), curve(test));
+    let lo = a.first()?.0.max(t.first()?.0);
+    let hi = a.last()?.0.min(t.last()?.0);
+    if hi <= lo {
+        return None;
+    }
+    let at = |c: &[(f64, f64)], q: f64| {
+        let i = c.partition_point(|p| p.0 < q).clamp(1, c.len() - 1);
+        let ((q0, r0), (q1, r1)) = (c[i - 1], c[i]);
+        if (q1 - q0).abs() < 1e-12 {
+            r0
+        } else {
+            r0 + (r1 - r0) * (q - q0) / (q1 - q0)
+        }
+    };
+    let n = 200;
+    let mean = (0..=n)
+        .map(|k| {
+            let q = lo + (hi - lo) * k as f64 / n as f64;
+            at(&t, q) - at(&a, q)
+        })
+        .sum::<f64>()
+        / f64::from(n + 1);
+    Some(1.0 - mean.exp())
+}
+
+/// One encode of a rate-quality curve: (crf, bits/s, PSNR, SSIM).
+type Point = (u32, f64, f64, f64);
+
+/// `vtx bench extreme`: what the extreme tier saves against the high tier at equal quality.
+/// Each clip's top rung is encoded at four quality settings per codec (H.264 at the high
+/// tier's preset, HEVC and AV1 at the extreme tier's), measured against the source (PSNR and
+/// SSIM), and the rate-quality curves compared (Bjøntegaard delta rate).
+pub fn extreme(inputs: Vec<PathBuf>) -> anyhow::Result<()> {
+    vtx_media::init();
+    let inputs = if inputs.is_empty() {
+        ["bigbuckbunny.mp4", "carphone_pristine.mp4", "bikes.mp4"]
+            .iter()
+            .map(|c| shared_clip(c))
+            .collect()
+    } else {
+        inputs
+    };
+    let scratch = tempfile::tempdir()?;
+    println!(
+        "| clip | rung | codec | points: crf kbps PSNR SSIM | saving at equal PSNR | saving at equal SSIM |"
+    );
+    println!("| --- | --- | --- | --- | ---: | ---: |");
+    for input in &inputs {
+        let p = probe(input, &Limits::default(), Deadline::none())?;
+        let rung = plan_ladder(p.video.display_width, p.video.display_height)
+            .pop()
+            .context("no rung")?;
+        let name = input
+            .file_name()
+            .map_or("clip".into(), |n| n.to_string_lossy().into_owned());
+        let mut curves: Vec<(VideoCodec, Vec<Point>)> = Vec::new();
+        for (codec, tier, crfs) in [
+            (VideoCodec::H264, Tier::High, [17u32, 21, 25, 29]),
+            (VideoCodec::Hevc, Tier::Extreme, [20, 24, 28, 32]),
+            (VideoCodec::Av1, Tier::Extreme, [24, 30, 36, 42]),
+        ] {
+            let mut points = Vec::new();
+            for crf in crfs {
+                let path = scratch
+                    .path()
+                    .join(format!("{name}-{}-{crf}.mp4", codec.label()));
+                let mut req = TranscodeRequest::new(
+                    input,
+                    vec![RenditionOutput {
+                        rung: rung.clone(),
+                        codec,
+                        path: path.clone(),
+                    }],
+                    tier,
+                );
+                req.audio = false;
+                req.crf = Some(crf);
+                req.rotation = p.video.rotation;
+                let report = transcode_ladder(&req)?;
+                let r = report.first().context("no report")?;
+                let q = vtx_media::measure(input, p.video.rotation, &[path], Deadline::none())?;
+                points.push((crf, r.bitrate as f64, q[0].psnr, q[0].ssim));
+            }
+            curves.push((codec, points));
+        }
+        let anchor = curves[0].1.clone();
+        for (codec, points) in &curves {
+            let psnr =
+                |c: &[(u32, f64, f64, f64)]| c.iter().map(|p| (p.1, p.2)).collect::<Vec<_>>();
+            let ssim =
+                |c: &[(u32, f64, f64, f64)]| c.iter().map(|p| (p.1, p.3)).collect::<Vec<_>>();
+            let fmt = |s: Option<f64>| s.map_or("n/a".into(), |s| format!("{:.1}%", s * 100.0));
+            let (sp, ss) = if *codec == VideoCodec::H264 {
+                ("anchor".to_string(), "anchor".to_string())
+            } else {
+                (
+                    fmt(bd_saving(&psnr(&anchor), &psnr(points))),
+                    fmt(bd_saving(&ssim(&anchor), &ssim(points))),
+                )
+            };
+            println!(
+                "| {name} | {} | {} | {} | {sp} | {ss} |",
+                rung.name,
+                codec.label(),
+                points
+                    .iter()
+                    .map(|(crf, kbps, psnr, ssim)| format!(
+                        "{crf}: {:.0} {psnr:.2} {ssim:.4}",
+                        kbps / 1000.0
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bd_saving;
+
+    #[test]
+    fn bd_saving_of_a_curve_at_half_the_rate_is_half() {
+        let anchor = [(1000.0, 30.0), (2000.0, 33.0), (4000.0, 36.0)];
+        let half: Vec<(f64, f64)> = anchor.iter().map(|&(r, q)| (r / 2.0, q)).collect();
+        assert!((bd_saving(&anchor, &half).unwrap() - 0.5).abs() < 1e-9);
+        assert!(bd_saving(&anchor, &[(1.0, 40.0), (2.0, 41.0)]).is_none());
+    }
 }

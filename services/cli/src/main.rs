@@ -122,6 +122,25 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         chunks: usize,
     },
+    /// Bitrate saving of the extreme tier (HEVC, AV1) against the high tier at equal quality.
+    Extreme {
+        /// Clips to measure (default: the shared clips).
+        inputs: Vec<PathBuf>,
+    },
+    /// Play ingest on one gateway process, and the top-x query over synthetic history.
+    Hotness {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        #[arg(long, default_value_t = 8)]
+        senders: usize,
+        #[arg(long, default_value_t = 20_000)]
+        videos: u32,
+        /// Minutes of per-minute history per video for the top-x query.
+        #[arg(long, default_value_t = 1440)]
+        minutes: u32,
+    },
     /// `vtx upload --live` of a 60 s and a 5-minute clip: publish latency after the last chunk.
     Live {
         /// Uploads of the 60 s clip (the median is reported).
@@ -167,6 +186,16 @@ async fn main() -> anyhow::Result<()> {
         Command::Status { id, wait, url } => status(id, wait, url).await,
         Command::Bench(Bench::Pipeline) => bench::pipeline().await,
         Command::Bench(Bench::Live { runs, long_runs }) => bench::live(runs, long_runs).await,
+        Command::Bench(Bench::Extreme { inputs }) => {
+            tokio::task::spawn_blocking(move || bench::extreme(inputs)).await?
+        }
+        Command::Bench(Bench::Hotness {
+            seconds,
+            batch,
+            senders,
+            videos,
+            minutes,
+        }) => bench::hotness(seconds, batch, senders, videos, minutes).await,
         Command::Bench(Bench::Uploads { sessions, chunks }) => {
             bench::uploads(sessions, chunks).await
         }

@@ -72,6 +72,7 @@ pub fn encode_chunk(
         audio: false,
         threads: options.threads,
         h264_encoder: options.h264_encoder.clone(),
+        crf: None,
         deadline,
         progress: options.progress.clone(),
     };

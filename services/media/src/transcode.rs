@@ -66,6 +66,8 @@ pub struct TranscodeRequest {
     pub threads: Option<usize>,
     /// H.264 encoder to use instead of libx264 (a GPU one, say); libx264 if it fails to open.
     pub h264_encoder: Option<String>,
+    /// Constant-quality value instead of the tier's (software encoders; benchmarks sweep it).
+    pub crf: Option<u32>,
     pub deadline: Deadline,
     pub progress: Option<FrameProgress>,
 }
@@ -98,6 +100,7 @@ impl TranscodeRequest {
             audio: true,
             threads: None,
             h264_encoder: None,
+            crf: None,
             deadline: Deadline::none(),
             progress: None,
         }
@@ -645,7 +648,10 @@ impl VideoOut {
                 if let (Some(name), Some(Err(e))) = (preferred, other) {
                     tracing::warn!(encoder = name, error = %e, "encoder failed to open; falling back to {default_name}");
                 }
-                let opts = encoder_options(out.codec, req.tier, out.rung.max_bitrate, gop);
+                let mut opts = encoder_options(out.codec, req.tier, out.rung.max_bitrate, gop);
+                if let Some(crf) = req.crf {
+                    opts.set("crf", &crf.to_string());
+                }
                 let (codec, encoder) = open_encoder(default_name, &settings, opts, None)?;
                 (codec, encoder, None)
             }
