@@ -254,7 +254,10 @@ mod tests {
         assert!(check_chunks(&[c(640), c(640)]).is_ok());
         let mut other_rate = c(640);
         other_rate.frame_rate = (30_000, 1001);
-        assert!(check_chunks(&[c(640), other_rate]).is_ok(), "rates may vary");
+        assert!(
+            check_chunks(&[c(640), other_rate]).is_ok(),
+            "rates may vary"
+        );
         assert!(
             check_chunks(&[c(640), c(480)])
                 .unwrap_err()

@@ -481,6 +481,13 @@ fn run_inner(
     let total_frames = plan.frames;
     let encoded = Arc::new(AtomicU64::new(0));
     let next = AtomicUsize::new(0);
+    // Longest slices first: cuts fall on keyframes, so slices differ in length, and starting
+    // the long ones first leaves the short ones to even out the workers at the end.
+    let mut order: Vec<usize> = (0..prepared.slices.len()).collect();
+    order.sort_by_key(|&i| {
+        let w = prepared.slices[i].window;
+        std::cmp::Reverse(w.end - w.start)
+    });
     let failure: Mutex<Option<MediaError>> = Mutex::new(None);
     std::thread::scope(|scope| {
         for _ in 0..req.jobs.max(1) {
@@ -489,8 +496,8 @@ fn run_inner(
                     if failure.lock().expect("lock").is_some() {
                         return;
                     }
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(slice) = prepared.slices.get(i) else {
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(slice) = order.get(n).map(|&i| &prepared.slices[i]) else {
                         return;
                     };
                     let progress: FrameProgress = {
