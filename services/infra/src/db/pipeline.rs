@@ -128,20 +128,32 @@ pub async fn record_plan(
         .execute(&mut *tx)
         .await?;
         if first {
-            enqueue_slices(&mut tx, job, *tier, n as u32).await?;
+            enqueue_slices(&mut tx, job, *tier, &longest_first(Some(plan), n as u32)).await?;
         }
     }
     tx.commit().await?;
     Ok(true)
 }
 
+/// Slice indices, longest window first: cuts fall on keyframes, so slices differ in length, and
+/// handing out the long ones first lets the short ones even the workers out at the end.
+fn longest_first(plan: Option<&JobPlan>, n: u32) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..n).collect();
+    if let Some(plan) = plan {
+        order.sort_by_key(|&i| {
+            std::cmp::Reverse(plan.slices.get(i as usize).map_or(0, |w| w.end - w.start))
+        });
+    }
+    order
+}
+
 async fn enqueue_slices(
     tx: &mut Transaction<'static, Postgres>,
     job: JobId,
     tier: Tier,
-    n: u32,
+    order: &[u32],
 ) -> sqlx::Result<()> {
-    for index in 0..n {
+    for &index in order {
         outbox::enqueue(
             tx,
             &Task::EncodeSlice {
@@ -502,7 +514,8 @@ pub async fn publish_tier(
             .bind(job.as_uuid())
             .fetch_one(&mut *tx)
             .await?;
-    let facts = plan.map(|Json(p)| VideoFacts {
+    let plan = plan.map(|Json(p)| p);
+    let facts = plan.as_ref().map(|p| VideoFacts {
         width: p.display_width,
         height: p.display_height,
         frames: p.frames,
@@ -529,7 +542,7 @@ pub async fn publish_tier(
             .fetch_optional(&mut *tx)
             .await?;
             if let Some((n,)) = n {
-                enqueue_slices(&mut tx, job, next, n as u32).await?;
+                enqueue_slices(&mut tx, job, next, &longest_first(plan.as_ref(), n as u32)).await?;
             }
         }
         None => {
@@ -766,4 +779,37 @@ pub async fn register_worker(
     .execute(pool)
     .await
     .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use vtx_domain::{JobPlan, SliceWindow};
+
+    use super::longest_first;
+
+    #[test]
+    fn slices_are_handed_out_longest_first() {
+        let w = |index, start, end| SliceWindow { index, start, end };
+        let plan = JobPlan {
+            time_base: (1, 1000),
+            frame_rate: (25, 1),
+            variable_frame_rate: false,
+            rotation: 0,
+            display_width: 640,
+            display_height: 360,
+            shown_start: 0,
+            end: 20_000,
+            frames: 500,
+            duration_seconds: 20.0,
+            has_audio: false,
+            slices: vec![
+                w(0, 0, 4000),
+                w(1, 4000, 10_000),
+                w(2, 10_000, 14_000),
+                w(3, 14_000, 20_000),
+            ],
+        };
+        assert_eq!(longest_first(Some(&plan), 4), vec![1, 3, 0, 2]);
+        assert_eq!(longest_first(None, 3), vec![0, 1, 2]);
+    }
 }
