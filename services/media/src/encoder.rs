@@ -93,7 +93,7 @@ pub(crate) fn encoder_options(
             );
         }
         VideoCodec::Av1 => {
-            o.set("preset", if tier == Tier::Extreme { "6" } else { "8" });
+            o.set("preset", if tier == Tier::Extreme { "4" } else { "8" });
             o.set("crf", "32");
         }
     }
