@@ -41,15 +41,7 @@ pub async fn fetch_hls(http: &reqwest::Client, url: &str, dir: &Path) -> (u64, u
         .await
         .unwrap();
     let base = &url[..url.rfind('/').expect("a path") + 1];
-    let mut uris: Vec<String> = Vec::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("#EXT-X-MAP:URI=\"") {
-            uris.push(rest.split('"').next().unwrap().to_string());
-        } else if !line.starts_with('#') && !line.trim().is_empty() {
-            uris.push(line.trim().to_string());
-        }
-    }
-    for uri in &uris {
+    for uri in &vtx_domain::pipelined::playlist_files(&text) {
         let bytes = http
             .get(format!("{base}{uri}"))
             .send()

@@ -439,13 +439,19 @@ impl BenchStack {
             .strip_prefix("vtx gateway on ")
             .with_context(|| format!("unexpected gateway output {line:?}"))?
             .to_string();
-        let token = self
-            .env
+        Ok((
+            child,
+            vtx_client::Client::new(url).with_token(self.service_token()?),
+        ))
+    }
+
+    /// The service token the stack's processes accept.
+    fn service_token(&self) -> anyhow::Result<String> {
+        self.env
             .iter()
             .find(|(k, _)| k == "VTX_SERVICE_TOKEN")
             .map(|(_, v)| v.clone())
-            .context("service token")?;
-        Ok((child, vtx_client::Client::new(url).with_token(token)))
+            .context("service token")
     }
 
     async fn stop(mut self) {
@@ -774,12 +780,7 @@ pub async fn hotness(
         .await?;
     let (gateway, client) = stack.gateway_process().await?;
     let pid = gateway.0.id();
-    let token = stack
-        .env
-        .iter()
-        .find(|(k, _)| k == "VTX_SERVICE_TOKEN")
-        .map(|(_, v)| v.clone())
-        .context("service token")?;
+    let token = stack.service_token()?;
     // Bodies made up front, so the load generator spends its time sending. Plays are spread
     // over the videos head-heavily, as real traffic is.
     let bodies: Vec<bytes::Bytes> = (0..32)

@@ -701,7 +701,8 @@ pub(crate) async fn finish_upload(
         ));
     }
 
-    if let Some((video, job, true)) = db::pipelined_ids(&mut tx, id).await? {
+    let reserved = db::pipelined_ids(&mut tx, id).await?;
+    if let Some((video, job, true)) = reserved {
         // Every chunk is encoded, or being encoded, as it arrived: completing only queues the
         // publication (at once if the last encode is done, else when it is). The source is
         // assembled later, for the tiers after the first.
@@ -720,7 +721,7 @@ pub(crate) async fn finish_upload(
         ));
     }
     // Reserved ids are kept when falling back to the ordinary path (a chunk's encode failed).
-    let (video, job) = match db::pipelined_ids(&mut tx, id).await? {
+    let (video, job) = match reserved {
         Some((video, job, _)) => (video, job),
         None => (VideoId::new(), JobId::new()),
     };

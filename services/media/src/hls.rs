@@ -25,10 +25,7 @@ pub struct Variant {
 pub fn playlist_bitrates(playlist: &Path) -> Result<(u64, u64), MediaError> {
     let dir = playlist.parent().unwrap_or(Path::new("."));
     let text = std::fs::read_to_string(playlist)?;
-    let init = text
-        .lines()
-        .find_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\""))
-        .and_then(|rest| rest.split('"').next())
+    let init = init_uri(&text)
         .map(|uri| {
             std::fs::metadata(dir.join(uri))
                 .map(|m| m.len())
@@ -59,6 +56,14 @@ pub fn playlist_bitrates(playlist: &Path) -> Result<(u64, u64), MediaError> {
         0.0
     };
     Ok((peak.ceil() as u64, average.ceil() as u64))
+}
+
+/// The first init segment (`EXT-X-MAP`) a media playlist names.
+pub(crate) fn init_uri(playlist: &str) -> Option<&str> {
+    playlist
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\""))
+        .and_then(|rest| rest.split('"').next())
 }
 
 /// Renders a master playlist, variants in the given order.

@@ -236,14 +236,7 @@ fn merge_inner(req: &MergeRequest) -> Result<MergeReport, MediaError> {
             .ok_or(MediaError::NoVideoStream)?;
         (s.parameters(), s.time_base())
     };
-    let extradata = unsafe {
-        let p = vpar.as_ptr();
-        if (*p).extradata.is_null() || (*p).extradata_size <= 0 {
-            Vec::new()
-        } else {
-            std::slice::from_raw_parts((*p).extradata, (*p).extradata_size as usize).to_vec()
-        }
-    };
+    let extradata = extradata_of(&vpar);
     let mut audio = match &req.audio {
         Some(path) => Some(Source::open(path, media::Type::Audio, 0, Rational(1, 1))?),
         None => None,
@@ -313,7 +306,7 @@ fn merge_inner(req: &MergeRequest) -> Result<MergeReport, MediaError> {
             .max(1),
     };
     let mut next_v = video.next()?;
-    let (mut frames, mut first_pts, mut end_pts) = (0u64, None::<i64>, 0i64);
+    let mut span = VideoSpan::default();
     let a_tb = audio.as_ref().map(|a| a.tb).unwrap_or(Rational(1, 1));
     loop {
         req.deadline.check()?;
@@ -332,11 +325,7 @@ fn merge_inner(req: &MergeRequest) -> Result<MergeReport, MediaError> {
         };
         if take_video {
             let p = next_v.take().expect("checked");
-            frames += 1;
-            if let Some(pts) = p.pts() {
-                first_pts = Some(first_pts.map_or(pts, |f| f.min(pts)));
-                end_pts = end_pts.max(pts + p.duration().max(0));
-            }
+            span.add(&p);
             for s in sinks.iter_mut() {
                 s.write(&p, vtb, true)?;
             }
@@ -357,15 +346,7 @@ fn merge_inner(req: &MergeRequest) -> Result<MergeReport, MediaError> {
             .write_trailer()
             .map_err(MediaError::ffmpeg("finishing a merged output"))?;
     }
-    let duration_seconds = (end_pts - first_pts.unwrap_or(0)) as f64 * f64::from(vtb.numerator())
-        / f64::from(vtb.denominator());
-    Ok(MergeReport {
-        frames,
-        duration_seconds,
-        mp4_bytes: std::fs::metadata(&req.mp4)?.len(),
-        codec_string: codec_string(req.codec, &extradata),
-        prefetch_bytes_3s: prefetch_bytes(&req.mp4, 3.0)?,
-    })
+    span.report(&req.mp4, vtb, req.codec, &extradata)
 }
 
 /// Remuxes an HLS rendition this engine packaged (a local media playlist with its init and
@@ -406,14 +387,7 @@ fn remux_inner(
         .streams()
         .best(media::Type::Audio)
         .map(|a| (a.index(), a.time_base(), a.parameters()));
-    let extradata = unsafe {
-        let p = vpar.as_ptr();
-        if (*p).extradata.is_null() || (*p).extradata_size <= 0 {
-            Vec::new()
-        } else {
-            std::slice::from_raw_parts((*p).extradata, (*p).extradata_size as usize).to_vec()
-        }
-    };
+    let extradata = extradata_of(&vpar);
     let mut o = Dictionary::new();
     o.set("movflags", "+faststart");
     let mut sink = Sink::open(
@@ -425,16 +399,12 @@ fn remux_inner(
         o,
         codec == VideoCodec::Hevc,
     )?;
-    let (mut frames, mut first_pts, mut end_pts) = (0u64, None::<i64>, 0i64);
+    let mut span = VideoSpan::default();
     let mut p = Packet::empty();
     while crate::probe::next_packet(&mut ictx, &mut p)? {
         deadline.check()?;
         if p.stream() == vi {
-            frames += 1;
-            if let Some(pts) = p.pts() {
-                first_pts = Some(first_pts.map_or(pts, |f| f.min(pts)));
-                end_pts = end_pts.max(pts + p.duration().max(0));
-            }
+            span.add(&p);
             sink.write(&p, vtb, true)?;
         } else if let Some((ai, atb, _)) = &audio
             && p.stream() == *ai
@@ -445,15 +415,57 @@ fn remux_inner(
     sink.octx
         .write_trailer()
         .map_err(MediaError::ffmpeg("finishing an MP4"))?;
-    let duration_seconds = (end_pts - first_pts.unwrap_or(0)) as f64 * f64::from(vtb.numerator())
-        / f64::from(vtb.denominator());
-    Ok(MergeReport {
-        frames,
-        duration_seconds,
-        mp4_bytes: std::fs::metadata(mp4)?.len(),
-        codec_string: codec_string(codec, &extradata),
-        prefetch_bytes_3s: prefetch_bytes(mp4, 3.0)?,
-    })
+    span.report(mp4, vtb, codec, &extradata)
+}
+
+/// A copy of a stream's codec extradata (`avcC`, `hvcC`, `av1C`), for its codec string.
+fn extradata_of(par: &codec::Parameters) -> Vec<u8> {
+    // SAFETY: the pointer and size come from the live parameters and are read only.
+    unsafe {
+        let p = par.as_ptr();
+        if (*p).extradata.is_null() || (*p).extradata_size <= 0 {
+            Vec::new()
+        } else {
+            std::slice::from_raw_parts((*p).extradata, (*p).extradata_size as usize).to_vec()
+        }
+    }
+}
+
+/// The video packets written to an output: how many, and the time they span.
+#[derive(Default)]
+struct VideoSpan {
+    frames: u64,
+    first_pts: Option<i64>,
+    end_pts: i64,
+}
+
+impl VideoSpan {
+    fn add(&mut self, p: &Packet) {
+        self.frames += 1;
+        if let Some(pts) = p.pts() {
+            self.first_pts = Some(self.first_pts.map_or(pts, |f| f.min(pts)));
+            self.end_pts = self.end_pts.max(pts + p.duration().max(0));
+        }
+    }
+
+    /// The report of the finished MP4 at `mp4`, whose video was written in `tb`.
+    fn report(
+        &self,
+        mp4: &Path,
+        tb: Rational,
+        codec: VideoCodec,
+        extradata: &[u8],
+    ) -> Result<MergeReport, MediaError> {
+        let ticks = self.end_pts - self.first_pts.unwrap_or(0);
+        Ok(MergeReport {
+            frames: self.frames,
+            duration_seconds: ticks as f64 * f64::from(tb.numerator())
+                / f64::from(tb.denominator()),
+            mp4_bytes: std::fs::metadata(mp4)?.len(),
+            codec_string: codec_string(codec, extradata),
+            prefetch_bytes_3s: prefetch_bytes(mp4, 3.0)?,
+        })
+    }
 }
 
 /// The fixed part of an ADTS header: what the AudioSpecificConfig is made of.

@@ -41,18 +41,17 @@ pub fn encode_chunk(
     } else {
         (rotation % 360, (v.display_width, v.display_height))
     };
-    let outputs: Vec<RenditionOutput> = plan_outputs(tier, dw, dh)
+    let (outputs, names): (Vec<RenditionOutput>, Vec<String>) = plan_outputs(tier, dw, dh)
         .into_iter()
-        .map(|(rung, codec, name)| RenditionOutput {
-            path: out_dir.join(format!("enc-{name}.mp4")),
-            rung,
-            codec,
+        .map(|(rung, codec, name)| {
+            let out = RenditionOutput {
+                path: out_dir.join(format!("enc-{name}.mp4")),
+                rung,
+                codec,
+            };
+            (out, name)
         })
-        .collect();
-    let names: Vec<String> = plan_outputs(tier, dw, dh)
-        .into_iter()
-        .map(|(_, _, n)| n)
-        .collect();
+        .unzip();
     let request = TranscodeRequest {
         input: input.to_path_buf(),
         window: None,
@@ -129,10 +128,7 @@ pub fn encode_chunk(
 fn read_playlist(playlist: &Path) -> Result<(String, Vec<Segment>), MediaError> {
     let dir = playlist.parent().unwrap_or(Path::new("."));
     let text = std::fs::read_to_string(playlist)?;
-    let init = text
-        .lines()
-        .find_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\""))
-        .and_then(|rest| rest.split('"').next())
+    let init = crate::hls::init_uri(&text)
         .ok_or_else(|| MediaError::CorruptStream("HLS playlist without an init segment".into()))?
         .to_string();
     let mut segments = Vec::new();

@@ -9,7 +9,7 @@ use sqlx::postgres::PgPool;
 use uuid::Uuid;
 use vtx_domain::{JobId, JobState, Task, Tier, VideoId, keys};
 
-use super::pipeline::{NewRendition, insert_renditions};
+use super::pipeline::{NewRendition, finish_merging_tier, insert_renditions};
 
 use crate::outbox;
 
@@ -196,15 +196,7 @@ pub async fn finish_extreme(
     verdicts: &serde_json::Value,
 ) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
-    let moved = sqlx::query(
-        "UPDATE job_tiers SET state = 'done', finished_at = now()
-         WHERE job_id = $1 AND tier = 'extreme' AND state = 'merging'",
-    )
-    .bind(job.as_uuid())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if moved == 0 {
+    if !finish_merging_tier(&mut tx, job, Tier::Extreme).await? {
         return Ok(false);
     }
     insert_renditions(&mut tx, video, job, Tier::Extreme, accepted).await?;

@@ -354,6 +354,21 @@ pub async fn complete_upload(
     source_key: &str,
     source_bytes: u64,
 ) -> sqlx::Result<()> {
+    create_video_and_job(tx, upload, video, job, source_key, source_bytes, false).await?;
+    outbox::enqueue(tx, &Task::JobCreated { job_id: job }).await
+}
+
+/// Inside a completion: the upload is completed, and its video (processing) and first job
+/// (queued; `pipelined` when its fast tier comes from the upload's chunks) exist.
+pub(crate) async fn create_video_and_job(
+    tx: &mut Transaction<'static, Postgres>,
+    upload: UploadId,
+    video: VideoId,
+    job: JobId,
+    source_key: &str,
+    source_bytes: u64,
+    pipelined: bool,
+) -> sqlx::Result<()> {
     sqlx::query("UPDATE uploads SET state = $2, completed_at = now() WHERE id = $1")
         .bind(upload.as_uuid())
         .bind(UploadState::Completed.as_str())
@@ -369,13 +384,14 @@ pub async fn complete_upload(
     .bind(source_bytes as i64)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("INSERT INTO jobs (id, video_id, state) VALUES ($1, $2, $3)")
+    sqlx::query("INSERT INTO jobs (id, video_id, state, pipelined) VALUES ($1, $2, $3, $4)")
         .bind(job.as_uuid())
         .bind(video.as_uuid())
         .bind(JobState::Queued.as_str())
+        .bind(pipelined)
         .execute(&mut **tx)
         .await?;
-    outbox::enqueue(tx, &Task::JobCreated { job_id: job }).await
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -497,16 +497,7 @@ pub async fn publish_tier(
     grace: Duration,
 ) -> sqlx::Result<Publish> {
     let mut tx = pool.begin().await?;
-    let moved = sqlx::query(
-        "UPDATE job_tiers SET state = 'done', finished_at = now()
-         WHERE job_id = $1 AND tier = $2 AND state = 'merging'",
-    )
-    .bind(job.as_uuid())
-    .bind(tier.as_str())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if moved == 0 {
+    if !finish_merging_tier(&mut tx, job, tier).await? {
         return Ok(Publish::AlreadyDone);
     }
     let (video_id, plan): (Uuid, Option<Json<JobPlan>>) =
@@ -561,6 +552,25 @@ pub async fn publish_tier(
     }
     tx.commit().await?;
     Ok(Publish::Live)
+}
+
+/// Inside a publishing transaction: the tier waiting for its merge is done. False when it was
+/// not waiting (a duplicate delivery): the caller changes nothing.
+pub(crate) async fn finish_merging_tier(
+    tx: &mut Transaction<'static, Postgres>,
+    job: JobId,
+    tier: Tier,
+) -> sqlx::Result<bool> {
+    let moved = sqlx::query(
+        "UPDATE job_tiers SET state = 'done', finished_at = now()
+         WHERE job_id = $1 AND tier = $2 AND state = 'merging'",
+    )
+    .bind(job.as_uuid())
+    .bind(tier.as_str())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(moved == 1)
 }
 
 /// What the video row says about the picture of its live tier.

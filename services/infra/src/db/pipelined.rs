@@ -12,11 +12,11 @@ use sqlx::types::Json;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 use vtx_domain::pipelined::ChunkEncode;
-use vtx_domain::{
-    ErrorCode, JobId, JobState, Task, Tier, UploadId, UploadState, VideoId, VideoState,
-};
+use vtx_domain::{ErrorCode, JobId, Task, Tier, UploadId, VideoId};
 
-use super::pipeline::{NewRendition, TierOutput, VideoFacts, go_live, insert_renditions};
+use super::pipeline::{
+    NewRendition, TierOutput, VideoFacts, finish_merging_tier, go_live, insert_renditions,
+};
 use crate::outbox;
 
 /// What a worker needs to encode a chunk.
@@ -251,27 +251,7 @@ pub async fn complete_pipelined_upload(
     source_bytes: u64,
     chunks: u32,
 ) -> sqlx::Result<()> {
-    sqlx::query("UPDATE uploads SET state = $2, completed_at = now() WHERE id = $1")
-        .bind(upload.as_uuid())
-        .bind(UploadState::Completed.as_str())
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query(
-        "INSERT INTO videos (id, upload_id, state, source_key, source_bytes) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(video.as_uuid())
-    .bind(upload.as_uuid())
-    .bind(VideoState::Processing.as_str())
-    .bind(source_key)
-    .bind(source_bytes as i64)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query("INSERT INTO jobs (id, video_id, state, pipelined) VALUES ($1, $2, $3, true)")
-        .bind(job.as_uuid())
-        .bind(video.as_uuid())
-        .bind(JobState::Queued.as_str())
-        .execute(&mut **tx)
-        .await?;
+    super::create_video_and_job(tx, upload, video, job, source_key, source_bytes, true).await?;
     sqlx::query(
         "INSERT INTO job_tiers (job_id, tier, state, slices_total, started_at)
          SELECT $1, 'fast', 'encoding', $2, min(created_at) FROM upload_chunks WHERE upload_id = $3",
@@ -348,15 +328,7 @@ pub async fn publish_pipelined(
     grace: Duration,
 ) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
-    let moved = sqlx::query(
-        "UPDATE job_tiers SET state = 'done', finished_at = now()
-         WHERE job_id = $1 AND tier = 'fast' AND state = 'merging'",
-    )
-    .bind(job.as_uuid())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if moved == 0 {
+    if !finish_merging_tier(&mut tx, job, Tier::Fast).await? {
         return Ok(false);
     }
     go_live(&mut tx, video, job, Tier::Fast, output, Some(facts), grace).await?;
