@@ -225,16 +225,8 @@ async fn three_chunks_out_of_order_become_a_playable_video_with_every_frame(pool
     // Operators see queues, task durations, encode speed and tiers going live.
     let until = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let text = app
-            .client
-            .http()
-            .get(format!("{}/metrics", app.client.base()))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text =
+            vtx_tests::get_text(app.client.http(), &format!("{}/metrics", app.client.base())).await;
         let wanted = [
             "vtx_queue_ready{queue=\"slices.fast\"}",
             "vtx_task_seconds_bucket",

@@ -727,14 +727,7 @@ async fn chunks_are_transcoded_while_the_upload_arrives(pool: PgPool) {
     let playback = video.playback.clone().unwrap();
     let master_url = playback.hls.expect("an HLS master");
     let http = reqwest::Client::new();
-    let master = http
-        .get(&master_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let master = vtx_tests::get_text(&http, &master_url).await;
     assert!(master.contains("CODECS=\"avc1."), "{master}");
     assert!(master.contains(",mp4a.40.2\""), "{master}");
     let variant = master

@@ -887,39 +887,63 @@ pub async fn hotness(
         .await?;
     println!();
     println!(
-        "### Top-x query ({} videos, {} per-minute rows)",
+        "### Top-x query ({} videos, {} per-minute rows; then rolled up per hour after 2 h)",
         ids.len(),
         rows.0
     );
     println!();
-    println!("| window | x | median ms | max ms |");
-    println!("| ---: | ---: | ---: | ---: |");
+    println!("| counters | window | x | median ms | max ms |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    top_x_times(&stack.pool, "per minute", minutes).await?;
+    let t = Instant::now();
+    let (moved, _) = vtx_infra::db::roll_up_plays(
+        &stack.pool,
+        std::time::Duration::from_secs(7200),
+        std::time::Duration::from_secs(minutes as u64 * 60 + 3600),
+    )
+    .await?;
+    let rollup = t.elapsed().as_secs_f64();
+    for analyze in ["ANALYZE play_counts", "ANALYZE play_counts_hourly"] {
+        sqlx::query(analyze).execute(&stack.pool).await?;
+    }
+    let hourly: (i64,) = sqlx::query_as("SELECT count(*) FROM play_counts_hourly")
+        .fetch_one(&stack.pool)
+        .await?;
+    top_x_times(&stack.pool, "rolled up", minutes).await?;
+    println!();
+    println!(
+        "Roll-up: {moved} minute rows moved into {} hourly rows in {rollup:.1} s (once; the \
+         tracker then moves one hour of minutes per hour).",
+        hourly.0
+    );
+    stack.stop().await;
+    Ok(())
+}
+
+/// Times the tracker's top-x query over the last hour and over `minutes`, for 100 and 2000.
+async fn top_x_times(pool: &sqlx::PgPool, counters: &str, minutes: u32) -> anyhow::Result<()> {
     for (window_min, x) in [
         (60u64, 100u32),
         (60, 2000),
-        (minutes as u64, 100),
-        (minutes as u64, 2000),
+        (u64::from(minutes), 100),
+        (u64::from(minutes), 2000),
     ] {
         let mut times = Vec::new();
         for _ in 0..5 {
             let t = Instant::now();
-            let top = vtx_infra::db::top_videos(
-                &stack.pool,
-                std::time::Duration::from_secs(window_min * 60),
-                x,
-            )
-            .await?;
+            let top =
+                vtx_infra::db::top_videos(pool, std::time::Duration::from_secs(window_min * 60), x)
+                    .await?;
             times.push(t.elapsed().as_secs_f64() * 1000.0);
             anyhow::ensure!(!top.is_empty(), "no top videos");
         }
         times.sort_by(f64::total_cmp);
         println!(
-            "| {window_min} min | {x} | {:.1} | {:.1} |",
+            "| {counters} | {window_min} min | {x} | {:.1} | {:.1} |",
             times[times.len() / 2],
             times[times.len() - 1]
         );
     }
-    stack.stop().await;
     Ok(())
 }
 
@@ -965,7 +989,7 @@ type Point = (u32, f64, f64, f64);
 /// Each clip's top rung is encoded at four quality settings per codec (H.264 at the high
 /// tier's preset, HEVC and AV1 at the extreme tier's), measured against the source (PSNR and
 /// SSIM), and the rate-quality curves compared (Bjøntegaard delta rate).
-pub fn extreme(inputs: Vec<PathBuf>) -> anyhow::Result<()> {
+pub fn extreme(inputs: Vec<PathBuf>, priority_only: bool) -> anyhow::Result<()> {
     vtx_media::init();
     let inputs = if inputs.is_empty() {
         ["bigbuckbunny.mp4", "carphone_pristine.mp4", "bikes.mp4"]
@@ -976,6 +1000,9 @@ pub fn extreme(inputs: Vec<PathBuf>) -> anyhow::Result<()> {
         inputs
     };
     let scratch = tempfile::tempdir()?;
+    if priority_only {
+        return fast_beside_extreme(&inputs[0], scratch.path());
+    }
     println!(
         "| clip | rung | codec | points: crf kbps PSNR SSIM | saving at equal PSNR | saving at equal SSIM |"
     );
@@ -1047,6 +1074,113 @@ pub fn extreme(inputs: Vec<PathBuf>) -> anyhow::Result<()> {
                     .join("; ")
             );
         }
+    }
+    fast_beside_extreme(&inputs[0], scratch.path())?;
+    Ok(())
+}
+
+/// The fast tier's ladder of `input`, timed alone, beside extreme encodes at the normal
+/// priority, and beside the same at the lowest (as workers run them): does background work
+/// delay what publishes videos?
+fn fast_beside_extreme(input: &Path, dir: &Path) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let p = probe(input, &Limits::default(), Deadline::none())?;
+    let ladder = plan_ladder(p.video.display_width, p.video.display_height);
+    let top = ladder.last().context("no rung")?.clone();
+    let fast_req = {
+        let outputs = ladder
+            .iter()
+            .map(|r| RenditionOutput {
+                rung: r.clone(),
+                codec: VideoCodec::H264,
+                path: dir.join(format!("beside-fast-{}.mp4", r.name)),
+            })
+            .collect();
+        let mut r = TranscodeRequest::new(input, outputs, Tier::Fast);
+        r.audio = false;
+        r.rotation = p.video.rotation;
+        r
+    };
+    let fast = |runs: usize| -> anyhow::Result<f64> {
+        let mut t = Vec::new();
+        for _ in 0..runs {
+            let start = Instant::now();
+            transcode_ladder(&fast_req)?;
+            t.push(start.elapsed().as_secs_f64());
+        }
+        t.sort_by(f64::total_cmp);
+        Ok(t[t.len() / 2])
+    };
+    let alone = fast(5)?;
+    let mut rows = Vec::new();
+    for low in [false, true] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let frames = Arc::new(AtomicU64::new(0));
+        let mut req = TranscodeRequest::new(
+            input,
+            [VideoCodec::Hevc, VideoCodec::Av1]
+                .into_iter()
+                .map(|codec| RenditionOutput {
+                    rung: top.clone(),
+                    codec,
+                    path: dir.join(format!("beside-extreme-{}.mp4", codec.label())),
+                })
+                .collect(),
+            Tier::Extreme,
+        );
+        req.audio = false;
+        req.rotation = p.video.rotation;
+        let counter = frames.clone();
+        req.progress = Some(Arc::new(move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }));
+        let bg_stop = stop.clone();
+        // Back-to-back encodes, each cut off after a minute (longer than the timed runs, so
+        // the encoders are set up once, as on a worker, and the load is steady meanwhile).
+        let work = move || -> anyhow::Result<()> {
+            while !bg_stop.load(Ordering::Relaxed) {
+                req.deadline = Deadline::after(std::time::Duration::from_secs(60));
+                match transcode_ladder(&req) {
+                    Ok(_) | Err(vtx_media::MediaError::Timeout) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
+        };
+        let bg = if low {
+            vtx_media::spawn_low_priority("bench-extreme", work)?
+        } else {
+            std::thread::spawn(work)
+        };
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        let (f0, t0) = (frames.load(Ordering::Relaxed), Instant::now());
+        let beside = fast(3)?;
+        let extreme_fps = (frames.load(Ordering::Relaxed) - f0) as f64 / t0.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        bg.join()
+            .map_err(|_| anyhow::anyhow!("the extreme encode panicked"))??;
+        rows.push((low, beside, extreme_fps));
+    }
+    println!();
+    println!(
+        "### Fast tier beside extreme encodes ({}, {}-rung fast ladder, median of 5 alone, of 3 beside)",
+        input
+            .file_name()
+            .map_or("clip".into(), |n| n.to_string_lossy()),
+        ladder.len()
+    );
+    println!();
+    println!("| fast ladder runs | wall s | vs alone | extreme frames/s meanwhile |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!("| alone | {alone:.2} | | |");
+    for (low, beside, fps) in rows {
+        println!(
+            "| beside HEVC + AV1 encodes at nice {} | {beside:.2} | {:+.0}% | {fps:.1} |",
+            if low { vtx_media::LOWEST } else { 0 },
+            (beside / alone - 1.0) * 100.0
+        );
     }
     Ok(())
 }

@@ -126,6 +126,9 @@ enum Bench {
     Extreme {
         /// Clips to measure (default: the shared clips).
         inputs: Vec<PathBuf>,
+        /// Skip the rate-quality curves: only time the fast tier beside extreme encodes.
+        #[arg(long)]
+        priority_only: bool,
     },
     /// Play ingest on one gateway process, and the top-x query over synthetic history.
     Hotness {
@@ -186,9 +189,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Status { id, wait, url } => status(id, wait, url).await,
         Command::Bench(Bench::Pipeline) => bench::pipeline().await,
         Command::Bench(Bench::Live { runs, long_runs }) => bench::live(runs, long_runs).await,
-        Command::Bench(Bench::Extreme { inputs }) => {
-            tokio::task::spawn_blocking(move || bench::extreme(inputs)).await?
-        }
+        Command::Bench(Bench::Extreme {
+            inputs,
+            priority_only,
+        }) => tokio::task::spawn_blocking(move || bench::extreme(inputs, priority_only)).await?,
         Command::Bench(Bench::Hotness {
             seconds,
             batch,

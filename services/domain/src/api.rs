@@ -147,7 +147,9 @@ pub struct RenditionView {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Playback {
-    /// HLS master playlist listing every rendition.
+    /// HLS master playlist listing every rendition; for a client that declared HEVC/AV1, the
+    /// one that also lists the added extreme variants of those codecs (players pick by
+    /// `CODECS`).
     pub hls: Option<String>,
     /// Smallest first.
     pub mp4: Vec<RenditionView>,

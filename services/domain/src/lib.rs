@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod error_code;
+pub mod hls;
 pub mod hotness;
 pub mod ids;
 pub mod keys;

@@ -104,6 +104,15 @@ pub fn plan_slices_on_grid(
         .collect()
 }
 
+/// The order to encode `windows` in, longest first (positions into `windows`): cuts fall on
+/// keyframes, so slices differ in length, and starting the long ones first leaves the short
+/// ones to even the workers out at the end.
+pub fn longest_first(windows: &[SliceWindow]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..windows.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(windows[i].end - windows[i].start));
+    order
+}
+
 /// A slice length for a video of `duration_s` seconds spread over `workers`: about four slices
 /// per worker, so that slices of uneven length (cuts fall on the source's keyframes) even out,
 /// none shorter than `min_s` nor longer than `max_s`.
@@ -114,6 +123,13 @@ pub fn slice_seconds_for(duration_s: f64, workers: u32, min_s: f64, max_s: f64) 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_longest_slices_come_first() {
+        let w = |index, start, end| super::SliceWindow { index, start, end };
+        let windows = [w(0, 0, 4), w(1, 4, 10), w(2, 10, 14), w(3, 14, 20)];
+        assert_eq!(super::longest_first(&windows), vec![1, 3, 0, 2]);
+    }
+
     use super::*;
 
     fn starts(s: &[SliceWindow]) -> Vec<i64> {

@@ -139,8 +139,18 @@ pub async fn video(
                 .map(|r| rendition_view(&state, r))
                 .collect()
         };
+        // The HLS master lists the declared codecs' extreme variants beside the H.264 ones.
+        let set = vtx_domain::hls::codec_set(alternatives.iter().map(|r| r.codec.as_str()));
+        let combined = if set.is_empty() {
+            None
+        } else {
+            db::extreme_hls_master(&state.pool, id, &set).await?
+        };
         Some(Playback {
-            hls: v.hls_master_key.as_deref().map(|k| media_url(&state, k)),
+            hls: combined
+                .as_deref()
+                .or(v.hls_master_key.as_deref())
+                .map(|k| media_url(&state, k)),
             mp4,
             cover: v.cover_key.as_deref().map(|k| media_url(&state, k)),
             alternatives,

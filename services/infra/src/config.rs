@@ -61,6 +61,9 @@ pub struct HotnessConfig {
     pub max_batch: usize,
     /// `VTX_HOT_PERIOD_SECS`: how often the tracker picks the top videos.
     pub period: Duration,
+    /// `VTX_HOT_ROLLUP_AFTER_SECS`: per-minute play counters of hours that ended longer ago than
+    /// this are rolled up per hour by the tracker (default 2 h).
+    pub rollup_after: Duration,
     /// `VTX_HOT_WINDOW_MIN_SECS`/`_MAX_SECS`, `VTX_HOT_TOP_MIN`/`_MAX`, `VTX_HOT_IDLE_LOAD`,
     /// `VTX_HOT_BUSY_LOAD`: the bounds the window and top-x move between with the load.
     pub bounds: vtx_domain::hotness::HotBounds,
@@ -249,6 +252,7 @@ impl Config {
                 period: Duration::from_millis(
                     (env.parse("VTX_HOT_PERIOD_SECS", 60.0f64)? * 1000.0) as u64,
                 ),
+                rollup_after: Duration::from_secs(env.parse("VTX_HOT_ROLLUP_AFTER_SECS", 7200)?),
                 bounds: vtx_domain::hotness::HotBounds {
                     window_min_secs: env.parse("VTX_HOT_WINDOW_MIN_SECS", 3600)?,
                     window_max_secs: env.parse("VTX_HOT_WINDOW_MAX_SECS", 24 * 3600)?,

@@ -13,6 +13,7 @@ mod hw;
 mod merge;
 mod pipeline;
 mod pipelined;
+mod priority;
 mod probe;
 mod quality;
 mod split;
@@ -36,6 +37,7 @@ pub use pipeline::{
     run_pipeline, verify_packaged,
 };
 pub use pipelined::{chunk_hls_dir, encode_chunk};
+pub use priority::{LOWEST, spawn_low_priority};
 pub use probe::{AudioInfo, Keyframe, Probe, VideoInfo, probe};
 pub use quality::{Quality, measure};
 pub use split::{SliceFile, split_video};

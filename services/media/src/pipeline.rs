@@ -481,13 +481,8 @@ fn run_inner(
     let total_frames = plan.frames;
     let encoded = Arc::new(AtomicU64::new(0));
     let next = AtomicUsize::new(0);
-    // Longest slices first: cuts fall on keyframes, so slices differ in length, and starting
-    // the long ones first leaves the short ones to even out the workers at the end.
-    let mut order: Vec<usize> = (0..prepared.slices.len()).collect();
-    order.sort_by_key(|&i| {
-        let w = prepared.slices[i].window;
-        std::cmp::Reverse(w.end - w.start)
-    });
+    let windows: Vec<_> = prepared.slices.iter().map(|s| s.window).collect();
+    let order = vtx_domain::slicing::longest_first(&windows);
     let failure: Mutex<Option<MediaError>> = Mutex::new(None);
     std::thread::scope(|scope| {
         for _ in 0..req.jobs.max(1) {

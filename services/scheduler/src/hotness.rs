@@ -129,6 +129,20 @@ impl Tracker {
         metrics::gauge!("vtx_cluster_load").set(if load.is_finite() { load } else { -1.0 });
         metrics::gauge!("vtx_hot_window_seconds").set(window_secs as f64);
         metrics::gauge!("vtx_hot_top").set(f64::from(top));
+        // A failed roll-up only leaves minute rows for the next period; picking goes on.
+        match db::roll_up_plays(
+            &self.pool,
+            self.cfg.rollup_after,
+            Duration::from_secs(self.cfg.bounds.window_max_secs),
+        )
+        .await
+        {
+            Ok((0, 0)) => {}
+            Ok((moved, dropped)) => {
+                tracing::info!(moved, dropped, "play counters rolled up per hour")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot roll play counters up; next period"),
+        }
         let mut queued = 0;
         for h in db::top_videos(&self.pool, Duration::from_secs(window_secs), top).await? {
             if h.extreme.is_none()

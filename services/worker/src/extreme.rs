@@ -3,6 +3,9 @@
 //! and added beside the H.264 renditions only when it is smaller at equal quality. The
 //! measured savings are stored with the video's extreme request.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
 use serde::Serialize;
 use vtx_domain::hotness::Measured;
 use vtx_domain::{ErrorCode, JobId, Tier, VideoId, keys};
@@ -10,7 +13,7 @@ use vtx_infra::broker::Outcome;
 use vtx_infra::db::{self, ExtremeReason, WorkContext};
 use vtx_media::{Deadline, MediaError};
 
-use crate::{WorkError, Worker, run_blocking, tier_output};
+use crate::{WorkError, Worker, run_background, tier_output, upload_tree};
 
 /// One extreme rendition's verdict, as stored and shown.
 #[derive(Clone, Debug, Serialize)]
@@ -117,7 +120,7 @@ impl Worker {
         }
         files.extend(packaged.renditions.iter().map(|r| out.join(&r.file)));
         let (rotation, timeout) = (ctx.plan.rotation, inner.cfg.transcode_timeout);
-        let measured = run_blocking(timeout, move || {
+        let measured = run_background(timeout, move || {
             vtx_media::measure(&source, rotation, &files, Deadline::after(timeout))
         })
         .await?;
@@ -158,7 +161,7 @@ impl Worker {
                 reason: verdict.err(),
             });
         }
-        // Only what is added is uploaded.
+        // Only what is added is uploaded: its MP4 and its HLS media playlist and segments.
         let dest = keys::tier_output(ctx.video_id, job, Tier::Extreme);
         let mut output = tier_output(&dest, &packaged);
         output
@@ -174,8 +177,18 @@ impl Worker {
                 .store
                 .put_file(&r.object_key, &out.join(&file), "video/mp4")
                 .await?;
-            r.hls_playlist_key = None;
+            if r.hls_playlist_key.is_some() {
+                let hls = format!("hls/{}/", r.name);
+                upload_tree(&inner.store, &out.join(&hls), &format!("{dest}{hls}")).await?;
+            }
         }
+        let masters = match (&video.hls_master_key, &packaged.hls_master) {
+            (Some(high_master), Some(own)) => {
+                self.combined_masters(&output.renditions, high_master, &out.join(own), &dest)
+                    .await?
+            }
+            _ => BTreeMap::new(),
+        };
         let added = !output.renditions.is_empty();
         for v in &verdicts {
             tracing::info!(
@@ -190,7 +203,68 @@ impl Worker {
         }
         let result = serde_json::to_value(&verdicts)
             .map_err(|e| WorkError::Internal(format!("verdicts: {e}")))?;
-        db::finish_extreme(&inner.pool, job, ctx.video_id, &output.renditions, &result).await?;
+        db::finish_extreme(
+            &inner.pool,
+            job,
+            ctx.video_id,
+            &output.renditions,
+            &result,
+            &masters,
+        )
+        .await?;
         Ok(added)
+    }
+
+    /// Writes one master playlist per set of added codecs (`hevc`, `av1`, `av1+hevc`), each
+    /// listing the live high tier's H.264 variants and the added ones of those codecs, so a
+    /// player gets them all in one URL and picks by `CODECS`. Returns codec set -> object key.
+    async fn combined_masters(
+        &self,
+        added: &[db::NewRendition],
+        high_master: &str,
+        own_master: &Path,
+        dest: &str,
+    ) -> Result<BTreeMap<String, String>, WorkError> {
+        let store = &self.inner.store;
+        let dir = own_master.parent().unwrap_or(Path::new("."));
+        let base_path = dir.join("high-master.m3u8");
+        store.download_to(high_master, &base_path).await?;
+        let base = std::fs::read_to_string(&base_path)?;
+        let base_dir = &high_master[..high_master.rfind('/').map_or(0, |i| i + 1)];
+        let own = vtx_domain::hls::variants(&std::fs::read_to_string(own_master)?);
+        let hls_dir = format!("{dest}hls/");
+        let mut codecs: Vec<&str> = added.iter().map(|r| r.codec.as_str()).collect();
+        codecs.sort_unstable();
+        codecs.dedup();
+        let mut masters = BTreeMap::new();
+        for set in 1..(1u32 << codecs.len()) {
+            let chosen: Vec<&str> = (0..codecs.len())
+                .filter(|i| set & (1 << i) != 0)
+                .map(|i| codecs[i])
+                .collect();
+            let extra: Vec<_> = own
+                .iter()
+                .filter(|e| {
+                    added.iter().any(|r| {
+                        chosen.contains(&r.codec.as_str())
+                            && r.hls_playlist_key.as_deref() == Some(&format!("{hls_dir}{}", e.uri))
+                    })
+                })
+                .cloned()
+                .collect();
+            if extra.is_empty() {
+                continue;
+            }
+            let name = vtx_domain::hls::codec_set(chosen.iter().copied());
+            let text = vtx_domain::hls::combined_master(&base, base_dir, &extra, &hls_dir);
+            let file = dir.join(format!("master-{name}.m3u8"));
+            std::fs::write(&file, text)?;
+            let key = format!("{hls_dir}master-{name}.m3u8");
+            store
+                .put_file(&key, &file, "application/vnd.apple.mpegurl")
+                .await?;
+            masters.insert(name, key);
+        }
+        Ok(masters)
     }
 }

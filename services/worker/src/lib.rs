@@ -408,7 +408,7 @@ impl Worker {
             ..EncodeOptions::default()
         };
         let span = tracing::Span::current();
-        let files = run_blocking(timeout, move || {
+        let work = move || {
             let _e = span.enter();
             encode_slice(
                 &input,
@@ -419,8 +419,13 @@ impl Worker {
                 &options,
                 Deadline::after(timeout),
             )
-        })
-        .await?;
+        };
+        // Extreme encodes only take the CPU the fast and high tiers leave.
+        let files = if tier == Tier::Extreme {
+            run_background(timeout, work).await?
+        } else {
+            run_blocking(timeout, work).await?
+        };
         let prefix = keys::encoded(job, tier);
         for f in files {
             let name = f
@@ -664,6 +669,23 @@ async fn run_blocking<T: Send + 'static>(
     .map_err(|_| WorkError::Media(MediaError::Timeout))?
     .map_err(|e| WorkError::Internal(format!("media thread: {e}")))?
     .map_err(WorkError::Media)
+}
+
+/// Like `run_blocking`, on a thread of its own at the lowest CPU priority (background work:
+/// the extreme tier), which the encoders' own threads inherit.
+async fn run_background<T: Send + 'static>(
+    timeout: Duration,
+    f: impl FnOnce() -> Result<T, MediaError> + Send + 'static,
+) -> Result<T, WorkError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    vtx_media::spawn_low_priority("vtx-background", move || {
+        let _ = tx.send(f());
+    })?;
+    tokio::time::timeout(timeout + Duration::from_secs(30), rx)
+        .await
+        .map_err(|_| WorkError::Media(MediaError::Timeout))?
+        .map_err(|_| WorkError::Internal("media thread ended without a result".into()))?
+        .map_err(WorkError::Media)
 }
 
 /// Uploads every file under `dir` to `prefix` + its relative path, several at a time (a tier

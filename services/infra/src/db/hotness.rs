@@ -40,6 +40,45 @@ pub async fn add_plays(pool: &PgPool, rows: &[(Uuid, DateTime<Utc>, i64)]) -> sq
     Ok(())
 }
 
+/// Moves per-minute counters of hours that ended more than `after` ago into per-hour ones,
+/// and drops counters older than `keep` (nothing reads beyond the widest window). Returns
+/// (minute rows moved, rows dropped). Plays flushed late for a moved hour land in a new
+/// minute row, which the next roll-up moves; no play is counted twice.
+pub async fn roll_up_plays(
+    pool: &PgPool,
+    after: Duration,
+    keep: Duration,
+) -> sqlx::Result<(u64, u64)> {
+    let mut tx = pool.begin().await?;
+    let moved: (i64,) = sqlx::query_as(
+        "WITH moved AS (
+             DELETE FROM play_counts
+             WHERE minute < date_trunc('hour', now() - make_interval(secs => $1))
+             RETURNING video_id, minute, plays
+         ), hourly AS (
+             INSERT INTO play_counts_hourly (video_id, hour, plays)
+             SELECT video_id, date_trunc('hour', minute), sum(plays)::bigint FROM moved
+             GROUP BY 1, 2
+             ON CONFLICT (video_id, hour)
+             DO UPDATE SET plays = play_counts_hourly.plays + EXCLUDED.plays
+         )
+         SELECT count(*) FROM moved",
+    )
+    .bind(after.as_secs_f64())
+    .fetch_one(&mut *tx)
+    .await?;
+    let dropped = sqlx::query(
+        "DELETE FROM play_counts_hourly
+         WHERE hour < now() - make_interval(secs => $1) - interval '1 hour'",
+    )
+    .bind(keep.as_secs_f64())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok((moved.0.max(0) as u64, dropped))
+}
+
 /// Which of `ids` are published videos (plays of anything else are refused).
 pub async fn published_among(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<HashSet<Uuid>> {
     let rows: Vec<(Uuid,)> =
@@ -58,12 +97,19 @@ pub struct Hot {
     pub extreme: Option<String>,
 }
 
-/// The `limit` most played videos over the last `window` (whole minutes).
+/// The `limit` most played videos over the last `window`: whole minutes, and whole hours where
+/// the plays were rolled up (an hour that overlaps the window's start counts whole).
 pub async fn top_videos(pool: &PgPool, window: Duration, limit: u32) -> sqlx::Result<Vec<Hot>> {
     let rows: Vec<(Uuid, i64, Option<String>)> = sqlx::query_as(
         "SELECT p.video_id, p.plays, e.state FROM (
-             SELECT video_id, sum(plays)::bigint AS plays FROM play_counts
-             WHERE minute >= date_trunc('minute', now() - make_interval(secs => $1))
+             SELECT video_id, sum(plays)::bigint AS plays FROM (
+                 SELECT video_id, plays FROM play_counts
+                 WHERE minute >= date_trunc('minute', now() - make_interval(secs => $1))
+                 UNION ALL
+                 SELECT video_id, plays FROM play_counts_hourly
+                 WHERE hour > date_trunc('minute', now() - make_interval(secs => $1))
+                              - interval '1 hour'
+             ) u
              GROUP BY video_id ORDER BY plays DESC, video_id LIMIT $2
          ) p LEFT JOIN extreme_requests e ON e.video_id = p.video_id
          ORDER BY p.plays DESC, p.video_id",
@@ -194,6 +240,7 @@ pub async fn finish_extreme(
     video: VideoId,
     accepted: &[NewRendition],
     verdicts: &serde_json::Value,
+    hls_masters: &std::collections::BTreeMap<String, String>,
 ) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
     if !finish_merging_tier(&mut tx, job, Tier::Extreme).await? {
@@ -208,11 +255,17 @@ pub async fn finish_extreme(
     .execute(&mut *tx)
     .await?;
     sqlx::query(
-        "UPDATE extreme_requests SET state = $2, result = $3, finished_at = now() WHERE job_id = $1",
+        "UPDATE extreme_requests SET state = $2, result = $3, hls_masters = $4, finished_at = now()
+         WHERE job_id = $1",
     )
     .bind(job.as_uuid())
-    .bind(if accepted.is_empty() { "rejected" } else { "added" })
+    .bind(if accepted.is_empty() {
+        "rejected"
+    } else {
+        "added"
+    })
     .bind(sqlx::types::Json(verdicts))
+    .bind(sqlx::types::Json(hls_masters))
     .execute(&mut *tx)
     .await?;
     sqlx::query("INSERT INTO garbage (prefix, delete_after) VALUES ($1, now())")
@@ -252,4 +305,21 @@ pub async fn extreme_renditions(
     .bind(video.as_uuid())
     .fetch_all(pool)
     .await
+}
+
+/// The master playlist that lists a video's H.264 variants beside its added extreme ones of
+/// the codec set `codecs` (sorted, joined by `+`: `hevc`, `av1`, `av1+hevc`).
+pub async fn extreme_hls_master(
+    pool: &PgPool,
+    video: VideoId,
+    codecs: &str,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "SELECT hls_masters ->> $2 FROM extreme_requests WHERE video_id = $1 AND state = 'added'",
+    )
+    .bind(video.as_uuid())
+    .bind(codecs)
+    .fetch_optional(pool)
+    .await
+    .map(Option::flatten)
 }

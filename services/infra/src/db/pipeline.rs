@@ -135,16 +135,16 @@ pub async fn record_plan(
     Ok(true)
 }
 
-/// Slice indices, longest window first: cuts fall on keyframes, so slices differ in length, and
-/// handing out the long ones first lets the short ones even the workers out at the end.
+/// The `n` slice indices in the order their tasks are queued: longest window first
+/// (`slicing::longest_first`), or in index order without a plan.
 fn longest_first(plan: Option<&JobPlan>, n: u32) -> Vec<u32> {
-    let mut order: Vec<u32> = (0..n).collect();
-    if let Some(plan) = plan {
-        order.sort_by_key(|&i| {
-            std::cmp::Reverse(plan.slices.get(i as usize).map_or(0, |w| w.end - w.start))
-        });
+    match plan.filter(|p| p.slices.len() == n as usize) {
+        Some(p) => vtx_domain::slicing::longest_first(&p.slices)
+            .into_iter()
+            .map(|i| p.slices[i].index)
+            .collect(),
+        None => (0..n).collect(),
     }
-    order
 }
 
 async fn enqueue_slices(

@@ -1,0 +1,130 @@
+//! Master playlists that list renditions of more than one codec: a video's H.264 variants (the
+//! live high tier) beside the extreme tier's HEVC/AV1 ones, so a player that decodes them picks
+//! by `CODECS` and bandwidth among all of them. The two tiers live under different prefixes;
+//! the master names the other tier's media playlists by relative URI.
+
+/// The name of a set of codecs (`hevc`, `av1`, `av1+hevc`): sorted, without repeats, joined by
+/// `+`. Masters are stored and looked up under it.
+pub fn codec_set<'a>(codecs: impl IntoIterator<Item = &'a str>) -> String {
+    let mut v: Vec<&str> = codecs.into_iter().collect();
+    v.sort_unstable();
+    v.dedup();
+    v.join("+")
+}
+
+/// One `#EXT-X-STREAM-INF` entry: its attribute line and its URI.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub inf: String,
+    pub uri: String,
+}
+
+/// The variants of a master playlist, in order.
+pub fn variants(master: &str) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let mut inf: Option<&str> = None;
+    for line in master.lines().map(str::trim) {
+        if line.starts_with("#EXT-X-STREAM-INF:") {
+            inf = Some(line);
+        } else if !line.is_empty()
+            && !line.starts_with('#')
+            && let Some(i) = inf.take()
+        {
+            out.push(Entry {
+                inf: i.to_string(),
+                uri: line.to_string(),
+            });
+        }
+    }
+    out
+}
+
+/// The URI that names object key `to` from a playlist whose key is in directory `from_dir`
+/// (both keys of one bucket, `from_dir` ending in `/`).
+pub fn relative_uri(from_dir: &str, to: &str) -> String {
+    let from: Vec<&str> = from_dir.split('/').filter(|s| !s.is_empty()).collect();
+    let target: Vec<&str> = to.split('/').collect();
+    let common = from
+        .iter()
+        .zip(&target)
+        .take_while(|(a, b)| a == b)
+        .count()
+        .min(target.len().saturating_sub(1));
+    let mut parts: Vec<&str> = vec![".."; from.len() - common];
+    parts.extend(&target[common..]);
+    parts.join("/")
+}
+
+/// A master playlist listing `base`'s variants (a master stored under `base_dir`) and then
+/// `extra`'s (a master stored under `dir`, where this one is written), both as URIs relative
+/// to `dir`.
+pub fn combined_master(base: &str, base_dir: &str, extra: &[Entry], dir: &str) -> String {
+    let mut s = String::from("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+    for e in variants(base) {
+        let uri = relative_uri(dir, &format!("{base_dir}{}", e.uri));
+        s.push_str(&format!("{}\n{uri}\n", e.inf));
+    }
+    for e in extra {
+        s.push_str(&format!("{}\n{}\n", e.inf, e.uri));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HIGH: &str = "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n\
+        #EXT-X-STREAM-INF:BANDWIDTH=900000,CODECS=\"avc1.64001E,mp4a.40.2\"\n360p/index.m3u8\n\
+        #EXT-X-STREAM-INF:BANDWIDTH=3000000,CODECS=\"avc1.64001F,mp4a.40.2\"\n720p/index.m3u8\n";
+
+    #[test]
+    fn a_codec_set_is_named_the_same_whatever_the_order() {
+        assert_eq!(codec_set(["hevc", "av1", "hevc"]), "av1+hevc");
+        assert_eq!(codec_set(["av1"]), "av1");
+        assert_eq!(codec_set([]), "");
+    }
+
+    #[test]
+    fn variants_pair_each_stream_inf_with_its_uri() {
+        let v = variants(HIGH);
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[1].uri, "720p/index.m3u8");
+        assert!(v[1].inf.contains("BANDWIDTH=3000000"));
+    }
+
+    #[test]
+    fn relative_uris_climb_to_the_common_prefix() {
+        assert_eq!(
+            relative_uri(
+                "videos/v/x/extreme/hls/",
+                "videos/v/h/high/hls/720p/index.m3u8"
+            ),
+            "../../../h/high/hls/720p/index.m3u8"
+        );
+        assert_eq!(
+            relative_uri("a/hls/", "a/hls/720p/index.m3u8"),
+            "720p/index.m3u8"
+        );
+        assert_eq!(relative_uri("a/b/", "c.m3u8"), "../../c.m3u8");
+    }
+
+    #[test]
+    fn the_combined_master_lists_both_tiers() {
+        let extra = [Entry {
+            inf: "#EXT-X-STREAM-INF:BANDWIDTH=600000,CODECS=\"hvc1.1.6.L93.B0,mp4a.40.2\"".into(),
+            uri: "360p-hevc/index.m3u8".into(),
+        }];
+        let m = combined_master(
+            HIGH,
+            "videos/v/h/high/hls/",
+            &extra,
+            "videos/v/x/extreme/hls/",
+        );
+        let v = variants(&m);
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[0].uri, "../../../h/high/hls/360p/index.m3u8");
+        assert_eq!(v[2].uri, "360p-hevc/index.m3u8");
+        assert!(m.starts_with("#EXTM3U\n"));
+    }
+}
