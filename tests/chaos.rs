@@ -13,16 +13,20 @@ use sqlx::PgPool;
 use vtx_client::Client;
 use vtx_domain::api::UploadCompleted;
 use vtx_media::{Deadline, Limits, probe};
-use vtx_tests::{ChildGuard, Services, TestApp, looped};
+use vtx_tests::{ChildGuard, Services, TestApp, looped, progress};
 
 const WITHIN: Duration = Duration::from_secs(300);
 
+/// Runs an administrative command, given at most two minutes.
 fn run(cmd: &str, args: &[&str]) {
-    let st = Command::new(cmd)
+    progress(&format!("chaos: {cmd} {}", args.join(" ")));
+    let st = Command::new("timeout")
+        .arg("120")
+        .arg(cmd)
         .args(args)
         .status()
         .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(st.success(), "{cmd} {args:?}");
+    assert!(st.success(), "{cmd} {args:?}: {st}");
 }
 
 fn postgres_version() -> String {
@@ -140,6 +144,7 @@ async fn jobs_survive_a_killed_worker_and_restarts_of_rabbitmq_and_postgresql(po
     let client = app.client.clone();
 
     // 1. kill -9 the worker holding a high-tier slice.
+    progress("chaos: 1. a worker killed mid-slice");
     let job = client
         .upload_file(&clip, &Default::default(), &|_, _| {})
         .await
@@ -162,6 +167,7 @@ async fn jobs_survive_a_killed_worker_and_restarts_of_rabbitmq_and_postgresql(po
     assert!(retried.0 >= 1, "the killed worker's slice was redone");
 
     // 2. Restart RabbitMQ while the fast tier encodes.
+    progress("chaos: 2. RabbitMQ restarted mid-job");
     let job = client
         .upload_file(&clip, &Default::default(), &|_, _| {})
         .await
@@ -174,6 +180,7 @@ async fn jobs_survive_a_killed_worker_and_restarts_of_rabbitmq_and_postgresql(po
     assert_finished(&app, &client, &job, source.video.frames, rungs).await;
 
     // 3. Restart PostgreSQL while the high tier encodes.
+    progress("chaos: 3. PostgreSQL restarted mid-job");
     let job = client
         .upload_file(&clip, &Default::default(), &|_, _| {})
         .await
@@ -191,6 +198,7 @@ async fn jobs_survive_a_killed_worker_and_restarts_of_rabbitmq_and_postgresql(po
     assert_finished(&app, &client, &job, source.video.frames, rungs).await;
 
     // Nothing was given up on along the way.
+    progress("chaos: checking the dead letters and stopping");
     let broker = app.broker.get().await.unwrap();
     assert!(
         broker

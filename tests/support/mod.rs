@@ -3,8 +3,11 @@
 //! `#[sqlx::test]`), queue prefix, object key prefix and port. Worker processes (`vtx worker`)
 //! can be started against the same isolation for tests that kill them.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::task::JoinSet;
@@ -26,20 +29,24 @@ pub fn ts_chunks(clip: &Path, seconds: f64) -> Vec<bytes::Bytes> {
         .collect()
 }
 
-/// Downloads an HLS media playlist (`url`) with its init and media segments into `dir` and
-/// reads it back with FFmpeg's HLS demuxer: (video frames, audio packets), checking that each
-/// stream's decode times only go up across every segment and chunk join.
-pub async fn fetch_hls(http: &reqwest::Client, url: &str, dir: &Path) -> (u64, u64) {
-    let text = http
-        .get(url)
+/// The body of a successful GET of `url`, as text (a playlist, metrics).
+pub async fn get_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(url)
         .send()
         .await
         .unwrap()
         .error_for_status()
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Downloads an HLS media playlist (`url`) with its init and media segments into `dir` and
+/// reads it back with FFmpeg's HLS demuxer: (video frames, audio packets), checking that each
+/// stream's decode times only go up across every segment and chunk join.
+pub async fn fetch_hls(http: &reqwest::Client, url: &str, dir: &Path) -> (u64, u64) {
+    let text = get_text(http, url).await;
     let base = &url[..url.rfind('/').expect("a path") + 1];
     for uri in &vtx_domain::pipelined::playlist_files(&text) {
         let bytes = http
@@ -102,6 +109,42 @@ pub struct TestApp {
     pub env: Vec<(String, String)>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
+    /// Disarms the watchdog when the app is stopped or dropped.
+    _watchdog: mpsc::Sender<()>,
+}
+
+/// How long one test's app may live (`VTX_TEST_WATCHDOG_SECS`, default 20 minutes): a test
+/// that hangs (a dependency's client stuck in an await with no timeout, say) then ends the
+/// test binary with a message instead of running CI out of time.
+fn watchdog(tag: &str) -> mpsc::Sender<()> {
+    let limit = std::env::var("VTX_TEST_WATCHDOG_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1200);
+    let (tx, rx) = mpsc::channel::<()>();
+    let tag = tag.to_string();
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    std::thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_secs(limit)) {
+            // Straight to stderr: the test harness's captured output is lost on abort.
+            let _ = writeln!(
+                std::io::stderr(),
+                "watchdog: {test} (app {tag}) still running after {limit} s; aborting the test \
+                 binary. Worker process logs: {}/vtx-test-*.log",
+                std::env::temp_dir().display()
+            );
+            std::process::abort();
+        }
+    });
+    tx
+}
+
+/// A progress line straight to stderr, shown even if the test later hangs and is aborted.
+pub fn progress(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// Which services run inside the test process.
@@ -135,6 +178,7 @@ impl TestApp {
             .with_test_writer()
             .try_init();
         let tag = uuid::Uuid::new_v4().simple().to_string();
+        let watchdog = watchdog(&tag);
         let opts = pool.connect_options();
         let database_url = format!(
             "postgres://{}:{}@{}:{}/{}",
@@ -232,6 +276,7 @@ impl TestApp {
             env,
             shutdown,
             tasks,
+            _watchdog: watchdog,
         }
     }
 
@@ -252,7 +297,14 @@ impl TestApp {
     /// Stops the services and deletes this test's queues.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
-        while self.tasks.join_next().await.is_some() {}
+        let stopped = tokio::time::timeout(Duration::from_secs(180), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        assert!(
+            stopped.is_ok(),
+            "the services did not stop within 180 s of shutdown"
+        );
         if let Ok(b) = self.broker.get().await {
             let _ = b.delete_topology().await;
         }

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -26,27 +27,54 @@ use crate::config::Secret;
 /// place, so a dependency's outage does not count against this.
 pub const DELIVERY_LIMIT: i64 = 20;
 
+/// How long any one exchange with the broker may take (connect, publish and its confirm, ack,
+/// declare). A broker that goes away mid-exchange can leave lapin's future pending forever
+/// (amqp-rs/lapin#409: a publish hangs when the server closes the connection), so every await
+/// on the broker is bounded; a connection that timed out once is not used again.
+pub const BROKER_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// One live connection with a confirm-mode channel for publishing.
 pub struct Broker {
     conn: Connection,
     publisher: Channel,
     prefix: String,
+    /// Set when an exchange on this connection timed out: it is replaced on next use.
+    broken: AtomicBool,
 }
 
 impl Broker {
     pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
-        let conn = Connection::connect(url, ConnectionProperties::default()).await?;
-        let publisher = conn.create_channel().await?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        let broker = Broker {
-            conn,
-            publisher,
-            prefix: prefix.to_string(),
-        };
-        broker.declare_topology().await?;
-        Ok(broker)
+        bounded("connecting", async {
+            let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+            let publisher = conn.create_channel().await?;
+            publisher
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            let broker = Broker {
+                conn,
+                publisher,
+                prefix: prefix.to_string(),
+                broken: AtomicBool::new(false),
+            };
+            broker.declare_topology().await?;
+            Ok(broker)
+        })
+        .await
+    }
+
+    /// Runs one exchange under `BROKER_TIMEOUT`; a timeout marks this connection broken.
+    async fn exchange<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        let r = bounded(what, fut).await;
+        if let Err(e) = &r
+            && e.is::<TimedOut>()
+        {
+            self.broken.store(true, Ordering::Relaxed);
+        }
+        r
     }
 
     pub fn queue_name(&self, logical: &str) -> String {
@@ -117,27 +145,31 @@ impl Broker {
     }
 
     pub fn is_connected(&self) -> bool {
-        self.conn.status().connected()
+        self.conn.status().connected() && !self.broken.load(Ordering::Relaxed)
     }
 
     /// Publishes a persistent message and waits for the broker's confirm.
     pub async fn publish(&self, task: &Task) -> anyhow::Result<()> {
         let payload = serde_json::to_vec(task)?;
         let confirm = self
-            .publisher
-            .basic_publish(
-                "".into(),
-                self.queue_name(task.queue()).as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &payload,
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type("application/json".into()),
-            )
-            .await?
+            .exchange("publishing", async {
+                Ok(self
+                    .publisher
+                    .basic_publish(
+                        "".into(),
+                        self.queue_name(task.queue()).as_str().into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..BasicPublishOptions::default()
+                        },
+                        &payload,
+                        BasicProperties::default()
+                            .with_delivery_mode(2)
+                            .with_content_type("application/json".into()),
+                    )
+                    .await?
+                    .await?)
+            })
             .await?;
         if !confirm.is_ack() {
             anyhow::bail!("broker refused a message for {}", task.queue());
@@ -150,31 +182,39 @@ impl Broker {
 
     /// Ready messages and consumers of a queue (passive declare).
     pub async fn queue_stats(&self, logical: &str) -> anyhow::Result<(u32, u32)> {
-        let ch = self.conn.create_channel().await?;
-        let q = ch
-            .queue_declare(
-                self.queue_name(logical).as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let _ = ch.close(200, "done".into()).await;
-        Ok((q.message_count(), q.consumer_count()))
+        self.exchange("reading queue stats", async {
+            let ch = self.conn.create_channel().await?;
+            let q = ch
+                .queue_declare(
+                    self.queue_name(logical).as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            let _ = ch.close(200, "done".into()).await;
+            Ok((q.message_count(), q.consumer_count()))
+        })
+        .await
     }
 
     /// Takes one message off a queue, if any (operators and tests reading the dead letters).
     pub async fn get_one(&self, logical: &str) -> anyhow::Result<Option<Task>> {
-        let ch = self.conn.create_channel().await?;
-        let msg = ch
-            .basic_get(
-                self.queue_name(logical).as_str().into(),
-                BasicGetOptions { no_ack: true },
-            )
+        let msg = self
+            .exchange("getting a message", async {
+                let ch = self.conn.create_channel().await?;
+                let msg = ch
+                    .basic_get(
+                        self.queue_name(logical).as_str().into(),
+                        BasicGetOptions { no_ack: true },
+                    )
+                    .await?;
+                let _ = ch.close(200, "done".into()).await;
+                Ok(msg)
+            })
             .await?;
-        let _ = ch.close(200, "done".into()).await;
         Ok(match msg {
             Some(m) => Some(serde_json::from_slice(&m.delivery.data)?),
             None => None,
@@ -183,22 +223,36 @@ impl Broker {
 
     /// Deletes this prefix's queues and exchange (tests clean up after themselves).
     pub async fn delete_topology(&self) -> anyhow::Result<()> {
-        for q in queue::WORK.into_iter().chain([queue::DEAD]) {
+        self.exchange("deleting queues", async {
+            for q in queue::WORK.into_iter().chain([queue::DEAD]) {
+                self.publisher
+                    .queue_delete(
+                        self.queue_name(q).as_str().into(),
+                        QueueDeleteOptions::default(),
+                    )
+                    .await?;
+            }
             self.publisher
-                .queue_delete(
-                    self.queue_name(q).as_str().into(),
-                    QueueDeleteOptions::default(),
+                .exchange_delete(
+                    self.dead_letter_exchange().as_str().into(),
+                    ExchangeDeleteOptions::default(),
                 )
                 .await?;
-        }
-        self.publisher
-            .exchange_delete(
-                self.dead_letter_exchange().as_str().into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await?;
-        Ok(())
+            Ok(())
+        })
+        .await
     }
+}
+
+/// The broker did not answer within `BROKER_TIMEOUT`.
+#[derive(Debug, thiserror::Error)]
+#[error("RabbitMQ did not answer {0} within {BROKER_TIMEOUT:?}")]
+pub struct TimedOut(String);
+
+async fn bounded<T>(what: &str, fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::time::timeout(BROKER_TIMEOUT, fut)
+        .await
+        .unwrap_or_else(|_| Err(TimedOut(what.to_string()).into()))
 }
 
 fn topology_error(queue: &str, e: lapin::Error) -> anyhow::Error {
@@ -312,23 +366,43 @@ where
     Fut: Future<Output = Outcome>,
 {
     let broker = client.get().await?;
-    let channel = broker.conn.create_channel().await?;
-    channel
-        .basic_qos(prefetch.max(1), BasicQosOptions::default())
+    let (channel, mut consumer) = broker
+        .exchange("starting a consumer", async {
+            let channel = broker.conn.create_channel().await?;
+            channel
+                .basic_qos(prefetch.max(1), BasicQosOptions::default())
+                .await?;
+            let consumer = channel
+                .basic_consume(
+                    broker.queue_name(logical).as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok((channel, consumer))
+        })
         .await?;
-    let mut consumer = channel
-        .basic_consume(
-            broker.queue_name(logical).as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let close = |why: &'static str| {
+        let channel = channel.clone();
+        async move {
+            let _ = tokio::time::timeout(BROKER_TIMEOUT, channel.close(200, why.into())).await;
+        }
+    };
+    // A consumer whose connection died does not always see its stream end (amqp-rs/lapin#283):
+    // check the connection now and then while idle.
+    let mut liveness = tokio::time::interval(Duration::from_secs(5));
     loop {
         let delivery = tokio::select! {
             _ = shutdown.cancelled() => {
-                let _ = channel.close(200, "shutting down".into()).await;
+                close("shutting down").await;
                 return Ok(());
+            }
+            _ = liveness.tick() => {
+                if !broker.is_connected() {
+                    anyhow::bail!("connection to RabbitMQ lost");
+                }
+                continue;
             }
             d = consumer.next() => d,
         };
@@ -341,10 +415,14 @@ where
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(queue = logical, error = %e, "unreadable message; dead-lettering it");
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: false,
-                        ..BasicNackOptions::default()
+                broker
+                    .exchange("dead-lettering", async {
+                        Ok(delivery
+                            .nack(BasicNackOptions {
+                                requeue: false,
+                                ..BasicNackOptions::default()
+                            })
+                            .await?)
                     })
                     .await?;
                 continue;
@@ -354,14 +432,22 @@ where
         loop {
             match handler(task.clone()).await {
                 Outcome::Ack => {
-                    delivery.ack(BasicAckOptions::default()).await?;
+                    broker
+                        .exchange("acking", async {
+                            Ok(delivery.ack(BasicAckOptions::default()).await?)
+                        })
+                        .await?;
                     break;
                 }
                 Outcome::DeadLetter => {
-                    delivery
-                        .nack(BasicNackOptions {
-                            requeue: false,
-                            ..BasicNackOptions::default()
+                    broker
+                        .exchange("dead-lettering", async {
+                            Ok(delivery
+                                .nack(BasicNackOptions {
+                                    requeue: false,
+                                    ..BasicNackOptions::default()
+                                })
+                                .await?)
                         })
                         .await?;
                     break;
@@ -372,10 +458,14 @@ where
                         _ = tokio::time::sleep(backoff(tries)) => {}
                         _ = shutdown.cancelled() => {
                             // Hand it back for another worker.
-                            delivery
-                                .nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() })
+                            broker
+                                .exchange("handing a message back", async {
+                                    Ok(delivery
+                                        .nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() })
+                                        .await?)
+                                })
                                 .await?;
-                            let _ = channel.close(200, "shutting down".into()).await;
+                            close("shutting down").await;
                             return Ok(());
                         }
                     }
@@ -388,6 +478,24 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server that takes the connection and never answers: connecting gives up with
+    /// `TimedOut` instead of waiting forever (time is paused, so this takes no real 20 s).
+    #[tokio::test(start_paused = true)]
+    async fn a_broker_that_never_answers_times_out() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("amqp://guest:guest@{}/%2f", listener.local_addr().unwrap());
+        let _silent = std::thread::spawn(move || {
+            let held: Vec<_> = listener.incoming().take(1).collect();
+            std::thread::sleep(Duration::from_secs(60));
+            drop(held);
+        });
+        let err = match Broker::connect(&url, "never").await {
+            Ok(_) => panic!("connected to a silent server"),
+            Err(e) => e,
+        };
+        assert!(err.is::<TimedOut>(), "{err:#}");
+    }
 
     #[test]
     fn backoff_doubles_up_to_thirty_seconds() {
