@@ -158,8 +158,22 @@ enum Bench {
     Pipeline,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // SVT-AV1 logs a banner and, since encoders open without the right to real-time threads
+    // (vtx_media's `without_realtime`), a "Failed to set thread priority" warning per thread
+    // at every open, on stderr beside our own logs: errors only unless the operator says
+    // otherwise.
+    if std::env::var_os("SVT_LOG").is_none() {
+        // SAFETY: no other thread exists yet (the runtime is built below).
+        unsafe { std::env::set_var("SVT_LOG", "1") };
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     telemetry::init();
     let cli = Cli::parse();
     match cli.command {

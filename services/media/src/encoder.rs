@@ -30,6 +30,19 @@ impl VideoCodec {
         }
     }
 
+    /// The pixel format this codec encodes at `tier`. The extreme tier's HEVC and AV1 encode
+    /// 10-bit (HEVC Main 10, AV1 Main at 10 bits) from 8-bit sources too: the finer internal
+    /// precision saves bits at equal quality (measured in docs/benchmarks.md), and every
+    /// decoder of those profiles takes it. H.264 stays 8-bit High profile, which every player
+    /// decodes.
+    pub fn pixel_format(self, tier: Tier) -> ffmpeg_next::format::Pixel {
+        use ffmpeg_next::format::Pixel;
+        match (self, tier) {
+            (VideoCodec::Hevc | VideoCodec::Av1, Tier::Extreme) => Pixel::YUV420P10LE,
+            _ => Pixel::YUV420P,
+        }
+    }
+
     /// Short name used in file names and manifests.
     pub fn label(self) -> &'static str {
         match self {

@@ -476,6 +476,7 @@ struct EncoderSettings {
     gop: u32,
     b_frames: usize,
     threads: Option<usize>,
+    pixel_format: format::Pixel,
 }
 
 /// Finds and opens the video encoder called `name`.
@@ -493,7 +494,7 @@ fn open_encoder(
         .map_err(MediaError::ffmpeg("creating a video encoder"))?;
     enc.set_width(s.width);
     enc.set_height(s.height);
-    enc.set_format(format::Pixel::YUV420P);
+    enc.set_format(s.pixel_format);
     if let Some(hw) = hw {
         // SAFETY: the context is live and not yet opened.
         hw.attach(unsafe { enc.as_mut_ptr() });
@@ -516,8 +517,8 @@ fn open_encoder(
         });
         opts.set("threads", &t.to_string());
     }
-    let encoder = enc
-        .open_with(opts)
+    // SVT-AV1 would start its threads real-time when it may (see `without_realtime`).
+    let encoder = crate::priority::without_realtime(|| enc.open_with(opts))
         .map_err(MediaError::ffmpeg("opening a video encoder"))?;
     Ok((codec, encoder))
 }
@@ -564,6 +565,7 @@ fn detect_uncached() -> Vec<String> {
         gop: 50,
         b_frames: 0,
         threads: Some(1),
+        pixel_format: format::Pixel::YUV420P,
     };
     let mut found: Vec<String> = ["h264_nvenc", "h264_qsv", "h264_vaapi"]
         .into_iter()
@@ -598,6 +600,8 @@ struct VideoOut {
     path: PathBuf,
     octx: format::context::Output,
     scaler: Option<scaling::Context>,
+    /// What the scaler writes: the encoder's pixel format (or the device pool's upload format).
+    pixel_format: format::Pixel,
     encoder: encoder::Video,
     /// Device frame pool of a VAAPI/QSV encoder: scaled frames are uploaded into it.
     hw: Option<HwFrames>,
@@ -634,6 +638,7 @@ impl VideoOut {
             gop,
             b_frames: if req.tier == Tier::Fast { 2 } else { 3 },
             threads: req.threads,
+            pixel_format: out.codec.pixel_format(req.tier),
         };
         let default_name = out.codec.encoder_name();
         let preferred = req
@@ -706,6 +711,9 @@ impl VideoOut {
             path: out.path.clone(),
             octx,
             scaler: None,
+            pixel_format: hw
+                .as_ref()
+                .map_or(settings.pixel_format, HwFrames::sw_format),
             encoder,
             hw,
             width,
@@ -734,9 +742,7 @@ impl VideoOut {
                     input.format(),
                     input.width(),
                     input.height(),
-                    self.hw
-                        .as_ref()
-                        .map_or(format::Pixel::YUV420P, HwFrames::sw_format),
+                    self.pixel_format,
                     self.width,
                     self.height,
                     scaling::Flags::BICUBIC,

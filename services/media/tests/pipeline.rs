@@ -304,12 +304,15 @@ fn extreme_tier_encodes_hevc_and_av1() {
         )
         .unwrap();
         assert_eq!(got.video.codec, r.codec.label());
-        let prefix = match r.codec {
-            VideoCodec::Hevc => "hvc1.",
-            VideoCodec::Av1 => "av01.",
-            VideoCodec::H264 => "avc1.",
+        // 10-bit: HEVC Main 10 (profile 2), AV1 Main at 10 bits.
+        let ten_bit = match r.codec {
+            VideoCodec::Hevc => r.codec_string.starts_with("hvc1.2."),
+            VideoCodec::Av1 => {
+                r.codec_string.starts_with("av01.0.") && r.codec_string.ends_with(".10")
+            }
+            VideoCodec::H264 => false,
         };
-        assert!(r.codec_string.starts_with(prefix), "{}", r.codec_string);
+        assert!(ten_bit, "{}", r.codec_string);
     }
 }
 
