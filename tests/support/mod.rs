@@ -129,20 +129,19 @@ fn watchdog(tag: &str) -> mpsc::Sender<()> {
         .to_string();
     std::thread::spawn(move || {
         if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_secs(limit)) {
-            // Straight to stderr: the test harness's captured output is lost on abort.
-            let _ = writeln!(
-                std::io::stderr(),
+            progress(&format!(
                 "watchdog: {test} (app {tag}) still running after {limit} s; aborting the test \
                  binary. Worker process logs: {}/vtx-test-*.log",
                 std::env::temp_dir().display()
-            );
+            ));
             std::process::abort();
         }
     });
     tx
 }
 
-/// A progress line straight to stderr, shown even if the test later hangs and is aborted.
+/// A progress line straight to stderr, bypassing the test harness's capture (lost when a
+/// hanging test binary is aborted).
 pub fn progress(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }

@@ -415,16 +415,7 @@ where
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(queue = logical, error = %e, "unreadable message; dead-lettering it");
-                broker
-                    .exchange("dead-lettering", async {
-                        Ok(delivery
-                            .nack(BasicNackOptions {
-                                requeue: false,
-                                ..BasicNackOptions::default()
-                            })
-                            .await?)
-                    })
-                    .await?;
+                nack(&broker, &delivery, false).await?;
                 continue;
             }
         };
@@ -440,16 +431,7 @@ where
                     break;
                 }
                 Outcome::DeadLetter => {
-                    broker
-                        .exchange("dead-lettering", async {
-                            Ok(delivery
-                                .nack(BasicNackOptions {
-                                    requeue: false,
-                                    ..BasicNackOptions::default()
-                                })
-                                .await?)
-                        })
-                        .await?;
+                    nack(&broker, &delivery, false).await?;
                     break;
                 }
                 Outcome::Retry => {
@@ -458,13 +440,7 @@ where
                         _ = tokio::time::sleep(backoff(tries)) => {}
                         _ = shutdown.cancelled() => {
                             // Hand it back for another worker.
-                            broker
-                                .exchange("handing a message back", async {
-                                    Ok(delivery
-                                        .nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() })
-                                        .await?)
-                                })
-                                .await?;
+                            nack(&broker, &delivery, true).await?;
                             close("shutting down").await;
                             return Ok(());
                         }
@@ -473,6 +449,30 @@ where
             }
         }
     }
+}
+
+/// Refuses a delivery: back to its queue (`requeue`) or to the dead letters.
+async fn nack(
+    broker: &Broker,
+    delivery: &lapin::message::Delivery,
+    requeue: bool,
+) -> anyhow::Result<()> {
+    let what = if requeue {
+        "handing a message back"
+    } else {
+        "dead-lettering"
+    };
+    broker
+        .exchange(what, async {
+            Ok(delivery
+                .nack(BasicNackOptions {
+                    requeue,
+                    ..BasicNackOptions::default()
+                })
+                .await?)
+        })
+        .await
+        .map(|_| ())
 }
 
 #[cfg(test)]

@@ -63,13 +63,13 @@ pub fn lower_this_thread() {
 /// such a thread fails with `EPERM`, SVT-AV1 creates a normal one, and that thread inherits the
 /// opener's nice value. Capabilities are per thread, so only this open is affected.
 pub(crate) fn without_realtime<T>(f: impl FnOnce() -> T) -> T {
-    let saved = caps::get();
-    if let Some(c) = saved.filter(|c| c.has_sys_nice()) {
+    let lowered = caps::get().filter(|c| c.has_sys_nice());
+    if let Some(c) = &lowered {
         caps::set(&c.without_sys_nice());
     }
     let out = f();
-    if let Some(c) = saved.filter(|c| c.has_sys_nice()) {
-        caps::set(&c);
+    if let Some(c) = &lowered {
+        caps::set(c);
     }
     out
 }
@@ -141,21 +141,6 @@ mod caps {
             );
         }
     }
-}
-
-/// Scheduling policies of every thread of this process that runs real-time (tests).
-#[cfg(test)]
-pub(crate) fn realtime_threads() -> Vec<i32> {
-    std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        // SAFETY: sched_getscheduler takes a thread id and no pointers.
-        .filter(|&tid| {
-            let policy = unsafe { libc::sched_getscheduler(tid) };
-            policy == libc::SCHED_FIFO || policy == libc::SCHED_RR
-        })
-        .collect()
 }
 
 /// The calling thread's nice value.
@@ -241,14 +226,34 @@ mod tests {
 
     const NAME: &str = "vtx-test-av1";
 
-    fn threads_named(name: &str) -> Vec<i32> {
+    /// This process's threads: (thread id, name).
+    fn threads() -> Vec<(i32, String)> {
         std::fs::read_dir("/proc/self/task")
             .unwrap()
             .filter_map(|e| {
                 let e = e.ok()?;
                 let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
-                (comm.trim_end() == name).then_some(e.file_name().to_str()?.parse().ok()?)
+                Some((
+                    e.file_name().to_str()?.parse().ok()?,
+                    comm.trim_end().into(),
+                ))
             })
+            .collect()
+    }
+
+    fn threads_named(name: &str) -> Vec<i32> {
+        threads()
+            .into_iter()
+            .filter_map(|(t, n)| (n == name).then_some(t))
+            .collect()
+    }
+
+    /// The threads of this process that run real-time.
+    fn realtime_threads() -> Vec<i32> {
+        threads()
+            .into_iter()
+            .map(|(t, _)| t)
+            .filter(|&t| matches!(policy_of(t), libc::SCHED_FIFO | libc::SCHED_RR))
             .collect()
     }
 

@@ -661,14 +661,11 @@ async fn run_blocking<T: Send + 'static>(
     timeout: Duration,
     f: impl FnOnce() -> Result<T, MediaError> + Send + 'static,
 ) -> Result<T, WorkError> {
-    tokio::time::timeout(
-        timeout + Duration::from_secs(30),
-        tokio::task::spawn_blocking(f),
-    )
-    .await
-    .map_err(|_| WorkError::Media(MediaError::Timeout))?
-    .map_err(|e| WorkError::Internal(format!("media thread: {e}")))?
-    .map_err(WorkError::Media)
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        let _ = tx.send(f());
+    });
+    media_result(timeout, rx).await
 }
 
 /// Like `run_blocking`, on a thread of its own at the lowest CPU priority (background work:
@@ -681,6 +678,14 @@ async fn run_background<T: Send + 'static>(
     vtx_media::spawn_low_priority("vtx-background", move || {
         let _ = tx.send(f());
     })?;
+    media_result(timeout, rx).await
+}
+
+/// What a media thread sent back, waited for at most 30 s past its own deadline.
+async fn media_result<T>(
+    timeout: Duration,
+    rx: tokio::sync::oneshot::Receiver<Result<T, MediaError>>,
+) -> Result<T, WorkError> {
     tokio::time::timeout(timeout + Duration::from_secs(30), rx)
         .await
         .map_err(|_| WorkError::Media(MediaError::Timeout))?
