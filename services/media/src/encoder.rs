@@ -108,6 +108,8 @@ pub(crate) fn encoder_options(
         VideoCodec::Av1 => {
             o.set("preset", if tier == Tier::Extreme { "4" } else { "8" });
             o.set("crf", "32");
+            // Capped CRF: the rung's peak rate, as x264's and x265's VBV caps give the others.
+            o.set("svtav1-params", &format!("mbr={}", max_bitrate / 1000));
         }
     }
     o

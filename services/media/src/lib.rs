@@ -8,6 +8,7 @@ mod chunk;
 mod cover;
 mod encoder;
 mod error;
+mod fanout;
 mod hls;
 mod hw;
 mod merge;

@@ -18,6 +18,7 @@ use vtx_domain::Rung;
 
 use crate::audio::AudioPipe;
 use crate::encoder::{Tier, VideoCodec, codec_string, encoder_options};
+use crate::fanout::{Fanout, Item, Sink, cascade_parents};
 use crate::hw::{HwFrames, needs_device_frames};
 use crate::probe::{next_packet, nominal_frame_rate, open_input, rational_to_f64};
 use crate::{Deadline, MediaError};
@@ -191,7 +192,8 @@ fn run(req: &TranscodeRequest) -> Result<Vec<RenditionReport>, MediaError> {
     let gop = (req.gop_seconds * rational_to_f64(frame_rate).unwrap_or(25.0))
         .round()
         .max(1.0) as u32;
-    let mut outs = req
+    let has_audio = audio.is_some();
+    let rungs = req
         .outputs
         .iter()
         .map(|o| {
@@ -203,8 +205,15 @@ fn run(req: &TranscodeRequest) -> Result<Vec<RenditionReport>, MediaError> {
                 gop,
                 audio.as_ref().map(|a| a.encoder()),
             )
+            .map(|out| RungSink { out, has_audio })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let sizes: Vec<_> = req
+        .outputs
+        .iter()
+        .map(|o| (o.rung.width, o.rung.height))
+        .collect();
+    let mut outs = Fanout::new(rungs, cascade_parents(&sizes), req.threads != Some(1))?;
 
     let offset_tb = req
         .window
@@ -251,15 +260,39 @@ fn run(req: &TranscodeRequest) -> Result<Vec<RenditionReport>, MediaError> {
     if let Some(a) = audio.as_mut() {
         a.finish(&mut |p, tb| write_audio_all(&mut outs, p, tb))?;
     }
-    let has_audio = audio.is_some();
-    outs.into_iter().map(|o| o.finish(has_audio)).collect()
+    outs.finish()
 }
 
-fn write_audio_all(outs: &mut [VideoOut], pkt: &Packet, tb: Rational) -> Result<(), MediaError> {
-    for out in outs.iter_mut() {
-        out.write_audio(pkt, tb)?;
+fn write_audio_all(
+    outs: &mut Fanout<RungSink>,
+    pkt: &Packet,
+    tb: Rational,
+) -> Result<(), MediaError> {
+    outs.send(Item::Audio(Arc::new(pkt.clone()), tb))
+}
+
+/// A rung's encoder and muxer as the fan-out drives them, on the thread of its rung.
+struct RungSink {
+    out: VideoOut,
+    has_audio: bool,
+}
+
+// SAFETY: a rung is used by one thread at a time (it is moved to its rung's thread and stays
+// there). What keeps `VideoOut` from being `Send` is the swscale context, which holds no
+// thread-local state; the codec and format contexts are `Send` in ffmpeg-next.
+unsafe impl Send for RungSink {}
+
+impl Sink for RungSink {
+    type Report = RenditionReport;
+    fn video(&mut self, frame: &frame::Video, pts: i64) -> Result<frame::Video, MediaError> {
+        self.out.push_frame(frame, pts)
     }
-    Ok(())
+    fn audio(&mut self, packet: &Packet, time_base: Rational) -> Result<(), MediaError> {
+        self.out.write_audio(packet, time_base)
+    }
+    fn finish(self) -> Result<RenditionReport, MediaError> {
+        self.out.finish(self.has_audio)
+    }
 }
 
 /// Decides which frames are kept and what time each gets.
@@ -307,10 +340,11 @@ fn drain_decoder(
     dec: &mut ffmpeg_next::decoder::Video,
     post: &mut Option<PostDecode>,
     clock: &mut Clock,
-    outs: &mut [VideoOut],
+    outs: &mut Fanout<RungSink>,
 ) -> Result<(), MediaError> {
-    let mut decoded = frame::Video::empty();
     loop {
+        // A fresh frame each time: the rungs may still hold the previous one.
+        let mut decoded = frame::Video::empty();
         match dec.receive_frame(&mut decoded) {
             Ok(()) => {}
             Err(ffmpeg_next::Error::Eof) => return Ok(()),
@@ -328,15 +362,15 @@ fn drain_decoder(
                 p.push(&decoded)?;
                 p.drain(clock, outs)?;
             }
-            None => encode_frame(&mut decoded, clock, outs)?,
+            None => encode_frame(decoded, clock, outs)?,
         }
     }
 }
 
 fn encode_frame(
-    f: &mut frame::Video,
+    mut f: frame::Video,
     clock: &mut Clock,
-    outs: &mut [VideoOut],
+    outs: &mut Fanout<RungSink>,
 ) -> Result<(), MediaError> {
     let Some((pts, key)) = f.pts().and_then(|p| clock.place(p)) else {
         return Ok(());
@@ -347,9 +381,7 @@ fn encode_frame(
     } else {
         picture::Type::None
     });
-    for out in outs.iter_mut() {
-        out.push_frame(f, pts)?;
-    }
+    outs.send(Item::Video(Arc::new(f), pts))?;
     clock.tick();
     Ok(())
 }
@@ -446,23 +478,25 @@ impl PostDecode {
     /// Frames the graph has ready.
     pub(crate) fn drain_frames(&mut self) -> Vec<frame::Video> {
         let mut v = Vec::new();
-        let mut f = frame::Video::empty();
-        while self
-            .graph
-            .get("out")
-            .expect("added in new")
-            .sink()
-            .frame(&mut f)
-            .is_ok()
-        {
-            v.push(f.clone());
+        loop {
+            let mut f = frame::Video::empty();
+            if self
+                .graph
+                .get("out")
+                .expect("added in new")
+                .sink()
+                .frame(&mut f)
+                .is_err()
+            {
+                return v;
+            }
+            v.push(f);
         }
-        v
     }
 
-    fn drain(&mut self, clock: &mut Clock, outs: &mut [VideoOut]) -> Result<(), MediaError> {
-        for mut f in self.drain_frames() {
-            encode_frame(&mut f, clock, outs)?;
+    fn drain(&mut self, clock: &mut Clock, outs: &mut Fanout<RungSink>) -> Result<(), MediaError> {
+        for f in self.drain_frames() {
+            encode_frame(f, clock, outs)?;
         }
         Ok(())
     }
@@ -730,7 +764,8 @@ impl VideoOut {
         })
     }
 
-    fn push_frame(&mut self, input: &frame::Video, pts: i64) -> Result<(), MediaError> {
+    /// Scales and encodes one frame; returns the scaled frame (before any upload to a device).
+    fn push_frame(&mut self, input: &frame::Video, pts: i64) -> Result<frame::Video, MediaError> {
         let stale = self.scaler.as_ref().is_none_or(|s| {
             s.input().width != input.width()
                 || s.input().height != input.height()
@@ -762,14 +797,16 @@ impl VideoOut {
         self.last_pts = Some(pts);
         scaled.set_pts(Some(pts));
         scaled.set_kind(input.kind());
-        let frame = match &self.hw {
-            Some(hw) => hw.upload(&scaled)?,
-            None => scaled,
+        let sent = match &self.hw {
+            Some(hw) => {
+                let uploaded: frame::Video = hw.upload(&scaled)?;
+                self.encoder.send_frame(&uploaded)
+            }
+            None => self.encoder.send_frame(&scaled),
         };
-        self.encoder
-            .send_frame(&frame)
-            .map_err(MediaError::ffmpeg("encoding video"))?;
-        self.drain_encoder()
+        sent.map_err(MediaError::ffmpeg("encoding video"))?;
+        self.drain_encoder()?;
+        Ok(scaled)
     }
 
     fn drain_encoder(&mut self) -> Result<(), MediaError> {

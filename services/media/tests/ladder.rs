@@ -75,12 +75,26 @@ fn probe_reads_the_sample_clip() {
 
 #[test]
 fn one_decode_ladder_keeps_every_frame_on_every_rung() {
+    // A thread per rung (240p scaled from 480p), and every rung inline on one thread.
+    for threads in [None, Some(1)] {
+        one_decode_ladder_keeps_every_frame(threads);
+    }
+}
+
+fn one_decode_ladder_keeps_every_frame(threads: Option<usize>) {
     let dir = tempfile::tempdir().unwrap();
     let src = media("bigbuckbunny.mp4");
     let source = probe(&src, &Limits::default(), Deadline::none()).unwrap();
-    let req = ladder_request(&src, dir.path());
+    let mut req = ladder_request(&src, dir.path());
+    req.threads = threads;
     assert_eq!(req.outputs.len(), 4, "240p..720p for a 720p source");
     let reports = transcode_ladder(&req).unwrap();
+    let names: Vec<_> = reports.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["240p", "360p", "480p", "720p"],
+        "in the order asked"
+    );
     for r in &reports {
         let out = probe(&r.path, &Limits::default(), Deadline::none()).unwrap();
         assert_eq!(out.video.frames, source.video.frames, "{}", r.name);
@@ -190,5 +204,44 @@ fn expired_deadline_stops_and_leaves_no_output() {
     assert_eq!(err.code(), ErrorCode::TranscodeTimeout);
     for o in &req.outputs {
         assert!(!o.path.exists(), "{} left behind", o.path.display());
+    }
+}
+
+#[test]
+fn every_codec_stays_under_its_rungs_peak_rate() {
+    // At a quality setting far above what the rung allows, the rung's cap decides the rate:
+    // x264's and x265's VBV, SVT-AV1's capped CRF. (Uncapped, this clip takes 200 to 700 kb/s.)
+    let src = media("carphone_pristine.mp4");
+    let dir = tempfile::tempdir().unwrap();
+    let cap = 60_000;
+    let rung = vtx_domain::Rung {
+        name: "144p".into(),
+        width: 176,
+        height: 144,
+        max_bitrate: cap,
+    };
+    for (tier, codecs) in [
+        (Tier::Fast, &[VideoCodec::H264][..]),
+        (Tier::Extreme, &[VideoCodec::Hevc, VideoCodec::Av1][..]),
+    ] {
+        let outputs = codecs
+            .iter()
+            .map(|&codec| RenditionOutput {
+                rung: rung.clone(),
+                codec,
+                path: dir.path().join(format!("{}.mp4", codec.label())),
+            })
+            .collect();
+        let mut req = TranscodeRequest::new(&src, outputs, tier);
+        req.crf = Some(12);
+        for r in transcode_ladder(&req).unwrap() {
+            // The 4 s clip may spend the VBV buffer (2 s at the cap) on top of the cap itself.
+            assert!(
+                r.bitrate < u64::from(cap) * 3 / 2,
+                "{:?}: {} b/s against a cap of {cap}",
+                r.codec,
+                r.bitrate
+            );
+        }
     }
 }
