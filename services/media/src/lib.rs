@@ -4,11 +4,11 @@
 //! dedicated thread, and pass a [`Deadline`] so that untrusted input cannot hold a thread forever.
 
 mod audio;
+mod cascade;
 mod chunk;
 mod cover;
 mod encoder;
 mod error;
-mod fanout;
 mod hls;
 mod hw;
 mod merge;

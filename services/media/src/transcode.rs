@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use vtx_domain::Rung;
 
 use crate::audio::AudioPipe;
+use crate::cascade::{cascade_parents, feeding_order};
 use crate::encoder::{Tier, VideoCodec, codec_string, encoder_options};
-use crate::fanout::{Fanout, Item, Sink, cascade_parents};
 use crate::hw::{HwFrames, needs_device_frames};
 use crate::probe::{next_packet, nominal_frame_rate, open_input, rational_to_f64};
 use crate::{Deadline, MediaError};
@@ -192,8 +192,7 @@ fn run(req: &TranscodeRequest) -> Result<Vec<RenditionReport>, MediaError> {
     let gop = (req.gop_seconds * rational_to_f64(frame_rate).unwrap_or(25.0))
         .round()
         .max(1.0) as u32;
-    let has_audio = audio.is_some();
-    let rungs = req
+    let outs = req
         .outputs
         .iter()
         .map(|o| {
@@ -205,15 +204,9 @@ fn run(req: &TranscodeRequest) -> Result<Vec<RenditionReport>, MediaError> {
                 gop,
                 audio.as_ref().map(|a| a.encoder()),
             )
-            .map(|out| RungSink { out, has_audio })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let sizes: Vec<_> = req
-        .outputs
-        .iter()
-        .map(|o| (o.rung.width, o.rung.height))
-        .collect();
-    let mut outs = Fanout::new(rungs, cascade_parents(&sizes), req.threads != Some(1))?;
+    let mut outs = Rungs::new(outs);
 
     let offset_tb = req
         .window
@@ -260,38 +253,51 @@ fn run(req: &TranscodeRequest) -> Result<Vec<RenditionReport>, MediaError> {
     if let Some(a) = audio.as_mut() {
         a.finish(&mut |p, tb| write_audio_all(&mut outs, p, tb))?;
     }
-    outs.finish()
+    let has_audio = audio.is_some();
+    outs.outs.into_iter().map(|o| o.finish(has_audio)).collect()
 }
 
-fn write_audio_all(
-    outs: &mut Fanout<RungSink>,
-    pkt: &Packet,
-    tb: Rational,
-) -> Result<(), MediaError> {
-    outs.send(Item::Audio(Arc::new(pkt.clone()), tb))
-}
-
-/// A rung's encoder and muxer as the fan-out drives them, on the thread of its rung.
-struct RungSink {
-    out: VideoOut,
-    has_audio: bool,
-}
-
-// SAFETY: a rung is used by one thread at a time (it is moved to its rung's thread and stays
-// there). What keeps `VideoOut` from being `Send` is the swscale context, which holds no
-// thread-local state; the codec and format contexts are `Send` in ffmpeg-next.
-unsafe impl Send for RungSink {}
-
-impl Sink for RungSink {
-    type Report = RenditionReport;
-    fn video(&mut self, frame: &frame::Video, pts: i64) -> Result<frame::Video, MediaError> {
-        self.out.push_frame(frame, pts)
+fn write_audio_all(outs: &mut Rungs, pkt: &Packet, tb: Rational) -> Result<(), MediaError> {
+    for out in outs.outs.iter_mut() {
+        out.write_audio(pkt, tb)?;
     }
-    fn audio(&mut self, packet: &Packet, time_base: Rational) -> Result<(), MediaError> {
-        self.out.write_audio(packet, time_base)
+    Ok(())
+}
+
+/// The ladder's rungs, each fed the decoded frame or a larger rung's scaled one (`cascade`).
+///
+/// They run one after another on the decoding thread; the encoders have threads of their own.
+/// (A thread per rung was tried and dropped: no faster on 2 cores, and its short-lived threads
+/// took malloc arenas shared with the idle-class threads of extreme encodes, which then held
+/// the fast tier up by 10 to 40% in `vtx bench extreme --priority-only`.)
+struct Rungs {
+    outs: Vec<VideoOut>,
+    parents: Vec<Option<usize>>,
+    order: Vec<usize>,
+}
+
+impl Rungs {
+    fn new(outs: Vec<VideoOut>) -> Self {
+        let sizes: Vec<_> = outs.iter().map(|o| (o.width, o.height)).collect();
+        let parents = cascade_parents(&sizes);
+        let order = feeding_order(&parents);
+        Self {
+            outs,
+            parents,
+            order,
+        }
     }
-    fn finish(self) -> Result<RenditionReport, MediaError> {
-        self.out.finish(self.has_audio)
+
+    fn push(&mut self, f: &frame::Video, pts: i64) -> Result<(), MediaError> {
+        let mut scaled: Vec<Option<frame::Video>> = self.outs.iter().map(|_| None).collect();
+        for &i in &self.order {
+            let input = match self.parents[i] {
+                None => f,
+                Some(p) => scaled[p].as_ref().expect("parents are fed first"),
+            };
+            scaled[i] = Some(self.outs[i].push_frame(input, pts)?);
+        }
+        Ok(())
     }
 }
 
@@ -340,11 +346,10 @@ fn drain_decoder(
     dec: &mut ffmpeg_next::decoder::Video,
     post: &mut Option<PostDecode>,
     clock: &mut Clock,
-    outs: &mut Fanout<RungSink>,
+    outs: &mut Rungs,
 ) -> Result<(), MediaError> {
+    let mut decoded = frame::Video::empty();
     loop {
-        // A fresh frame each time: the rungs may still hold the previous one.
-        let mut decoded = frame::Video::empty();
         match dec.receive_frame(&mut decoded) {
             Ok(()) => {}
             Err(ffmpeg_next::Error::Eof) => return Ok(()),
@@ -362,15 +367,15 @@ fn drain_decoder(
                 p.push(&decoded)?;
                 p.drain(clock, outs)?;
             }
-            None => encode_frame(decoded, clock, outs)?,
+            None => encode_frame(&mut decoded, clock, outs)?,
         }
     }
 }
 
 fn encode_frame(
-    mut f: frame::Video,
+    f: &mut frame::Video,
     clock: &mut Clock,
-    outs: &mut Fanout<RungSink>,
+    outs: &mut Rungs,
 ) -> Result<(), MediaError> {
     let Some((pts, key)) = f.pts().and_then(|p| clock.place(p)) else {
         return Ok(());
@@ -381,7 +386,7 @@ fn encode_frame(
     } else {
         picture::Type::None
     });
-    outs.send(Item::Video(Arc::new(f), pts))?;
+    outs.push(f, pts)?;
     clock.tick();
     Ok(())
 }
@@ -494,9 +499,9 @@ impl PostDecode {
         }
     }
 
-    fn drain(&mut self, clock: &mut Clock, outs: &mut Fanout<RungSink>) -> Result<(), MediaError> {
-        for f in self.drain_frames() {
-            encode_frame(f, clock, outs)?;
+    fn drain(&mut self, clock: &mut Clock, outs: &mut Rungs) -> Result<(), MediaError> {
+        for mut f in self.drain_frames() {
+            encode_frame(&mut f, clock, outs)?;
         }
         Ok(())
     }

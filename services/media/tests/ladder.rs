@@ -75,7 +75,8 @@ fn probe_reads_the_sample_clip() {
 
 #[test]
 fn one_decode_ladder_keeps_every_frame_on_every_rung() {
-    // A thread per rung (240p scaled from 480p), and every rung inline on one thread.
+    // Encoders with threads of their own, and single-threaded ones (slices on one-core
+    // workers); 240p is scaled from 480p in both.
     for threads in [None, Some(1)] {
         one_decode_ladder_keeps_every_frame(threads);
     }
