@@ -107,6 +107,10 @@ pub struct TierView {
     /// Time encoding slices (start to last slice), then merging (to live), in milliseconds.
     pub encode_ms: Option<u64>,
     pub merge_ms: Option<u64>,
+    /// Frames of the source this tier could not decode and concealed (the frame before shown
+    /// again in their place).
+    #[serde(default)]
+    pub concealed_video_frames: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -118,6 +122,9 @@ pub struct JobView {
     pub error: Option<ErrorDetail>,
     /// In order: the first publishes, each later one replaces the one before.
     pub tiers: Vec<TierView>,
+    /// Audio frames of the source that could not be decoded and were concealed with silence.
+    #[serde(default)]
+    pub concealed_audio_frames: u64,
     /// Waiting in the queue and planning (created to scheduled), in milliseconds.
     pub planning_ms: Option<u64>,
     pub created_at: String,
@@ -193,6 +200,10 @@ pub struct VideoView {
     pub published_at: Option<String>,
     /// The newest job working on this video.
     pub job_id: Option<JobId>,
+    /// Frames of the source that could not be decoded and were concealed (by the newest job),
+    /// when there were any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concealed: Option<crate::damage::Concealed>,
     /// Present once the video was picked for an extreme encode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extreme: Option<ExtremeView>,

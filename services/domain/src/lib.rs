@@ -5,6 +5,7 @@
 //! rules here can be read and tested on their own.
 
 pub mod api;
+pub mod damage;
 pub mod error_code;
 pub mod hls;
 pub mod hotness;

@@ -45,6 +45,9 @@ pub struct ChunkEncode {
     pub display_height: u32,
     pub has_audio: bool,
     pub renditions: Vec<ChunkRendition>,
+    /// Frames of the chunk that could not be decoded and were concealed.
+    #[serde(default)]
+    pub concealed_video_frames: u64,
 }
 
 impl ChunkEncode {
@@ -250,6 +253,7 @@ mod tests {
             display_height: 360,
             has_audio: true,
             renditions: vec![rendition(&[(2.0, 1)])],
+            concealed_video_frames: 0,
         };
         assert!(check_chunks(&[c(640), c(640)]).is_ok());
         let mut other_rate = c(640);

@@ -65,6 +65,10 @@ pub struct JobPlan {
     pub frames: u64,
     pub duration_seconds: f64,
     pub has_audio: bool,
+    /// How long the source's audio starts before its first shown frame (plan time base; 0 when
+    /// it starts with or after it). Outputs keep that lead: their video starts this late.
+    #[serde(default)]
+    pub audio_lead: i64,
     pub slices: Vec<SliceWindow>,
 }
 
@@ -99,6 +103,7 @@ mod tests {
             frames: 243,
             duration_seconds: 9.7,
             has_audio: true,
+            audio_lead: 0,
             slices: vec![
                 SliceWindow {
                     index: 0,

@@ -5,6 +5,7 @@ use axum::extract::{Path, Query, State};
 use vtx_domain::api::{
     ErrorDetail, ExtremeView, JobView, Playback, RenditionView, TierView, VideoView,
 };
+use vtx_domain::damage::Concealed;
 use vtx_domain::{JobId, VideoId, VideoState};
 use vtx_infra::db::{self, JobRow, TierRow};
 
@@ -39,6 +40,7 @@ fn tier_view(t: TierRow) -> TierView {
         started_at: t.started_at.map(rfc3339),
         encoded_at: t.encoded_at.map(rfc3339),
         finished_at: t.finished_at.map(rfc3339),
+        concealed_video_frames: t.concealed_video_frames.max(0) as u64,
     }
 }
 
@@ -50,6 +52,7 @@ fn job_view(j: JobRow, tiers: Vec<TierRow>) -> JobView {
         attempts: j.attempts.max(0) as u32,
         error: error_detail(j.error_code, j.error_message),
         tiers: tiers.into_iter().map(tier_view).collect(),
+        concealed_audio_frames: j.concealed_audio_frames.max(0) as u64,
         planning_ms: millis(Some(j.created_at), j.scheduled_at),
         created_at: rfc3339(j.created_at),
         scheduled_at: j.scheduled_at.map(rfc3339),
@@ -166,10 +169,24 @@ pub async fn video(
             score: score.max(0) as u64,
             verdicts: verdicts.map(|v| v.0).unwrap_or(serde_json::Value::Null),
         });
-    let job_id = db::jobs_of_video(&state.pool, id)
-        .await?
-        .first()
-        .map(|j| JobId::from_uuid(j.id));
+    let newest = db::jobs_of_video(&state.pool, id).await?.into_iter().next();
+    let job_id = newest.as_ref().map(|j| JobId::from_uuid(j.id));
+    // Every tier decodes the same source: the most any of them concealed.
+    let concealed = match &newest {
+        Some(j) => {
+            let tiers = db::tiers_of_job(&state.pool, JobId::from_uuid(j.id)).await?;
+            let c = Concealed {
+                video_frames: tiers
+                    .iter()
+                    .map(|t| t.concealed_video_frames.max(0) as u64)
+                    .max()
+                    .unwrap_or(0),
+                audio_frames: j.concealed_audio_frames.max(0) as u64,
+            };
+            (c != Concealed::default()).then_some(c)
+        }
+        None => None,
+    };
     Ok(Json(VideoView {
         id,
         state: v.state,
@@ -183,6 +200,7 @@ pub async fn video(
         live_tier: v.live_tier,
         published_at: v.published_at.map(rfc3339),
         job_id,
+        concealed,
         extreme,
         created_at: rfc3339(v.created_at),
         updated_at: rfc3339(v.updated_at),

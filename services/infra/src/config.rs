@@ -172,6 +172,10 @@ pub struct WorkerConfig {
     /// `VTX_H264_ENCODER`: preferred H.264 encoder (h264_nvenc, h264_qsv, h264_vaapi); when it
     /// cannot be opened, workers fall back to libx264. Empty: the best one detected.
     pub h264_encoder: Option<String>,
+    /// `VTX_DAMAGE_MAX_SHARE` (0.01) and `VTX_DAMAGE_MAX_RUN_SECS` (1): undecodable frames of a
+    /// source are concealed up to this share of its frames and this long a run; beyond, the
+    /// source fails as `corrupt-stream`.
+    pub damage: vtx_domain::damage::DamagePolicy,
 }
 
 impl Config {
@@ -226,6 +230,10 @@ impl Config {
                 max_source_seconds: env.parse("VTX_MAX_SOURCE_SECONDS", 3600)?,
                 lease: Duration::from_secs(env.parse("VTX_LEASE_SECS", 30)?),
                 h264_encoder: get("VTX_H264_ENCODER").filter(|s| !s.is_empty()),
+                damage: vtx_domain::damage::DamagePolicy {
+                    max_share: env.parse("VTX_DAMAGE_MAX_SHARE", 0.01)?,
+                    max_run_seconds: env.parse("VTX_DAMAGE_MAX_RUN_SECS", 1.0)?,
+                },
             },
             pipeline: PipelineConfig {
                 tiers: env

@@ -32,6 +32,7 @@ async fn planned_job(pool: &PgPool, slices: u32) -> JobId {
         frames: u64::from(slices) * 25,
         duration_seconds: f64::from(slices),
         has_audio: false,
+        audio_lead: 0,
         slices: (0..slices)
             .map(|i| SliceWindow {
                 index: i,
@@ -41,12 +42,12 @@ async fn planned_job(pool: &PgPool, slices: u32) -> JobId {
             .collect(),
     };
     assert!(
-        db::record_plan(pool, job, &plan, None, &[Tier::Fast, Tier::High])
+        db::record_plan(pool, job, &plan, None, 0, &[Tier::Fast, Tier::High])
             .await
             .unwrap()
     );
     assert!(
-        !db::record_plan(pool, job, &plan, None, &[Tier::Fast])
+        !db::record_plan(pool, job, &plan, None, 0, &[Tier::Fast])
             .await
             .unwrap(),
         "planned once"
@@ -85,7 +86,7 @@ async fn concurrent_and_duplicate_completions_queue_exactly_one_merge(pool: PgPo
     for i in (0..n).chain(0..n) {
         let pool = pool.clone();
         set.spawn(async move {
-            db::complete_slice(&pool, job, Tier::Fast, i, "w")
+            db::complete_slice(&pool, job, Tier::Fast, i, "w", 0)
                 .await
                 .unwrap()
         });
@@ -164,7 +165,7 @@ async fn a_merge_that_never_finishes_fails_its_job_instead_of_hanging(pool: PgPo
     db::claim_slice(&pool, job, Tier::Fast, 0, "w", Duration::from_secs(30))
         .await
         .unwrap();
-    db::complete_slice(&pool, job, Tier::Fast, 0, "w")
+    db::complete_slice(&pool, job, Tier::Fast, 0, "w", 0)
         .await
         .unwrap();
     assert!(

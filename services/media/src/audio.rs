@@ -5,6 +5,7 @@ use std::path::Path;
 
 use ffmpeg_next::{Packet, Rational, Rescale, codec, encoder, filter, format, frame, media};
 
+use crate::conceal::DamagePolicy;
 use crate::probe::{next_packet, open_input};
 use crate::{Deadline, MediaError};
 
@@ -23,6 +24,14 @@ pub(crate) struct AudioPipe {
     end: Option<i64>,
     in_tb: Rational,
     next_pts: Option<i64>,
+    /// Where the decoded audio should go on next (input time base): a decoded frame that starts
+    /// later follows lost packets, whose time is filled with silence.
+    next_in: Option<i64>,
+    /// Decoded frames, and frames' worth of silence put in for lost ones (the longest run of
+    /// them too, in seconds).
+    decoded_frames: u64,
+    concealed_frames: u64,
+    longest_gap_seconds: f64,
 }
 
 impl AudioPipe {
@@ -37,8 +46,22 @@ impl AudioPipe {
         let in_tb = stream.time_base();
         let ctx = codec::context::Context::from_parameters(stream.parameters())
             .map_err(MediaError::ffmpeg("reading audio parameters"))?;
-        let decoder = ctx
-            .decoder()
+        let mut decoder = ctx.decoder();
+        if matches!(
+            stream.parameters().id(),
+            codec::Id::AC3 | codec::Id::EAC3 | codec::Id::MP2 | codec::Id::MP3
+        ) {
+            // A frame that fails its CRC is refused rather than played as noise (or as the
+            // previous block again): its time becomes silence, and it is counted.
+            // SAFETY: a plain field of a context not yet opened.
+            unsafe {
+                (*decoder.as_mut_ptr()).err_recognition =
+                    ffmpeg_next::ffi::AV_EF_CRCCHECK | ffmpeg_next::ffi::AV_EF_EXPLODE;
+            }
+        }
+        // The decoder moves a frame's time past the samples it skips (priming) in this base.
+        decoder.set_packet_time_base(in_tb);
+        let decoder = decoder
             .audio()
             .map_err(|e| MediaError::UnsupportedCodec(format!("audio decoder: {e}")))?;
 
@@ -130,6 +153,10 @@ impl AudioPipe {
             end: end.map(|e| (e - zero).rescale(in_tb, Rational(1, rate))),
             in_tb,
             next_pts: None,
+            next_in: None,
+            decoded_frames: 0,
+            concealed_frames: 0,
+            longest_gap_seconds: 0.0,
         })
     }
 
@@ -146,10 +173,24 @@ impl AudioPipe {
         pkt: &Packet,
         emit: &mut Emit<'_>,
     ) -> Result<(), MediaError> {
-        self.decoder
-            .send_packet(pkt)
-            .map_err(|e| MediaError::CorruptStream(format!("decoding audio: {e}")))?;
+        // A packet the decoder refuses is lost: its time is filled with silence once the next
+        // frame comes out (as the `ffmpeg` command line goes on past it).
+        if let Err(e) = self.decoder.send_packet(pkt) {
+            tracing::debug!(error = %e, "undecodable audio packet");
+        }
         self.drain_decoder(emit)
+    }
+
+    /// Concealed audio frames, once the input is done; fails past `policy`.
+    pub(crate) fn concealed(&self, policy: &DamagePolicy) -> Result<u64, MediaError> {
+        let frames = self.concealed_frames;
+        policy
+            .check_run("audio", frames, self.longest_gap_seconds)
+            .map_err(MediaError::CorruptStream)?;
+        policy
+            .check_share("audio", frames, self.decoded_frames + frames)
+            .map_err(MediaError::CorruptStream)?;
+        Ok(frames)
     }
 
     fn drain_decoder(&mut self, emit: &mut Emit<'_>) -> Result<(), MediaError> {
@@ -163,18 +204,55 @@ impl AudioPipe {
                 {
                     return Ok(());
                 }
-                Err(e) => return Err(MediaError::CorruptStream(format!("decoding audio: {e}"))),
+                Err(e) => {
+                    tracing::debug!(error = %e, "undecodable audio frame");
+                    return Ok(());
+                }
             }
-            let ts = decoded.timestamp();
+            // The frame's own time: the decoder moves it past samples it skipped (priming an
+            // edit list hides, MP3's encoder delay), which the best-effort time does not.
+            let ts = decoded.pts().or(decoded.timestamp());
             decoded.set_pts(ts);
-            self.graph
-                .get("in")
-                .expect("added in new")
-                .source()
-                .add(&decoded)
-                .map_err(MediaError::ffmpeg("filtering audio"))?;
-            self.drain_graph(emit)?;
+            if decoded.samples() == 0 || decoded.rate() == 0 {
+                continue;
+            }
+            self.decoded_frames += 1;
+            let rate_tb = Rational(1, decoded.rate() as i32);
+            if let (Some(t), Some(expected)) = (ts, self.next_in) {
+                let gap = (t - expected).rescale(self.in_tb, rate_tb);
+                // More than half a frame missing: lost packets. Their time is silence.
+                if gap > decoded.samples() as i64 / 2 {
+                    tracing::debug!(
+                        gap,
+                        t,
+                        expected,
+                        samples = decoded.samples(),
+                        "audio gap filled with silence"
+                    );
+                    let silence = silence_like(&decoded, gap as usize, expected)?;
+                    self.concealed_frames += (gap as u64).div_ceil(decoded.samples() as u64);
+                    self.longest_gap_seconds = self
+                        .longest_gap_seconds
+                        .max(gap as f64 / f64::from(decoded.rate()));
+                    self.filter(&silence, emit)?;
+                }
+            }
+            if let Some(t) = ts {
+                let end = t + (decoded.samples() as i64).rescale(rate_tb, self.in_tb);
+                self.next_in = Some(self.next_in.map_or(end, |n| n.max(end)));
+            }
+            self.filter(&decoded, emit)?;
         }
+    }
+
+    fn filter(&mut self, f: &frame::Audio, emit: &mut Emit<'_>) -> Result<(), MediaError> {
+        self.graph
+            .get("in")
+            .expect("added in new")
+            .source()
+            .add(f)
+            .map_err(MediaError::ffmpeg("filtering audio"))?;
+        self.drain_graph(emit)
     }
 
     fn drain_graph(&mut self, emit: &mut Emit<'_>) -> Result<(), MediaError> {
@@ -244,22 +322,25 @@ impl AudioPipe {
 }
 
 /// Encodes the audio of `input` once to AAC in `out` (MP4), timed so that 0 is the input's
-/// video time `video_zero` and cut at `video_end` (both in `video_tb`), so audio and video start
-/// and end together. Returns false, writing nothing, when there is no audio.
+/// video time `video_zero` (in `video_tb`): audio and video keep the source's offset, and the
+/// audio runs to its own end. Lost audio frames are concealed with silence (past `damage`, the input
+/// is refused). Returns how many were concealed, or `None`, writing nothing, when there is no
+/// audio.
 pub fn encode_audio(
     input: &Path,
     out: &Path,
     video_zero: i64,
-    video_end: i64,
     video_tb: (i32, i32),
+    damage: DamagePolicy,
     deadline: Deadline,
-) -> Result<bool, MediaError> {
+) -> Result<Option<u64>, MediaError> {
     crate::init();
     let result = encode_audio_inner(
         input,
         out,
-        (video_zero, video_end),
+        video_zero,
         Rational(video_tb.0, video_tb.1),
+        damage,
         deadline,
     );
     if result.is_err() {
@@ -271,20 +352,17 @@ pub fn encode_audio(
 fn encode_audio_inner(
     input: &Path,
     out: &Path,
-    (video_zero, video_end): (i64, i64),
+    video_zero: i64,
     video_tb: Rational,
+    damage: DamagePolicy,
     deadline: Deadline,
-) -> Result<bool, MediaError> {
+) -> Result<Option<u64>, MediaError> {
     let mut ictx = open_input(input)?;
     let Some(stream) = ictx.streams().best(media::Type::Audio) else {
-        return Ok(false);
+        return Ok(None);
     };
     let atb = stream.time_base();
-    let mut pipe = AudioPipe::new(
-        &stream,
-        video_zero.rescale(video_tb, atb),
-        Some(video_end.rescale(video_tb, atb)),
-    )?;
+    let mut pipe = AudioPipe::new(&stream, video_zero.rescale(video_tb, atb), None)?;
     let mut octx =
         format::output_as(out, "mp4").map_err(MediaError::ffmpeg("creating the audio file"))?;
     {
@@ -316,7 +394,33 @@ fn encode_audio_inner(
         }
     }
     pipe.finish(&mut emit)?;
+    let concealed = pipe.concealed(&damage)?;
     octx.write_trailer()
         .map_err(MediaError::ffmpeg("finishing the audio file"))?;
-    Ok(true)
+    Ok(Some(concealed))
+}
+
+/// `samples` of silence in `like`'s format, starting at `pts` (`like`'s time base).
+fn silence_like(like: &frame::Audio, samples: usize, pts: i64) -> Result<frame::Audio, MediaError> {
+    let mut f = frame::Audio::new(like.format(), samples, like.channel_layout());
+    f.set_rate(like.rate());
+    f.set_channels(like.channels());
+    f.set_pts(Some(pts));
+    // SAFETY: the frame's buffers were just allocated for `samples` samples of its format.
+    let ret = unsafe {
+        let p = f.as_mut_ptr();
+        ffmpeg_next::ffi::av_samples_set_silence(
+            (*p).extended_data,
+            0,
+            samples as i32,
+            i32::from(like.channels()),
+            std::mem::transmute::<i32, ffmpeg_next::ffi::AVSampleFormat>((*p).format),
+        )
+    };
+    if ret < 0 {
+        return Err(MediaError::ffmpeg("making silence")(
+            ffmpeg_next::Error::from(ret),
+        ));
+    }
+    Ok(f)
 }

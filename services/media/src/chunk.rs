@@ -121,7 +121,9 @@ struct ChunkWriter {
 /// Remuxes `input` into MPEG-TS chunks of at least `target_seconds` each (cut only at video
 /// keyframes) under `dir`, named `chunk-00000.ts`, ... The video stream and the best audio
 /// stream are kept; timestamps are kept as they are (shifted only so none is negative), so the
-/// chunks concatenated are one continuous stream. On error no chunk file is left behind.
+/// chunks concatenated are one continuous stream. Every audio packet goes into the chunk whose
+/// video span holds its time (audio before the first frame into the first chunk, after the last
+/// into the last), wherever the file stores it. On error no chunk file is left behind.
 pub fn cut_chunks(
     input: &Path,
     dir: &Path,
@@ -139,6 +141,24 @@ pub fn cut_chunks(
     result
 }
 
+/// Chunks kept open at once while the audio stored in the file lags behind the video.
+const MAX_OPEN_CHUNKS: usize = 8;
+
+/// The kept streams: input stream index, output stream index, input time base, parameters.
+type KeptStream = (usize, usize, Rational, codec::Parameters);
+
+/// Where the chunks start, read from every packet's timestamps before anything is written.
+struct CutPlan {
+    /// Added to every timestamp (seconds) so that none is negative.
+    shift_seconds: f64,
+    /// Each chunk's first video packet, counted among the kept video packets in decode order.
+    cut_packets: Vec<u64>,
+    /// Each chunk's start (its keyframe's presentation time), seconds on the shifted clock.
+    starts: Vec<f64>,
+    /// The last frame's end, seconds on the shifted clock.
+    video_end: f64,
+}
+
 fn cut_inner(
     input: &Path,
     dir: &Path,
@@ -146,19 +166,19 @@ fn cut_inner(
     deadline: Deadline,
     made: &mut Vec<PathBuf>,
 ) -> Result<Vec<CutChunk>, MediaError> {
-    let mut ictx = open_input(input)?;
+    let ictx = open_input(input)?;
     let video = ictx
         .streams()
         .best(media::Type::Video)
         .ok_or(MediaError::NoVideoStream)?;
     let v_index = video.index();
     let audio = ictx.streams().best(media::Type::Audio).map(|s| s.index());
-    // Input stream index -> (output stream index, input time base, parameters).
-    let mut streams: Vec<(usize, usize, Rational, codec::Parameters)> = Vec::new();
+    let mut streams: Vec<KeptStream> = Vec::new();
     for (out, idx) in std::iter::once(v_index).chain(audio).enumerate() {
         let s = ictx.stream(idx).expect("index from the same context");
         streams.push((idx, out, s.time_base(), s.parameters()));
     }
+    drop(ictx);
     let v_codec = streams[0].3.id();
     if !matches!(
         v_codec,
@@ -177,32 +197,31 @@ fn cut_inner(
             return Err(cannot_cut(format!("{id:?} audio does not go into MPEG-TS")));
         }
     }
+    let plan = plan_cuts(input, &streams, v_index, target_seconds, deadline)?;
+    write_chunks(input, dir, &streams, v_index, &plan, deadline, made)
+}
 
-    // First pass, over the opening packets: the offset that keeps every timestamp
-    // non-negative must be known before the first chunk is written (MPEG-TS has no negative
-    // timestamps; B-frames give MP4 sources negative decode times).
-    let mut min_seconds = 0.0f64;
-    let mut packet = Packet::empty();
-    let mut scanned = 0;
-    while scanned < 600 && next_packet(&mut ictx, &mut packet)? {
-        deadline.check()?;
-        if let Some(&(_, _, tb, _)) = streams.iter().find(|s| s.0 == packet.stream()) {
-            scanned += 1;
-            if let Some(t) = packet.dts().or(packet.pts()) {
-                min_seconds = min_seconds.min(t as f64 * f64::from(tb));
-            }
-        }
-    }
-    drop(ictx);
-    let shift_seconds = -min_seconds;
+/// First pass: every packet's timestamps, nothing written. MPEG-TS has no negative timestamps
+/// (B-frames give MP4 sources negative decode times, audio may start before video), so the
+/// shift must be known before the first chunk is written; and where audio goes depends on where
+/// the chunks start, which the file may store after that audio.
+fn plan_cuts(
+    input: &Path,
+    streams: &[KeptStream],
+    v_index: usize,
+    target_seconds: f64,
+    deadline: Deadline,
+) -> Result<CutPlan, MediaError> {
     let mut ictx = open_input(input)?;
-
-    let mut chunks = Vec::new();
-    let mut writer: Option<ChunkWriter> = None;
-    let mut video_end = 0.0f64;
+    let mut packet = Packet::empty();
+    let mut min_seconds = 0.0f64;
+    let mut cut_packets = Vec::new();
+    let mut starts = Vec::new();
+    let mut video_packets = 0u64;
+    let mut video_end = f64::MIN;
     while next_packet(&mut ictx, &mut packet)? {
         deadline.check()?;
-        let Some(&(_, out, in_tb, _)) = streams.iter().find(|s| s.0 == packet.stream()) else {
+        let Some(&(_, _, tb, _)) = streams.iter().find(|s| s.0 == packet.stream()) else {
             continue;
         };
         let is_video = packet.stream() == v_index;
@@ -211,47 +230,117 @@ fn cut_inner(
                 // An edit list hides these frames; MPEG-TS cannot say so.
                 return Err(cannot_cut("the video has an edit list that hides frames"));
             }
-            continue; // audio priming: dropped
+            continue; // audio priming an edit list hides: dropped
         }
-        let seconds = |t: i64| t as f64 * f64::from(in_tb) + shift_seconds;
-        if is_video && let Some(pts) = packet.pts() {
-            video_end = video_end.max(seconds(pts + packet.duration().max(0)));
-        }
-        let starts_chunk = is_video
-            && packet.is_key()
-            && match &writer {
-                None => true,
-                Some(w) => packet
-                    .pts()
-                    .is_some_and(|pts| seconds(pts) - w.start_seconds >= target_seconds),
-            };
-        if starts_chunk {
-            let start_seconds = packet.pts().map(seconds).unwrap_or(video_end);
-            if let Some(w) = writer.take() {
-                chunks.push(finish(w, start_seconds)?);
-            }
-            let index = chunks.len() as u32;
-            let path = dir.join(format!("chunk-{index:05}.ts"));
-            made.push(path.clone());
-            writer = Some(open_chunk(&path, index, start_seconds, &streams)?);
-        }
-        let Some(w) = writer.as_mut() else {
-            continue; // audio before the first video keyframe: no chunk holds it
+        let seconds = |t: i64| t as f64 * f64::from(tb);
+        let (Some(pts), Some(dts)) = (packet.pts(), packet.dts()) else {
+            // The MPEG-TS muxer needs both on every packet ("first pts and dts value must be
+            // set"); guessing them would re-time the source.
+            return Err(cannot_cut(
+                "packets without presentation or decode times (MPEG-TS needs both)",
+            ));
         };
-        // A frame after a cut shown before the cut's keyframe is an open GOP's leading frame:
-        // it needs the previous chunk's frames to decode, so it would be lost at the join.
-        if is_video
-            && !starts_chunk
-            && w.index > 0
-            && packet
-                .pts()
-                .is_some_and(|pts| seconds(pts) < w.start_seconds - 1e-6)
+        min_seconds = min_seconds.min(seconds(dts)).min(seconds(pts));
+        if !is_video {
+            continue;
+        }
+        video_end = video_end.max(seconds(pts + packet.duration().max(0)));
+        let starts_chunk = packet.is_key()
+            && starts
+                .last()
+                .is_none_or(|&s: &f64| seconds(pts) - s >= target_seconds);
+        if starts_chunk {
+            cut_packets.push(video_packets);
+            starts.push(seconds(pts));
+        } else if let Some(&start) = starts.last()
+            && starts.len() > 1
+            && seconds(pts) < start - 1e-6
         {
+            // A frame after a cut shown before the cut's keyframe is an open GOP's leading
+            // frame: it needs the previous chunk's frames to decode, so it would be lost.
             return Err(cannot_cut(
                 "open GOPs: frames after a keyframe are shown before it",
             ));
         }
-        let shift = (shift_seconds / f64::from(in_tb)).ceil() as i64;
+        if !starts.is_empty() {
+            video_packets += 1;
+        }
+    }
+    if starts.is_empty() {
+        return Err(MediaError::CorruptStream("no video keyframe".into()));
+    }
+    let shift_seconds = -min_seconds;
+    Ok(CutPlan {
+        shift_seconds,
+        cut_packets,
+        starts: starts.iter().map(|s| s + shift_seconds).collect(),
+        video_end: video_end + shift_seconds,
+    })
+}
+
+/// Second pass: each packet into its chunk. A chunk is finished once both the video and the
+/// audio have moved past it (its muxer interleaves what it holds).
+fn write_chunks(
+    input: &Path,
+    dir: &Path,
+    streams: &[KeptStream],
+    v_index: usize,
+    plan: &CutPlan,
+    deadline: Deadline,
+    made: &mut Vec<PathBuf>,
+) -> Result<Vec<CutChunk>, MediaError> {
+    let has_audio = streams.len() > 1;
+    let end_of = |i: usize| plan.starts.get(i + 1).copied().unwrap_or(plan.video_end);
+    let mut open: std::collections::BTreeMap<usize, ChunkWriter> = Default::default();
+    let mut chunks = Vec::new();
+    let mut ictx = open_input(input)?;
+    let mut packet = Packet::empty();
+    // Kept video packets seen (before the first keyframe, none are kept), and the chunk the
+    // last video and audio packet went into.
+    let mut video_packets = 0u64;
+    let mut seen_video = false;
+    let (mut video_at, mut audio_at) = (0usize, 0usize);
+    while next_packet(&mut ictx, &mut packet)? {
+        deadline.check()?;
+        let Some(&(_, out, in_tb, _)) = streams.iter().find(|s| s.0 == packet.stream()) else {
+            continue;
+        };
+        if is_discarded(&packet) {
+            continue; // audio priming (hidden video was refused in the first pass)
+        }
+        let is_video = packet.stream() == v_index;
+        let shifted = packet.pts().unwrap_or(0) as f64 * f64::from(in_tb) + plan.shift_seconds;
+        let chunk = if is_video {
+            if packet.is_key() && plan.cut_packets.first() == Some(&video_packets) {
+                seen_video = true;
+            }
+            if !seen_video {
+                continue; // frames before the first keyframe cannot be decoded
+            }
+            let c = plan.cut_packets.partition_point(|&p| p <= video_packets) - 1;
+            video_packets += 1;
+            video_at = c;
+            c
+        } else {
+            let c = plan
+                .starts
+                .partition_point(|&s| s <= shifted + 1e-9)
+                .saturating_sub(1);
+            audio_at = audio_at.max(c);
+            c
+        };
+        if !open.contains_key(&chunk) {
+            if chunks.len() > chunk {
+                // Audio stored more than MAX_OPEN_CHUNKS chunks behind its video.
+                return Err(cannot_cut("audio is stored far behind its video"));
+            }
+            let path = dir.join(format!("chunk-{chunk:05}.ts"));
+            made.push(path.clone());
+            let w = open_chunk(&path, chunk as u32, plan.starts[chunk], streams)?;
+            open.insert(chunk, w);
+        }
+        let w = open.get_mut(&chunk).expect("opened above");
+        let shift = (plan.shift_seconds / f64::from(in_tb)).ceil() as i64;
         packet.set_pts(packet.pts().map(|t| t + shift));
         packet.set_dts(packet.dts().map(|t| t + shift));
         packet.set_stream(out);
@@ -260,13 +349,30 @@ fn cut_inner(
         packet.rescale_ts(in_tb, ost_tb);
         packet
             .write_interleaved(&mut w.octx)
-            .map_err(MediaError::ffmpeg("writing a chunk"))?;
+            .map_err(|e| cannot_cut(format!("the MPEG-TS muxer refused a packet: {e}")))?;
+        // Finish, in order, the chunks both streams have left behind (or that audio lags far
+        // behind, as when it ends early: then no more of it comes for them).
+        let done_below = if has_audio {
+            video_at
+                .min(audio_at)
+                .max(video_at.saturating_sub(MAX_OPEN_CHUNKS))
+        } else {
+            video_at
+        };
+        while chunks.len() < done_below {
+            let i = chunks.len();
+            let w = open
+                .remove(&i)
+                .ok_or_else(|| cannot_cut("a chunk holds no video"))?;
+            chunks.push(finish(w, end_of(i))?);
+        }
     }
-    if let Some(w) = writer.take() {
-        chunks.push(finish(w, video_end)?);
-    }
-    if chunks.is_empty() {
-        return Err(MediaError::CorruptStream("no video keyframe".into()));
+    while chunks.len() < plan.starts.len() {
+        let i = chunks.len();
+        let w = open
+            .remove(&i)
+            .ok_or_else(|| cannot_cut("a chunk holds no video"))?;
+        chunks.push(finish(w, end_of(i))?);
     }
     Ok(chunks)
 }
@@ -279,6 +385,8 @@ fn open_chunk(
 ) -> Result<ChunkWriter, MediaError> {
     let mut octx =
         format::output_as(path, "mpegts").map_err(MediaError::ffmpeg("creating a chunk"))?;
+    // The muxer's refusals (header or trailer) mean this file cannot be chunked: it goes whole.
+    let refused = |e: ffmpeg_next::Error| cannot_cut(format!("the MPEG-TS muxer refused it: {e}"));
     for (_, _, tb, par) in streams {
         let mut ost = octx
             .add_stream(ffmpeg_next::encoder::find(codec::Id::None))
@@ -291,8 +399,7 @@ fn open_chunk(
     // Keep the source's clock: every chunk is a piece of one continuous stream.
     opts.set("mpegts_copyts", "1");
     opts.set("avoid_negative_ts", "disabled");
-    octx.write_header_with(opts)
-        .map_err(MediaError::ffmpeg("writing a chunk header"))?;
+    octx.write_header_with(opts).map_err(refused)?;
     Ok(ChunkWriter {
         octx,
         path: path.to_path_buf(),
@@ -304,7 +411,7 @@ fn open_chunk(
 fn finish(mut w: ChunkWriter, end_seconds: f64) -> Result<CutChunk, MediaError> {
     w.octx
         .write_trailer()
-        .map_err(MediaError::ffmpeg("finishing a chunk"))?;
+        .map_err(|e| cannot_cut(format!("the MPEG-TS muxer refused it: {e}")))?;
     let bytes = std::fs::metadata(&w.path)?.len();
     Ok(CutChunk {
         index: w.index,

@@ -39,8 +39,8 @@ pub fn write_cover(video: &Path, out: &Path, deadline: Deadline) -> Result<(), M
             let _ = dec.send_eof();
             true
         } else if pkt.stream() == index {
-            dec.send_packet(&pkt)
-                .map_err(|e| MediaError::CorruptStream(e.to_string()))?;
+            // A damaged packet only costs its frame a chance to be the cover.
+            let _ = dec.send_packet(&pkt);
             false
         } else {
             continue;

@@ -6,6 +6,7 @@
 mod audio;
 mod cascade;
 mod chunk;
+mod conceal;
 mod cover;
 mod encoder;
 mod error;
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 
 pub use audio::encode_audio;
 pub use chunk::{ChunkError, ChunkInfo, CutChunk, cut_chunks, inspect_chunk, source_rotation};
+pub use conceal::{Concealed, DamagePolicy};
 pub use cover::write_cover;
 pub use encoder::{Tier, VideoCodec, codec_string, tier_codecs};
 pub use error::MediaError;

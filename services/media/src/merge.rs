@@ -25,6 +25,9 @@ pub struct MergeRequest {
     pub slices: Vec<EncodedSlice>,
     /// AAC audio for the whole video (from `encode_audio`), if any.
     pub audio: Option<PathBuf>,
+    /// Added to the audio's timestamps, in the first slice's `offset_tb` (the lead of audio
+    /// that starts before the video, which the slices' offsets carry too).
+    pub audio_offset: i64,
     pub codec: VideoCodec,
     /// Nominal frame rate: packets read back without a duration get one frame's worth, or the
     /// MP4's edit list would end at the last frame's start and hide it.
@@ -238,7 +241,12 @@ fn merge_inner(req: &MergeRequest) -> Result<MergeReport, MediaError> {
     };
     let extradata = extradata_of(&vpar);
     let mut audio = match &req.audio {
-        Some(path) => Some(Source::open(path, media::Type::Audio, 0, Rational(1, 1))?),
+        Some(path) => Some(Source::open(
+            path,
+            media::Type::Audio,
+            req.audio_offset,
+            Rational(first.offset_tb.0, first.offset_tb.1),
+        )?),
         None => None,
     };
     let mut next_a = match audio.as_mut() {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use vtx_domain::{Grid, JobPlan, Rung, plan_ladder, plan_slices_on_grid};
 
+use crate::conceal::{Concealed, DamagePolicy};
 use crate::encoder::{Tier, VideoCodec, tier_codecs};
 use crate::hls::{Variant, master_playlist, playlist_bitrates};
 use crate::merge::{EncodedSlice, MergeRequest, merge_rendition};
@@ -56,6 +57,8 @@ pub struct PipelineRequest {
     pub watermark: Option<PathBuf>,
     pub hls: bool,
     pub quality: bool,
+    /// How much damage is concealed before the source is refused.
+    pub damage: DamagePolicy,
     pub deadline: Deadline,
     pub progress: Option<ProgressFn>,
 }
@@ -73,6 +76,7 @@ impl PipelineRequest {
             watermark: None,
             hls: true,
             quality: true,
+            damage: DamagePolicy::default(),
             deadline: Deadline::none(),
             progress: None,
         }
@@ -108,6 +112,9 @@ pub struct Manifest {
     pub hls_master: Option<String>,
     pub cover: Option<String>,
     pub audio: bool,
+    /// Frames of the source that could not be decoded and were concealed.
+    #[serde(default)]
+    pub concealed: Concealed,
 }
 
 /// Runs the whole pipeline into `out_dir`. On error, everything it wrote there is removed.
@@ -187,6 +194,10 @@ pub fn plan_job(probe: &Probe, slice_seconds: f64) -> JobPlan {
         frames: v.frames,
         duration_seconds: v.duration_seconds,
         has_audio: probe.audio.is_some(),
+        audio_lead: probe.audio.as_ref().map_or(0, |a| {
+            let video_start = v.start_pts as f64 * f64::from(tb.0) / f64::from(tb.1);
+            ((video_start - a.start_seconds).max(0.0) * ticks_per_second).round() as i64
+        }),
         // Cuts prefer source keyframes on the 2 s output grid (see `encode_slice`).
         slices: plan_slices_on_grid(
             &keys,
@@ -213,6 +224,8 @@ pub struct Prepared {
     pub slices: Vec<SliceFile>,
     /// AAC for the whole video, if it has audio.
     pub audio: Option<PathBuf>,
+    /// Audio frames of the source that could not be decoded and were concealed with silence.
+    pub concealed_audio_frames: u64,
 }
 
 /// Stage 1: probe and validate, plan (with the slice length `slice_seconds` picks for the
@@ -223,21 +236,22 @@ pub fn prepare(
     work: &Path,
     slice_seconds: &dyn Fn(&Probe) -> f64,
     limits: &Limits,
+    damage: DamagePolicy,
     deadline: Deadline,
 ) -> Result<Prepared, MediaError> {
     crate::init();
     let probe = probe(input, limits, deadline)?;
     let mut plan = plan_job(&probe, slice_seconds(&probe));
     let audio_path = work.join("audio.m4a");
-    let (slices, has_audio) = std::thread::scope(|scope| {
+    let (slices, audio) = std::thread::scope(|scope| {
         let audio = plan.has_audio.then(|| {
             scope.spawn(|| {
                 encode_audio(
                     input,
                     &audio_path,
                     plan.shown_start,
-                    plan.end,
                     plan.time_base,
+                    damage,
                     deadline,
                 )
             })
@@ -249,17 +263,18 @@ pub fn prepare(
                     "audio encoder panicked",
                 )))
             }),
-            None => Ok(false),
+            None => Ok(None),
         };
         (slices, has_audio)
     });
-    let (slices, has_audio) = (slices?, has_audio?);
-    plan.has_audio = has_audio;
+    let (slices, audio) = (slices?, audio?);
+    plan.has_audio = audio.is_some();
     Ok(Prepared {
         probe,
         plan,
         slices,
-        audio: has_audio.then_some(audio_path),
+        audio: audio.is_some().then_some(audio_path),
+        concealed_audio_frames: audio.unwrap_or(0),
     })
 }
 
@@ -276,6 +291,17 @@ pub struct EncodeOptions {
     pub progress: Option<FrameProgress>,
     /// Force this H.264 encoder (e.g. a GPU one) instead of libx264.
     pub h264_encoder: Option<String>,
+    /// How much damage is concealed before the source is refused.
+    pub damage: DamagePolicy,
+}
+
+/// What a slice encode wrote.
+#[derive(Clone, Debug)]
+pub struct SliceEncode {
+    /// One file per rendition, `encoded_slice_path(out_dir, index, name)`.
+    pub paths: Vec<PathBuf>,
+    /// Frames of the slice's window that could not be decoded and were concealed.
+    pub concealed_video_frames: u64,
 }
 
 /// Stage 2: encodes slice `index` (its file as `split_video` wrote it) into every rendition of
@@ -288,7 +314,7 @@ pub fn encode_slice(
     out_dir: &Path,
     options: &EncodeOptions,
     deadline: Deadline,
-) -> Result<Vec<PathBuf>, MediaError> {
+) -> Result<SliceEncode, MediaError> {
     let w = plan
         .slices
         .get(index as usize)
@@ -315,18 +341,21 @@ pub fn encode_slice(
         tier,
         gop_seconds: GOP_SECONDS,
         frame_rate: Some(plan.frame_rate),
-        variable_frame_rate: plan.variable_frame_rate,
         rotation: plan.rotation,
         watermark: options.watermark.clone(),
         audio: false,
         threads: options.threads,
         h264_encoder: options.h264_encoder.clone(),
         crf: None,
+        damage: options.damage,
         deadline,
         progress: options.progress.clone(),
     };
-    transcode_ladder(&request)?;
-    Ok(paths)
+    let reports = transcode_ladder(&request)?;
+    Ok(SliceEncode {
+        paths,
+        concealed_video_frames: reports.first().map_or(0, |r| r.concealed.video_frames),
+    })
 }
 
 /// The result of packaging a tier.
@@ -365,11 +394,13 @@ pub fn package(
                 .iter()
                 .map(|w| EncodedSlice {
                     path: encoded_slice_path(encoded_dir, w.index, name),
-                    offset: plan.offset_of(w),
+                    // Video starts as late after the audio as in the source.
+                    offset: plan.offset_of(w) + plan.audio_lead,
                     offset_tb: plan.time_base,
                 })
                 .collect(),
             audio: audio.map(Path::to_path_buf),
+            audio_offset: plan.audio_lead,
             codec: *codec,
             frame_rate: plan.frame_rate,
             mp4: mp4.clone(),
@@ -445,16 +476,14 @@ pub fn package(
     })
 }
 
-/// Checks packaged outputs against the plan before they go live: the source's frame count
-/// (constant rate) or its duration within one frame (variable rate), on every rendition.
+/// Checks packaged outputs against the plan before they go live: every rendition has the
+/// source's frame count (lost frames are concealed, never dropped) and its duration within one
+/// frame, whatever the frame rate (frames keep their source times).
 pub fn verify_packaged(plan: &JobPlan, packaged: &Packaged) -> Result<(), MediaError> {
     let frame = f64::from(plan.frame_rate.1) / f64::from(plan.frame_rate.0);
     for r in &packaged.renditions {
-        let ok = if plan.variable_frame_rate {
-            (r.duration - plan.duration_seconds).abs() <= frame + 1e-6
-        } else {
-            r.frames == plan.frames
-        };
+        let ok =
+            r.frames == plan.frames && (r.duration - plan.duration_seconds).abs() <= frame + 1e-3;
         if !ok {
             return Err(MediaError::CorruptStream(format!(
                 "{} has {} frames over {:.3} s; the source has {} over {:.3} s",
@@ -473,7 +502,14 @@ fn run_inner(
     report(req, Stage::Probe, 0, 1);
     report(req, Stage::Split, 0, 1);
     let fixed = req.slice_seconds;
-    let prepared = prepare(&req.input, work, &|_| fixed, &req.limits, req.deadline)?;
+    let prepared = prepare(
+        &req.input,
+        work,
+        &|_| fixed,
+        &req.limits,
+        req.damage,
+        req.deadline,
+    )?;
     let plan = &prepared.plan;
     report(req, Stage::Split, 1, 1);
 
@@ -484,6 +520,7 @@ fn run_inner(
     let windows: Vec<_> = prepared.slices.iter().map(|s| s.window).collect();
     let order = vtx_domain::slicing::longest_first(&windows);
     let failure: Mutex<Option<MediaError>> = Mutex::new(None);
+    let concealed_video = AtomicU64::new(0);
     std::thread::scope(|scope| {
         for _ in 0..req.jobs.max(1) {
             scope.spawn(|| {
@@ -510,8 +547,9 @@ fn run_inner(
                         threads: req.threads,
                         progress: Some(progress),
                         h264_encoder: None,
+                        damage: req.damage,
                     };
-                    if let Err(e) = encode_slice(
+                    match encode_slice(
                         &slice.path,
                         plan,
                         slice.window.index,
@@ -520,8 +558,14 @@ fn run_inner(
                         &options,
                         req.deadline,
                     ) {
-                        failure.lock().expect("lock").get_or_insert(e);
-                        return;
+                        Ok(done) => {
+                            concealed_video
+                                .fetch_add(done.concealed_video_frames, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            failure.lock().expect("lock").get_or_insert(e);
+                            return;
+                        }
                     }
                 }
             });
@@ -530,6 +574,13 @@ fn run_inner(
     if let Some(e) = failure.into_inner().expect("lock") {
         return Err(e);
     }
+    let concealed = Concealed {
+        video_frames: concealed_video.into_inner(),
+        audio_frames: prepared.concealed_audio_frames,
+    };
+    req.damage
+        .check_share("video", concealed.video_frames, plan.frames)
+        .map_err(MediaError::CorruptStream)?;
 
     report(req, Stage::Merge, 0, 1);
     for (_, _, name) in plan_outputs(req.tier, plan.display_width, plan.display_height) {
@@ -545,6 +596,7 @@ fn run_inner(
         req.hls,
         req.deadline,
     )?;
+    verify_packaged(plan, &packaged)?;
     report(req, Stage::Merge, 1, 1);
 
     if req.quality {
@@ -570,6 +622,7 @@ fn run_inner(
         hls_master: packaged.hls_master,
         cover: packaged.cover,
         audio: prepared.audio.is_some(),
+        concealed,
     };
     let path = req.out_dir.join("manifest.json");
     written.push(path.clone());

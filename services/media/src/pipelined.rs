@@ -61,17 +61,13 @@ pub fn encode_chunk(
         tier,
         gop_seconds: 2.0,
         frame_rate: Some(v.frame_rate_q),
-        // Every chunk keeps the upload's own clock (MPEG-TS, 1/90000), whatever its frame rate
-        // looks like alone: a chunk that holds a join in the recording can probe as variable
-        // rate while its neighbours do not, and the chunks' segments must share one time
-        // scale to play as one stream.
-        variable_frame_rate: true,
         rotation,
         watermark: options.watermark.clone(),
         audio: false,
         threads: options.threads,
         h264_encoder: options.h264_encoder.clone(),
         crf: None,
+        damage: options.damage,
         deadline,
         progress: options.progress.clone(),
     };
@@ -85,7 +81,9 @@ pub fn encode_chunk(
                 offset: v.start_pts,
                 offset_tb: v.time_base,
             }],
+            // The chunk's own audio, on the upload's clock like the video.
             audio: p.audio.is_some().then(|| input.to_path_buf()),
+            audio_offset: 0,
             codec: out.codec,
             frame_rate: v.frame_rate_q,
             mp4: out_dir.join(format!("{name}.mp4")),
@@ -120,6 +118,7 @@ pub fn encode_chunk(
         display_height: dh,
         has_audio: p.audio.is_some(),
         renditions,
+        concealed_video_frames: reports.first().map_or(0, |r| r.concealed.video_frames),
     })
 }
 

@@ -71,6 +71,9 @@ pub struct AudioInfo {
     pub channels: u16,
     /// FFmpeg's name of the channel layout, e.g. "stereo".
     pub layout: String,
+    /// First audible sample (priming an edit list hides excluded), seconds on the file's clock.
+    #[serde(default)]
+    pub start_seconds: f64,
     pub duration_seconds: f64,
 }
 
@@ -96,6 +99,10 @@ const ACCEPTED_VIDEO_CODECS: [codec::Id; 10] = [
 pub(crate) fn open_input(path: &Path) -> Result<format::context::Input, MediaError> {
     let mut opts = ffmpeg_next::Dictionary::new();
     opts.set("format_whitelist", ACCEPTED_CONTAINERS);
+    // Presentation times the container leaves out (AVI stores none for frames that B-frames
+    // follow) are derived from the decode order, as `-fflags +genpts` does; a packet that has
+    // one keeps it.
+    opts.set("fflags", "+genpts");
     format::input_with_dictionary(path, opts).map_err(|_| MediaError::NotAVideo)
 }
 
@@ -175,6 +182,7 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
             sample_rate,
             channels,
             layout,
+            start_seconds: 0.0,
             duration_seconds: 0.0,
         }
     });
@@ -258,7 +266,10 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
     let variable_frame_rate = is_variable_rate(&mut pts_list);
     check_duration(video_seconds, limits)?;
     let audio = audio.map(|mut a| {
-        a.duration_seconds = a_tb.map(|tb| audio_span.seconds(tb)).unwrap_or(0.0);
+        if let Some(tb) = a_tb {
+            a.duration_seconds = audio_span.seconds(tb);
+            a.start_seconds = audio_span.start.unwrap_or(0) as f64 * f64::from(tb);
+        }
         a
     });
 

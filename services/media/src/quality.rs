@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use ffmpeg_next::{format, frame, media, software::scaling};
 use serde::{Deserialize, Serialize};
 
+use crate::conceal::VideoConcealer;
+use crate::probe::is_discarded;
 use crate::probe::open_input;
 use crate::transcode::PostDecode;
 use crate::{Deadline, MediaError};
@@ -29,6 +31,7 @@ struct GrayFrames {
     size: Option<(u32, u32)>,
     queue: std::collections::VecDeque<frame::Video>,
     eof: bool,
+    concealer: VideoConcealer,
 }
 
 impl GrayFrames {
@@ -41,7 +44,11 @@ impl GrayFrames {
         let stream = s.index();
         let tb = s.time_base();
         let decoder = ffmpeg_next::codec::context::Context::from_parameters(s.parameters())
-            .and_then(|c| c.decoder().video())
+            .and_then(|c| {
+                let mut d = c.decoder();
+                d.set_packet_time_base(tb);
+                d.video()
+            })
             .map_err(|e| MediaError::UnsupportedCodec(format!("video decoder: {e}")))?;
         let post = PostDecode::new(&decoder, tb, rotation, None)?;
         Ok(Self {
@@ -53,6 +60,7 @@ impl GrayFrames {
             size: None,
             queue: Default::default(),
             eof: false,
+            concealer: VideoConcealer::default(),
         })
     }
 
@@ -67,10 +75,14 @@ impl GrayFrames {
             }
             let mut pkt = ffmpeg_next::Packet::empty();
             match pkt.read(&mut self.ictx) {
-                Ok(()) if pkt.stream() == self.stream => self
-                    .decoder
-                    .send_packet(&pkt)
-                    .map_err(|e| MediaError::CorruptStream(e.to_string()))?,
+                Ok(()) if pkt.stream() == self.stream => {
+                    if !is_discarded(&pkt) {
+                        self.concealer.sent(pkt.pts());
+                    }
+                    // Lost frames are concealed as the transcode conceals them, so that frames
+                    // pair up one to one with the renditions'.
+                    let _ = self.decoder.send_packet(&pkt);
+                }
                 Ok(()) => continue,
                 Err(ffmpeg_next::Error::Eof) => {
                     self.eof = true;
@@ -82,21 +94,32 @@ impl GrayFrames {
             while self.decoder.receive_frame(&mut f).is_ok() {
                 let ts = f.timestamp();
                 f.set_pts(ts);
-                match self.post.as_mut() {
-                    Some(p) => {
-                        p.push(&f)?;
-                        self.queue.extend(p.drain_frames());
-                    }
-                    None => self.queue.push_back(f.clone()),
+                for lost in self.concealer.decoded(&mut f)? {
+                    self.show(lost)?;
+                }
+                self.show(std::mem::replace(&mut f, frame::Video::empty()))?;
+            }
+            if self.eof {
+                for lost in self.concealer.finish()? {
+                    self.show(lost)?;
+                }
+                if let Some(p) = self.post.as_mut() {
+                    p.flush()?;
+                    self.queue.extend(p.drain_frames());
                 }
             }
-            if self.eof
-                && let Some(p) = self.post.as_mut()
-            {
-                p.flush()?;
+        }
+    }
+
+    fn show(&mut self, f: frame::Video) -> Result<(), MediaError> {
+        match self.post.as_mut() {
+            Some(p) => {
+                p.push(&f)?;
                 self.queue.extend(p.drain_frames());
             }
+            None => self.queue.push_back(f),
         }
+        Ok(())
     }
 
     /// Next frame as gray bytes at `size` (or its own size when `None`).

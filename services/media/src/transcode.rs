@@ -18,9 +18,10 @@ use vtx_domain::Rung;
 
 use crate::audio::AudioPipe;
 use crate::cascade::{cascade_parents, feeding_order};
+use crate::conceal::{Concealed, DamageCount, DamagePolicy, VideoConcealer, is_concealed};
 use crate::encoder::{Tier, VideoCodec, codec_string, encoder_options};
 use crate::hw::{HwFrames, needs_device_frames};
-use crate::probe::{next_packet, nominal_frame_rate, open_input, rational_to_f64};
+use crate::probe::{is_discarded, next_packet, nominal_frame_rate, open_input, rational_to_f64};
 use crate::{Deadline, MediaError};
 
 #[derive(Clone, Debug)]
@@ -56,8 +57,6 @@ pub struct TranscodeRequest {
     pub gop_seconds: f64,
     /// The source's frame rate; `None` reads it from the input.
     pub frame_rate: Option<(i32, i32)>,
-    /// Keep the input's own timestamps (variable frame rate) instead of a 1/fps clock.
-    pub variable_frame_rate: bool,
     /// Clockwise quarter turns to apply, in degrees (slices carry no display matrix).
     pub rotation: u32,
     pub watermark: Option<PathBuf>,
@@ -69,6 +68,8 @@ pub struct TranscodeRequest {
     pub h264_encoder: Option<String>,
     /// Constant-quality value instead of the tier's (software encoders; benchmarks sweep it).
     pub crf: Option<u32>,
+    /// How much damage is concealed before the input is refused as corrupt.
+    pub damage: DamagePolicy,
     pub deadline: Deadline,
     pub progress: Option<FrameProgress>,
 }
@@ -95,13 +96,13 @@ impl TranscodeRequest {
             tier,
             gop_seconds: 2.0,
             frame_rate: None,
-            variable_frame_rate: false,
             rotation: 0,
             watermark: None,
             audio: true,
             threads: None,
             h264_encoder: None,
             crf: None,
+            damage: DamagePolicy::default(),
             deadline: Deadline::none(),
             progress: None,
         }
@@ -123,6 +124,10 @@ pub struct RenditionReport {
     /// Whole-file bitrate, bits per second.
     pub bitrate: u64,
     pub has_audio: bool,
+    /// Frames of the input that could not be decoded and were concealed (the same for every
+    /// rendition of one transcode).
+    #[serde(default)]
+    pub concealed: Concealed,
 }
 
 /// Runs the ladder transcode. On any error every output file is removed, so a failure never
@@ -158,8 +163,9 @@ fn run(req: &TranscodeRequest) -> Result<Vec<RenditionReport>, MediaError> {
         count: req.threads.unwrap_or(0),
         ..Default::default()
     });
-    let mut vdec = vctx
-        .decoder()
+    let mut vdec = vctx.decoder();
+    vdec.set_packet_time_base(in_tb);
+    let mut vdec = vdec
         .video()
         .map_err(|e| MediaError::UnsupportedCodec(format!("video decoder: {e}")))?;
 
@@ -168,13 +174,12 @@ fn run(req: &TranscodeRequest) -> Result<Vec<RenditionReport>, MediaError> {
         let tb = Rational(w.time_base.0, w.time_base.1);
         (w.start.rescale(tb, in_tb), w.end.rescale(tb, in_tb))
     });
-    let enc_tb = if req.variable_frame_rate {
-        req.window
-            .map(|w| Rational(w.time_base.0, w.time_base.1))
-            .unwrap_or(in_tb)
-    } else {
-        frame_rate.invert()
-    };
+    // Every frame keeps its source time, on the source's own clock: nothing is re-timed to a
+    // nominal rate (a variable-rate phone recording stays in sync with its audio).
+    let enc_tb = req
+        .window
+        .map(|w| Rational(w.time_base.0, w.time_base.1))
+        .unwrap_or(in_tb);
 
     let mut audio = match (req.audio, ictx.streams().best(media::Type::Audio)) {
         (true, Some(s)) => {
@@ -225,17 +230,26 @@ fn run(req: &TranscodeRequest) -> Result<Vec<RenditionReport>, MediaError> {
         last_gop: None,
         encoded: 0,
         progress: req.progress.clone(),
+        damage: DamageCount::default(),
+        frame_seconds: 1.0 / rational_to_f64(frame_rate).unwrap_or(25.0),
     };
     let mut packet = Packet::empty();
+    let mut concealer = VideoConcealer::default();
     loop {
         req.deadline.check()?;
         if !next_packet(&mut ictx, &mut packet)? {
             break;
         }
         if packet.stream() == v_index {
-            vdec.send_packet(&packet)
-                .map_err(|e| MediaError::CorruptStream(format!("decoding video: {e}")))?;
-            drain_decoder(&mut vdec, &mut post, &mut clock, &mut outs)?;
+            if !is_discarded(&packet) {
+                concealer.sent(packet.pts());
+            }
+            // A packet the decoder refuses is lost, and concealed like any frame that never
+            // comes out (the `ffmpeg` command line goes on too).
+            if let Err(e) = vdec.send_packet(&packet) {
+                tracing::debug!(error = %e, "undecodable video packet");
+            }
+            drain_decoder(&mut vdec, &mut concealer, &mut post, &mut clock, &mut outs)?;
         } else if let Some(a) = audio
             .as_mut()
             .filter(|a| a.stream_index() == packet.stream())
@@ -245,16 +259,31 @@ fn run(req: &TranscodeRequest) -> Result<Vec<RenditionReport>, MediaError> {
     }
     vdec.send_eof()
         .map_err(MediaError::ffmpeg("flushing the video decoder"))?;
-    drain_decoder(&mut vdec, &mut post, &mut clock, &mut outs)?;
+    drain_decoder(&mut vdec, &mut concealer, &mut post, &mut clock, &mut outs)?;
+    for mut f in concealer.finish()? {
+        show(&mut f, &mut post, &mut clock, &mut outs)?;
+    }
     if let Some(p) = post.as_mut() {
         p.flush()?;
         p.drain(&mut clock, &mut outs)?;
     }
+    let (n, seconds) = clock.damage.longest;
+    req.damage
+        .check_run("video", n, seconds)
+        .map_err(MediaError::CorruptStream)?;
+    let mut concealed = Concealed {
+        video_frames: clock.damage.frames,
+        audio_frames: 0,
+    };
     if let Some(a) = audio.as_mut() {
         a.finish(&mut |p, tb| write_audio_all(&mut outs, p, tb))?;
+        concealed.audio_frames = a.concealed(&req.damage)?;
     }
     let has_audio = audio.is_some();
-    outs.outs.into_iter().map(|o| o.finish(has_audio)).collect()
+    outs.outs
+        .into_iter()
+        .map(|o| o.finish(has_audio, concealed))
+        .collect()
 }
 
 fn write_audio_all(outs: &mut Rungs, pkt: &Packet, tb: Rational) -> Result<(), MediaError> {
@@ -314,6 +343,10 @@ struct Clock {
     last_gop: Option<i64>,
     encoded: u64,
     progress: Option<FrameProgress>,
+    /// Concealed frames among those kept.
+    damage: DamageCount,
+    /// One frame at the nominal rate, in seconds.
+    frame_seconds: f64,
 }
 
 impl Clock {
@@ -344,6 +377,7 @@ impl Clock {
 
 fn drain_decoder(
     dec: &mut ffmpeg_next::decoder::Video,
+    concealer: &mut VideoConcealer,
     post: &mut Option<PostDecode>,
     clock: &mut Clock,
     outs: &mut Rungs,
@@ -358,17 +392,34 @@ fn drain_decoder(
             {
                 return Ok(());
             }
-            Err(e) => return Err(MediaError::CorruptStream(format!("decoding video: {e}"))),
+            // A frame that failed to decode: it is concealed once the next one comes out.
+            Err(e) => {
+                tracing::debug!(error = %e, "undecodable video frame");
+                return Ok(());
+            }
         }
         let ts = decoded.timestamp();
         decoded.set_pts(ts);
-        match post.as_mut() {
-            Some(p) => {
-                p.push(&decoded)?;
-                p.drain(clock, outs)?;
-            }
-            None => encode_frame(&mut decoded, clock, outs)?,
+        for mut lost in concealer.decoded(&mut decoded)? {
+            show(&mut lost, post, clock, outs)?;
         }
+        show(&mut decoded, post, clock, outs)?;
+    }
+}
+
+/// One decoded (or concealing) frame into the post-decode graph or straight to the rungs.
+fn show(
+    f: &mut frame::Video,
+    post: &mut Option<PostDecode>,
+    clock: &mut Clock,
+    outs: &mut Rungs,
+) -> Result<(), MediaError> {
+    match post.as_mut() {
+        Some(p) => {
+            p.push(f)?;
+            p.drain(clock, outs)
+        }
+        None => encode_frame(f, clock, outs),
     }
 }
 
@@ -380,6 +431,11 @@ fn encode_frame(
     let Some((pts, key)) = f.pts().and_then(|p| clock.place(p)) else {
         return Ok(());
     };
+    clock.damage.frame(
+        pts as f64 * f64::from(clock.enc_tb),
+        is_concealed(f),
+        clock.frame_seconds,
+    );
     // Keyframes on the shared grid; elsewhere the encoder decides (never the source's types).
     f.set_kind(if key {
         picture::Type::I
@@ -848,7 +904,11 @@ impl VideoOut {
             .map_err(MediaError::ffmpeg("writing audio"))
     }
 
-    fn finish(mut self, has_audio: bool) -> Result<RenditionReport, MediaError> {
+    fn finish(
+        mut self,
+        has_audio: bool,
+        concealed: Concealed,
+    ) -> Result<RenditionReport, MediaError> {
         self.encoder
             .send_eof()
             .map_err(MediaError::ffmpeg("flushing the encoder"))?;
@@ -886,6 +946,7 @@ impl VideoOut {
             bytes,
             bitrate,
             has_audio,
+            concealed,
         })
     }
 }

@@ -20,6 +20,13 @@ use vtx_infra::config::{PipelineConfig, WorkerConfig};
 use vtx_infra::{ObjectStore, db};
 use vtx_media::{Deadline, Limits, MediaError, prepare};
 
+/// What planning a job leaves to record.
+struct Planned {
+    plan: vtx_domain::JobPlan,
+    audio_key: Option<String>,
+    concealed_audio_frames: u64,
+}
+
 #[derive(Clone)]
 pub struct Scheduler {
     inner: Arc<Inner>,
@@ -31,6 +38,7 @@ struct Inner {
     broker: BrokerClient,
     pipeline: PipelineConfig,
     limits: Limits,
+    damage: vtx_domain::damage::DamagePolicy,
     timeout: Duration,
     max_attempts: u32,
     scratch: PathBuf,
@@ -54,6 +62,7 @@ impl Scheduler {
                     max_duration: Duration::from_secs(worker.max_source_seconds),
                     ..Limits::default()
                 },
+                damage: worker.damage,
                 timeout: worker.transcode_timeout,
                 max_attempts: worker.max_attempts,
                 scratch: std::env::temp_dir(),
@@ -142,14 +151,15 @@ impl Scheduler {
             .prepare_and_store(job, &source_key, chunks.as_ref().map(|c| c.1.as_slice()))
             .await
         {
-            Ok((mut plan, audio_key)) => match db::record_plan(
+            Ok(mut planned) => match db::record_plan(
                 &inner.pool,
                 job,
                 {
-                    apply_declared_rotation(&mut plan, declared_rotation);
-                    &plan
+                    apply_declared_rotation(&mut planned.plan, declared_rotation);
+                    &planned.plan
                 },
-                audio_key.as_deref(),
+                planned.audio_key.as_deref(),
+                planned.concealed_audio_frames,
                 &tiers,
             )
             .await
@@ -161,7 +171,7 @@ impl Scheduler {
                         tracing::warn!(error = %e, "could not schedule the chunks' deletion");
                     }
                     metrics::counter!("vtx_jobs_planned_total").increment(1);
-                    tracing::info!(%video, slices = plan.slices.len(), secs = started.elapsed().as_secs_f64(), "job planned");
+                    tracing::info!(%video, slices = planned.plan.slices.len(), secs = started.elapsed().as_secs_f64(), "job planned");
                     Outcome::Ack
                 }
                 Err(e) => {
@@ -210,7 +220,7 @@ impl Scheduler {
         job: JobId,
         source_key: &str,
         chunks: Option<&[String]>,
-    ) -> Result<(vtx_domain::JobPlan, Option<String>), PlanError> {
+    ) -> Result<Planned, PlanError> {
         let inner = &self.inner;
         if let Some(chunks) = chunks {
             inner
@@ -232,6 +242,7 @@ impl Scheduler {
             Err(_) => 1,
         };
         let policy = inner.pipeline.clone();
+        let damage = inner.damage;
         let (limits, timeout, work) = (
             inner.limits.clone(),
             inner.timeout,
@@ -255,6 +266,7 @@ impl Scheduler {
                 &work,
                 &slice_seconds,
                 &limits,
+                damage,
                 Deadline::after(timeout),
             )
         })
@@ -274,7 +286,11 @@ impl Scheduler {
             }
             None => None,
         };
-        Ok((prepared.plan, audio_key))
+        Ok(Planned {
+            plan: prepared.plan,
+            audio_key,
+            concealed_audio_frames: prepared.concealed_audio_frames,
+        })
     }
 
     /// Every few seconds: slices whose lease expired go back to the queue; due garbage goes.

@@ -5,6 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod outside;
+pub mod recordings;
+
 /// A sample clip from shared/media (or `VTX_MEDIA_DIR`).
 pub fn media(name: &str) -> PathBuf {
     let dir = std::env::var_os("VTX_MEDIA_DIR")
@@ -17,7 +20,7 @@ pub fn media(name: &str) -> PathBuf {
 
 /// Where derived inputs are kept: `target/tmp/fixtures`, found from the running test binary
 /// (`target/<profile>/deps/<test>`).
-fn fixture_dir() -> PathBuf {
+pub(crate) fn fixture_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let target = exe.ancestors().nth(3).expect("target dir");
     let dir = target.join("tmp").join("fixtures");
@@ -36,7 +39,11 @@ pub fn derived(name: &str, args: &[&str]) -> PathBuf {
     // Unique per process and thread: tests in one binary run on parallel threads.
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!("{}.{}-{n}.part.mp4", name, std::process::id()));
+    let ext = Path::new(name)
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("mp4");
+    let tmp = dir.join(format!("{}.{}-{n}.part.{ext}", name, std::process::id()));
     let st = Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-y"])
         .args(args)

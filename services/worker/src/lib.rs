@@ -311,27 +311,30 @@ impl Worker {
         };
         beat.abort();
         match result {
-            Ok(()) => match db::complete_slice(&inner.pool, job, tier, index, &inner.id).await {
-                Ok(SliceDone::Counted { merge_queued }) => {
-                    let secs = started.elapsed().as_secs_f64();
-                    if let Some(w) = ctx.plan.slices.get(index as usize) {
-                        let (a, b) = ctx.plan.window_in_slice(w);
-                        let (tb, fr) = (ctx.plan.time_base, ctx.plan.frame_rate);
-                        let frames = (b - a) as f64 * f64::from(tb.0) / f64::from(tb.1)
-                            * f64::from(fr.0)
-                            / f64::from(fr.1);
-                        metrics::histogram!("vtx_encode_fps", "tier" => tier.as_str())
-                            .record(frames / secs.max(1e-3));
+            Ok(concealed) => {
+                match db::complete_slice(&inner.pool, job, tier, index, &inner.id, concealed).await
+                {
+                    Ok(SliceDone::Counted { merge_queued }) => {
+                        let secs = started.elapsed().as_secs_f64();
+                        if let Some(w) = ctx.plan.slices.get(index as usize) {
+                            let (a, b) = ctx.plan.window_in_slice(w);
+                            let (tb, fr) = (ctx.plan.time_base, ctx.plan.frame_rate);
+                            let frames = (b - a) as f64 * f64::from(tb.0) / f64::from(tb.1)
+                                * f64::from(fr.0)
+                                / f64::from(fr.1);
+                            metrics::histogram!("vtx_encode_fps", "tier" => tier.as_str())
+                                .record(frames / secs.max(1e-3));
+                        }
+                        tracing::info!(secs, merge_queued, "slice encoded");
+                        Outcome::Ack
                     }
-                    tracing::info!(secs, merge_queued, "slice encoded");
-                    Outcome::Ack
+                    Ok(SliceDone::Duplicate) => Outcome::Ack,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot record the slice; will retry");
+                        Outcome::Retry
+                    }
                 }
-                Ok(SliceDone::Duplicate) => Outcome::Ack,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot record the slice; will retry");
-                    Outcome::Retry
-                }
-            },
+            }
             Err(WorkError::LeaseLost) => {
                 tracing::warn!("lease lost; another worker has the slice");
                 Outcome::Ack
@@ -390,7 +393,7 @@ impl Worker {
         tier: Tier,
         index: u32,
         ctx: &WorkContext,
-    ) -> Result<(), WorkError> {
+    ) -> Result<u64, WorkError> {
         let inner = &self.inner;
         let scratch = tempfile::Builder::new()
             .prefix("vtx-slice-")
@@ -405,6 +408,7 @@ impl Worker {
         let (plan, timeout, out_dir) = (ctx.plan.clone(), inner.cfg.transcode_timeout, out.clone());
         let options = EncodeOptions {
             h264_encoder: self.preferred_h264(),
+            damage: inner.cfg.damage,
             ..EncodeOptions::default()
         };
         let span = tracing::Span::current();
@@ -421,13 +425,13 @@ impl Worker {
             )
         };
         // Extreme encodes only take the CPU the fast and high tiers leave.
-        let files = if tier == Tier::Extreme {
+        let done = if tier == Tier::Extreme {
             run_background(timeout, work).await?
         } else {
             run_blocking(timeout, work).await?
         };
         let prefix = keys::encoded(job, tier);
-        for f in files {
+        for f in done.paths {
             let name = f
                 .file_name()
                 .expect("a file")
@@ -438,7 +442,7 @@ impl Worker {
                 .put_file(&format!("{prefix}{name}"), &f, "video/mp4")
                 .await?;
         }
-        Ok(())
+        Ok(done.concealed_video_frames)
     }
 
     async fn handle_merge(&self, job: JobId, tier: Tier) -> Outcome {
@@ -475,6 +479,21 @@ impl Worker {
             .copied();
         if tier == Tier::Extreme {
             return self.handle_extreme_merge(job, &ctx).await;
+        }
+        // Each slice concealed what it could not decode; too much of it over the whole source
+        // means the source is corrupt, not damaged.
+        match db::tier_concealed_frames(&inner.pool, job, tier).await {
+            Ok(n) => {
+                if let Err(why) = inner.cfg.damage.check_share("video", n, ctx.plan.frames) {
+                    return self
+                        .give_up(job, tier, ErrorCode::CorruptStream, &why, Outcome::Ack)
+                        .await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the tier's concealed frames; will retry");
+                return Outcome::Retry;
+            }
         }
         let result = self.merge(job, tier, &ctx).await;
         let output = match result {

@@ -285,11 +285,10 @@ impl Worker {
             let rs: Vec<&ChunkRendition> = list.iter().map(|(_, r)| *r).collect();
             let rung_frames: u64 = rs.iter().map(|r| r.frames).sum();
             let rung_seconds: f64 = rs.iter().map(|r| r.duration_seconds).sum();
-            let ok = if first.variable_frame_rate {
-                (rung_seconds - seconds).abs() <= 1.0 / fps + 1e-3 * rs.len() as f64
-            } else {
-                rung_frames == frames
-            };
+            // Frames keep their source times and lost ones are concealed: the count is exact
+            // and the span within a frame (plus rounding per chunk), at any frame rate.
+            let ok = rung_frames == frames
+                && (rung_seconds - seconds).abs() <= 1.0 / fps + 1e-3 * rs.len() as f64;
             if !ok {
                 return Err(corrupt(format!(
                     "{} has {rung_frames} frames over {rung_seconds:.3} s; the chunks have {frames} over {seconds:.3} s",

@@ -409,12 +409,13 @@ pub struct JobRow {
     pub scheduled_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    pub concealed_audio_frames: i64,
 }
 
 pub async fn get_job(pool: &PgPool, id: JobId) -> sqlx::Result<Option<JobRow>> {
     sqlx::query_as(
         "SELECT id, video_id, state, attempts, error_code, error_message, created_at,
-                scheduled_at, started_at, finished_at
+                scheduled_at, started_at, finished_at, concealed_audio_frames
          FROM jobs WHERE id = $1",
     )
     .bind(id.as_uuid())
@@ -507,7 +508,7 @@ pub async fn live_renditions(pool: &PgPool, id: VideoId) -> sqlx::Result<Vec<Ren
 pub async fn jobs_of_video(pool: &PgPool, id: VideoId) -> sqlx::Result<Vec<JobRow>> {
     sqlx::query_as(
         "SELECT id, video_id, state, attempts, error_code, error_message, created_at,
-                scheduled_at, started_at, finished_at
+                scheduled_at, started_at, finished_at, concealed_audio_frames
          FROM jobs WHERE video_id = $1 ORDER BY created_at DESC",
     )
     .bind(id.as_uuid())

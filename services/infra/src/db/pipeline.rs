@@ -72,11 +72,13 @@ pub async fn record_plan(
     job: JobId,
     plan: &JobPlan,
     audio_key: Option<&str>,
+    concealed_audio_frames: u64,
     tiers: &[Tier],
 ) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
     let moved = sqlx::query(
-        "UPDATE jobs SET state = $2, scheduled_at = now(), plan = $3, audio_key = $4, updated_at = now()
+        "UPDATE jobs SET state = $2, scheduled_at = now(), plan = $3, audio_key = $4, updated_at = now(),
+                         concealed_audio_frames = $6
          WHERE id = $1 AND state = ANY($5)",
     )
     .bind(job.as_uuid())
@@ -84,6 +86,7 @@ pub async fn record_plan(
     .bind(Json(plan))
     .bind(audio_key)
     .bind(JobState::predecessors_of(JobState::Scheduled))
+    .bind(concealed_audio_frames as i64)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -296,6 +299,7 @@ pub async fn complete_slice(
     tier: Tier,
     index: u32,
     owner: &str,
+    concealed_video_frames: u64,
 ) -> sqlx::Result<SliceDone> {
     let mut tx = pool.begin().await?;
     let moved = sqlx::query(
@@ -316,11 +320,14 @@ pub async fn complete_slice(
     // The row lock serialises concurrent completions: each sees the count after its own, so
     // exactly one of them sees the total.
     let (done, total): (i32, i32) = sqlx::query_as(
-        "UPDATE job_tiers SET slices_done = slices_done + 1 WHERE job_id = $1 AND tier = $2
+        "UPDATE job_tiers SET slices_done = slices_done + 1,
+                              concealed_video_frames = concealed_video_frames + $3
+         WHERE job_id = $1 AND tier = $2
          RETURNING slices_done, slices_total",
     )
     .bind(job.as_uuid())
     .bind(tier.as_str())
+    .bind(concealed_video_frames as i64)
     .fetch_one(&mut *tx)
     .await?;
     let queue_merge = if done == total {
@@ -756,12 +763,25 @@ pub struct TierRow {
     pub started_at: Option<DateTime<Utc>>,
     pub encoded_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    pub concealed_video_frames: i64,
+}
+
+/// Frames of the source a tier's encodes could not decode and concealed, so far.
+pub async fn tier_concealed_frames(pool: &PgPool, job: JobId, tier: Tier) -> sqlx::Result<u64> {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT concealed_video_frames FROM job_tiers WHERE job_id = $1 AND tier = $2",
+    )
+    .bind(job.as_uuid())
+    .bind(tier.as_str())
+    .fetch_one(pool)
+    .await?;
+    Ok(n.max(0) as u64)
 }
 
 pub async fn tiers_of_job(pool: &PgPool, job: JobId) -> sqlx::Result<Vec<TierRow>> {
     sqlx::query_as(
         "SELECT tier, state, slices_total, slices_done, error_code, error_message, created_at, started_at,
-                encoded_at, finished_at
+                encoded_at, finished_at, concealed_video_frames
          FROM job_tiers WHERE job_id = $1
          ORDER BY CASE tier WHEN 'fast' THEN 0 WHEN 'high' THEN 1 ELSE 2 END",
     )
@@ -812,6 +832,7 @@ mod tests {
             frames: 500,
             duration_seconds: 20.0,
             has_audio: false,
+            audio_lead: 0,
             slices: vec![
                 w(0, 0, 4000),
                 w(1, 4000, 10_000),

@@ -195,6 +195,9 @@ async fn count_encoded_chunks(
     let all = done == total;
     sqlx::query(
         "UPDATE job_tiers SET slices_done = $2,
+                concealed_video_frames = (
+                    SELECT COALESCE(sum((encoded->>'concealed_video_frames')::bigint), 0)
+                    FROM upload_chunks WHERE upload_id = $4 AND encode_state = 'done'),
                 state = CASE WHEN $3 THEN 'merging' ELSE state END,
                 encoded_at = CASE WHEN $3 THEN now() ELSE encoded_at END,
                 merge_queued = merge_queued OR $3
@@ -203,6 +206,7 @@ async fn count_encoded_chunks(
     .bind(job.as_uuid())
     .bind(done)
     .bind(all)
+    .bind(upload.as_uuid())
     .execute(&mut **tx)
     .await?;
     if all {

@@ -1,0 +1,351 @@
+//! Inputs that look like what phones and cameras upload, derived from the shared 720p clip with
+//! the ffmpeg command line (320x180, 5 s, so each costs well under a second to make): variable
+//! frame rate, audio stored before video in the file, AAC priming and edit lists, audio that
+//! starts before or after video, 29.97 and 30 fps, rotation, AVI without presentation times, and
+//! one damaged audio frame or video packet made by flipping bytes of that one packet.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{derived, media};
+
+fn clip() -> String {
+    media("bigbuckbunny.mp4")
+        .to_str()
+        .expect("utf-8 path")
+        .to_string()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// x264 as a phone's encoder: High profile, B-frames, one thread (deterministic output).
+const X264: [&str; 10] = [
+    "-c:v",
+    "libx264",
+    "-threads",
+    "1",
+    "-profile:v",
+    "high",
+    "-bf",
+    "3",
+    "-preset",
+    "veryfast",
+];
+const AAC: [&str; 6] = ["-c:a", "aac", "-ac", "2", "-b:a", "96k"];
+/// Every frame for 2 s (25 fps), then every second (12.5 fps), then every third (8.3 fps).
+const VFR: &str = "scale=320:180,select='if(lt(t\\,2)\\,1\\,if(lt(t\\,3.5)\\,not(mod(n\\,2))\\,not(mod(n\\,3))))'";
+
+fn args<'a>(parts: &[&[&'a str]]) -> Vec<&'a str> {
+    parts.iter().flat_map(|p| p.iter().copied()).collect()
+}
+
+/// The clean base: 25 fps CFR, H.264 High with B-frames, AAC with its priming edit list.
+pub fn base() -> PathBuf {
+    let c = clip();
+    derived(
+        "rec-base.mp4",
+        &args(&[&["-i", &c, "-t", "5", "-vf", "scale=320:180"], &X264, &AAC]),
+    )
+}
+
+/// A phone recording: variable frame rate, B-frames, AAC from t = 0, and about a second of
+/// audio stored in the file before the first video sample (x264's lookahead holds video back
+/// while the muxer writes the audio it already has).
+pub fn vfr_phone() -> PathBuf {
+    let c = clip();
+    derived(
+        "rec-vfr-phone.mp4",
+        &args(&[
+            &["-i", &c, "-t", "5", "-vf", VFR, "-fps_mode", "vfr"],
+            &X264,
+            &["-rc-lookahead", "25"],
+            &AAC,
+            &["-max_interleave_delta", "1"],
+        ]),
+    )
+}
+
+/// Segments at 30, 24 and 15 fps back to back on a 1/90000 clock.
+pub fn vfr_concat() -> PathBuf {
+    let c = clip();
+    derived(
+        "rec-vfr-concat.mp4",
+        &args(&[
+            &[
+                "-i",
+                &c,
+                "-t",
+                "5",
+                "-filter_complex",
+                "[0:v]scale=320:180,split=3[a][b][c];\
+                 [a]trim=0:2,setpts=PTS-STARTPTS,fps=30[a1];\
+                 [b]trim=2:3.5,setpts=PTS-STARTPTS,fps=24[b1];\
+                 [c]trim=3.5:5,setpts=PTS-STARTPTS,fps=15[c1];\
+                 [a1][b1][c1]concat=n=3:v=1:a=0,settb=1/90000[v]",
+                "-map",
+                "[v]",
+                "-map",
+                "0:a",
+                "-fps_mode",
+                "vfr",
+            ],
+            &X264,
+            &AAC,
+            &["-t", "5"],
+        ]),
+    )
+}
+
+/// Audio starts 0.5 s before the video.
+pub fn audio_early() -> PathBuf {
+    let b = base();
+    derived(
+        "rec-audio-early.mp4",
+        &[
+            "-i",
+            s(&b),
+            "-itsoffset",
+            "0.5",
+            "-i",
+            s(&b),
+            "-map",
+            "1:v",
+            "-map",
+            "0:a",
+            "-c",
+            "copy",
+        ],
+    )
+}
+
+/// Audio starts 0.5 s after the video (the offset also moves the AAC priming: 0.521 s puts the
+/// first audible sample at 0.5 s).
+pub fn audio_late() -> PathBuf {
+    let b = base();
+    derived(
+        "rec-audio-late.mp4",
+        &[
+            "-i",
+            s(&b),
+            "-itsoffset",
+            "0.521333",
+            "-i",
+            s(&b),
+            "-map",
+            "0:v",
+            "-map",
+            "1:a",
+            "-c",
+            "copy",
+        ],
+    )
+}
+
+/// An edit list hides the first 0.5 s of the audio.
+pub fn audio_cut() -> PathBuf {
+    let b = base();
+    derived(
+        "rec-audio-cut.mp4",
+        &[
+            "-i",
+            s(&b),
+            "-itsoffset",
+            "-0.5",
+            "-i",
+            s(&b),
+            "-map",
+            "0:v",
+            "-map",
+            "1:a",
+            "-c",
+            "copy",
+        ],
+    )
+}
+
+/// 29.97 fps (30000/1001) CFR with B-frames, and MP3 audio.
+pub fn ntsc_mp3() -> PathBuf {
+    let c = clip();
+    derived(
+        "rec-2997-mp3.mp4",
+        &args(&[
+            &["-i", &c, "-t", "5", "-vf", "scale=320:180,fps=30000/1001"],
+            &X264,
+            &["-c:a", "libmp3lame", "-ac", "2", "-b:a", "128k"],
+        ]),
+    )
+}
+
+/// 30 fps CFR with B-frames, AAC.
+pub fn cfr30() -> PathBuf {
+    let c = clip();
+    derived(
+        "rec-30.mp4",
+        &args(&[
+            &["-i", &c, "-t", "5", "-vf", "scale=320:180,fps=30"],
+            &X264,
+            &AAC,
+        ]),
+    )
+}
+
+/// A portrait phone recording: the display matrix turns the picture a quarter clockwise
+/// (`rotation=-90` in ffprobe, as phones write it).
+pub fn portrait() -> PathBuf {
+    let b = base();
+    derived(
+        "rec-portrait.mp4",
+        &["-i", s(&b), "-c", "copy", "-metadata:s:v:0", "rotate=270"],
+    )
+}
+
+/// MPEG-4 Part 2 with B-frames and MP3 in AVI: the key and P frames carry no presentation time,
+/// so `ffmpeg -c copy -f mpegts` refuses it ("first pts and dts value must be set").
+pub fn avi_without_pts() -> PathBuf {
+    let c = clip();
+    derived(
+        "rec-mpeg4-bf.avi",
+        &[
+            "-i",
+            &c,
+            "-t",
+            "5",
+            "-vf",
+            "scale=320:180",
+            "-c:v",
+            "mpeg4",
+            "-bf",
+            "2",
+            "-q:v",
+            "5",
+            "-vtag",
+            "XVID",
+            "-threads",
+            "1",
+            "-c:a",
+            "libmp3lame",
+            "-ac",
+            "2",
+            "-b:a",
+            "128k",
+            "-f",
+            "avi",
+        ],
+    )
+}
+
+/// MPEG-4 Part 2 + AC-3 in AVI.
+pub fn avi_ac3() -> PathBuf {
+    let c = clip();
+    derived(
+        "rec-mpeg4-ac3.avi",
+        &[
+            "-i",
+            &c,
+            "-t",
+            "5",
+            "-vf",
+            "scale=320:180",
+            "-c:v",
+            "mpeg4",
+            "-q:v",
+            "5",
+            "-vtag",
+            "XVID",
+            "-threads",
+            "1",
+            "-c:a",
+            "ac3",
+            "-ac",
+            "2",
+            "-b:a",
+            "128k",
+            "-f",
+            "avi",
+        ],
+    )
+}
+
+/// How a packet is damaged.
+#[derive(Clone, Copy, Debug)]
+pub enum Damage {
+    /// 16 bytes in the middle of its payload flipped: its headers survive.
+    Middle,
+    /// Every byte after the first four (an MP4 NAL length) flipped: nothing of it decodes.
+    Whole,
+}
+
+/// `src` with the payload of one packet of `stream` ("a:0", "v:0") flipped: the `index`-th
+/// (for video, the first non-key packet from the `index`-th on). The file's size is unchanged.
+pub fn damaged(name: &str, src: &Path, stream: &str, index: usize, how: Damage) -> PathBuf {
+    damaged_packets(name, src, stream, &[index], how)
+}
+
+/// As [`damaged`], for several packets.
+pub fn damaged_packets(
+    name: &str,
+    src: &Path,
+    stream: &str,
+    indexes: &[usize],
+    how: Damage,
+) -> PathBuf {
+    let dir = crate::fixture_dir();
+    let out = dir.join(name);
+    if out.exists() {
+        return out;
+    }
+    let packets = packets(src, stream);
+    let mut bytes = std::fs::read(src).expect("source readable");
+    for &index in indexes {
+        let i = if stream.starts_with('v') {
+            (index..packets.len())
+                .find(|&i| !packets[i].key)
+                .expect("a non-key packet")
+        } else {
+            index
+        };
+        let p = &packets[i];
+        let (start, n) = match how {
+            Damage::Middle => (p.pos + p.size / 2, 16.min(p.size - p.size / 2)),
+            Damage::Whole => (p.pos + 4, p.size.saturating_sub(4)),
+        };
+        for b in &mut bytes[start..start + n] {
+            *b ^= 0xA5;
+        }
+    }
+    let tmp = dir.join(format!("{name}.{}.part", std::process::id()));
+    std::fs::write(&tmp, bytes).expect("write damaged copy");
+    std::fs::rename(&tmp, &out).expect("fixture rename");
+    out
+}
+
+struct PacketAt {
+    pos: usize,
+    size: usize,
+    key: bool,
+}
+
+fn packets(src: &Path, stream: &str) -> Vec<PacketAt> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", stream])
+        .args(["-show_entries", "packet=pos,size,flags", "-of", "json"])
+        .arg(src)
+        .output()
+        .expect("ffprobe runs");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe json");
+    v["packets"]
+        .as_array()
+        .expect("packets")
+        .iter()
+        .map(|p| PacketAt {
+            pos: p["pos"].as_str().and_then(|x| x.parse().ok()).expect("pos"),
+            size: p["size"]
+                .as_str()
+                .and_then(|x| x.parse().ok())
+                .expect("size"),
+            key: p["flags"].as_str().unwrap_or("").contains('K'),
+        })
+        .collect()
+}
