@@ -114,10 +114,31 @@ struct VideoTrack {
     tb: Rational,
     last_dts: Option<i64>,
     frame_ticks: i64,
+    /// The packet read ahead, whose decode time gives the one before it its duration.
+    ahead: Option<Packet>,
 }
 
 impl VideoTrack {
+    /// The next packet, lasting until the next one's decode time: what an MP4's sample table
+    /// and each CMAF fragment's last sample must say for a variable frame rate (an encoder's
+    /// nominal duration would leave a gap before the next fragment, or overlap it).
     fn next(&mut self) -> Result<Option<Packet>, MediaError> {
+        if self.ahead.is_none() {
+            self.ahead = self.next_raw()?;
+        }
+        let Some(mut p) = self.ahead.take() else {
+            return Ok(None);
+        };
+        self.ahead = self.next_raw()?;
+        if let (Some(dts), Some(next)) = (p.dts(), self.ahead.as_ref().and_then(|n| n.dts()))
+            && next > dts
+        {
+            p.set_duration(next - dts);
+        }
+        Ok(Some(p))
+    }
+
+    fn next_raw(&mut self) -> Result<Option<Packet>, MediaError> {
         loop {
             if self.current.is_none() {
                 let Some(s) = self.slices.next() else {
@@ -290,7 +311,10 @@ fn merge_inner(req: &MergeRequest) -> Result<MergeReport, MediaError> {
         );
         o.set("hls_flags", "independent_segments");
         if req.keep_timestamps {
-            o.set("hls_segment_options", "movflags=+frag_discont");
+            // No sidx: with frag_discont FFmpeg 5.1 writes its earliest presentation time off by
+            // the init segment's edit list, and demuxers that trust it misplace each segment's
+            // first frame (players place samples by tfdt and composition offsets).
+            o.set("hls_segment_options", "movflags=+frag_discont+skip_sidx");
         }
         o.set("hls_list_size", "0");
         sinks.push(Sink::open(
@@ -309,6 +333,7 @@ fn merge_inner(req: &MergeRequest) -> Result<MergeReport, MediaError> {
         current: None,
         tb: vtb,
         last_dts: None,
+        ahead: None,
         frame_ticks: 1i64
             .rescale(Rational(req.frame_rate.1, req.frame_rate.0), vtb)
             .max(1),
@@ -354,7 +379,49 @@ fn merge_inner(req: &MergeRequest) -> Result<MergeReport, MediaError> {
             .write_trailer()
             .map_err(MediaError::ffmpeg("finishing a merged output"))?;
     }
+    if let Some(dir) = &req.hls_dir {
+        let seconds = (span.end_pts - span.first_pts.unwrap_or(0)) as f64 * f64::from(vtb);
+        fix_last_extinf(&dir.join("index.m3u8"), seconds)?;
+    }
     span.report(&req.mp4, vtb, req.codec, &extradata)
+}
+
+/// FFmpeg's HLS muxer ends the last segment at the last video packet it wrote, in decode order:
+/// with B-frames that is before the last frame shown, and without that frame's duration (a whole
+/// second short at a low variable rate). The segments' durations must add up to the video's
+/// length (`seconds`), so the last `EXTINF` is set to what the others leave.
+fn fix_last_extinf(playlist: &Path, seconds: f64) -> Result<(), MediaError> {
+    let text = std::fs::read_to_string(playlist)?;
+    let durations: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("#EXTINF:"))
+        .filter_map(|d| d.split(',').next()?.trim().parse().ok())
+        .collect();
+    let Some((_, before)) = durations.split_last() else {
+        return Ok(());
+    };
+    let last = (seconds - before.iter().sum::<f64>()).max(0.001);
+    let n = durations.len();
+    let mut seen = 0;
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix("#EXT-X-TARGETDURATION:") {
+            let target = t.trim().parse::<u64>().unwrap_or(0).max(last.ceil() as u64);
+            out.push_str(&format!("#EXT-X-TARGETDURATION:{target}\n"));
+            continue;
+        }
+        if line.starts_with("#EXTINF:") {
+            seen += 1;
+            if seen == n {
+                out.push_str(&format!("#EXTINF:{last:.6},\n"));
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    std::fs::write(playlist, out)?;
+    Ok(())
 }
 
 /// Remuxes an HLS rendition this engine packaged (a local media playlist with its init and
@@ -439,11 +506,14 @@ fn extradata_of(par: &codec::Parameters) -> Vec<u8> {
     }
 }
 
-/// The video packets written to an output: how many, and the time they span.
+/// The video packets written to an output: how many, and the time they span (from the first
+/// frame shown to the last one's end: the last packet's duration after the latest time, since a
+/// packet's duration runs to the next decode time, not the next frame shown).
 #[derive(Default)]
 struct VideoSpan {
     frames: u64,
     first_pts: Option<i64>,
+    last_pts: i64,
     end_pts: i64,
 }
 
@@ -452,7 +522,12 @@ impl VideoSpan {
         self.frames += 1;
         if let Some(pts) = p.pts() {
             self.first_pts = Some(self.first_pts.map_or(pts, |f| f.min(pts)));
-            self.end_pts = self.end_pts.max(pts + p.duration().max(0));
+            self.last_pts = if self.frames == 1 {
+                pts
+            } else {
+                self.last_pts.max(pts)
+            };
+            self.end_pts = self.last_pts + p.duration().max(0);
         }
     }
 

@@ -93,7 +93,6 @@ pub fn vfr_concat() -> PathBuf {
             ],
             &X264,
             &AAC,
-            &["-t", "5"],
         ]),
     )
 }
@@ -165,7 +164,7 @@ pub fn audio_cut() -> PathBuf {
     )
 }
 
-/// 29.97 fps (30000/1001) CFR with B-frames, and MP3 audio.
+/// 29.97 fps (30000/1001) CFR with B-frames and a single keyframe, and MP3 audio.
 pub fn ntsc_mp3() -> PathBuf {
     let c = clip();
     derived(
@@ -173,6 +172,8 @@ pub fn ntsc_mp3() -> PathBuf {
         &args(&[
             &["-i", &c, "-t", "5", "-vf", "scale=320:180,fps=30000/1001"],
             &X264,
+            // A long GOP, as some cameras write: one keyframe.
+            &["-g", "300"],
             &["-c:a", "libmp3lame", "-ac", "2", "-b:a", "128k"],
         ]),
     )
