@@ -2,6 +2,7 @@
 //! configuration, connects the adapters and hands them to the service crates.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 mod bench;
@@ -10,6 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use vtx_domain::api::VideoView;
 use vtx_domain::{JobId, VideoId};
 use vtx_gateway::Gateway;
 use vtx_infra::broker::BrokerClient;
@@ -57,9 +59,13 @@ enum Command {
         /// Keep no resume state (by default a killed upload resumes when run again).
         #[arg(long)]
         no_resume: bool,
-        /// Wait until the video is ready (or failed), print its status and the publish latency.
+        /// Wait until the video is published or failed and print its status (exit codes: 0
+        /// published, 2 failed, 3 still processing after --wait-timeout).
         #[arg(long)]
         wait: bool,
+        /// Seconds --wait waits.
+        #[arg(long, default_value_t = 3600)]
+        wait_timeout: u64,
         /// The uploader's follower count (a large one predicts a hot video: extreme encode).
         #[arg(long)]
         followers: Option<u64>,
@@ -94,9 +100,12 @@ enum Command {
     /// Show a video's (or a job's) state and, once ready, its playback URLs.
     Status {
         id: String,
-        /// Wait until the video is ready or failed.
+        /// Wait until the video is published or failed (exit codes as for `upload --wait`).
         #[arg(long)]
         wait: bool,
+        /// Seconds --wait waits.
+        #[arg(long, default_value_t = 600)]
+        wait_timeout: u64,
         #[arg(long, env = "VTX_URL", default_value = "http://127.0.0.1:8080")]
         url: String,
     },
@@ -158,7 +167,7 @@ enum Bench {
     Pipeline,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     // SVT-AV1 logs a banner and, since encoders open without the right to real-time threads
     // (vtx_media's `without_realtime`), a "Failed to set thread priority" warning per thread
     // at every open, on stderr beside our own logs: errors only unless the operator says
@@ -173,10 +182,10 @@ fn main() -> anyhow::Result<()> {
         .block_on(run())
 }
 
-async fn run() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<ExitCode> {
     telemetry::init();
     let cli = Cli::parse();
-    match cli.command {
+    let done = match cli.command {
         Command::Upload {
             file,
             chunk_seconds,
@@ -184,6 +193,7 @@ async fn run() -> anyhow::Result<()> {
             live,
             no_resume,
             wait,
+            wait_timeout,
             followers,
             url,
         } => {
@@ -198,9 +208,15 @@ async fn run() -> anyhow::Result<()> {
                 },
                 followers,
             };
-            upload(file, opts, wait, url).await
+            let wait = wait.then(|| Duration::from_secs(wait_timeout));
+            return upload(file, opts, wait, url).await;
         }
-        Command::Status { id, wait, url } => status(id, wait, url).await,
+        Command::Status {
+            id,
+            wait,
+            wait_timeout,
+            url,
+        } => return status(id, wait.then(|| Duration::from_secs(wait_timeout)), url).await,
         Command::Bench(Bench::Pipeline) => bench::pipeline().await,
         Command::Bench(Bench::Live { runs, long_runs }) => bench::live(runs, long_runs).await,
         Command::Bench(Bench::Extreme {
@@ -238,7 +254,8 @@ async fn run() -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || transcode_local(req)).await?
         }
         server => serve(server).await,
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 async fn serve(command: Command) -> anyhow::Result<()> {
@@ -423,9 +440,9 @@ fn service_client(url: String) -> anyhow::Result<vtx_client::Client> {
 async fn upload(
     file: PathBuf,
     opts: vtx_client::UploadOptions,
-    wait: bool,
+    wait: Option<Duration>,
     url: String,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<ExitCode> {
     use std::io::IsTerminal;
     let client = service_client(url)?;
     let tty = std::io::stderr().is_terminal();
@@ -451,20 +468,18 @@ async fn upload(
         }
     );
     println!("{}", report.completed.video_id);
-    if wait {
-        let v = client
-            .wait_for_video(report.completed.video_id, Duration::from_secs(3600))
-            .await?;
-        eprintln!(
-            "published {:.2} s after the last chunk was stored",
-            report.last_chunk_stored.elapsed().as_secs_f64()
-        );
-        eprintln!("{}", serde_json::to_string_pretty(&v)?);
+    match wait {
+        Some(timeout) => wait_outcome(
+            client
+                .wait_for_video(report.completed.video_id, timeout)
+                .await,
+            Some(report.last_chunk_stored),
+        ),
+        None => Ok(ExitCode::SUCCESS),
     }
-    Ok(())
 }
 
-async fn status(id: String, wait: bool, url: String) -> anyhow::Result<()> {
+async fn status(id: String, wait: Option<Duration>, url: String) -> anyhow::Result<ExitCode> {
     let client = service_client(url)?;
     let video_id: VideoId = id
         .parse()
@@ -478,18 +493,61 @@ async fn status(id: String, wait: bool, url: String) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e),
     };
-    let view = if wait {
-        client
-            .wait_for_video(view.id, Duration::from_secs(600))
-            .await?
-    } else {
-        view
-    };
+    if let Some(timeout) = wait {
+        return wait_outcome(client.wait_for_video(view.id, timeout).await, None);
+    }
     println!("{}", serde_json::to_string_pretty(&view)?);
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn is_not_found(e: &anyhow::Error) -> bool {
     e.downcast_ref::<vtx_client::ApiFailure>()
         .is_some_and(|f| f.status.as_u16() == 404)
+}
+
+/// How `--wait` ended, as the process's exit code: 0 published, 2 failed (its error code and
+/// message printed), 3 still processing when the wait ran out. The status goes to stdout for
+/// `vtx status`, to stderr after `vtx upload` (whose stdout is the video id).
+fn wait_outcome(
+    waited: anyhow::Result<VideoView>,
+    last_chunk_stored: Option<std::time::Instant>,
+) -> anyhow::Result<ExitCode> {
+    let status_on_stdout = last_chunk_stored.is_none();
+    let v = match waited {
+        Ok(v) => v,
+        Err(e) => match e.downcast::<vtx_client::WaitTimedOut>() {
+            Ok(t) => {
+                eprintln!(
+                    "timed out: video {} still {} after {:?}",
+                    t.video, t.state, t.after
+                );
+                return Ok(ExitCode::from(3));
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    let code = if v.state == "published" {
+        match last_chunk_stored {
+            Some(t) => eprintln!(
+                "published {:.2} s after the last chunk was stored",
+                t.elapsed().as_secs_f64()
+            ),
+            None => eprintln!("published"),
+        }
+        ExitCode::SUCCESS
+    } else {
+        let (code, message) = v
+            .error
+            .as_ref()
+            .map_or(("unknown", ""), |e| (e.code.as_str(), e.message.as_str()));
+        eprintln!("failed: {code}: {message}");
+        ExitCode::from(2)
+    };
+    let json = serde_json::to_string_pretty(&v)?;
+    if status_on_stdout {
+        println!("{json}");
+    } else {
+        eprintln!("{json}");
+    }
+    Ok(code)
 }

@@ -23,6 +23,15 @@ pub struct ApiFailure {
     pub message: String,
 }
 
+/// Waiting for a video ended before it was published or failed.
+#[derive(Debug, thiserror::Error)]
+#[error("video {video} still {state} after {after:?}")]
+pub struct WaitTimedOut {
+    pub video: VideoId,
+    pub state: String,
+    pub after: Duration,
+}
+
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -346,7 +355,12 @@ impl Client {
                 return Ok(v);
             }
             if tokio::time::Instant::now() >= until {
-                anyhow::bail!("video {id} still {} after {timeout:?}", v.state);
+                return Err(WaitTimedOut {
+                    video: id,
+                    state: v.state,
+                    after: timeout,
+                }
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

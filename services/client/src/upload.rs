@@ -96,15 +96,16 @@ pub(crate) async fn run(
         .await?;
         match cut {
             Ok(cut) => cut,
-            Err(vtx_media::MediaError::NotChunkable(why)) => {
+            // The file itself cannot be read: nothing to send.
+            Err(e @ vtx_media::MediaError::Io(_)) => {
+                return Err(anyhow::Error::new(e).context(format!("reading {}", path.display())));
+            }
+            // Whatever cannot go into MPEG-TS chunks (a codec, missing timestamps, an edit
+            // list, open GOPs, a muxer's refusal, even a file that is no video) goes whole:
+            // the service transcodes what it can and names what it cannot with a stable code.
+            Err(why) => {
                 tracing::info!(%why, "cannot cut into chunks; sending the file whole over tus");
                 return crate::tus::upload_whole(client, path, progress).await;
-            }
-            Err(e) => {
-                return Err(anyhow::Error::new(e).context(format!(
-                    "cutting {} into GOP-aligned chunks",
-                    path.display()
-                )));
             }
         }
     };

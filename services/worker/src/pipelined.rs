@@ -194,6 +194,21 @@ impl Worker {
             let msg = format!("publishing gave up after {} attempts", m.attempts - 1);
             return self.exhausted(job, Tier::Fast, &msg).await;
         }
+        // Each chunk concealed what it could not decode; too much over the whole upload means
+        // the source is corrupt.
+        let frames: u64 = m.chunks.iter().map(|(_, e)| e.frames).sum();
+        let concealed: u64 = m.chunks.iter().map(|(_, e)| e.concealed_video_frames).sum();
+        if let Err(why) = inner.cfg.damage.check_share("video", concealed, frames) {
+            return self
+                .give_up(
+                    job,
+                    Tier::Fast,
+                    ErrorCode::CorruptStream,
+                    &why,
+                    Outcome::Ack,
+                )
+                .await;
+        }
         let started = std::time::Instant::now();
         let (output, facts) = match self.package_chunks(job, &m).await {
             Ok(x) => x,
