@@ -183,7 +183,10 @@ async fn damaged_recordings_are_concealed_counted_and_published(pool: PgPool) {
     assert_eq!(v.state, "failed", "{v:?}");
     let e = v.error.expect("an error");
     assert_eq!(e.code, "corrupt-stream", "{e:?}");
-    assert!(e.message.contains("video frames could not be decoded"), "{e:?}");
+    assert!(
+        e.message.contains("video frames could not be decoded"),
+        "{e:?}"
+    );
     app.stop().await;
 }
 

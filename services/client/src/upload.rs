@@ -96,9 +96,10 @@ pub(crate) async fn run(
         .await?;
         match cut {
             Ok(cut) => cut,
-            // The file itself cannot be read: nothing to send.
-            Err(e @ vtx_media::MediaError::Io(_)) => {
-                return Err(anyhow::Error::new(e).context(format!("reading {}", path.display())));
+            // The file itself cannot be read, or cutting ran out of time: nothing sensible to
+            // send whole either.
+            Err(e @ (vtx_media::MediaError::Io(_) | vtx_media::MediaError::Timeout)) => {
+                return Err(anyhow::Error::new(e).context(format!("cutting {}", path.display())));
             }
             // Whatever cannot go into MPEG-TS chunks (a codec, missing timestamps, an edit
             // list, open GOPs, a muxer's refusal, even a file that is no video) goes whole:

@@ -12,6 +12,9 @@ use crate::{Deadline, MediaError};
 /// Where encoded packets go: `(packet, its time base)`.
 pub(crate) type Emit<'a> = dyn FnMut(&Packet, Rational) -> Result<(), MediaError> + 'a;
 
+/// Decoding errors read in a row before a drain gives up until the next packet.
+pub(crate) const MAX_ERRORS_IN_A_ROW: u32 = 64;
+
 pub(crate) struct AudioPipe {
     stream_index: usize,
     decoder: ffmpeg_next::decoder::Audio,
@@ -32,6 +35,7 @@ pub(crate) struct AudioPipe {
     decoded_frames: u64,
     concealed_frames: u64,
     longest_gap_seconds: f64,
+    damage: DamagePolicy,
 }
 
 impl AudioPipe {
@@ -42,6 +46,7 @@ impl AudioPipe {
         stream: &format::stream::Stream,
         zero: i64,
         end: Option<i64>,
+        damage: DamagePolicy,
     ) -> Result<Self, MediaError> {
         let in_tb = stream.time_base();
         let ctx = codec::context::Context::from_parameters(stream.parameters())
@@ -157,6 +162,7 @@ impl AudioPipe {
             decoded_frames: 0,
             concealed_frames: 0,
             longest_gap_seconds: 0.0,
+            damage,
         })
     }
 
@@ -181,9 +187,10 @@ impl AudioPipe {
         self.drain_decoder(emit)
     }
 
-    /// Concealed audio frames, once the input is done; fails past `policy`.
-    pub(crate) fn concealed(&self, policy: &DamagePolicy) -> Result<u64, MediaError> {
+    /// Concealed audio frames, once the input is done; fails past the damage policy.
+    pub(crate) fn concealed(&self) -> Result<u64, MediaError> {
         let frames = self.concealed_frames;
+        let policy = &self.damage;
         policy
             .check_run("audio", frames, self.longest_gap_seconds)
             .map_err(MediaError::CorruptStream)?;
@@ -195,6 +202,7 @@ impl AudioPipe {
 
     fn drain_decoder(&mut self, emit: &mut Emit<'_>) -> Result<(), MediaError> {
         let mut decoded = frame::Audio::empty();
+        let mut errors = 0;
         loop {
             match self.decoder.receive_frame(&mut decoded) {
                 Ok(()) => {}
@@ -204,11 +212,18 @@ impl AudioPipe {
                 {
                     return Ok(());
                 }
+                // A frame that failed to decode: its time is filled once the next one comes.
+                // Frames queued behind it are still read (a bounded number of errors in a row).
                 Err(e) => {
                     tracing::debug!(error = %e, "undecodable audio frame");
-                    return Ok(());
+                    errors += 1;
+                    if errors > MAX_ERRORS_IN_A_ROW {
+                        return Ok(());
+                    }
+                    continue;
                 }
             }
+            errors = 0;
             // The frame's own time: the decoder moves it past samples it skipped (priming an
             // edit list hides, MP3's encoder delay), which the best-effort time does not.
             let ts = decoded.pts().or(decoded.timestamp());
@@ -222,19 +237,24 @@ impl AudioPipe {
                 let gap = (t - expected).rescale(self.in_tb, rate_tb);
                 // More than half a frame missing: lost packets. Their time is silence.
                 if gap > decoded.samples() as i64 / 2 {
-                    tracing::debug!(
-                        gap,
-                        t,
+                    let seconds = gap as f64 / f64::from(decoded.rate());
+                    let frames = (gap as u64).div_ceil(decoded.samples() as u64);
+                    tracing::debug!(gap, t, expected, "audio gap filled with silence");
+                    // A gap longer than the policy allows fails before any silence is made.
+                    self.damage
+                        .check_run("audio", frames, seconds)
+                        .map_err(MediaError::CorruptStream)?;
+                    self.concealed_frames += frames;
+                    self.longest_gap_seconds = self.longest_gap_seconds.max(seconds);
+                    for silence in silence_like(
+                        &decoded,
+                        gap as usize,
+                        decoded.samples(),
                         expected,
-                        samples = decoded.samples(),
-                        "audio gap filled with silence"
-                    );
-                    let silence = silence_like(&decoded, gap as usize, expected)?;
-                    self.concealed_frames += (gap as u64).div_ceil(decoded.samples() as u64);
-                    self.longest_gap_seconds = self
-                        .longest_gap_seconds
-                        .max(gap as f64 / f64::from(decoded.rate()));
-                    self.filter(&silence, emit)?;
+                        self.in_tb,
+                    )? {
+                        self.filter(&silence, emit)?;
+                    }
                 }
             }
             if let Some(t) = ts {
@@ -362,7 +382,7 @@ fn encode_audio_inner(
         return Ok(None);
     };
     let atb = stream.time_base();
-    let mut pipe = AudioPipe::new(&stream, video_zero.rescale(video_tb, atb), None)?;
+    let mut pipe = AudioPipe::new(&stream, video_zero.rescale(video_tb, atb), None, damage)?;
     let mut octx =
         format::output_as(out, "mp4").map_err(MediaError::ffmpeg("creating the audio file"))?;
     {
@@ -394,33 +414,59 @@ fn encode_audio_inner(
         }
     }
     pipe.finish(&mut emit)?;
-    let concealed = pipe.concealed(&damage)?;
+    let concealed = pipe.concealed()?;
     octx.write_trailer()
         .map_err(MediaError::ffmpeg("finishing the audio file"))?;
     Ok(Some(concealed))
 }
 
-/// `samples` of silence in `like`'s format, starting at `pts` (`like`'s time base).
-fn silence_like(like: &frame::Audio, samples: usize, pts: i64) -> Result<frame::Audio, MediaError> {
-    let mut f = frame::Audio::new(like.format(), samples, like.channel_layout());
-    f.set_rate(like.rate());
-    f.set_channels(like.channels());
-    f.set_pts(Some(pts));
-    // SAFETY: the frame's buffers were just allocated for `samples` samples of its format.
-    let ret = unsafe {
-        let p = f.as_mut_ptr();
-        ffmpeg_next::ffi::av_samples_set_silence(
-            (*p).extended_data,
-            0,
-            samples as i32,
-            i32::from(like.channels()),
-            std::mem::transmute::<i32, ffmpeg_next::ffi::AVSampleFormat>((*p).format),
-        )
+/// Silence in `like`'s format, `samples` long from `pts` (`like`'s time base), in frames of at
+/// most `chunk` samples.
+fn silence_like(
+    like: &frame::Audio,
+    samples: usize,
+    chunk: usize,
+    pts: i64,
+    in_tb: Rational,
+) -> Result<Vec<frame::Audio>, MediaError> {
+    let channels = i32::from(like.channels().max(1));
+    let layout = if like.channel_layout().bits() == 0 {
+        ffmpeg_next::ChannelLayout::default(channels)
+    } else {
+        like.channel_layout()
     };
-    if ret < 0 {
-        return Err(MediaError::ffmpeg("making silence")(
-            ffmpeg_next::Error::from(ret),
-        ));
+    let rate_tb = Rational(1, like.rate() as i32);
+    let mut out = Vec::new();
+    let mut done = 0usize;
+    while done < samples {
+        let n = (samples - done).min(chunk.max(1));
+        let mut f = frame::Audio::empty();
+        // SAFETY: fields of a frame this function owns, set before its buffers are allocated;
+        // the buffers are checked before they are written.
+        unsafe {
+            let p = f.as_mut_ptr();
+            (*p).format = (*like.as_ptr()).format;
+            (*p).nb_samples = n as i32;
+            (*p).channel_layout = layout.bits();
+            (*p).channels = channels;
+            (*p).sample_rate = like.rate() as i32;
+            let ret = ffmpeg_next::ffi::av_frame_get_buffer(p, 0);
+            if ret < 0 || (*p).extended_data.is_null() {
+                return Err(MediaError::ffmpeg("making silence")(
+                    ffmpeg_next::Error::from(ret.min(-1)),
+                ));
+            }
+            ffmpeg_next::ffi::av_samples_set_silence(
+                (*p).extended_data,
+                0,
+                n as i32,
+                channels,
+                std::mem::transmute::<i32, ffmpeg_next::ffi::AVSampleFormat>((*p).format),
+            );
+        }
+        f.set_pts(Some(pts + (done as i64).rescale(rate_tb, in_tb)));
+        out.push(f);
+        done += n;
     }
-    Ok(f)
+    Ok(out)
 }

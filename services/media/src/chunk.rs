@@ -330,6 +330,9 @@ fn write_chunks(
             c
         };
         if !open.contains_key(&chunk) {
+            if chunk > video_at + MAX_OPEN_CHUNKS {
+                return Err(cannot_cut("audio is stored far ahead of its video"));
+            }
             if chunks.len() > chunk {
                 // Audio stored more than MAX_OPEN_CHUNKS chunks behind its video.
                 return Err(cannot_cut("audio is stored far behind its video"));

@@ -194,10 +194,14 @@ pub fn plan_job(probe: &Probe, slice_seconds: f64) -> JobPlan {
         frames: v.frames,
         duration_seconds: v.duration_seconds,
         has_audio: probe.audio.is_some(),
-        audio_lead: probe.audio.as_ref().map_or(0, |a| {
-            let video_start = v.start_pts as f64 * f64::from(tb.0) / f64::from(tb.1);
-            ((video_start - a.start_seconds).max(0.0) * ticks_per_second).round() as i64
-        }),
+        audio_lead: probe
+            .audio
+            .as_ref()
+            .and_then(|a| a.start_seconds)
+            .map_or(0, |audio_start| {
+                let video_start = v.start_pts as f64 * f64::from(tb.0) / f64::from(tb.1);
+                ((video_start - audio_start).max(0.0) * ticks_per_second).round() as i64
+            }),
         // Cuts prefer source keyframes on the 2 s output grid (see `encode_slice`).
         slices: plan_slices_on_grid(
             &keys,

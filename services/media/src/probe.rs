@@ -71,9 +71,10 @@ pub struct AudioInfo {
     pub channels: u16,
     /// FFmpeg's name of the channel layout, e.g. "stereo".
     pub layout: String,
-    /// First audible sample (priming an edit list hides excluded), seconds on the file's clock.
+    /// First audible sample (priming an edit list hides excluded), seconds on the file's clock;
+    /// `None` when the stream holds no packets.
     #[serde(default)]
-    pub start_seconds: f64,
+    pub start_seconds: Option<f64>,
     pub duration_seconds: f64,
 }
 
@@ -126,6 +127,8 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
         .ok_or(MediaError::NoVideoStream)?;
     let v_index = vstream.index();
     let v_tb = vstream.time_base();
+    // Frames the container's index lists (0 where it keeps none, as MPEG-TS).
+    let declared_frames = u64::try_from(vstream.frames()).unwrap_or(0);
     let v_params = vstream.parameters();
     let v_codec_id = v_params.id();
     if !ACCEPTED_VIDEO_CODECS.contains(&v_codec_id) || codec::decoder::find(v_codec_id).is_none() {
@@ -182,7 +185,7 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
             sample_rate,
             channels,
             layout,
-            start_seconds: 0.0,
+            start_seconds: None,
             duration_seconds: 0.0,
         }
     });
@@ -201,6 +204,7 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
     let mut video_span = Span::new(nominal_frame);
     let mut audio_span = Span::new(0);
     let mut frames = 0u64;
+    let mut hidden = 0u64;
     let mut keyframes = Vec::new();
     let mut pts_list = Vec::new();
     let mut reordered = false;
@@ -215,6 +219,7 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
             // An edit list hides these (decoded as references, never shown): keyframes count for
             // where decoding may start, but the frame is not part of the video.
             if is_discarded(&packet) {
+                hidden += 1;
                 if packet.is_key()
                     && let Some(pts) = packet.pts().or(packet.dts())
                 {
@@ -257,6 +262,14 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
             "video stream holds no frames".into(),
         ));
     }
+    // An index that lists frames the file no longer holds: the file was cut off (a damaged
+    // packet is concealed; a missing end is not damage but a different, shorter video).
+    if declared_frames > 0 && frames + hidden < declared_frames {
+        return Err(MediaError::CorruptStream(format!(
+            "the file ends early: {} of the {declared_frames} frames its index lists are there",
+            frames + hidden
+        )));
+    }
     if keyframes.is_empty() {
         return Err(MediaError::CorruptStream(
             "video stream holds no keyframe".into(),
@@ -268,7 +281,7 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
     let audio = audio.map(|mut a| {
         if let Some(tb) = a_tb {
             a.duration_seconds = audio_span.seconds(tb);
-            a.start_seconds = audio_span.start.unwrap_or(0) as f64 * f64::from(tb);
+            a.start_seconds = audio_span.start.map(|s| s as f64 * f64::from(tb));
         }
         a
     });

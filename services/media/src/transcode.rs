@@ -188,7 +188,12 @@ fn run(req: &TranscodeRequest) -> Result<Vec<RenditionReport>, MediaError> {
                 .map(|w| w.0)
                 .unwrap_or_else(|| vstream.start_time().max(0));
             let end = window.map(|w| w.1.rescale(in_tb, s.time_base()));
-            Some(AudioPipe::new(&s, zero.rescale(in_tb, s.time_base()), end)?)
+            Some(AudioPipe::new(
+                &s,
+                zero.rescale(in_tb, s.time_base()),
+                end,
+                req.damage,
+            )?)
         }
         _ => None,
     };
@@ -277,7 +282,7 @@ fn run(req: &TranscodeRequest) -> Result<Vec<RenditionReport>, MediaError> {
     };
     if let Some(a) = audio.as_mut() {
         a.finish(&mut |p, tb| write_audio_all(&mut outs, p, tb))?;
-        concealed.audio_frames = a.concealed(&req.damage)?;
+        concealed.audio_frames = a.concealed()?;
     }
     let has_audio = audio.is_some();
     outs.outs
@@ -383,6 +388,7 @@ fn drain_decoder(
     outs: &mut Rungs,
 ) -> Result<(), MediaError> {
     let mut decoded = frame::Video::empty();
+    let mut errors = 0;
     loop {
         match dec.receive_frame(&mut decoded) {
             Ok(()) => {}
@@ -393,11 +399,17 @@ fn drain_decoder(
                 return Ok(());
             }
             // A frame that failed to decode: it is concealed once the next one comes out.
+            // Frames queued behind it are still read (a bounded number of errors in a row).
             Err(e) => {
                 tracing::debug!(error = %e, "undecodable video frame");
-                return Ok(());
+                errors += 1;
+                if errors > crate::audio::MAX_ERRORS_IN_A_ROW {
+                    return Ok(());
+                }
+                continue;
             }
         }
+        errors = 0;
         let ts = decoded.timestamp();
         decoded.set_pts(ts);
         for mut lost in concealer.decoded(&mut decoded)? {

@@ -150,8 +150,6 @@ fn chunks_encoded_one_by_one_keep_the_sources_times() {
         ("29.97 fps + MP3", ntsc_mp3()),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        eprintln!("KEEP {}", dir.path().display());
-        let dir = Box::leak(Box::new(dir));
         let chunks = cut_chunks(&src, dir.path(), 2.0, Deadline::none()).unwrap();
         let mut encoded: Vec<(u32, ChunkEncode)> = Vec::new();
         for c in &chunks {
