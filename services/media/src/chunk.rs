@@ -329,20 +329,26 @@ fn write_chunks(
             audio_at = audio_at.max(c);
             c
         };
-        if !open.contains_key(&chunk) {
-            if chunk > video_at + MAX_OPEN_CHUNKS {
-                return Err(cannot_cut("audio is stored far ahead of its video"));
+        let w = match open.entry(chunk) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                if chunk > video_at + MAX_OPEN_CHUNKS {
+                    return Err(cannot_cut("audio is stored far ahead of its video"));
+                }
+                if chunks.len() > chunk {
+                    // Audio stored more than MAX_OPEN_CHUNKS chunks behind its video.
+                    return Err(cannot_cut("audio is stored far behind its video"));
+                }
+                let path = dir.join(format!("chunk-{chunk:05}.ts"));
+                made.push(path.clone());
+                e.insert(open_chunk(
+                    &path,
+                    chunk as u32,
+                    plan.starts[chunk],
+                    streams,
+                )?)
             }
-            if chunks.len() > chunk {
-                // Audio stored more than MAX_OPEN_CHUNKS chunks behind its video.
-                return Err(cannot_cut("audio is stored far behind its video"));
-            }
-            let path = dir.join(format!("chunk-{chunk:05}.ts"));
-            made.push(path.clone());
-            let w = open_chunk(&path, chunk as u32, plan.starts[chunk], streams)?;
-            open.insert(chunk, w);
-        }
-        let w = open.get_mut(&chunk).expect("opened above");
+        };
         let shift = (plan.shift_seconds / f64::from(in_tb)).ceil() as i64;
         packet.set_pts(packet.pts().map(|t| t + shift));
         packet.set_dts(packet.dts().map(|t| t + shift));

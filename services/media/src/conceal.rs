@@ -15,8 +15,7 @@ pub(crate) fn is_concealed(f: &frame::Video) -> bool {
     // SAFETY: reads two plain fields of a live frame.
     unsafe {
         let p = f.as_ptr();
-        (*p).flags & ffmpeg_next::ffi::AV_FRAME_FLAG_CORRUPT as i32 != 0
-            || (*p).decode_error_flags != 0
+        (*p).flags & ffmpeg_next::ffi::AV_FRAME_FLAG_CORRUPT != 0 || (*p).decode_error_flags != 0
     }
 }
 
@@ -107,7 +106,7 @@ fn concealment(like: &frame::Video, pts: i64) -> Result<frame::Video, MediaError
     let mut c = frame_ref(like)?;
     c.set_pts(Some(pts));
     // SAFETY: sets a plain field of a frame this function owns.
-    unsafe { (*c.as_mut_ptr()).flags |= ffmpeg_next::ffi::AV_FRAME_FLAG_CORRUPT as i32 };
+    unsafe { (*c.as_mut_ptr()).flags |= ffmpeg_next::ffi::AV_FRAME_FLAG_CORRUPT };
     Ok(c)
 }
 
