@@ -288,6 +288,15 @@ async fn a_chunk_that_is_not_gop_aligned_media_gets_422_and_nothing_is_stored(po
         (err.status, err.code.as_str()),
         (StatusCode::UNPROCESSABLE_ENTITY, "chunk-not-gop-aligned")
     );
+    // A decode bomb: declared 320x240, switching to 8192x8192 frames after 4 s.
+    let bomb = Bytes::from(std::fs::read(vtx_testkit::recordings::size_bomb()).unwrap());
+    let err = failure(c.put_chunk(up.id, 0, bomb).await.unwrap_err());
+    assert_eq!(
+        (err.status, err.code.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "too-large"),
+        "{err:?}"
+    );
+    assert!(err.message.contains("8192x8192"), "{err:?}");
     assert!(c.upload(up.id).await.unwrap().chunks.is_empty());
     assert!(
         app.store

@@ -27,7 +27,10 @@ pub fn write_cover(video: &Path, out: &Path, deadline: Deadline) -> Result<(), M
     };
     let horizon = (total / 3.0).clamp(0.0, 10.0);
     let mut dec = codec::context::Context::from_parameters(s.parameters())
-        .and_then(|c| c.decoder().video())
+        .and_then(|mut c| {
+            crate::probe::limit_decoder(&mut c);
+            c.decoder().video()
+        })
         .map_err(|e| MediaError::UnsupportedCodec(format!("video decoder: {e}")))?;
 
     let (mut best, mut best_score, mut next_sample) = (None::<frame::Video>, -1.0f64, 0.0f64);

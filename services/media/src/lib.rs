@@ -59,11 +59,14 @@ pub struct Limits {
     pub max_frames: u64,
 }
 
+/// The most pixels any decoder may make of one frame, whatever a stream declares (4096x2304).
+pub const MAX_PIXELS: u64 = 4096 * 2304;
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_duration: Duration::from_secs(60 * 60),
-            max_pixels: 4096 * 2304,
+            max_pixels: MAX_PIXELS,
             max_file_bytes: 8 << 30,
             // One hour at 120 fps.
             max_frames: 60 * 60 * 120,

@@ -44,7 +44,8 @@ impl GrayFrames {
         let stream = s.index();
         let tb = s.time_base();
         let decoder = ffmpeg_next::codec::context::Context::from_parameters(s.parameters())
-            .and_then(|c| {
+            .and_then(|mut c| {
+                crate::probe::limit_decoder(&mut c);
                 let mut d = c.decoder();
                 d.set_packet_time_base(tb);
                 d.video()

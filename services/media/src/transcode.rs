@@ -158,6 +158,7 @@ fn run(req: &TranscodeRequest) -> Result<Vec<RenditionReport>, MediaError> {
         .unwrap_or_else(|| nominal_frame_rate(vstream.avg_frame_rate(), vstream.rate()));
     let mut vctx = codec::context::Context::from_parameters(vstream.parameters())
         .map_err(MediaError::ffmpeg("reading video parameters"))?;
+    crate::probe::limit_decoder(&mut vctx);
     vctx.set_threading(threading::Config {
         kind: threading::Type::Frame,
         count: req.threads.unwrap_or(0),

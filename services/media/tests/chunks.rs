@@ -126,3 +126,17 @@ fn an_open_gop_source_is_not_cut_into_chunks() {
         "nothing left behind"
     );
 }
+
+#[test]
+fn a_chunk_that_switches_to_a_huge_picture_is_refused_before_any_decoding() {
+    // Declared 320x240; after 4 s, 8192x8192 frames. The size is read from every packet's
+    // headers, so neither the chunk check nor the probe lets it through to a decoder.
+    let bomb = vtx_testkit::recordings::size_bomb();
+    let err = inspect_chunk(&bomb, &Limits::default(), Deadline::none()).unwrap_err();
+    assert!(
+        matches!(err, ChunkError::Media(vtx_media::MediaError::TooLarge(ref m)) if m.contains("8192x8192")),
+        "{err:?}"
+    );
+    let err = probe(&bomb, &Limits::default(), Deadline::none()).unwrap_err();
+    assert_eq!(err.code(), vtx_domain::ErrorCode::TooLarge, "{err}");
+}

@@ -350,3 +350,54 @@ fn packets(src: &Path, stream: &str) -> Vec<PacketAt> {
         })
         .collect()
 }
+
+/// A decode bomb: an MPEG-TS chunk (a GOP-aligned upload chunk) that starts with 4 s of
+/// 320x240 and then switches to 8192x8192 frames (67 megapixels each), whose declared size is
+/// the small one.
+pub fn size_bomb() -> PathBuf {
+    let dir = crate::fixture_dir();
+    let out = dir.join("bomb.ts");
+    if out.exists() {
+        return out;
+    }
+    let small = derived(
+        "bomb-small.ts",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=s=320x240:r=25:d=4",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "25",
+            "-f",
+            "mpegts",
+        ],
+    );
+    let big = derived(
+        "bomb-big.ts",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "color=black:s=8192x8192:r=25:d=0.2",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-threads",
+            "1",
+            "-f",
+            "mpegts",
+        ],
+    );
+    let mut bytes = std::fs::read(small).expect("small part");
+    bytes.extend(std::fs::read(big).expect("big part"));
+    let tmp = dir.join(format!("bomb.ts.{}.part", std::process::id()));
+    std::fs::write(&tmp, bytes).expect("write the bomb");
+    std::fs::rename(&tmp, &out).expect("fixture rename");
+    out
+}
