@@ -791,3 +791,101 @@ async fn chunks_are_transcoded_while_the_upload_arrives(pool: PgPool) {
     assert!(mp4.iter().all(|r| r.frames == source_frames), "{mp4:?}");
     app.stop().await;
 }
+
+/// PUTs `data` as chunk `index` of `upload`, `per_second` bytes each second, then (when
+/// `stall_after` is set) nothing more after that many bytes: (status, error code).
+async fn put_slowly(
+    app: &TestApp,
+    upload: vtx_domain::UploadId,
+    index: u32,
+    data: bytes::Bytes,
+    per_second: usize,
+    stall_after: Option<usize>,
+) -> (StatusCode, String) {
+    let len = data.len();
+    let parts: Vec<bytes::Bytes> = (0..len)
+        .step_by(per_second)
+        .map(|at| data.slice(at..(at + per_second).min(len)))
+        .collect();
+    let body = futures_util::stream::unfold((parts, 0usize, 0usize), move |(parts, i, sent)| {
+        async move {
+            if stall_after.is_some_and(|s| sent >= s) {
+                // Stalled: hold the connection open, sending nothing.
+                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                return None;
+            }
+            let part = parts.get(i)?.clone();
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let n = part.len();
+            Some((Ok::<_, std::io::Error>(part), (parts, i + 1, sent + n)))
+        }
+    });
+    let resp = reqwest::Client::new()
+        .put(format!(
+            "{}/v1/uploads/{upload}/chunks/{index}",
+            app.client.base()
+        ))
+        .bearer_auth(app.cfg.auth.service_tokens[0].expose())
+        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+        .header(reqwest::header::CONTENT_LENGTH, len)
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    (
+        status,
+        body["error"]["code"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_chunk_from_a_weak_link_arrives_however_slowly_and_a_stalled_one_gets_408(pool: PgPool) {
+    // A weak cellular link: a real chunk at a few KB/s, for longer than a minute (longer than
+    // the object store client's own read timeout). Silence for the idle time ends a body.
+    let app = TestApp::spawn_with(
+        pool,
+        &[("VTX_BODY_IDLE_SECS", "4")],
+        vtx_tests::Services::default(),
+    )
+    .await;
+    let chunks = vtx_tests::ts_chunks(&vtx_tests::gop_bframes(), 2.0);
+    let chunk = chunks
+        .iter()
+        .min_by_key(|c| c.len())
+        .expect("a chunk")
+        .clone();
+    let index = chunks.iter().position(|c| *c == chunk).unwrap() as u32;
+    let up = app.client.create_upload().await.unwrap();
+    let per_second = chunk.len().div_ceil(65);
+    let started = std::time::Instant::now();
+    let (status, code) = put_slowly(&app, up.id, index, chunk.clone(), per_second, None).await;
+    assert_eq!(status, StatusCode::CREATED, "{code}");
+    assert!(started.elapsed() > std::time::Duration::from_secs(60));
+    assert_eq!(app.client.upload(up.id).await.unwrap().chunks.len(), 1);
+
+    // The next chunk stops half-way and sends nothing more: 408, nothing stored.
+    let other = (index as usize + 1) % chunks.len();
+    let (status, code) = put_slowly(
+        &app,
+        up.id,
+        other as u32,
+        chunks[other].clone(),
+        chunks[other].len() / 4,
+        Some(chunks[other].len() / 2),
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::REQUEST_TIMEOUT, "body-timeout")
+    );
+    assert_eq!(app.client.upload(up.id).await.unwrap().chunks.len(), 1);
+    let objects = app
+        .store
+        .list(&format!("uploads/{}/", up.id))
+        .await
+        .unwrap();
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    app.stop().await;
+}

@@ -497,13 +497,38 @@ pub(crate) async fn stream_to_store(
         ),
         None => None,
     };
+    let (idle, total) = (state.limits.body_idle, state.limits.body_total);
     let pump = async move {
         let mut hasher = Sha256::new();
         let mut sha1 = want_sha1.then(sha1::Sha1::new);
         let mut crc = 0u32;
         let mut seen = 0u64;
         let mut stream = body.into_data_stream();
-        while let Some(frame) = stream.next().await {
+        let until = tokio::time::Instant::now() + total;
+        let timed_out =
+            |what: String| ApiError::new(StatusCode::REQUEST_TIMEOUT, "body-timeout", what);
+        loop {
+            // However slowly a body comes, it comes: only silence, or more than the total
+            // allowed, ends it.
+            let wait = idle.min(until.saturating_duration_since(tokio::time::Instant::now()));
+            let frame = match tokio::time::timeout(wait, stream.next()).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(_) => {
+                    let _ = tx.send(Err(std::io::Error::other("body timed out"))).await;
+                    return Err(if tokio::time::Instant::now() >= until {
+                        timed_out(format!(
+                            "the body took longer than {} s (received {seen} of {len} bytes)",
+                            total.as_secs()
+                        ))
+                    } else {
+                        timed_out(format!(
+                            "the body sent nothing for {} s (received {seen} of {len} bytes)",
+                            idle.as_secs()
+                        ))
+                    });
+                }
+            };
             let bytes = match frame {
                 Ok(b) => b,
                 Err(e) => {
@@ -535,7 +560,7 @@ pub(crate) async fn stream_to_store(
                 f.write_all(&bytes).await.map_err(ApiError::internal)?;
             }
             if tx.send(Ok(bytes)).await.is_err() {
-                break; // the store gave up; its error is reported below
+                return Ok(None); // the store gave up; its error is reported below
             }
         }
         if seen != len {
@@ -552,25 +577,30 @@ pub(crate) async fn stream_to_store(
         if let Some(f) = file.as_mut() {
             f.flush().await.map_err(ApiError::internal)?;
         }
-        Ok(Streamed {
+        Ok(Some(Streamed {
             sha256: hex::encode(hasher.finalize()),
             crc32c: crc,
             sha1: sha1.map(|h| h.finalize().into()),
-        })
+        }))
     };
     let put = state
         .store
         .put_stream(key, len, rx, "application/octet-stream");
     let (hashed, stored) = tokio::join!(pump, put);
     match (hashed, stored) {
-        (Ok(sha), Ok(())) => Ok(sha),
-        (Err(e), _) => {
-            discard(state, key).await;
-            Err(e)
-        }
+        (Ok(Some(sha)), Ok(())) => Ok(sha),
+        // The store failed (and stopped taking the body): a storage error, not the client's.
         (Ok(_), Err(e)) => {
             discard(state, key).await;
             Err(ApiError::storage(e))
+        }
+        (Ok(None), Ok(())) => {
+            discard(state, key).await;
+            Err(ApiError::internal("the store stopped taking the body"))
+        }
+        (Err(e), _) => {
+            discard(state, key).await;
+            Err(e)
         }
     }
 }

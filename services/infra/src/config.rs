@@ -154,6 +154,10 @@ pub struct UploadLimits {
     pub max_upload_bytes: u64,
     pub max_chunks: u32,
     pub session_ttl: Duration,
+    /// `VTX_BODY_IDLE_SECS`: a request body that sends nothing this long is refused (408).
+    pub body_idle: Duration,
+    /// `VTX_BODY_TOTAL_SECS`: the longest a request body may take, however steadily it comes.
+    pub body_total: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -213,6 +217,8 @@ impl Config {
                 max_upload_bytes: env.parse("VTX_MAX_UPLOAD_BYTES", 4 << 30)?,
                 max_chunks: env.parse("VTX_MAX_CHUNKS", 2_000)?,
                 session_ttl: Duration::from_secs(env.parse("VTX_UPLOAD_TTL_SECS", 24 * 3600)?),
+                body_idle: Duration::from_secs(env.parse("VTX_BODY_IDLE_SECS", 60)?),
+                body_total: Duration::from_secs(env.parse("VTX_BODY_TOTAL_SECS", 30 * 60)?),
             },
             auth: AuthConfig::load(&env)?,
             worker: WorkerConfig {

@@ -171,6 +171,17 @@ impl ObjectStore {
             .customize()
             // The body streams once and cannot be read twice to compute its hash up front.
             .disable_payload_signing()
+            // A phone on a weak link may take many minutes to send a chunk: the client's read
+            // timeout would cut it off mid-body. The sender's own idle and total deadlines bound
+            // this request instead.
+            .config_override(
+                aws_sdk_s3::config::Builder::default().timeout_config(
+                    TimeoutConfig::builder()
+                        .connect_timeout(Duration::from_secs(5))
+                        .disable_read_timeout()
+                        .build(),
+                ),
+            )
             .send()
             .await
             .map(|_| ())
