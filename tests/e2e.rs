@@ -163,6 +163,32 @@ async fn three_chunks_out_of_order_become_a_playable_video_with_every_frame(pool
         .unwrap();
     assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(resp.bytes().await.unwrap().len(), 100);
+    // A malformed Range is ignored (RFC 9110): the whole object, not an error.
+    for bad in ["bytes=abc", "bytes=5-1", "bytes=0-1,5-9", "items=0-9"] {
+        let resp = app
+            .client
+            .http()
+            .get(url)
+            .header("Range", bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{bad}");
+        assert_eq!(
+            resp.bytes().await.unwrap().len() as u64,
+            playback.mp4[0].size_bytes
+        );
+    }
+    // A range past the end cannot be served: 416.
+    let resp = app
+        .client
+        .http()
+        .get(url)
+        .header("Range", "bytes=999999999-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
 
     // The high tier follows and replaces the fast one with new, versioned objects.
     let high = app

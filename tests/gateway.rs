@@ -514,6 +514,17 @@ async fn a_killed_client_upload_resumes_and_sends_only_what_is_missing(pool: PgP
     rx.recv().await.expect("a chunk was stored");
     first.abort();
     assert!(first.await.unwrap_err().is_cancelled());
+    // The state file holds the session's upload token: its owner's alone.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let file = std::fs::read_dir(state.path())
+            .unwrap()
+            .next()
+            .expect("a state file")
+            .unwrap();
+        let mode = file.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "state file mode {mode:o}");
+    }
 
     let again = vtx_client::UploadOptions {
         live: false,

@@ -164,10 +164,7 @@ pub(crate) async fn run(
                 upload_token: created.upload_token,
             };
             if let Some(f) = &state_file {
-                if let Some(d) = f.parent() {
-                    tokio::fs::create_dir_all(d).await?;
-                }
-                tokio::fs::write(f, serde_json::to_vec(&s)?).await?;
+                write_private(f, &serde_json::to_vec(&s)?).await?;
             }
             s
         }
@@ -280,4 +277,26 @@ where
             }
         }
     }
+}
+
+/// Writes the resume state (it holds the upload token) readable by its owner only: the file
+/// 0600, its directory 0700.
+async fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    use tokio::io::AsyncWriteExt;
+    if let Some(d) = path.parent() {
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true).mode(0o700);
+        let d = d.to_path_buf();
+        tokio::task::spawn_blocking(move || b.create(d)).await??;
+    }
+    let mut f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .await?;
+    f.write_all(bytes).await?;
+    f.flush().await
 }

@@ -23,19 +23,13 @@ pub async fn serve(
     {
         return Err(ApiError::not_found("object-not-found", "object"));
     }
-    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    if let Some(r) = range
-        && !r.starts_with("bytes=")
-    {
-        return Err(ApiError::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "range-not-satisfiable",
-            "only byte ranges are supported",
-        ));
-    }
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(single_byte_range);
     let obj = state
         .store
-        .get(&key, range)
+        .get(&key, range.as_deref())
         .await
         .map_err(ApiError::storage)?;
     let status = if obj.content_range.is_some() {
@@ -84,4 +78,62 @@ pub async fn serve(
     }
     resp.body(Body::from_stream(stream))
         .map_err(ApiError::internal)
+}
+
+/// The one byte range a `Range` header asks for, as the object store takes it. Anything else
+/// (another unit, several ranges, a malformed one) is ignored and the whole object served, as
+/// RFC 9110 (14.2) lets a server do; a well-formed range past the end is refused by the store
+/// (416).
+fn single_byte_range(value: &str) -> Option<String> {
+    let spec = value.trim().strip_prefix("bytes=")?.trim();
+    let (first, last) = spec.split_once('-')?;
+    let number = |s: &str| {
+        (!s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    match (first.trim(), last.trim()) {
+        ("", suffix) => number(suffix)
+            .filter(|&n| n > 0)
+            .map(|n| format!("bytes=-{n}")),
+        (a, "") => number(a).map(|a| format!("bytes={a}-")),
+        (a, b) => {
+            let (a, b) = (number(a)?, number(b)?);
+            (a <= b).then(|| format!("bytes={a}-{b}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::single_byte_range;
+
+    #[test]
+    fn one_well_formed_byte_range_passes_anything_else_is_ignored() {
+        assert_eq!(
+            single_byte_range("bytes=0-99").as_deref(),
+            Some("bytes=0-99")
+        );
+        assert_eq!(
+            single_byte_range("bytes=100-").as_deref(),
+            Some("bytes=100-")
+        );
+        assert_eq!(
+            single_byte_range("bytes=-500").as_deref(),
+            Some("bytes=-500")
+        );
+        for bad in [
+            "bytes=",
+            "bytes=abc",
+            "bytes=5-1",
+            "bytes=-",
+            "bytes=-0",
+            "bytes=0-1,5-9",
+            "items=0-9",
+            "bytes=99999999999999999999-",
+            "bytes=0x10-",
+        ] {
+            assert_eq!(single_byte_range(bad), None, "{bad}");
+        }
+    }
 }
