@@ -69,6 +69,7 @@ async fn calls_without_valid_credentials_get_401_with_a_clear_code(pool: PgPool)
         id: up.id.as_uuid(),
         exp: i64::MAX,
         sub: None,
+        followers: None,
     });
     assert_eq!(
         failure(
@@ -90,6 +91,7 @@ async fn calls_without_valid_credentials_get_401_with_a_clear_code(pool: PgPool)
             id: up.id.as_uuid(),
             exp: past,
             sub: None,
+            followers: None,
         });
         let err = anonymous
             .with_token(expired)
@@ -115,6 +117,7 @@ async fn an_app_uploads_with_a_grant_and_its_session_token_only(pool: PgPool) {
         .grant(&GrantRequest {
             sub: Some("user-42".into()),
             ttl_secs: Some(600),
+            followers: Some(250_000),
         })
         .await
         .unwrap();
@@ -167,12 +170,32 @@ async fn an_app_uploads_with_a_grant_and_its_session_token_only(pool: PgPool) {
         .grant(&GrantRequest {
             sub: None,
             ttl_secs: Some(10 * 24 * 3600),
+            followers: None,
         })
         .await
         .unwrap_err();
     assert_eq!(
         failure(err),
         (StatusCode::BAD_REQUEST, "invalid-ttl".to_string())
+    );
+    // A follower count comes from the grant the service signed, never from the app itself.
+    let claim = vtx_domain::api::CreateUpload {
+        rotation: None,
+        followers: Some(10_000_000),
+    };
+    assert_eq!(
+        failure(app_client.create_upload_with(&claim).await.unwrap_err()),
+        forbidden()
+    );
+    let followers: Vec<Option<i64>> =
+        sqlx::query_scalar("SELECT followers FROM uploads ORDER BY created_at")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        followers,
+        vec![Some(250_000), None],
+        "the grant's count, signed"
     );
     // The grant id is recorded on the session it opened, and only there.
     let grants: Vec<Option<uuid::Uuid>> =

@@ -26,6 +26,10 @@ pub struct GrantRequest {
     /// Lifetime in seconds (default `VTX_GRANT_TTL_SECS`, at most one day).
     #[serde(default)]
     pub ttl_secs: Option<u64>,
+    /// The uploader's follower count, signed into the grant: sessions it opens record it (an
+    /// app cannot state one of its own).
+    #[serde(default)]
+    pub followers: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -43,7 +47,9 @@ pub struct CreateUpload {
     #[serde(default)]
     pub rotation: Option<u32>,
     /// The uploader's follower count at upload time: above `VTX_EXTREME_FOLLOWERS` the video
-    /// is predicted hot and gets an extreme encode right after its high tier.
+    /// is predicted hot and gets an extreme encode right after its high tier. Taken from a
+    /// service token's request, or from the grant (signed by the service); an app holding a
+    /// grant that states another count is refused (403).
     #[serde(default)]
     pub followers: Option<u64>,
 }

@@ -48,6 +48,10 @@ pub struct Claims {
     /// Who the app acts for (the internal service's user id), for logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
+    /// A grant's: the uploader's follower count as the service that minted it vouches for it
+    /// (an app cannot claim one of its own: a large one buys extreme encodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub followers: Option<u64>,
 }
 
 /// Service tokens and the signing key. Cheap to clone.
@@ -114,6 +118,7 @@ impl Auth {
             id: upload.as_uuid(),
             exp: expires_at.timestamp(),
             sub: None,
+            followers: None,
         })
     }
 
@@ -167,8 +172,9 @@ impl Auth {
                 kind: TokenKind::Grant,
                 id,
                 sub,
+                followers,
                 ..
-            }) => Ok(Caller::Grant { id, sub }),
+            }) => Ok(Caller::Grant { id, sub, followers }),
             Ok(Claims {
                 kind: TokenKind::Upload,
                 id,
@@ -196,7 +202,12 @@ pub enum Caller {
     /// An internal service: may do anything.
     Service,
     /// An app holding a grant: may open upload sessions.
-    Grant { id: Uuid, sub: Option<String> },
+    Grant {
+        id: Uuid,
+        sub: Option<String>,
+        /// The follower count signed into the grant.
+        followers: Option<u64>,
+    },
     /// An app holding one session's upload token.
     Upload(UploadId),
 }
@@ -209,11 +220,24 @@ impl Caller {
         }
     }
 
-    /// Who may open upload sessions; returns the grant to bind the session to.
-    pub fn may_create_upload(&self) -> Result<Option<Uuid>, ApiError> {
+    /// Who may open upload sessions; returns the grant to bind the session to and the follower
+    /// count to record: a service's as it says, a grant's as signed into it (an app that claims
+    /// another one is refused).
+    pub fn may_create_upload(
+        &self,
+        claimed_followers: Option<u64>,
+    ) -> Result<(Option<Uuid>, Option<u64>), ApiError> {
         match self {
-            Caller::Service => Ok(None),
-            Caller::Grant { id, .. } => Ok(Some(*id)),
+            Caller::Service => Ok((None, claimed_followers)),
+            Caller::Grant { id, followers, .. } => {
+                if claimed_followers.is_some() && claimed_followers != *followers {
+                    return Err(forbidden(
+                        "a follower count is taken from the grant the service signed, not from \
+                         the app",
+                    ));
+                }
+                Ok((Some(*id), *followers))
+            }
             Caller::Upload(_) => Err(forbidden(
                 "an upload token is bound to its session; opening another needs a grant",
             )),
@@ -288,6 +312,7 @@ mod tests {
             id: Uuid::new_v4(),
             exp,
             sub: Some("user-1".into()),
+            followers: None,
         }
     }
 
@@ -339,10 +364,11 @@ mod tests {
         let g = Caller::Grant {
             id: grant,
             sub: None,
+            followers: None,
         };
         assert!(g.may_use_upload(upload, Some(grant)).is_ok());
         assert!(g.may_use_upload(upload, None).is_err());
         assert!(g.require_service().is_err());
-        assert!(Caller::Upload(upload).may_create_upload().is_err());
+        assert!(Caller::Upload(upload).may_create_upload(None).is_err());
     }
 }

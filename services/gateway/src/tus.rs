@@ -91,7 +91,7 @@ pub async fn create(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     check_version(&headers)?;
-    let grant = caller.may_create_upload()?;
+    let (grant, followers) = caller.may_create_upload(None)?;
     let bad = |code, msg: &str| ApiError::bad_request(code, msg);
     if headers.contains_key("upload-defer-length") {
         return Err(bad(
@@ -139,6 +139,7 @@ pub async fn create(
         id,
         session_expiry(&state)?,
         grant,
+        followers,
         length,
         metadata.as_deref(),
     )

@@ -61,6 +61,7 @@ pub async fn grant(
         id: uuid::Uuid::new_v4(),
         exp: expires_at.timestamp(),
         sub: req.sub,
+        followers: req.followers,
     });
     Ok((
         StatusCode::CREATED,
@@ -76,8 +77,8 @@ pub async fn create(
     caller: Caller,
     body: Option<Json<CreateUpload>>,
 ) -> ApiResult<(StatusCode, Json<UploadCreated>)> {
-    let grant = caller.may_create_upload()?;
     let req = body.map(|Json(b)| b).unwrap_or_default();
+    let (grant, followers) = caller.may_create_upload(req.followers)?;
     if req
         .rotation
         .is_some_and(|r| ![0, 90, 180, 270].contains(&r))
@@ -95,7 +96,7 @@ pub async fn create(
         session_expiry(&state)?,
         grant,
         req.rotation,
-        req.followers,
+        followers,
         state.pipeline_uploads,
     )
     .await?;

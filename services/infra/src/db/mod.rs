@@ -110,12 +110,13 @@ pub async fn create_tus_upload(
     id: UploadId,
     expires_at: DateTime<Utc>,
     grant_id: Option<Uuid>,
+    followers: Option<u64>,
     length: u64,
     metadata: Option<&str>,
 ) -> sqlx::Result<UploadRow> {
     sqlx::query_as(
-        "INSERT INTO uploads (id, expires_at, grant_id, protocol, upload_length, metadata)
-         VALUES ($1, $2, $3, 'tus', $4, $5)
+        "INSERT INTO uploads (id, expires_at, grant_id, protocol, upload_length, metadata, followers)
+         VALUES ($1, $2, $3, 'tus', $4, $5, $6)
          RETURNING id, state, created_at, expires_at, completed_at, grant_id, protocol, upload_length, metadata",
     )
     .bind(id.as_uuid())
@@ -123,6 +124,7 @@ pub async fn create_tus_upload(
     .bind(grant_id)
     .bind(length as i64)
     .bind(metadata)
+    .bind(followers.map(|f| f.min(i64::MAX as u64) as i64))
     .fetch_one(pool)
     .await
 }
