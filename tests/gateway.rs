@@ -263,7 +263,9 @@ async fn a_tus_upload_from_a_real_tus_client_resumes_and_becomes_a_playable_vide
     let (clip_s, store_s) = (clip.to_str().unwrap(), store.to_str().unwrap());
 
     // The client stops half-way (killed), then a second run resumes from the server's offset.
-    let half = (size / 2).to_string();
+    // It stops on a part boundary (256 KiB, tuspy's part here): a part but the last may not be
+    // smaller than VTX_TUS_MIN_PART_BYTES (256 KiB).
+    let half = ((size / 2).div_ceil(256 * 1024) * 256 * 1024).to_string();
     let (url, offset) = tuspy(&[&endpoint, &grant, clip_s, store_s, &half]).await;
     assert!(offset >= size / 2 && offset < size, "{offset} of {size}");
     let (url_again, offset) = tuspy(&[&endpoint, &grant, clip_s, store_s]).await;
@@ -312,7 +314,13 @@ fn header(resp: &reqwest::Response, name: &str) -> String {
 #[sqlx::test(migrations = "../migrations")]
 async fn tus_follows_the_protocol_at_its_edges(pool: PgPool) {
     use reqwest::Method;
-    let app = TestApp::spawn(pool).await;
+    // Parts of at least 100 bytes (but the last), so this small upload can be sent in a few.
+    let app = TestApp::spawn_with(
+        pool,
+        &[("VTX_TUS_MIN_PART_BYTES", "100")],
+        vtx_tests::Services::default(),
+    )
+    .await;
     let c = &app.client;
     let token = c.grant(&GrantRequest::default()).await.unwrap().token;
     let endpoint = format!("{}/v1/tus/", c.base());
@@ -425,6 +433,23 @@ async fn tus_follows_the_protocol_at_its_edges(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // A part under the floor (not the last) is refused before a byte is stored.
+    let resp = tus(
+        c,
+        Method::PATCH,
+        &url,
+        &token,
+        &[v.clone(), octets.clone(), at(0)],
+    )
+    .body(junk[..50].to_vec())
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap()["error"]["code"],
+        "tus-part-too-small"
+    );
     let resp = tus(c, Method::HEAD, &url, &token, std::slice::from_ref(&v))
         .send()
         .await

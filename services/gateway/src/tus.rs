@@ -320,6 +320,28 @@ pub async fn patch(
             format!("the body runs past Upload-Length ({length})"),
         ));
     }
+    // Parts have a floor (but the last), so an upload cannot be split into a flood of tiny
+    // requests, rows and objects; a long upload's floor rises so it needs at most the maximum.
+    let min_part = state
+        .limits
+        .tus_min_part_bytes
+        .max(length.div_ceil(state.limits.tus_max_parts));
+    if len > 0 && len < min_part && offset + len != length {
+        return Err(ApiError::bad_request(
+            "tus-part-too-small",
+            format!("a part but the last must hold at least {min_part} bytes"),
+        ));
+    }
+    if parts.max(0) as u64 >= state.limits.tus_max_parts {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "tus-too-many-parts",
+            format!(
+                "an upload may arrive in at most {} parts",
+                state.limits.tus_max_parts
+            ),
+        ));
+    }
     let checksum = parse_checksum(&headers)?;
     let mut new_offset = offset;
     if len > 0 {

@@ -158,6 +158,10 @@ pub struct UploadLimits {
     pub body_idle: Duration,
     /// `VTX_BODY_TOTAL_SECS`: the longest a request body may take, however steadily it comes.
     pub body_total: Duration,
+    /// `VTX_TUS_MIN_PART_BYTES`: the smallest tus PATCH body but the last; raised for a long
+    /// upload so that it needs at most `VTX_TUS_MAX_PARTS` parts.
+    pub tus_min_part_bytes: u64,
+    pub tus_max_parts: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -219,6 +223,8 @@ impl Config {
                 session_ttl: Duration::from_secs(env.parse("VTX_UPLOAD_TTL_SECS", 24 * 3600)?),
                 body_idle: Duration::from_secs(env.parse("VTX_BODY_IDLE_SECS", 60)?),
                 body_total: Duration::from_secs(env.parse("VTX_BODY_TOTAL_SECS", 30 * 60)?),
+                tus_min_part_bytes: env.parse("VTX_TUS_MIN_PART_BYTES", 256 * 1024)?,
+                tus_max_parts: env.parse::<u64>("VTX_TUS_MAX_PARTS", 10_000)?.max(1),
             },
             auth: AuthConfig::load(&env)?,
             worker: WorkerConfig {
