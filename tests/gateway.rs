@@ -948,3 +948,48 @@ async fn a_chunk_from_a_weak_link_arrives_however_slowly_and_a_stalled_one_gets_
     assert_eq!(objects.len(), 1, "{objects:?}");
     app.stop().await;
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn chunks_sent_in_parallel_never_pass_the_upload_caps_together(pool: PgPool) {
+    // Each chunk alone fits; all of them together hold twice the cap. Sent at once, every
+    // one passes the early check, and the cap must still hold when they are recorded.
+    let chunks = vtx_tests::ts_chunks(&vtx_tests::gop_bframes(), 2.0);
+    let total: usize = chunks.iter().map(|c| c.len()).sum();
+    let cap = total / 2;
+    let app = TestApp::spawn_with(
+        pool,
+        &[("VTX_MAX_UPLOAD_BYTES", &cap.to_string())],
+        vtx_tests::Services {
+            worker: false,
+            ..Default::default()
+        },
+    )
+    .await;
+    let up = app.client.create_upload().await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, c) in chunks.iter().enumerate() {
+        let (client, c) = (app.client.clone(), c.clone());
+        tasks.spawn(async move { client.put_chunk(up.id, i as u32, c).await });
+    }
+    let (mut stored, mut refused) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            Ok((status, _)) => {
+                assert_eq!(status, StatusCode::CREATED);
+                stored += 1;
+            }
+            Err(e) => {
+                assert_eq!(
+                    failure(e),
+                    (StatusCode::PAYLOAD_TOO_LARGE, "upload-too-large".to_string())
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert!(stored >= 1 && refused >= 1, "{stored} stored, {refused} refused");
+    let view = app.client.upload(up.id).await.unwrap();
+    assert!(view.bytes <= cap as u64, "{} bytes stored, cap {cap}", view.bytes);
+    assert_eq!(view.chunks.len(), stored);
+    app.stop().await;
+}

@@ -367,7 +367,29 @@ pub async fn patch(
                 "the body does not match Upload-Checksum; nothing was stored",
             ));
         }
-        match db::insert_chunk(&state.pool, upload, parts as u32, len, &sha256, &key, None).await {
+        let caps = db::UploadCaps {
+            max_bytes: length,
+            max_seconds: f64::INFINITY,
+        };
+        match db::insert_chunk(
+            &state.pool,
+            upload,
+            parts as u32,
+            len,
+            &sha256,
+            &key,
+            None,
+            caps,
+        )
+        .await
+        {
+            Ok(Some(ChunkInsert::OverBytes | ChunkInsert::OverSeconds)) => {
+                discard(&state, &key).await;
+                return Err(ApiError::conflict(
+                    "tus-offset-mismatch",
+                    "another request wrote at this offset",
+                ));
+            }
             Ok(Some(ChunkInsert::Stored)) => new_offset = offset + len,
             Ok(Some(ChunkInsert::Existing(_))) => {
                 // Another PATCH at the same offset won the race.

@@ -276,16 +276,10 @@ pub async fn put_chunk(
             Err(chunk_conflict(index))
         };
     }
+    // Early refusal; the cap itself holds when the chunk is recorded (`insert_chunk`).
     let stored = db::upload_bytes(&state.pool, id).await? as u64;
     if stored + len > state.limits.max_upload_bytes {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "upload-too-large",
-            format!(
-                "an upload may hold at most {} bytes",
-                state.limits.max_upload_bytes
-            ),
-        ));
+        return Err(upload_too_large(&state));
     }
 
     let claimed_crc = match headers.get(CHUNK_CRC32C_HEADER) {
@@ -343,11 +337,7 @@ pub async fn put_chunk(
     let limit = state.chunk_limits.max_duration.as_secs_f64();
     if stored_seconds + (info.end_seconds - info.start_seconds) > limit {
         discard(&state, &key).await;
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "too-long",
-            format!("an upload may last at most {limit} s"),
-        ));
+        return Err(upload_too_long(limit));
     }
     match db::insert_chunk(
         &state.pool,
@@ -361,9 +351,21 @@ pub async fn put_chunk(
             end_seconds: info.end_seconds,
             frames: info.frames as i32,
         }),
+        db::UploadCaps {
+            max_bytes: state.limits.max_upload_bytes,
+            max_seconds: limit,
+        },
     )
     .await
     {
+        Ok(Some(ChunkInsert::OverBytes)) => {
+            discard(&state, &key).await;
+            Err(upload_too_large(&state))
+        }
+        Ok(Some(ChunkInsert::OverSeconds)) => {
+            discard(&state, &key).await;
+            Err(upload_too_long(limit))
+        }
         Ok(Some(ChunkInsert::Stored)) => {
             tracing::info!(upload_id = %id, index = index.get(), bytes = len, "chunk stored");
             metrics::counter!("vtx_chunks_stored_total").increment(1);
@@ -443,6 +445,25 @@ fn discontinuity(chunks: &[db::ChunkRow]) -> Option<u32> {
             (Some(end), Some(start)) if (start - end).abs() > 0.5 => Some(w[1].idx as u32),
             _ => None,
         })
+}
+
+fn upload_too_large(state: &AppState) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "upload-too-large",
+        format!(
+            "an upload may hold at most {} bytes",
+            state.limits.max_upload_bytes
+        ),
+    )
+}
+
+fn upload_too_long(limit: f64) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "too-long",
+        format!("an upload may last at most {limit} s"),
+    )
 }
 
 /// How long checking one chunk may take.

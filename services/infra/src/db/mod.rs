@@ -203,10 +203,23 @@ pub enum ChunkInsert {
     Stored,
     /// The index was already stored; here is what it holds.
     Existing(ChunkRow),
+    /// Recording it would take the upload past its byte cap (chunks stored in parallel).
+    OverBytes,
+    /// Recording it would take the upload past its duration cap.
+    OverSeconds,
 }
 
-/// Records a chunk unless its index is already taken (first writer wins), and only while the
-/// upload is open.
+/// What an upload may hold in all.
+#[derive(Clone, Copy, Debug)]
+pub struct UploadCaps {
+    pub max_bytes: u64,
+    pub max_seconds: f64,
+}
+
+/// Records a chunk unless its index is already taken (first writer wins), only while the upload
+/// is open, and only within the upload's caps: the check and the insert happen under the upload
+/// row's lock, so chunks stored in parallel cannot together pass a cap.
+#[allow(clippy::too_many_arguments)]
 pub async fn insert_chunk(
     pool: &PgPool,
     id: UploadId,
@@ -215,10 +228,11 @@ pub async fn insert_chunk(
     sha256: &str,
     object_key: &str,
     media: Option<&ChunkMedia>,
+    caps: UploadCaps,
 ) -> sqlx::Result<Option<ChunkInsert>> {
     let mut tx = pool.begin().await?;
     let open: Option<(String, Option<Uuid>)> =
-        sqlx::query_as("SELECT state, job_id FROM uploads WHERE id = $1 FOR SHARE")
+        sqlx::query_as("SELECT state, job_id FROM uploads WHERE id = $1 FOR UPDATE")
             .bind(id.as_uuid())
             .fetch_optional(&mut *tx)
             .await?;
@@ -227,6 +241,33 @@ pub async fn insert_chunk(
     };
     if state != UploadState::Open.as_str() {
         return Ok(None);
+    }
+    let existing: Option<ChunkRow> = sqlx::query_as(
+        "SELECT idx, size_bytes, sha256, object_key, start_seconds, end_seconds FROM upload_chunks
+         WHERE upload_id = $1 AND idx = $2",
+    )
+    .bind(id.as_uuid())
+    .bind(idx as i32)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(row) = existing {
+        return Ok(Some(ChunkInsert::Existing(row)));
+    }
+    let (bytes, seconds): (i64, f64) = sqlx::query_as(
+        "SELECT COALESCE(sum(size_bytes), 0)::bigint,
+                COALESCE(sum(end_seconds - start_seconds), 0)::float8
+         FROM upload_chunks WHERE upload_id = $1",
+    )
+    .bind(id.as_uuid())
+    .fetch_one(&mut *tx)
+    .await?;
+    if bytes.max(0) as u64 + size_bytes > caps.max_bytes {
+        return Ok(Some(ChunkInsert::OverBytes));
+    }
+    if let Some(m) = media
+        && seconds + (m.end_seconds - m.start_seconds) > caps.max_seconds
+    {
+        return Ok(Some(ChunkInsert::OverSeconds));
     }
     // A media chunk of a pipelined upload is encoded as soon as it is stored.
     let encode = reserved_job.is_some() && media.is_some();
