@@ -981,15 +981,77 @@ async fn chunks_sent_in_parallel_never_pass_the_upload_caps_together(pool: PgPoo
             Err(e) => {
                 assert_eq!(
                     failure(e),
-                    (StatusCode::PAYLOAD_TOO_LARGE, "upload-too-large".to_string())
+                    (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "upload-too-large".to_string()
+                    )
                 );
                 refused += 1;
             }
         }
     }
-    assert!(stored >= 1 && refused >= 1, "{stored} stored, {refused} refused");
+    assert!(
+        stored >= 1 && refused >= 1,
+        "{stored} stored, {refused} refused"
+    );
     let view = app.client.upload(up.id).await.unwrap();
-    assert!(view.bytes <= cap as u64, "{} bytes stored, cap {cap}", view.bytes);
+    assert!(
+        view.bytes <= cap as u64,
+        "{} bytes stored, cap {cap}",
+        view.bytes
+    );
     assert_eq!(view.chunks.len(), stored);
+    app.stop().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn chunks_past_the_encode_ahead_budget_wait_for_completion(pool: PgPool) {
+    // An abandoned upload costs at most its budget of encoding: chunks past it are encoded
+    // only once the upload completes, and the video still has every frame.
+    let app = TestApp::spawn_with(
+        pool,
+        &[("VTX_ENCODE_AHEAD_SECS", "3")],
+        vtx_tests::Services::default(),
+    )
+    .await;
+    let clip = vtx_tests::gop_bframes();
+    let chunks = vtx_tests::ts_chunks(&clip, 2.0);
+    assert!(chunks.len() >= 4);
+    let c = &app.client;
+    let up = c.create_upload().await.unwrap();
+    for (i, chunk) in chunks.iter().enumerate() {
+        c.put_chunk(up.id, i as u32, chunk.clone()).await.unwrap();
+    }
+    let states: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT encode_state FROM upload_chunks WHERE upload_id = $1 ORDER BY idx",
+    )
+    .bind(up.id.as_uuid())
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let deferred = states
+        .iter()
+        .filter(|s| s.as_deref() == Some("deferred"))
+        .count();
+    assert!(
+        deferred >= chunks.len() - 2 && states[0].as_deref() != Some("deferred"),
+        "{states:?}"
+    );
+    let done = c.complete(up.id, Some(chunks.len() as u32)).await.unwrap();
+    let video = c
+        .wait_for_video(done.video_id, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(video.state, "published", "{video:?}");
+    assert_eq!(video.frames, Some(frames_of(&clip)));
+    let pipelined: bool = sqlx::query_scalar("SELECT pipelined FROM jobs WHERE id = $1")
+        .bind(done.job_id.as_uuid())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(
+        pipelined,
+        "the deferred chunks joined the chunks' fast tier"
+    );
     app.stop().await;
 }

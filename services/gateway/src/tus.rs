@@ -370,6 +370,7 @@ pub async fn patch(
         let caps = db::UploadCaps {
             max_bytes: length,
             max_seconds: f64::INFINITY,
+            encode_ahead_seconds: 0.0,
         };
         match db::insert_chunk(
             &state.pool,

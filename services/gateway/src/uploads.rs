@@ -354,6 +354,7 @@ pub async fn put_chunk(
         db::UploadCaps {
             max_bytes: state.limits.max_upload_bytes,
             max_seconds: limit,
+            encode_ahead_seconds: state.limits.encode_ahead_seconds,
         },
     )
     .await

@@ -162,6 +162,9 @@ pub struct UploadLimits {
     /// upload so that it needs at most `VTX_TUS_MAX_PARTS` parts.
     pub tus_min_part_bytes: u64,
     pub tus_max_parts: u64,
+    /// `VTX_ENCODE_AHEAD_SECS`: seconds of video a chunked session encodes before it completes
+    /// (an abandoned upload costs at most this much encoding); later chunks at completion.
+    pub encode_ahead_seconds: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -225,6 +228,7 @@ impl Config {
                 body_total: Duration::from_secs(env.parse("VTX_BODY_TOTAL_SECS", 30 * 60)?),
                 tus_min_part_bytes: env.parse("VTX_TUS_MIN_PART_BYTES", 256 * 1024)?,
                 tus_max_parts: env.parse::<u64>("VTX_TUS_MAX_PARTS", 10_000)?.max(1),
+                encode_ahead_seconds: env.parse("VTX_ENCODE_AHEAD_SECS", 900.0)?,
             },
             auth: AuthConfig::load(&env)?,
             worker: WorkerConfig {

@@ -214,6 +214,9 @@ pub enum ChunkInsert {
 pub struct UploadCaps {
     pub max_bytes: u64,
     pub max_seconds: f64,
+    /// Seconds of video a pipelined session encodes before it completes; chunks past it wait
+    /// (`deferred`) until completion.
+    pub encode_ahead_seconds: f64,
 }
 
 /// Records a chunk unless its index is already taken (first writer wins), only while the upload
@@ -269,13 +272,25 @@ pub async fn insert_chunk(
     {
         return Ok(Some(ChunkInsert::OverSeconds));
     }
-    // A media chunk of a pipelined upload is encoded as soon as it is stored.
+    // A media chunk of a pipelined upload is encoded as soon as it is stored, within the
+    // session's budget; past it, when the upload completes.
     let encode = reserved_job.is_some() && media.is_some();
+    let (ahead,): (f64,) = sqlx::query_as(
+        "SELECT COALESCE(sum(end_seconds - start_seconds), 0)::float8 FROM upload_chunks
+         WHERE upload_id = $1 AND encode_state <> 'deferred'",
+    )
+    .bind(id.as_uuid())
+    .fetch_one(&mut *tx)
+    .await?;
+    let defer = encode
+        && media
+            .is_some_and(|m| ahead + (m.end_seconds - m.start_seconds) > caps.encode_ahead_seconds);
     let inserted = sqlx::query(
         "INSERT INTO upload_chunks
              (upload_id, idx, size_bytes, sha256, object_key, start_seconds, end_seconds, frames,
               encode_state)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $9 THEN 'queued' END)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
+                 CASE WHEN $10 THEN 'deferred' WHEN $9 THEN 'queued' END)
          ON CONFLICT (upload_id, idx) DO NOTHING",
     )
     .bind(id.as_uuid())
@@ -287,11 +302,12 @@ pub async fn insert_chunk(
     .bind(media.map(|m| m.end_seconds))
     .bind(media.map(|m| m.frames))
     .bind(encode)
+    .bind(defer)
     .execute(&mut *tx)
     .await?
     .rows_affected();
     let result = if inserted == 1 {
-        if encode {
+        if encode && !defer {
             outbox::enqueue(
                 &mut tx,
                 &Task::EncodeChunk {

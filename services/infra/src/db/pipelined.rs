@@ -265,6 +265,24 @@ pub async fn complete_pipelined_upload(
     .bind(upload.as_uuid())
     .execute(&mut **tx)
     .await?;
+    // Chunks past the session's encode-ahead budget are encoded now.
+    let deferred: Vec<(i32,)> = sqlx::query_as(
+        "UPDATE upload_chunks SET encode_state = 'queued'
+         WHERE upload_id = $1 AND encode_state = 'deferred' RETURNING idx",
+    )
+    .bind(upload.as_uuid())
+    .fetch_all(&mut **tx)
+    .await?;
+    for (idx,) in deferred {
+        outbox::enqueue(
+            tx,
+            &Task::EncodeChunk {
+                upload_id: upload,
+                index: idx.max(0) as u32,
+            },
+        )
+        .await?;
+    }
     count_encoded_chunks(tx, upload, job).await
 }
 
