@@ -573,3 +573,37 @@ async fn a_job_whose_source_vanished_fails_after_bounded_retries(pool: PgPool) {
     running.await.unwrap();
     app.stop().await;
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn an_outbox_row_that_is_not_a_task_is_set_aside_and_blocks_nothing(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    // Written by another version, or damaged: the relay cannot read it as a task.
+    sqlx::query("INSERT INTO outbox (queue, payload) VALUES ('jobs', $1)")
+        .bind(serde_json::json!({"type": "from_a_future_version", "job_id": 7}))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let report = app
+        .client
+        .upload_video(
+            &vtx_testkit::recordings::base(),
+            &Default::default(),
+            &|_, _| {},
+        )
+        .await
+        .unwrap();
+    let video = app
+        .client
+        .wait_for_video(report.completed.video_id, READY_WITHIN)
+        .await
+        .unwrap();
+    assert_eq!(video.state, "published", "{video:?}");
+    let (n, error): (i64, Option<String>) =
+        sqlx::query_as("SELECT count(*), max(error) FROM outbox_set_aside")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(n, 1);
+    assert!(error.unwrap().contains("from_a_future_version"));
+    app.stop().await;
+}

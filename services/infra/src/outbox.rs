@@ -75,10 +75,10 @@ pub async fn run_relay(pool: PgPool, broker: BrokerClient, shutdown: Cancellatio
     }
 }
 
-/// Publishes up to one batch; returns how many rows went out.
+/// Publishes up to one batch; returns how many rows went out (or were set aside).
 async fn relay_batch(pool: &PgPool, broker: &BrokerClient) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
-    let rows: Vec<(i64, sqlx::types::Json<Task>)> = sqlx::query_as(
+    let rows: Vec<(i64, sqlx::types::Json<serde_json::Value>)> = sqlx::query_as(
         "SELECT id, payload FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(BATCH)
@@ -89,9 +89,26 @@ async fn relay_batch(pool: &PgPool, broker: &BrokerClient) -> anyhow::Result<usi
     }
     let broker = broker.get().await?;
     let mut ids = Vec::with_capacity(rows.len());
-    for (id, task) in &rows {
-        broker.publish(&task.0).await?;
-        ids.push(*id);
+    for (id, payload) in rows {
+        match serde_json::from_value::<Task>(payload.0) {
+            Ok(task) => broker.publish(&task).await?,
+            // Not a task this version knows: retrying cannot help, and it must not hold up
+            // the rows behind it.
+            Err(e) => {
+                tracing::error!(id, error = %e, "outbox row is not a task; set aside");
+                metrics::counter!("vtx_outbox_set_aside_total").increment(1);
+                sqlx::query(
+                    "INSERT INTO outbox_set_aside (id, queue, payload, error, created_at)
+                     SELECT id, queue, payload, $2, created_at FROM outbox WHERE id = $1
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(id)
+                .bind(e.to_string())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        ids.push(id);
     }
     sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
         .bind(&ids)
