@@ -16,6 +16,9 @@ use crate::outbox;
 /// Adds play counts (video, minute, plays) in batched upserts: a flood of plays costs one
 /// statement per few thousand (video, minute) pairs.
 pub async fn add_plays(pool: &PgPool, rows: &[(Uuid, DateTime<Utc>, i64)]) -> sqlx::Result<()> {
+    // One transaction for the whole flush: a flush that fails half-way adds nothing, so the
+    // gateway can keep its counters and retry without counting any play twice.
+    let mut tx = pool.begin().await?;
     for batch in rows.chunks(5000) {
         let (ids, minutes, plays): (Vec<Uuid>, Vec<DateTime<Utc>>, Vec<i64>) = batch.iter().fold(
             (Vec::new(), Vec::new(), Vec::new()),
@@ -34,10 +37,10 @@ pub async fn add_plays(pool: &PgPool, rows: &[(Uuid, DateTime<Utc>, i64)]) -> sq
         .bind(&ids)
         .bind(&minutes)
         .bind(&plays)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
     }
-    Ok(())
+    tx.commit().await
 }
 
 /// Moves per-minute counters of hours that ended more than `after` ago into per-hour ones,
