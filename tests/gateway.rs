@@ -1055,3 +1055,38 @@ async fn chunks_past_the_encode_ahead_budget_wait_for_completion(pool: PgPool) {
     );
     app.stop().await;
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn two_completions_at_once_make_one_video_and_one_source(pool: PgPool) {
+    // The source is assembled with no transaction open; completing twice at once still makes
+    // one video, and the loser's assembled copy is removed.
+    let app = TestApp::spawn_with(
+        pool,
+        &[("VTX_PIPELINE_UPLOADS", "false")],
+        vtx_tests::Services {
+            worker: false,
+            scheduler: false,
+        },
+    )
+    .await;
+    let chunks = vtx_tests::ts_chunks(&vtx_tests::gop_bframes(), 2.0);
+    let c = &app.client;
+    let up = c.create_upload().await.unwrap();
+    for (i, chunk) in chunks.iter().enumerate() {
+        c.put_chunk(up.id, i as u32, chunk.clone()).await.unwrap();
+    }
+    let n = Some(chunks.len() as u32);
+    let (a, b) = tokio::join!(c.complete(up.id, n), c.complete(up.id, n));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!((a.video_id, a.job_id), (b.video_id, b.job_id));
+    let videos: i64 = sqlx::query_scalar("SELECT count(*) FROM videos")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(videos, 1);
+    // Give the loser's discard a moment, then only the winner's source is left.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let sources = app.store.list("sources/").await.unwrap();
+    assert_eq!(sources.len(), 1, "{sources:?}");
+    app.stop().await;
+}

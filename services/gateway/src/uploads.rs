@@ -780,11 +780,63 @@ pub(crate) async fn finish_upload(
     };
     let source = source_key(video);
     let keys: Vec<String> = chunks.iter().map(|c| c.object_key.clone()).collect();
-    let bytes = state
+    // Assembling copies every byte in the object store and may take a while: it runs with no
+    // transaction open and no row locked. Then the upload is locked again and must be as it
+    // was.
+    tx.rollback().await?;
+    let assembled = state
         .store
         .concat(&keys, &source, "application/octet-stream")
-        .await
-        .map_err(ApiError::storage)?;
+        .await;
+    let mut tx = state.pool.begin().await?;
+    let upload = db::lock_upload(&mut tx, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("upload-not-found", "upload"))?;
+    // A completion that won meanwhile may already have removed the chunks this one was reading.
+    let bytes = match assembled {
+        Ok(bytes) => bytes,
+        Err(_) if upload.state() == UploadState::Completed => 0,
+        Err(e) => {
+            discard(state, &source).await;
+            return Err(ApiError::storage(e));
+        }
+    };
+    if upload.state() != UploadState::Open {
+        // Another completion (or an abort) got there first.
+        let won = match upload.state() {
+            UploadState::Completed => db::video_for_upload(&mut tx, id).await?,
+            _ => None,
+        };
+        if won.is_none_or(|(v, _)| v != video) {
+            discard(state, &source).await;
+        }
+        return match won {
+            Some((video_id, job_id)) => Ok((
+                StatusCode::OK,
+                UploadCompleted {
+                    video_id,
+                    job_id,
+                    source_bytes: db::upload_bytes(&state.pool, id).await? as u64,
+                },
+            )),
+            None => Err(ApiError::conflict(
+                "upload-not-open",
+                format!("the upload is {}", upload.state),
+            )),
+        };
+    }
+    let now: Vec<String> = db::list_chunks(&mut tx, id)
+        .await?
+        .into_iter()
+        .map(|c| c.object_key)
+        .collect();
+    if now != keys {
+        discard(state, &source).await;
+        return Err(ApiError::conflict(
+            "upload-changed",
+            "chunks arrived while the upload was being assembled; complete it again",
+        ));
+    }
     let committed = match db::complete_upload(&mut tx, id, video, job, &source, bytes).await {
         Ok(()) => tx.commit().await,
         Err(e) => Err(e),
