@@ -1090,3 +1090,75 @@ async fn two_completions_at_once_make_one_video_and_one_source(pool: PgPool) {
     assert_eq!(sources.len(), 1, "{sources:?}");
     app.stop().await;
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn connections_are_limited_and_shutdown_waits_a_bounded_time(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        &[("VTX_MAX_CONNECTIONS", "2"), ("VTX_SHUTDOWN_SECS", "2")],
+        vtx_tests::Services {
+            worker: false,
+            scheduler: false,
+        },
+    )
+    .await;
+    let addr = app.client.base().trim_start_matches("http://").to_string();
+    let health = format!("{}/healthz", app.client.base());
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    // Two connections that send nothing take both places.
+    let a = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let b = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let third = tokio::time::timeout(std::time::Duration::from_secs(2), http.get(&health).send());
+    assert!(
+        third.await.is_err(),
+        "a third connection is not served at the limit"
+    );
+    drop(a);
+    let served = tokio::time::timeout(std::time::Duration::from_secs(5), http.get(&health).send())
+        .await
+        .expect("served once a place is free")
+        .unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+    drop(b);
+
+    // A request whose body stalls does not hold shutdown past its deadline.
+    let up = app.client.create_upload().await.unwrap();
+    let chunk = vtx_tests::ts_chunks(&vtx_tests::gop_bframes(), 2.0).remove(0);
+    let len = chunk.len();
+    let stalled = tokio::spawn({
+        let (app_url, token) = (
+            app.client.base().to_string(),
+            app.cfg.auth.service_tokens[0].expose().to_string(),
+        );
+        async move {
+            let first = chunk.slice(..len / 2);
+            let body = futures_util::stream::unfold(Some(first), |next| async move {
+                match next {
+                    Some(b) => Some((Ok::<_, std::io::Error>(b), None)),
+                    // Then nothing, ever.
+                    None => std::future::pending().await,
+                }
+            });
+            let _ = reqwest::Client::new()
+                .put(format!("{app_url}/v1/uploads/{}/chunks/0", up.id))
+                .bearer_auth(token)
+                .header(reqwest::header::CONTENT_LENGTH, len)
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await;
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    app.stop().await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "stopped after {:?}",
+        started.elapsed()
+    );
+    stalled.abort();
+}

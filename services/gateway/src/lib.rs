@@ -57,6 +57,8 @@ pub struct Gateway {
     plays: Arc<plays::PlayCounter>,
     pool: PgPool,
     flush_every: std::time::Duration,
+    connections: Arc<tokio::sync::Semaphore>,
+    shutdown_grace: std::time::Duration,
 }
 
 impl Gateway {
@@ -117,6 +119,8 @@ impl Gateway {
             plays,
             pool,
             flush_every: cfg.hotness.flush_every,
+            connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
+            shutdown_grace: cfg.shutdown_grace,
         })
     }
 
@@ -153,6 +157,11 @@ impl Gateway {
             .timer(TokioTimer::new())
             .header_read_timeout(std::time::Duration::from_secs(30));
         loop {
+            // At the connection limit, stop accepting until one ends.
+            let permit = tokio::select! {
+                p = self.connections.clone().acquire_owned() => p.expect("never closed"),
+                _ = shutdown.cancelled() => break,
+            };
             let (stream, peer) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok(a) => a,
@@ -172,9 +181,18 @@ impl Gateway {
                 if let Err(e) = conn.await {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
+                drop(permit);
             });
         }
-        graceful.shutdown().await;
+        if tokio::time::timeout(self.shutdown_grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                secs = self.shutdown_grace.as_secs(),
+                "requests still in flight at the shutdown deadline; stopping anyway"
+            );
+        }
         flush_stop.cancel();
         let _ = flusher.await;
         Ok(())

@@ -39,6 +39,11 @@ pub struct Config {
     pub s3: S3Config,
     /// `VTX_HTTP_ADDR`: where the gateway listens; port 0 picks a free port.
     pub http_addr: SocketAddr,
+    /// `VTX_MAX_CONNECTIONS`: connections the gateway serves at once; past it, it stops
+    /// accepting until one ends (the kernel's backlog holds the rest).
+    pub max_connections: usize,
+    /// `VTX_SHUTDOWN_SECS`: how long a stopping gateway waits for requests in flight.
+    pub shutdown_grace: Duration,
     /// `VTX_METRICS_ADDR`: where `vtx worker` and `vtx scheduler` serve `/metrics` (the gateway
     /// serves it on its own address).
     pub metrics_addr: SocketAddr,
@@ -216,6 +221,8 @@ impl Config {
                 key_prefix: env.string("VTX_S3_PREFIX", ""),
             },
             http_addr: env.parse("VTX_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            max_connections: env.parse::<usize>("VTX_MAX_CONNECTIONS", 4096)?.max(1),
+            shutdown_grace: Duration::from_secs(env.parse("VTX_SHUTDOWN_SECS", 30)?),
             metrics_addr: env
                 .parse("VTX_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9464)))?,
             public_url: get("VTX_PUBLIC_URL").filter(|s| !s.is_empty()),
