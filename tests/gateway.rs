@@ -1162,3 +1162,76 @@ async fn connections_are_limited_and_shutdown_waits_a_bounded_time(pool: PgPool)
     );
     stalled.abort();
 }
+
+/// A client acting for an app user: a fresh grant from `app`'s service.
+async fn user_of(app: &TestApp) -> Client {
+    let grant = app
+        .client
+        .grant(&GrantRequest::default())
+        .await
+        .unwrap()
+        .token;
+    Client::new(app.client.base()).with_token(grant.as_str())
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_grant_is_limited_and_the_client_waits_as_it_is_told(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        &[
+            ("VTX_GRANT_MAX_OPEN_UPLOADS", "2"),
+            ("VTX_GRANT_UPLOADS_PER_MINUTE", "3"),
+        ],
+        vtx_tests::Services {
+            worker: false,
+            scheduler: false,
+        },
+    )
+    .await;
+    let user = user_of(&app).await;
+    let a = user.create_upload().await.unwrap();
+    let _b = user.create_upload().await.unwrap();
+    // A third open session: 429 with a time to wait.
+    let err = user.create_upload().await.unwrap_err();
+    let f = err.downcast_ref::<ApiFailure>().unwrap();
+    assert_eq!(
+        (f.status, f.code.as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "too-many-open-uploads")
+    );
+    assert!(f.retry_after.is_some(), "{f:?}");
+    // One ends; a third session opens, and a fourth in the same minute is refused by rate.
+    user.abort(a.id).await.unwrap();
+    let c = user.create_upload().await.unwrap();
+    user.abort(c.id).await.unwrap();
+    let err = user.create_upload().await.unwrap_err();
+    let f = err.downcast_ref::<ApiFailure>().unwrap();
+    assert_eq!(f.code, "too-many-uploads");
+    let wait = f.retry_after.expect("Retry-After");
+    assert!(wait <= std::time::Duration::from_secs(60), "{wait:?}");
+    // Bodies in flight: one at a time for this grant's uploads here; the client's parallel
+    // chunks are refused with 429 and sent again after the time the server names.
+    let limited = TestApp::spawn_with(
+        app.pool.clone(),
+        &[("VTX_GRANT_MAX_INFLIGHT_BYTES", "1")],
+        vtx_tests::Services {
+            worker: false,
+            scheduler: false,
+        },
+    )
+    .await;
+    let opts = vtx_client::UploadOptions {
+        concurrency: 4,
+        state_dir: None,
+        ..Default::default()
+    };
+    let report = user_of(&limited)
+        .await
+        .upload_video(&vtx_tests::gop_bframes(), &opts, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(report.chunks >= 4, "{report:?}");
+    limited.stop().await;
+    // Another user (grant) is not held up by this one.
+    user_of(&app).await.create_upload().await.unwrap();
+    app.stop().await;
+}

@@ -21,6 +21,37 @@ pub struct ApiFailure {
     pub status: StatusCode,
     pub code: String,
     pub message: String,
+    /// How long the server asked to wait before trying again (`Retry-After`, in seconds).
+    pub retry_after: Option<Duration>,
+}
+
+impl ApiFailure {
+    /// The failure an error response describes (its JSON body's code and message).
+    pub async fn from_response(resp: reqwest::Response) -> Self {
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| Duration::from_secs(s.min(3600)));
+        let text = resp.text().await.unwrap_or_default();
+        let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(b) => (b.error.code, b.error.message),
+            Err(_) => ("http-error".to_string(), text),
+        };
+        Self {
+            status,
+            code,
+            message,
+            retry_after,
+        }
+    }
+
+    /// Whether trying again may succeed: a server error, or a limit (429).
+    pub fn is_transient(&self) -> bool {
+        self.status.is_server_error() || self.status == StatusCode::TOO_MANY_REQUESTS
+    }
 }
 
 /// Waiting for a video ended before it was published or failed.
@@ -88,21 +119,10 @@ impl Client {
     }
 
     async fn parse<T: DeserializeOwned>(resp: reqwest::Response) -> anyhow::Result<T> {
-        let status = resp.status();
-        if status.is_success() {
+        if resp.status().is_success() {
             return Ok(resp.json().await?);
         }
-        let text = resp.text().await.unwrap_or_default();
-        let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(b) => (b.error.code, b.error.message),
-            Err(_) => ("http-error".to_string(), text),
-        };
-        Err(ApiFailure {
-            status,
-            code,
-            message,
-        }
-        .into())
+        Err(ApiFailure::from_response(resp).await.into())
     }
 
     /// Mints a grant token for an app (needs a service token).

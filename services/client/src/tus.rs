@@ -23,18 +23,7 @@ fn header<T: std::str::FromStr>(resp: &reqwest::Response, name: &str) -> Option<
 }
 
 async fn fail(resp: reqwest::Response) -> anyhow::Error {
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    let (code, message) = match serde_json::from_str::<vtx_domain::api::ErrorBody>(&text) {
-        Ok(b) => (b.error.code, b.error.message),
-        Err(_) => ("http-error".to_string(), text),
-    };
-    ApiFailure {
-        status,
-        code,
-        message,
-    }
-    .into()
+    ApiFailure::from_response(resp).await.into()
 }
 
 fn tus(client: &Client, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {

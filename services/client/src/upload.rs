@@ -250,33 +250,36 @@ async fn state_key(path: &Path, opts: &UploadOptions) -> anyhow::Result<String> 
     Ok(hex::encode(&h.finalize()[..12]))
 }
 
-/// Runs `f` until it succeeds, a permanent (4xx) error comes back, or five attempts fail;
-/// waits 250 ms, 500 ms, 1 s, ... between attempts.
-pub(crate) async fn retry<T, F, Fut>(what: &str, mut f: F) -> anyhow::Result<T>
+/// Runs `f` until it succeeds, a permanent error (4xx but 429) comes back, or it has failed
+/// eight times; waits with jittered exponential backoff from 250 ms, or as long as the server's
+/// `Retry-After` asks (a 429 from a per-grant limit).
+pub(crate) async fn retry<T, F, Fut>(what: &str, f: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
-    let mut delay = Duration::from_millis(250);
-    let mut attempt = 1;
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) => {
-                let transient = match e.downcast_ref::<ApiFailure>() {
-                    Some(f) => f.status.is_server_error(),
-                    None => true, // connection-level failure
-                };
-                if !transient || attempt >= 5 {
-                    return Err(e.context(what.to_string()));
-                }
-                tracing::warn!(what, attempt, error = %e, "failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-                attempt += 1;
-            }
-        }
-    }
+    use backon::Retryable;
+    let backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(30))
+        .with_max_times(8)
+        .with_jitter();
+    f.retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(|e: &anyhow::Error| {
+            e.downcast_ref::<ApiFailure>()
+                .is_none_or(ApiFailure::is_transient) // or a connection-level failure
+        })
+        .adjust(|e: &anyhow::Error, delay| {
+            let asked = e.downcast_ref::<ApiFailure>().and_then(|f| f.retry_after);
+            // A server that names a time is waited for; a little jitter spreads clients out.
+            asked.map(|a| a + delay.unwrap_or_default() / 4).or(delay)
+        })
+        .notify(|e: &anyhow::Error, delay: Duration| {
+            tracing::warn!(what, error = %e, ?delay, "failed; retrying");
+        })
+        .await
+        .map_err(|e| e.context(what.to_string()))
 }
 
 /// Writes the resume state (it holds the upload token) readable by its owner only: the file

@@ -5,6 +5,7 @@
 
 mod auth;
 mod error;
+mod grants;
 mod health;
 mod media;
 mod plays;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub pipeline_uploads: bool,
     /// Play counts waiting for their flush.
     pub plays: Arc<plays::PlayCounter>,
+    /// Request bodies in flight per grant.
+    pub inflight: grants::InFlight,
 }
 
 pub struct Gateway {
@@ -110,6 +113,7 @@ impl Gateway {
             public_url: public_url.as_str().into(),
             pipeline_uploads: cfg.pipeline.pipeline_uploads,
             plays: plays.clone(),
+            inflight: grants::InFlight::default(),
         };
         Ok(Self {
             listener,

@@ -92,6 +92,7 @@ pub async fn create(
 ) -> ApiResult<Response> {
     check_version(&headers)?;
     let (grant, followers) = caller.may_create_upload(None)?;
+    crate::grants::admit_session(&state, grant).await?;
     let bad = |code, msg: &str| ApiError::bad_request(code, msg);
     if headers.contains_key("upload-defer-length") {
         return Err(bad(
@@ -343,6 +344,7 @@ pub async fn patch(
         ));
     }
     let checksum = parse_checksum(&headers)?;
+    let _in_flight = crate::grants::admit_body(&state, row.grant_id, len)?;
     let mut new_offset = offset;
     if len > 0 {
         let key = format!(

@@ -79,6 +79,7 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<UploadCreated>)> {
     let req = body.map(|Json(b)| b).unwrap_or_default();
     let (grant, followers) = caller.may_create_upload(req.followers)?;
+    crate::grants::admit_session(&state, grant).await?;
     if req
         .rotation
         .is_some_and(|r| ![0, 90, 180, 270].contains(&r))
@@ -298,6 +299,7 @@ pub async fn put_chunk(
         ),
     };
 
+    let _in_flight = crate::grants::admit_body(&state, row.grant_id, len)?;
     let key = chunk_key(id, index, uuid::Uuid::new_v4());
     let copy = tempfile::Builder::new()
         .prefix("vtx-chunk-")

@@ -170,6 +170,12 @@ pub struct UploadLimits {
     /// `VTX_ENCODE_AHEAD_SECS`: seconds of video a chunked session encodes before it completes
     /// (an abandoned upload costs at most this much encoding); later chunks at completion.
     pub encode_ahead_seconds: f64,
+    /// What one grant (one app user) may do: `VTX_GRANT_MAX_OPEN_UPLOADS` sessions open at
+    /// once, `VTX_GRANT_UPLOADS_PER_MINUTE` opened per minute, `VTX_GRANT_MAX_INFLIGHT_BYTES`
+    /// of request bodies arriving at once (per gateway process). Past them: 429 + Retry-After.
+    pub grant_max_open_uploads: u64,
+    pub grant_uploads_per_minute: u64,
+    pub grant_max_inflight_bytes: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -236,6 +242,9 @@ impl Config {
                 tus_min_part_bytes: env.parse("VTX_TUS_MIN_PART_BYTES", 256 * 1024)?,
                 tus_max_parts: env.parse::<u64>("VTX_TUS_MAX_PARTS", 10_000)?.max(1),
                 encode_ahead_seconds: env.parse("VTX_ENCODE_AHEAD_SECS", 900.0)?,
+                grant_max_open_uploads: env.parse("VTX_GRANT_MAX_OPEN_UPLOADS", 20)?,
+                grant_uploads_per_minute: env.parse("VTX_GRANT_UPLOADS_PER_MINUTE", 60)?,
+                grant_max_inflight_bytes: env.parse("VTX_GRANT_MAX_INFLIGHT_BYTES", 512 << 20)?,
             },
             auth: AuthConfig::load(&env)?,
             worker: WorkerConfig {

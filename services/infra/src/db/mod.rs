@@ -105,6 +105,22 @@ pub async fn create_upload(
 }
 
 /// Opens a tus upload of `length` bytes.
+/// What a grant uses now: its open sessions, and the sessions it opened in the last minute with
+/// the seconds until the oldest of them is a minute old.
+pub async fn grant_usage(pool: &PgPool, grant: Uuid) -> sqlx::Result<(i64, i64, f64)> {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE state = 'open' AND expires_at > now()),
+                count(*) FILTER (WHERE created_at > now() - interval '1 minute'),
+                COALESCE(EXTRACT(EPOCH FROM min(created_at) FILTER (
+                    WHERE created_at > now() - interval '1 minute') + interval '1 minute' - now()),
+                    0)::float8
+         FROM uploads WHERE grant_id = $1",
+    )
+    .bind(grant)
+    .fetch_one(pool)
+    .await
+}
+
 pub async fn create_tus_upload(
     pool: &PgPool,
     id: UploadId,
