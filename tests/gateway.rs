@@ -64,7 +64,7 @@ async fn calls_without_valid_credentials_get_401_with_a_clear_code(pool: PgPool)
         failure(wrong.create_upload().await.unwrap_err()),
         unauthorized("auth-invalid")
     );
-    let foreign = Auth::new(&["some-other-deployment-token".to_string()], None).sign(&Claims {
+    let foreign = Auth::new(&["some-other-deployment-token".to_string()], &[]).sign(&Claims {
         kind: TokenKind::Upload,
         id: up.id.as_uuid(),
         exp: i64::MAX,
@@ -83,7 +83,7 @@ async fn calls_without_valid_credentials_get_401_with_a_clear_code(pool: PgPool)
     );
 
     // Expired: a grant and an upload token signed with this deployment's key, but past due.
-    let auth = Auth::new(&[app.cfg.auth.service_tokens[0].expose().to_string()], None);
+    let auth = Auth::new(&[app.cfg.auth.service_tokens[0].expose().to_string()], &[]);
     let past = chrono::Utc::now().timestamp() - 1;
     for kind in [TokenKind::Grant, TokenKind::Upload] {
         let expired = auth.sign(&Claims {

@@ -60,7 +60,8 @@ pub struct Auth(Arc<Keys>);
 
 struct Keys {
     service_tokens: Vec<Vec<u8>>,
-    signing_key: Vec<u8>,
+    /// (key id, key), newest first: the first signs, every one verifies what it signed.
+    signing: Vec<(String, Vec<u8>)>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -71,40 +72,50 @@ pub enum TokenError {
 }
 
 impl Auth {
-    /// `service_tokens` must not be empty; the signing key defaults to one derived from the
-    /// first service token, so every gateway sharing the token verifies the same upload tokens.
-    pub fn new(service_tokens: &[String], signing_key: Option<&str>) -> Self {
+    /// `service_tokens` must not be empty. `signing_keys` are (key id, key), newest first:
+    /// tokens are signed with the first and carry its id; a token signed with any of them
+    /// verifies, so a new key is listed first and the old one kept until its tokens expired.
+    /// None: one key derived from the first service token, so every gateway sharing the token
+    /// verifies the same upload tokens.
+    pub fn new(service_tokens: &[String], signing_keys: &[(String, String)]) -> Self {
         assert!(!service_tokens.is_empty(), "at least one service token");
-        let signing_key = match signing_key {
-            Some(k) => k.as_bytes().to_vec(),
-            None => {
-                let mut mac = HmacSha256::new_from_slice(service_tokens[0].as_bytes())
-                    .expect("HMAC takes any key length");
-                mac.update(b"vtx upload token signing key v1");
-                mac.finalize().into_bytes().to_vec()
-            }
+        let signing = if signing_keys.is_empty() {
+            let mut mac = HmacSha256::new_from_slice(service_tokens[0].as_bytes())
+                .expect("HMAC takes any key length");
+            mac.update(b"vtx upload token signing key v1");
+            vec![("d".to_string(), mac.finalize().into_bytes().to_vec())]
+        } else {
+            signing_keys
+                .iter()
+                .map(|(id, k)| (id.clone(), k.as_bytes().to_vec()))
+                .collect()
         };
         Self(Arc::new(Keys {
             service_tokens: service_tokens
                 .iter()
                 .map(|t| t.as_bytes().to_vec())
                 .collect(),
-            signing_key,
+            signing,
         }))
     }
 
     fn mac(&self) -> HmacSha256 {
-        HmacSha256::new_from_slice(&self.0.signing_key).expect("HMAC takes any key length")
+        self.mac_with(&self.0.signing[0].1)
     }
 
+    fn mac_with(&self, key: &[u8]) -> HmacSha256 {
+        HmacSha256::new_from_slice(key).expect("HMAC takes any key length")
+    }
+
+    /// `vtx1.<key id>.<base64url claims>.<base64url HMAC-SHA256 of what precedes it>`.
     pub fn sign(&self, claims: &Claims) -> String {
         let payload = B64.encode(serde_json::to_vec(claims).expect("claims serialise"));
-        let mut mac = self.mac();
-        mac.update(PREFIX.as_bytes());
-        mac.update(b".");
-        mac.update(payload.as_bytes());
+        let (kid, key) = &self.0.signing[0];
+        let signed = format!("{PREFIX}.{kid}.{payload}");
+        let mut mac = self.mac_with(key);
+        mac.update(signed.as_bytes());
         let sig = B64.encode(mac.finalize().into_bytes());
-        format!("{PREFIX}.{payload}.{sig}")
+        format!("{signed}.{sig}")
     }
 
     /// The token of one upload session, expiring with it.
@@ -124,14 +135,28 @@ impl Auth {
 
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
         let mut parts = token.split('.');
-        let (Some(PREFIX), Some(payload), Some(sig), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(PREFIX), Some(kid), Some(payload), Some(sig), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
             return Err(TokenError::Malformed);
         };
         let sig = B64.decode(sig).map_err(|_| TokenError::Malformed)?;
-        let mut mac = self.mac();
+        // The key the token names; a key no longer configured makes it invalid.
+        let key = self
+            .0
+            .signing
+            .iter()
+            .find(|(id, _)| id == kid)
+            .map(|(_, k)| k)
+            .ok_or(TokenError::BadSignature)?;
+        let mut mac = self.mac_with(key);
         mac.update(PREFIX.as_bytes());
+        mac.update(b".");
+        mac.update(kid.as_bytes());
         mac.update(b".");
         mac.update(payload.as_bytes());
         // Constant-time comparison.
@@ -303,7 +328,7 @@ mod tests {
     use super::*;
 
     fn auth() -> Auth {
-        Auth::new(&["svc-secret".to_string()], None)
+        Auth::new(&["svc-secret".to_string()], &[])
     }
 
     fn claims(kind: TokenKind, exp: i64) -> Claims {
@@ -333,9 +358,10 @@ mod tests {
         let forged_payload = B64
             .encode(serde_json::to_vec(&claims(TokenKind::Upload, i64::MAX)).expect("serialise"));
         let sig = t.rsplit('.').next().expect("sig");
-        let forged = format!("{PREFIX}.{forged_payload}.{sig}");
+        let kid = t.split('.').nth(1).expect("key id");
+        let forged = format!("{PREFIX}.{kid}.{forged_payload}.{sig}");
         assert_eq!(a.verify(&forged, 0), Err(TokenError::BadSignature));
-        let other = Auth::new(&["another".to_string()], None);
+        let other = Auth::new(&["another".to_string()], &[]);
         assert_eq!(other.verify(&t, 0), Err(TokenError::BadSignature));
         assert_eq!(a.verify("vtx1.abc", 0), Err(TokenError::Malformed));
         assert_eq!(a.verify("svc-secret", 0), Err(TokenError::Malformed));
@@ -343,7 +369,7 @@ mod tests {
 
     #[test]
     fn service_tokens_match_exactly() {
-        let a = Auth::new(&["one".to_string(), "two".to_string()], None);
+        let a = Auth::new(&["one".to_string(), "two".to_string()], &[]);
         assert!(a.is_service_token("one"));
         assert!(a.is_service_token("two"));
         assert!(!a.is_service_token("on"));
@@ -370,5 +396,31 @@ mod tests {
         assert!(g.may_use_upload(upload, None).is_err());
         assert!(g.require_service().is_err());
         assert!(Caller::Upload(upload).may_create_upload(None).is_err());
+    }
+
+    #[test]
+    fn keys_rotate_without_breaking_live_tokens() {
+        let key = |id: &str, k: &str| (id.to_string(), k.repeat(32));
+        let svc = ["svc-secret".to_string()];
+        let old = Auth::new(&svc, &[key("k1", "a")]);
+        let token = old.sign(&claims(TokenKind::Grant, 2_000));
+        assert!(token.starts_with("vtx1.k1."), "{token}");
+        // A new key signs; the old one still verifies what it signed.
+        let rotated = Auth::new(&svc, &[key("k2", "b"), key("k1", "a")]);
+        assert!(rotated.verify(&token, 1_000).is_ok());
+        assert!(
+            rotated
+                .sign(&claims(TokenKind::Grant, 2_000))
+                .starts_with("vtx1.k2.")
+        );
+        // Once the old key is dropped, its tokens stop working.
+        let later = Auth::new(&svc, &[key("k2", "b")]);
+        assert_eq!(later.verify(&token, 1_000), Err(TokenError::BadSignature));
+        // A token naming a key it was not signed with fails too.
+        let forged = token.replacen("vtx1.k1.", "vtx1.k2.", 1);
+        assert_eq!(
+            rotated.verify(&forged, 1_000),
+            Err(TokenError::BadSignature)
+        );
     }
 }

@@ -82,7 +82,13 @@ impl Gateway {
             .iter()
             .map(|t| t.expose().to_string())
             .collect();
-        let auth = Auth::new(&tokens, cfg.auth.signing_key.as_ref().map(|k| k.expose()));
+        let keys: Vec<(String, String)> = cfg
+            .auth
+            .signing_keys
+            .iter()
+            .map(|(id, k)| (id.clone(), k.expose().to_string()))
+            .collect();
+        let auth = Auth::new(&tokens, &keys);
         let listener = TcpListener::bind(cfg.http_addr).await?;
         let addr = listener.local_addr()?;
         let public_url = cfg

@@ -114,11 +114,59 @@ pub struct AuthConfig {
     /// (default `.vtx/service-token`, which `deploy/local/setup.sh` writes). The gateway
     /// refuses to start without one.
     pub service_tokens: Vec<Secret>,
-    /// `VTX_UPLOAD_TOKEN_SECRET`: key that signs grant and upload tokens. Unset: derived from
-    /// the first service token.
-    pub signing_key: Option<Secret>,
+    /// `VTX_UPLOAD_TOKEN_KEYS`: keys that sign grant and upload tokens, `id:key` separated by
+    /// commas or newlines, newest first (it signs; every listed key verifies the tokens it
+    /// signed, so rotating lists a new key first and drops the old once its tokens expired).
+    /// Each key at least 32 bytes; ids of letters, digits, `-` and `_`. `VTX_UPLOAD_TOKEN_SECRET`
+    /// (one key, id `s`) is read when it is unset. Neither: one key derived from the first
+    /// service token.
+    pub signing_keys: Vec<(String, Secret)>,
     /// `VTX_GRANT_TTL_SECS`: default lifetime of a grant token.
     pub grant_ttl: Duration,
+}
+
+/// The token signing keys (`VTX_UPLOAD_TOKEN_KEYS`, or `VTX_UPLOAD_TOKEN_SECRET`), checked.
+fn signing_keys(
+    env: &Env<'_, impl Fn(&str) -> Option<String>>,
+) -> anyhow::Result<Vec<(String, Secret)>> {
+    let keys: Vec<(String, String)> =
+        match (env.0)("VTX_UPLOAD_TOKEN_KEYS").filter(|s| !s.trim().is_empty()) {
+            Some(list) => list
+                .split([',', '\n'])
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(|k| match k.split_once(':') {
+                    Some((id, key)) => Ok((id.trim().to_string(), key.to_string())),
+                    None => bail!("VTX_UPLOAD_TOKEN_KEYS: write each key as id:key"),
+                })
+                .collect::<anyhow::Result<_>>()?,
+            None => (env.0)("VTX_UPLOAD_TOKEN_SECRET")
+                .filter(|s| !s.is_empty())
+                .map(|k| vec![("s".to_string(), k)])
+                .unwrap_or_default(),
+        };
+    for (id, key) in &keys {
+        if id.is_empty()
+            || id.len() > 32
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            bail!("signing key id {id:?}: 1 to 32 letters, digits, '-' or '_'");
+        }
+        if key.len() < 32 {
+            bail!("signing key {id:?}: at least 32 bytes");
+        }
+    }
+    let mut ids: Vec<&str> = keys.iter().map(|(id, _)| id.as_str()).collect();
+    ids.sort_unstable();
+    if ids.windows(2).any(|w| w[0] == w[1]) {
+        bail!("VTX_UPLOAD_TOKEN_KEYS: key ids must differ");
+    }
+    Ok(keys
+        .into_iter()
+        .map(|(id, k)| (id, Secret::new(k)))
+        .collect())
 }
 
 impl AuthConfig {
@@ -145,9 +193,7 @@ impl AuthConfig {
         }
         Ok(Self {
             service_tokens,
-            signing_key: (env.0)("VTX_UPLOAD_TOKEN_SECRET")
-                .filter(|s| !s.is_empty())
-                .map(Secret::new),
+            signing_keys: signing_keys(env)?,
             grant_ttl: Duration::from_secs(env.parse("VTX_GRANT_TTL_SECS", 3600)?),
         })
     }
@@ -387,6 +433,38 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signing_keys_are_named_long_enough_and_distinct() {
+        let with = |k: &'static str, v: String| move |key: &str| (key == k).then(|| v.clone());
+        let long = "x".repeat(32);
+        let cfg = Config::from_lookup(with(
+            "VTX_UPLOAD_TOKEN_KEYS",
+            format!("new:{long}, old:{long}"),
+        ))
+        .unwrap();
+        let ids: Vec<&str> = cfg
+            .auth
+            .signing_keys
+            .iter()
+            .map(|(i, _)| i.as_str())
+            .collect();
+        assert_eq!(ids, ["new", "old"]);
+        for bad in [
+            "short:tooshort".to_string(),
+            format!("a:{long},a:{long}"),
+            long.clone(),
+            format!("bad id:{long}"),
+        ] {
+            assert!(
+                Config::from_lookup(with("VTX_UPLOAD_TOKEN_KEYS", bad.clone())).is_err(),
+                "{bad}"
+            );
+        }
+        let legacy = Config::from_lookup(with("VTX_UPLOAD_TOKEN_SECRET", long.clone())).unwrap();
+        assert_eq!(legacy.auth.signing_keys[0].0, "s");
+        assert!(Config::from_lookup(with("VTX_UPLOAD_TOKEN_SECRET", "short".into())).is_err());
+    }
 
     #[test]
     fn defaults_match_the_local_setup() {
