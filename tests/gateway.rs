@@ -1235,3 +1235,44 @@ async fn a_grant_is_limited_and_the_client_waits_as_it_is_told(pool: PgPool) {
     user_of(&app).await.create_upload().await.unwrap();
     app.stop().await;
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn hostile_chunks_get_a_clear_4xx_never_a_5xx(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        &[],
+        vtx_tests::Services {
+            worker: false,
+            scheduler: false,
+        },
+    )
+    .await;
+    let up = app.client.create_upload().await.unwrap();
+    for (i, (name, file)) in vtx_testkit::recordings::hostile_corpus().iter().enumerate() {
+        let bytes = bytes::Bytes::from(std::fs::read(file).unwrap());
+        let resp = app
+            .client
+            .http()
+            .put(format!(
+                "{}/v1/uploads/{}/chunks/{i}",
+                app.client.base(),
+                up.id
+            ))
+            .bearer_auth(app.cfg.auth.service_tokens[0].expose())
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        assert!(
+            status == StatusCode::CREATED || status.is_client_error(),
+            "{name}: {status} {body}"
+        );
+        if status.is_client_error() {
+            assert!(body["error"]["code"].is_string(), "{name}: {body}");
+        }
+    }
+    app.stop().await;
+}

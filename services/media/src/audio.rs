@@ -36,6 +36,8 @@ pub(crate) struct AudioPipe {
     concealed_frames: u64,
     longest_gap_seconds: f64,
     damage: DamagePolicy,
+    /// Sample rate, format and channel count the filter graph was built for.
+    input_shape: (u32, format::Sample, u16),
 }
 
 impl AudioPipe {
@@ -106,6 +108,7 @@ impl AudioPipe {
             decoder.channel_layout()
         };
         let mut graph = filter::Graph::new();
+        let input_shape = (decoder.rate(), decoder.format(), decoder.channels());
         let args = format!(
             "time_base={}/{}:sample_rate={}:sample_fmt={}:channel_layout=0x{:x}",
             in_tb.numerator(),
@@ -163,6 +166,7 @@ impl AudioPipe {
             concealed_frames: 0,
             longest_gap_seconds: 0.0,
             damage,
+            input_shape,
         })
     }
 
@@ -229,6 +233,12 @@ impl AudioPipe {
             let ts = decoded.pts().or(decoded.timestamp());
             decoded.set_pts(ts);
             if decoded.samples() == 0 || decoded.rate() == 0 {
+                continue;
+            }
+            // The graph takes what the stream declared; a frame that decodes to another rate,
+            // sample format or channel count is damage (its time becomes silence).
+            if (decoded.rate(), decoded.format(), decoded.channels()) != self.input_shape {
+                tracing::debug!("audio frame of another shape than the stream's; concealed");
                 continue;
             }
             self.decoded_frames += 1;

@@ -33,6 +33,8 @@ struct Writer {
     packets: u64,
     path: PathBuf,
     window: SliceWindow,
+    /// The last decode time written (output time base).
+    last_dts: Option<i64>,
 }
 
 impl Writer {
@@ -62,6 +64,7 @@ impl Writer {
             packets: 0,
             path: path.to_path_buf(),
             window,
+            last_dts: None,
         })
     }
 
@@ -72,6 +75,20 @@ impl Writer {
         p.set_stream(0);
         p.set_position(-1);
         p.rescale_ts(in_tb, self.ost_tb);
+        // Damaged input may carry decode times that go back, or presentation times before
+        // them, which the MP4 muxer refuses: as the `ffmpeg` command line does, decode times
+        // are moved on by a tick and a frame is never shown before it is decoded.
+        if let (Some(dts), Some(last)) = (p.dts(), self.last_dts)
+            && dts <= last
+        {
+            p.set_dts(Some(last + 1));
+        }
+        if let (Some(pts), Some(dts)) = (p.pts(), p.dts())
+            && pts < dts
+        {
+            p.set_pts(Some(dts));
+        }
+        self.last_dts = p.dts().or(self.last_dts);
         p.write(&mut self.octx)
             .map_err(MediaError::ffmpeg("writing a slice"))?;
         self.packets += 1;

@@ -401,3 +401,97 @@ pub fn size_bomb() -> PathBuf {
     std::fs::rename(&tmp, &out).expect("fixture rename");
     out
 }
+
+/// Malformed and hostile files derived from the shared clips: what a stranger may send. Each
+/// (name, file); made once per target directory.
+pub fn hostile_corpus() -> Vec<(&'static str, PathBuf)> {
+    let dir = crate::fixture_dir().join("hostile");
+    std::fs::create_dir_all(&dir).expect("corpus dir");
+    let source = std::fs::read(base()).expect("base clip");
+    let chunk = {
+        let b = base();
+        let ts = derived(
+            "hostile-chunk.ts",
+            &["-i", s(&b), "-c", "copy", "-f", "mpegts"],
+        );
+        std::fs::read(ts).expect("chunk")
+    };
+    // A small deterministic generator: the same corpus every run.
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect()
+    };
+    let flipped = |bytes: &[u8], every: usize| -> Vec<u8> {
+        let mut b = bytes.to_vec();
+        for (i, x) in b.iter_mut().enumerate() {
+            if i > 4096 && i % every == 0 {
+                *x ^= 0x5A;
+            }
+        }
+        b
+    };
+    let mut ts_noise = noise(188 * 600);
+    for p in ts_noise.chunks_mut(188) {
+        p[0] = 0x47; // sync bytes, so it looks like MPEG-TS
+    }
+    // An MP4 whose header claims a duration of about 50 days.
+    let mut long_claim = source.clone();
+    if let Some(at) = long_claim.windows(4).position(|w| w == b"mvhd") {
+        // version 0: version/flags, creation, modification, timescale, then the duration.
+        let d = at + 4 + 4 + 4 + 4 + 4;
+        long_claim[d..d + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+    }
+    let items: Vec<(&'static str, Vec<u8>)> = vec![
+        ("zero-length", Vec::new()),
+        ("random bytes", noise(100_000)),
+        ("random bytes with MPEG-TS sync bytes", ts_noise),
+        ("text", "not a video\n".repeat(1000).into_bytes()),
+        (
+            "MP4 truncated to 30%",
+            source[..source.len() * 3 / 10].to_vec(),
+        ),
+        ("MP4 with every 500th byte flipped", flipped(&source, 500)),
+        ("MP4 claiming a 50-day duration", long_claim),
+        (
+            "MPEG-TS truncated mid-packet",
+            chunk[..chunk.len() / 2 + 77].to_vec(),
+        ),
+        (
+            "MPEG-TS with every 300th byte flipped",
+            flipped(&chunk, 300),
+        ),
+        (
+            "JPEG named .mp4",
+            std::fs::read(media("bigbuckbunny.mp4"))
+                .map(|_| {
+                    let jpg = derived(
+                        "hostile-still.jpg",
+                        &["-i", &clip(), "-frames:v", "1", "-f", "mjpeg"],
+                    );
+                    std::fs::read(jpg).expect("still")
+                })
+                .expect("clip"),
+        ),
+    ];
+    let mut out: Vec<(&'static str, PathBuf)> = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, bytes))| {
+            let path = dir.join(format!("{i:02}.bin"));
+            std::fs::write(&path, bytes).expect("corpus file");
+            (name, path)
+        })
+        .collect();
+    out.push((
+        "8192x8192 frames after 4 s of 320x240 (decode bomb)",
+        size_bomb(),
+    ));
+    out
+}
