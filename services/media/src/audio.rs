@@ -51,8 +51,9 @@ impl AudioPipe {
         damage: DamagePolicy,
     ) -> Result<Self, MediaError> {
         let in_tb = stream.time_base();
-        let ctx = codec::context::Context::from_parameters(stream.parameters())
+        let mut ctx = codec::context::Context::from_parameters(stream.parameters())
             .map_err(MediaError::ffmpeg("reading audio parameters"))?;
+        crate::probe::limit_decoder(&mut ctx);
         let mut decoder = ctx.decoder();
         if matches!(
             stream.parameters().id(),

@@ -156,11 +156,19 @@ pub(crate) fn open_input(path: &Path) -> Result<format::context::Input, MediaErr
     }
 }
 
-/// Refuses any picture over [`crate::MAX_PIXELS`] before a decoder allocates it (a stream may
-/// switch to a huge size after its first frames).
+/// Limits a decoder before it is opened: only [`ACCEPTED_DECODERS`] open at all, and no picture
+/// over [`crate::MAX_PIXELS`] is allocated (a stream may switch to a huge size after its first
+/// frames).
 pub(crate) fn limit_decoder(ctx: &mut codec::context::Context) {
-    // SAFETY: a plain field of a context not yet opened.
-    unsafe { (*ctx.as_mut_ptr()).max_pixels = crate::MAX_PIXELS as i64 };
+    // SAFETY: fields of a context not yet opened; the whitelist string is FFmpeg's own copy
+    // (av_strdup), which the context frees.
+    unsafe {
+        let c = ctx.as_mut_ptr();
+        (*c).max_pixels = crate::MAX_PIXELS as i64;
+        let list = std::ffi::CString::new(ACCEPTED_DECODERS).expect("no NUL");
+        ffmpeg_next::ffi::av_freep(std::ptr::addr_of_mut!((*c).codec_whitelist).cast());
+        (*c).codec_whitelist = ffmpeg_next::ffi::av_strdup(list.as_ptr());
+    }
 }
 
 /// Opens `path`, checks it against `limits` and scans every packet. Fails with a typed error
