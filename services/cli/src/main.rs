@@ -473,7 +473,9 @@ async fn upload(
             client
                 .wait_for_video(report.completed.video_id, timeout)
                 .await,
-            Some(report.last_chunk_stored),
+            Waiter::Upload {
+                last_chunk_stored: report.last_chunk_stored,
+            },
         ),
         None => Ok(ExitCode::SUCCESS),
     }
@@ -494,7 +496,10 @@ async fn status(id: String, wait: Option<Duration>, url: String) -> anyhow::Resu
         Err(e) => return Err(e),
     };
     if let Some(timeout) = wait {
-        return wait_outcome(client.wait_for_video(view.id, timeout).await, None);
+        return wait_outcome(
+            client.wait_for_video(view.id, timeout).await,
+            Waiter::Status,
+        );
     }
     println!("{}", serde_json::to_string_pretty(&view)?);
     Ok(ExitCode::SUCCESS)
@@ -505,14 +510,18 @@ fn is_not_found(e: &anyhow::Error) -> bool {
         .is_some_and(|f| f.status.as_u16() == 404)
 }
 
+/// Who waited: `vtx upload` (its stdout is the video id, so the status goes to stderr, after
+/// the publish latency) or `vtx status` (the status is its output).
+enum Waiter {
+    Upload {
+        last_chunk_stored: std::time::Instant,
+    },
+    Status,
+}
+
 /// How `--wait` ended, as the process's exit code: 0 published, 2 failed (its error code and
-/// message printed), 3 still processing when the wait ran out. The status goes to stdout for
-/// `vtx status`, to stderr after `vtx upload` (whose stdout is the video id).
-fn wait_outcome(
-    waited: anyhow::Result<VideoView>,
-    last_chunk_stored: Option<std::time::Instant>,
-) -> anyhow::Result<ExitCode> {
-    let status_on_stdout = last_chunk_stored.is_none();
+/// message printed), 3 still processing when the wait ran out.
+fn wait_outcome(waited: anyhow::Result<VideoView>, waiter: Waiter) -> anyhow::Result<ExitCode> {
     let v = match waited {
         Ok(v) => v,
         Err(e) => match e.downcast::<vtx_client::WaitTimedOut>() {
@@ -527,12 +536,12 @@ fn wait_outcome(
         },
     };
     let code = if v.state == "published" {
-        match last_chunk_stored {
-            Some(t) => eprintln!(
+        match &waiter {
+            Waiter::Upload { last_chunk_stored } => eprintln!(
                 "published {:.2} s after the last chunk was stored",
-                t.elapsed().as_secs_f64()
+                last_chunk_stored.elapsed().as_secs_f64()
             ),
-            None => eprintln!("published"),
+            Waiter::Status => eprintln!("published"),
         }
         ExitCode::SUCCESS
     } else {
@@ -544,10 +553,9 @@ fn wait_outcome(
         ExitCode::from(2)
     };
     let json = serde_json::to_string_pretty(&v)?;
-    if status_on_stdout {
-        println!("{json}");
-    } else {
-        eprintln!("{json}");
+    match waiter {
+        Waiter::Status => println!("{json}"),
+        Waiter::Upload { .. } => eprintln!("{json}"),
     }
     Ok(code)
 }

@@ -54,7 +54,6 @@ pub struct JobPlan {
     /// Time base of the source's video timestamps (and of every window below).
     pub time_base: (i32, i32),
     pub frame_rate: (i32, i32),
-    pub variable_frame_rate: bool,
     /// Clockwise degrees to rotate.
     pub rotation: u32,
     pub display_width: u32,
@@ -94,7 +93,6 @@ mod tests {
         let plan = JobPlan {
             time_base: (1, 1000),
             frame_rate: (25, 1),
-            variable_frame_rate: false,
             rotation: 0,
             display_width: 640,
             display_height: 360,

@@ -5,15 +5,12 @@ use std::path::Path;
 
 use ffmpeg_next::{Packet, Rational, Rescale, codec, encoder, filter, format, frame, media};
 
-use crate::conceal::DamagePolicy;
+use crate::conceal::{DamagePolicy, MAX_ERRORS_IN_A_ROW};
 use crate::probe::{next_packet, open_input};
 use crate::{Deadline, MediaError};
 
 /// Where encoded packets go: `(packet, its time base)`.
 pub(crate) type Emit<'a> = dyn FnMut(&Packet, Rational) -> Result<(), MediaError> + 'a;
-
-/// Decoding errors read in a row before a drain gives up until the next packet.
-pub(crate) const MAX_ERRORS_IN_A_ROW: u32 = 64;
 
 pub(crate) struct AudioPipe {
     stream_index: usize,

@@ -10,6 +10,10 @@ use crate::MediaError;
 use ffmpeg_next::frame;
 pub use vtx_domain::damage::{Concealed, DamagePolicy};
 
+/// Decoding errors read in a row before a drain gives up until the next packet (each error is a
+/// frame that will be concealed; this only keeps a decoder that errs forever from spinning).
+pub(crate) const MAX_ERRORS_IN_A_ROW: u32 = 64;
+
 /// Whether a frame is a concealment (ours, or the decoder's own error concealment).
 pub(crate) fn is_concealed(f: &frame::Video) -> bool {
     // SAFETY: reads two plain fields of a live frame.

@@ -185,7 +185,6 @@ pub fn plan_job(probe: &Probe, slice_seconds: f64) -> JobPlan {
     JobPlan {
         time_base: tb,
         frame_rate: v.frame_rate_q,
-        variable_frame_rate: v.variable_frame_rate,
         rotation: v.rotation,
         display_width: v.display_width,
         display_height: v.display_height,

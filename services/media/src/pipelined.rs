@@ -113,7 +113,6 @@ pub fn encode_chunk(
         end: v.end_pts,
         frames: v.frames,
         frame_rate: v.frame_rate_q,
-        variable_frame_rate: v.variable_frame_rate,
         display_width: dw,
         display_height: dh,
         has_audio: p.audio.is_some(),

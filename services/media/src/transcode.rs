@@ -404,7 +404,7 @@ fn drain_decoder(
             Err(e) => {
                 tracing::debug!(error = %e, "undecodable video frame");
                 errors += 1;
-                if errors > crate::audio::MAX_ERRORS_IN_A_ROW {
+                if errors > crate::conceal::MAX_ERRORS_IN_A_ROW {
                     return Ok(());
                 }
                 continue;

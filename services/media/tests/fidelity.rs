@@ -5,12 +5,14 @@
 //! `vtx transcode` (sliced) and through chunks encoded one by one, checked from the outside with
 //! ffprobe against the source.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 
-use vtx_domain::pipelined::{ChunkEncode, media_playlist};
+use vtx_domain::pipelined::ChunkEncode;
 use vtx_media::{
-    Deadline, EncodeOptions, Limits, Manifest, MediaError, PipelineRequest, Tier, VideoCodec,
-    chunk_hls_dir, cut_chunks, encode_chunk, remux_hls_to_mp4, run_pipeline,
+    Deadline, Manifest, MediaError, PipelineRequest, Tier, VideoCodec, cut_chunks,
+    remux_hls_to_mp4, run_pipeline,
 };
 use vtx_testkit::outside::{assert_hls_like_source, assert_same_times, timeline};
 use vtx_testkit::recordings::{
@@ -153,39 +155,15 @@ fn chunks_encoded_one_by_one_keep_the_sources_times() {
         let chunks = cut_chunks(&src, dir.path(), 2.0, Deadline::none()).unwrap();
         let mut encoded: Vec<(u32, ChunkEncode)> = Vec::new();
         for c in &chunks {
-            let out = dir.path().join(format!("enc-{}", c.index));
-            let e = encode_chunk(
-                &c.path,
-                0,
-                Tier::Fast,
-                &out,
-                &Limits::default(),
-                &EncodeOptions::default(),
-                Deadline::none(),
-            )
-            .unwrap_or_else(|e| panic!("{what}: chunk {}: {e}", c.index));
-            for r in &e.renditions {
-                let to = dir
-                    .path()
-                    .join("hls")
-                    .join(&r.name)
-                    .join(format!("c{:05}", c.index));
-                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-                std::fs::rename(chunk_hls_dir(&out, &r.name), &to).unwrap();
-            }
+            let e = support::encode_chunk_into(dir.path(), c)
+                .unwrap_or_else(|e| panic!("{what}: chunk {}: {e}", c.index));
             encoded.push((c.index, e));
         }
-        for r in &encoded[0].1.renditions {
-            let list: Vec<(u32, &_)> = encoded
-                .iter()
-                .map(|(i, e)| (*i, e.rendition(&r.name).unwrap()))
-                .collect();
-            let playlist = dir.path().join("hls").join(&r.name).join("index.m3u8");
-            std::fs::write(&playlist, media_playlist(&list)).unwrap();
-            assert_hls_like_source(&src, &playlist, &format!("{what}, chunks, {} HLS", r.name));
-            let mp4 = dir.path().join(format!("{}.mp4", r.name));
+        for (name, playlist) in support::write_playlists(dir.path(), &encoded) {
+            assert_hls_like_source(&src, &playlist, &format!("{what}, chunks, {name} HLS"));
+            let mp4 = dir.path().join(format!("{name}.mp4"));
             remux_hls_to_mp4(&playlist, VideoCodec::H264, &mp4, Deadline::none()).unwrap();
-            assert_same_times(&src, &mp4, &format!("{what}, chunks, {} MP4", r.name));
+            assert_same_times(&src, &mp4, &format!("{what}, chunks, {name} MP4"));
         }
     }
 }

@@ -2,14 +2,13 @@
 //! one playlist per rendition, play as one stream with every frame of the source and the audio
 //! in step.
 
+mod support;
+
 use std::path::Path;
 
 use ffmpeg_next::{Rational, media};
-use vtx_domain::pipelined::{ChunkEncode, check_chunks, media_playlist};
-use vtx_media::{
-    Deadline, EncodeOptions, Limits, Tier, VideoCodec, chunk_hls_dir, cut_chunks, encode_chunk,
-    probe, remux_hls_to_mp4,
-};
+use vtx_domain::pipelined::{ChunkEncode, check_chunks};
+use vtx_media::{Deadline, Limits, VideoCodec, cut_chunks, probe, remux_hls_to_mp4};
 use vtx_testkit::{gop_bframes, phone_like_twice};
 
 /// (video packets, video end s, audio end s, first video pts s, first audio pts s), checking
@@ -75,27 +74,8 @@ fn chunks_play_as_one_stream(src: &std::path::Path) {
     // Out of order, as chunks may arrive.
     let mut encoded: Vec<(u32, ChunkEncode)> = Vec::new();
     for c in chunks.iter().rev() {
-        let out = dir.path().join(format!("enc-{}", c.index));
-        let e = encode_chunk(
-            &c.path,
-            0,
-            Tier::Fast,
-            &out,
-            &Limits::default(),
-            &EncodeOptions::default(),
-            Deadline::none(),
-        )
-        .unwrap();
         // The chunk's files go where the tier's playlists will find them.
-        for r in &e.renditions {
-            let to = dir
-                .path()
-                .join("hls")
-                .join(&r.name)
-                .join(format!("c{:05}", c.index));
-            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-            std::fs::rename(chunk_hls_dir(&out, &r.name), &to).unwrap();
-        }
+        let e = support::encode_chunk_into(dir.path(), c).unwrap();
         encoded.push((c.index, e));
     }
     encoded.sort_by_key(|(i, _)| *i);
@@ -107,35 +87,29 @@ fn chunks_play_as_one_stream(src: &std::path::Path) {
     );
 
     let frame = 1.0 / source.video.frame_rate;
-    for r in &all[0].renditions {
-        let list: Vec<(u32, &_)> = encoded
-            .iter()
-            .map(|(i, e)| (*i, e.rendition(&r.name).unwrap()))
-            .collect();
-        let playlist = dir.path().join("hls").join(&r.name).join("index.m3u8");
-        std::fs::write(&playlist, media_playlist(&list)).unwrap();
+    for (name, playlist) in support::write_playlists(dir.path(), &encoded) {
         let (frames, vend, aend, vfirst, afirst) = read_hls(&playlist);
-        assert_eq!(frames, source.video.frames, "{}", r.name);
+        assert_eq!(frames, source.video.frames, "{}", name);
         let duration = vend - vfirst;
         assert!(
             (duration - source.video.duration_seconds).abs() <= frame + 1e-3,
             "{}: {duration} s vs {} s",
-            r.name,
+            name,
             source.video.duration_seconds
         );
         assert!(
             (vend - aend).abs() <= frame + 1e-3,
             "{}: video ends at {vend}, audio at {aend}",
-            r.name
+            name
         );
         assert!(
             (vfirst - afirst).abs() <= frame,
             "{}: video starts at {vfirst}, audio at {afirst}",
-            r.name
+            name
         );
 
         // The same segments remuxed into one MP4: every frame, and the audio.
-        let mp4 = dir.path().join(format!("{}.mp4", r.name));
+        let mp4 = dir.path().join(format!("{}.mp4", name));
         let report = remux_hls_to_mp4(&playlist, VideoCodec::H264, &mp4, Deadline::none()).unwrap();
         assert_eq!(report.frames, source.video.frames);
         let p = probe(&mp4, &Limits::default(), Deadline::none()).unwrap();
@@ -144,7 +118,7 @@ fn chunks_play_as_one_stream(src: &std::path::Path) {
         assert!(
             (audio.duration_seconds - p.video.duration_seconds).abs() <= frame + 0.03,
             "{}: audio {} s, video {} s",
-            r.name,
+            name,
             audio.duration_seconds,
             p.video.duration_seconds
         );

@@ -97,71 +97,48 @@ pub fn vfr_concat() -> PathBuf {
     )
 }
 
-/// Audio starts 0.5 s before the video.
-pub fn audio_early() -> PathBuf {
+/// The clean base with one stream moved `offset` seconds later (a copy, no re-encode):
+/// `-itsoffset` on a second input of the same file, then its `moved` stream with the other one.
+fn moved_stream(name: &str, offset: &str, moved: &str) -> PathBuf {
     let b = base();
+    let (video, audio) = if moved == "v" {
+        ("1:v", "0:a")
+    } else {
+        ("0:v", "1:a")
+    };
     derived(
-        "rec-audio-early.mp4",
+        name,
         &[
             "-i",
             s(&b),
             "-itsoffset",
-            "0.5",
+            offset,
             "-i",
             s(&b),
             "-map",
-            "1:v",
+            video,
             "-map",
-            "0:a",
+            audio,
             "-c",
             "copy",
         ],
     )
+}
+
+/// Audio starts 0.5 s before the video.
+pub fn audio_early() -> PathBuf {
+    moved_stream("rec-audio-early.mp4", "0.5", "v")
 }
 
 /// Audio starts 0.5 s after the video (the offset also moves the AAC priming: 0.521 s puts the
 /// first audible sample at 0.5 s).
 pub fn audio_late() -> PathBuf {
-    let b = base();
-    derived(
-        "rec-audio-late.mp4",
-        &[
-            "-i",
-            s(&b),
-            "-itsoffset",
-            "0.521333",
-            "-i",
-            s(&b),
-            "-map",
-            "0:v",
-            "-map",
-            "1:a",
-            "-c",
-            "copy",
-        ],
-    )
+    moved_stream("rec-audio-late.mp4", "0.521333", "a")
 }
 
 /// An edit list hides the first 0.5 s of the audio.
 pub fn audio_cut() -> PathBuf {
-    let b = base();
-    derived(
-        "rec-audio-cut.mp4",
-        &[
-            "-i",
-            s(&b),
-            "-itsoffset",
-            "-0.5",
-            "-i",
-            s(&b),
-            "-map",
-            "0:v",
-            "-map",
-            "1:a",
-            "-c",
-            "copy",
-        ],
-    )
+    moved_stream("rec-audio-cut.mp4", "-0.5", "a")
 }
 
 /// 29.97 fps (30000/1001) CFR with B-frames and a single keyframe, and MP3 audio.

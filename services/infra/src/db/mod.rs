@@ -175,14 +175,18 @@ pub async fn list_chunks(conn: &mut PgConnection, id: UploadId) -> sqlx::Result<
     .await
 }
 
-pub async fn get_chunk(pool: &PgPool, id: UploadId, idx: u32) -> sqlx::Result<Option<ChunkRow>> {
+pub async fn get_chunk<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    id: UploadId,
+    idx: u32,
+) -> sqlx::Result<Option<ChunkRow>> {
     sqlx::query_as(
         "SELECT idx, size_bytes, sha256, object_key, start_seconds, end_seconds FROM upload_chunks
          WHERE upload_id = $1 AND idx = $2",
     )
     .bind(id.as_uuid())
     .bind(idx as i32)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await
 }
 
@@ -261,15 +265,8 @@ pub async fn insert_chunk(
     if state != UploadState::Open.as_str() {
         return Ok(None);
     }
-    let existing: Option<ChunkRow> = sqlx::query_as(
-        "SELECT idx, size_bytes, sha256, object_key, start_seconds, end_seconds FROM upload_chunks
-         WHERE upload_id = $1 AND idx = $2",
-    )
-    .bind(id.as_uuid())
-    .bind(idx as i32)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(row) = existing {
+    // First writer wins: the upload row's lock orders writers, so a stored index is seen here.
+    if let Some(row) = get_chunk(&mut *tx, id, idx).await? {
         return Ok(Some(ChunkInsert::Existing(row)));
     }
     let (bytes, seconds): (i64, f64) = sqlx::query_as(
@@ -335,15 +332,11 @@ pub async fn insert_chunk(
         }
         ChunkInsert::Stored
     } else {
-        let row: ChunkRow = sqlx::query_as(
-            "SELECT idx, size_bytes, sha256, object_key, start_seconds, end_seconds FROM upload_chunks
-             WHERE upload_id = $1 AND idx = $2",
-        )
-        .bind(id.as_uuid())
-        .bind(idx as i32)
-        .fetch_one(&mut *tx)
-        .await?;
-        ChunkInsert::Existing(row)
+        // Unreachable under the lock; answered as a taken index all the same.
+        match get_chunk(&mut *tx, id, idx).await? {
+            Some(row) => ChunkInsert::Existing(row),
+            None => return Ok(None),
+        }
     };
     tx.commit().await?;
     Ok(Some(result))

@@ -823,7 +823,6 @@ mod tests {
         let plan = JobPlan {
             time_base: (1, 1000),
             frame_rate: (25, 1),
-            variable_frame_rate: false,
             rotation: 0,
             display_width: 640,
             display_height: 360,
