@@ -1276,3 +1276,131 @@ async fn hostile_chunks_get_a_clear_4xx_never_a_5xx(pool: PgPool) {
     }
     app.stop().await;
 }
+
+/// Chunks are parsed in a child process (`vtx inspect-chunk`) under an address-space limit the
+/// chunk cannot raise: with a budget far below one of its 4096x2304 frames, a chunk of them is
+/// refused with a 422 code (the decoder's allocations fail in the child, not in the gateway);
+/// with the default budget the same chunk passes.
+#[tokio::test]
+async fn a_chunk_is_parsed_under_a_memory_limit_it_cannot_exceed() {
+    use vtx_gateway::inspect::Inspector;
+    let dir = tempfile::tempdir().unwrap();
+    let chunk = dir.path().join("4k.ts");
+    let made = std::process::Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=s=4096x2304:r=30",
+        ])
+        .args([
+            "-t",
+            "1",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "30",
+        ])
+        .args(["-f", "mpegts"])
+        .arg(&chunk)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let limits = vtx_media::Limits::default();
+    let program = Some(vtx_tests::vtx_binary());
+    let tight = Inspector::start(program.clone(), 2 << 20, limits.clone())
+        .await
+        .unwrap();
+    let err = tight.inspect(&chunk).await.unwrap_err();
+    assert_eq!(err.status, StatusCode::UNPROCESSABLE_ENTITY, "{err:?}");
+    let roomy = Inspector::start(program, 512 << 20, limits).await.unwrap();
+    let info = roomy.inspect(&chunk).await.unwrap();
+    assert_eq!(info.frames, 30);
+}
+
+/// An address from a configured URL (`scheme://[user@]host:port/...`).
+fn addr_of(url: &str) -> std::net::SocketAddr {
+    let rest = url.split("://").nth(1).expect("a URL");
+    let authority = rest.split('/').next().unwrap();
+    let host_port = authority.rsplit('@').next().unwrap();
+    host_port.parse().expect("host:port")
+}
+
+/// TLS on every hop: the client reaches the gateway over `https://`, and the gateway, scheduler
+/// and worker reach S3 over `https://` and RabbitMQ over `amqps://`, each trusting a
+/// certificate the test made (local TLS endpoints in front of the real services); without
+/// being told to trust it, the client refuses the gateway's certificate.
+#[sqlx::test(migrations = "../migrations")]
+async fn every_hop_can_run_over_tls(pool: PgPool) {
+    use vtx_tests::tls::TlsFront;
+    let plain = vtx_infra::Config::from_env().unwrap();
+    let s3 = TlsFront::start(addr_of(&plain.s3.endpoint)).await;
+    let amqp = TlsFront::start(addr_of(plain.amqp_url.expose())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, format!("{}{}", s3.cert_pem, amqp.cert_pem)).unwrap();
+    let s3_url = format!("https://{}", s3.addr);
+    let amqp_url = format!("amqps://guest:guest@{}/%2f", amqp.addr);
+    let app = TestApp::spawn_with(
+        pool,
+        &[
+            ("VTX_S3_ENDPOINT", &s3_url),
+            ("VTX_AMQP_URL", &amqp_url),
+            ("VTX_TLS_CA_FILE", ca.to_str().unwrap()),
+        ],
+        vtx_tests::Services::default(),
+    )
+    .await;
+
+    // Without the extra root, neither S3 nor RabbitMQ is reached.
+    let untrusted = vtx_infra::broker::BrokerClient::new(
+        vtx_infra::config::Secret::new(amqp_url.clone()),
+        "never",
+        vtx_infra::config::ExtraRoots::default(),
+    );
+    assert!(
+        untrusted.check().await.is_err(),
+        "amqps trusts only its roots"
+    );
+    let mut s3_cfg = app.cfg.s3.clone();
+    s3_cfg.key_prefix = "never/".into();
+    let untrusted = vtx_infra::ObjectStore::new(&s3_cfg, &Default::default());
+    assert!(
+        untrusted.ensure_bucket().await.is_err(),
+        "https trusts only its roots"
+    );
+
+    let gateway = TlsFront::start(addr_of(app.client.base())).await;
+    let base = format!("https://{}", gateway.addr);
+    let token = app.cfg.auth.service_tokens[0].expose().to_string();
+    let stranger = Client::new(&base).with_token(token.as_str());
+    let err = stranger.create_upload().await.unwrap_err();
+    assert!(
+        format!("{err:?}").to_lowercase().contains("certificate"),
+        "an unknown certificate is refused: {err:?}"
+    );
+
+    let client = Client::trusting(&base, gateway.cert_pem.as_bytes())
+        .unwrap()
+        .with_token(token.as_str());
+    let opts = vtx_client::UploadOptions {
+        chunk_seconds: 2.0,
+        concurrency: 2,
+        live: false,
+        state_dir: None,
+        followers: None,
+    };
+    let clip = vtx_tests::media("bikes.mp4");
+    let done = client.upload_file(&clip, &opts, &|_, _| {}).await.unwrap();
+    let video = client
+        .wait_for_video(done.video_id, std::time::Duration::from_secs(240))
+        .await
+        .unwrap();
+    assert_eq!(video.state, "published", "{video:?}");
+    assert_eq!(video.frames, Some(frames_of(&clip)));
+    app.stop().await;
+}

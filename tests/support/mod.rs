@@ -19,6 +19,8 @@ use vtx_worker::Worker;
 
 pub use vtx_testkit::{derived, gop_bframes, looped, media};
 
+pub mod tls;
+
 /// `clip` cut into GOP-aligned MPEG-TS chunks of at least `seconds`, as the client sends them.
 pub fn ts_chunks(clip: &Path, seconds: f64) -> Vec<bytes::Bytes> {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -194,6 +196,11 @@ impl TestApp {
             ("VTX_QUEUE_PREFIX".into(), format!("test-{tag}")),
             ("VTX_S3_PREFIX".into(), format!("test-{tag}/")),
             // Short leases and grace so that tests see reaping and collection quickly.
+            // The gateway checks chunks in `vtx inspect-chunk` children (not this test binary).
+            (
+                "VTX_INSPECT_PROGRAM".into(),
+                vtx_binary().display().to_string(),
+            ),
             ("VTX_LEASE_SECS".into(), "6".into()),
             ("VTX_SWAP_GRACE_SECS".into(), "2".into()),
             (
@@ -213,12 +220,16 @@ impl TestApp {
         })
         .expect("test configuration");
 
-        let store = ObjectStore::new(&cfg.s3);
+        let store = ObjectStore::new(&cfg.s3, &cfg.tls_roots);
         store
             .ensure_bucket()
             .await
             .expect("S3 server up (run deploy/local/setup.sh)");
-        let broker = BrokerClient::new(cfg.amqp_url.clone(), cfg.queue_prefix.clone());
+        let broker = BrokerClient::new(
+            cfg.amqp_url.clone(),
+            cfg.queue_prefix.clone(),
+            cfg.tls_roots.clone(),
+        );
         broker
             .check()
             .await

@@ -310,10 +310,13 @@ impl BenchStack {
         })?;
         let pool = db::connect(&cfg).await?;
         db::migrate(&pool).await?;
-        let store = ObjectStore::new(&cfg.s3);
+        let store = ObjectStore::new(&cfg.s3, &cfg.tls_roots);
         store.ensure_bucket().await?;
-        let broker =
-            vtx_infra::broker::BrokerClient::new(cfg.amqp_url.clone(), cfg.queue_prefix.clone());
+        let broker = vtx_infra::broker::BrokerClient::new(
+            cfg.amqp_url.clone(),
+            cfg.queue_prefix.clone(),
+            cfg.tls_roots.clone(),
+        );
         broker.check().await?;
         let shutdown = tokio_util::sync::CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();

@@ -69,8 +69,8 @@ enum Command {
         /// The uploader's follower count (a large one predicts a hot video: extreme encode).
         #[arg(long)]
         followers: Option<u64>,
-        #[arg(long, env = "VTX_URL", default_value = "http://127.0.0.1:8080")]
-        url: String,
+        #[command(flatten)]
+        gateway: GatewayArgs,
     },
     /// Transcode a file on this machine (no database, broker or S3): split, parallel slice
     /// encodes, merge into MP4 + HLS, cover and manifest.json in OUT.
@@ -106,9 +106,21 @@ enum Command {
         /// Seconds --wait waits.
         #[arg(long, default_value_t = 600)]
         wait_timeout: u64,
-        #[arg(long, env = "VTX_URL", default_value = "http://127.0.0.1:8080")]
-        url: String,
+        #[command(flatten)]
+        gateway: GatewayArgs,
     },
+}
+
+/// Where the gateway is, and what its TLS certificate may be signed by.
+#[derive(clap::Args)]
+struct GatewayArgs {
+    /// The gateway's base URL (`http://` or `https://`).
+    #[arg(long, env = "VTX_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// PEM certificates to trust besides the system's roots (a private CA, or the gateway's
+    /// self-signed certificate). `SSL_CERT_FILE` also works.
+    #[arg(long, env = "VTX_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -168,6 +180,11 @@ enum Bench {
 }
 
 fn main() -> anyhow::Result<ExitCode> {
+    // The gateway's chunk check, in a child process under its limits: no runtime, no logs.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(vtx_gateway::inspect::SUBCOMMAND) {
+        return Ok(vtx_gateway::inspect::child(&args[1..]));
+    }
     // SVT-AV1 logs a banner and, since encoders open without the right to real-time threads
     // (vtx_media's `without_realtime`), a "Failed to set thread priority" warning per thread
     // at every open, on stderr beside our own logs: errors only unless the operator says
@@ -195,7 +212,7 @@ async fn run() -> anyhow::Result<ExitCode> {
             wait,
             wait_timeout,
             followers,
-            url,
+            gateway,
         } => {
             let opts = vtx_client::UploadOptions {
                 chunk_seconds,
@@ -209,14 +226,14 @@ async fn run() -> anyhow::Result<ExitCode> {
                 followers,
             };
             let wait = wait.then(|| Duration::from_secs(wait_timeout));
-            return upload(file, opts, wait, url).await;
+            return upload(file, opts, wait, gateway).await;
         }
         Command::Status {
             id,
             wait,
             wait_timeout,
-            url,
-        } => return status(id, wait.then(|| Duration::from_secs(wait_timeout)), url).await,
+            gateway,
+        } => return status(id, wait.then(|| Duration::from_secs(wait_timeout)), gateway).await,
         Command::Bench(Bench::Pipeline) => bench::pipeline().await,
         Command::Bench(Bench::Live { runs, long_runs }) => bench::live(runs, long_runs).await,
         Command::Bench(Bench::Extreme {
@@ -264,8 +281,12 @@ async fn serve(command: Command) -> anyhow::Result<()> {
     let pool = db::connect(&cfg)
         .await
         .context("connecting to PostgreSQL")?;
-    let store = ObjectStore::new(&cfg.s3);
-    let broker = BrokerClient::new(cfg.amqp_url.clone(), cfg.queue_prefix.clone());
+    let store = ObjectStore::new(&cfg.s3, &cfg.tls_roots);
+    let broker = BrokerClient::new(
+        cfg.amqp_url.clone(),
+        cfg.queue_prefix.clone(),
+        cfg.tls_roots.clone(),
+    );
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
 
@@ -428,23 +449,27 @@ fn transcode_local(mut req: vtx_media::PipelineRequest) -> anyhow::Result<()> {
 }
 
 /// A client with the service token from `VTX_SERVICE_TOKEN` or `.vtx/service-token`.
-fn service_client(url: String) -> anyhow::Result<vtx_client::Client> {
+fn service_client(gateway: GatewayArgs) -> anyhow::Result<vtx_client::Client> {
     let cfg = Config::from_env()?;
     let token = cfg.auth.service_tokens.first().context(
         "no service token: set VTX_SERVICE_TOKEN, or run this from the checkout where \
          deploy/local/setup.sh wrote .vtx/service-token",
     )?;
-    Ok(vtx_client::Client::new(url).with_token(token.expose()))
+    let ca = match &gateway.ca_file {
+        Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        None => Vec::new(),
+    };
+    Ok(vtx_client::Client::trusting(gateway.url, &ca)?.with_token(token.expose()))
 }
 
 async fn upload(
     file: PathBuf,
     opts: vtx_client::UploadOptions,
     wait: Option<Duration>,
-    url: String,
+    gateway: GatewayArgs,
 ) -> anyhow::Result<ExitCode> {
     use std::io::IsTerminal;
-    let client = service_client(url)?;
+    let client = service_client(gateway)?;
     let tty = std::io::stderr().is_terminal();
     let progress = move |sent: u64, total: u64| {
         if tty {
@@ -481,8 +506,12 @@ async fn upload(
     }
 }
 
-async fn status(id: String, wait: Option<Duration>, url: String) -> anyhow::Result<ExitCode> {
-    let client = service_client(url)?;
+async fn status(
+    id: String,
+    wait: Option<Duration>,
+    gateway: GatewayArgs,
+) -> anyhow::Result<ExitCode> {
+    let client = service_client(gateway)?;
     let video_id: VideoId = id
         .parse()
         .context("ID must be a video or job id (a UUID)")?;

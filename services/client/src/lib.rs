@@ -80,17 +80,34 @@ pub use upload::{UploadOptions, UploadReport};
 pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
 
 impl Client {
+    /// A client of the gateway at `base` (`http://` or `https://`; TLS trusts the system's
+    /// roots, which honour `SSL_CERT_FILE`).
     pub fn new(base: impl Into<String>) -> Self {
+        Self::trusting(base, &[]).expect("HTTP client builds without extra roots")
+    }
+
+    /// A client that also trusts the certificates in `ca_pem` (a private CA, or a gateway's
+    /// self-signed certificate), besides the system's roots.
+    pub fn trusting(base: impl Into<String>, ca_pem: &[u8]) -> anyhow::Result<Self> {
+        // reqwest is built without its own crypto provider: the process uses ring, the one
+        // sqlx and the S3 client already link. Installing it twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let extra = if ca_pem.is_empty() {
+            Vec::new()
+        } else {
+            reqwest::Certificate::from_pem_bundle(ca_pem)
+                .map_err(|e| anyhow::anyhow!("reading the CA certificates: {e}"))?
+        };
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(300))
-            .build()
-            .expect("HTTP client builds");
-        Self {
+            .tls_certs_merge(extra)
+            .build()?;
+        Ok(Self {
             http,
             base: base.into().trim_end_matches('/').to_string(),
             token: None,
-        }
+        })
     }
 
     /// The same client, sending `token` as its bearer credential.

@@ -7,6 +7,7 @@ mod auth;
 mod error;
 mod grants;
 mod health;
+pub mod inspect;
 mod media;
 mod plays;
 mod status;
@@ -36,8 +37,8 @@ pub struct AppState {
     pub broker: BrokerClient,
     pub limits: Arc<UploadLimits>,
     pub auth: Auth,
-    /// Limits a chunk's media is checked against.
-    pub chunk_limits: Arc<vtx_media::Limits>,
+    /// Checks chunks in child processes, under the media limits and a memory limit.
+    pub inspector: Arc<inspect::Inspector>,
     /// Chunk checks running at once (each holds FFmpeg contexts and a core): two per core.
     pub chunk_checks: Arc<tokio::sync::Semaphore>,
     /// Default lifetime of a grant token.
@@ -89,6 +90,16 @@ impl Gateway {
             .map(|(id, k)| (id.clone(), k.expose().to_string()))
             .collect();
         let auth = Auth::new(&tokens, &keys);
+        let inspector = inspect::Inspector::start(
+            cfg.inspect_program.clone(),
+            cfg.uploads.inspect_memory_bytes,
+            vtx_media::Limits {
+                max_duration: std::time::Duration::from_secs(cfg.worker.max_source_seconds),
+                max_file_bytes: cfg.uploads.max_chunk_bytes,
+                ..vtx_media::Limits::default()
+            },
+        )
+        .await?;
         let listener = TcpListener::bind(cfg.http_addr).await?;
         let addr = listener.local_addr()?;
         let public_url = cfg
@@ -107,11 +118,7 @@ impl Gateway {
             broker,
             limits: Arc::new(cfg.uploads.clone()),
             auth,
-            chunk_limits: Arc::new(vtx_media::Limits {
-                max_duration: std::time::Duration::from_secs(cfg.worker.max_source_seconds),
-                max_file_bytes: cfg.uploads.max_chunk_bytes,
-                ..vtx_media::Limits::default()
-            }),
+            inspector: Arc::new(inspector),
             chunk_checks: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
             )),

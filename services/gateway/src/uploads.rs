@@ -336,7 +336,7 @@ pub async fn put_chunk(
         }
     };
     let stored_seconds = db::upload_seconds(&state.pool, id).await?;
-    let limit = state.chunk_limits.max_duration.as_secs_f64();
+    let limit = state.inspector.limits().max_duration.as_secs_f64();
     if stored_seconds + (info.end_seconds - info.start_seconds) > limit {
         discard(&state, &key).await;
         return Err(upload_too_long(limit));
@@ -397,46 +397,24 @@ pub async fn put_chunk(
     }
 }
 
-/// Checks a chunk's bytes off the async runtime, under the media limits and a time limit:
-/// 422 `chunk-not-media` or `chunk-not-gop-aligned` (or the media error's own code).
+/// Checks a chunk's bytes in a child process under the media and memory limits and a time
+/// limit: 422 `chunk-not-media` or `chunk-not-gop-aligned` (or the media error's own code).
 async fn check_chunk(
     state: &AppState,
     copy: tempfile::TempPath,
 ) -> ApiResult<vtx_media::ChunkInfo> {
-    let limits = state.chunk_limits.clone();
     let _permit = state
         .chunk_checks
         .acquire()
         .await
         .map_err(ApiError::internal)?;
-    let deadline = vtx_media::Deadline::after(CHUNK_CHECK_TIMEOUT);
-    let checked = tokio::task::spawn_blocking(move || {
-        let r = vtx_media::inspect_chunk(&copy, &limits, deadline);
-        drop(copy);
-        r
-    })
-    .await
-    .map_err(ApiError::internal)?;
-    checked.map_err(|e| {
-        let err = chunk_refusal(e);
-        metrics::counter!("vtx_chunks_refused_total", "code" => err.code).increment(1);
-        err
-    })
-}
-
-fn chunk_refusal(e: vtx_media::ChunkError) -> ApiError {
-    let unprocessable =
-        |code, message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message);
-    match e {
-        vtx_media::ChunkError::NotGopAligned => {
-            unprocessable("chunk-not-gop-aligned", e.to_string())
+    let checked = state.inspector.inspect(&copy).await;
+    drop(copy);
+    checked.inspect_err(|err| {
+        if err.status.is_client_error() {
+            metrics::counter!("vtx_chunks_refused_total", "code" => err.code).increment(1);
         }
-        vtx_media::ChunkError::NotMedia(_) => unprocessable("chunk-not-media", e.to_string()),
-        vtx_media::ChunkError::Media(m) => match m.code() {
-            vtx_domain::ErrorCode::Internal => ApiError::internal(m),
-            code => unprocessable(code.as_str(), m.to_string()),
-        },
-    }
+    })
 }
 
 /// The first chunk whose video does not start where the one before it ends (within half a
@@ -468,9 +446,6 @@ fn upload_too_long(limit: f64) -> ApiError {
         format!("an upload may last at most {limit} s"),
     )
 }
-
-/// How long checking one chunk may take.
-const CHUNK_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn chunk_view(index: ChunkIndex, size: u64, sha256: String) -> ChunkView {
     ChunkView {

@@ -13,6 +13,7 @@ use lapin::options::{
     BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
     QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::Mutex;
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use vtx_domain::Task;
 use vtx_domain::messages::queue;
 
-use crate::config::Secret;
+use crate::config::{ExtraRoots, Secret};
 
 /// Deliveries after which RabbitMQ dead-letters a message by itself: a safety net only.
 /// Handlers bound retries through attempts kept in PostgreSQL and retry transient failures in
@@ -43,9 +44,20 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
+    /// Connects to `url` (`amqp://`, or `amqps://` trusting the system's roots and `roots`).
+    pub async fn connect(url: &str, prefix: &str, roots: &ExtraRoots) -> anyhow::Result<Self> {
         bounded("connecting", async {
-            let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+            let tls = OwnedTLSConfig {
+                identity: None,
+                cert_chain: roots.pem().map(str::to_string),
+            };
+            let conn = Connection::connect_with_config(
+                url,
+                ConnectionProperties::default(),
+                tls,
+                lapin::runtime::default_runtime()?,
+            )
+            .await?;
             let publisher = conn.create_channel().await?;
             publisher
                 .confirm_select(ConfirmSelectOptions::default())
@@ -271,15 +283,17 @@ pub struct BrokerClient {
 struct ClientInner {
     url: Secret,
     prefix: String,
+    roots: ExtraRoots,
     current: Mutex<Option<Arc<Broker>>>,
 }
 
 impl BrokerClient {
-    pub fn new(url: Secret, prefix: impl Into<String>) -> Self {
+    pub fn new(url: Secret, prefix: impl Into<String>, roots: ExtraRoots) -> Self {
         Self {
             inner: Arc::new(ClientInner {
                 url,
                 prefix: prefix.into(),
+                roots,
                 current: Mutex::new(None),
             }),
         }
@@ -295,7 +309,14 @@ impl BrokerClient {
         if let Some(b) = current.as_ref().filter(|b| b.is_connected()) {
             return Ok(b.clone());
         }
-        let b = Arc::new(Broker::connect(self.inner.url.expose(), &self.inner.prefix).await?);
+        let b = Arc::new(
+            Broker::connect(
+                self.inner.url.expose(),
+                &self.inner.prefix,
+                &self.inner.roots,
+            )
+            .await?,
+        );
         *current = Some(b.clone());
         Ok(b)
     }
@@ -490,7 +511,7 @@ mod tests {
             std::thread::sleep(Duration::from_secs(60));
             drop(held);
         });
-        let err = match Broker::connect(&url, "never").await {
+        let err = match Broker::connect(&url, "never", &ExtraRoots::default()).await {
             Ok(_) => panic!("connected to a silent server"),
             Err(e) => e,
         };

@@ -37,6 +37,12 @@ pub struct Config {
     /// `VTX_QUEUE_PREFIX`: every queue name starts with it (tests use a random one).
     pub queue_prefix: String,
     pub s3: S3Config,
+    /// `VTX_TLS_CA_FILE`: certificates that S3 over `https://` and RabbitMQ over `amqps://` are
+    /// trusted with, besides the system's roots.
+    pub tls_roots: ExtraRoots,
+    /// `VTX_INSPECT_PROGRAM`: the `vtx` binary the gateway runs as `vtx inspect-chunk` to
+    /// check each chunk in a child process (default: the running executable).
+    pub inspect_program: Option<std::path::PathBuf>,
     /// `VTX_HTTP_ADDR`: where the gateway listens; port 0 picks a free port.
     pub http_addr: SocketAddr,
     /// `VTX_MAX_CONNECTIONS`: connections the gateway serves at once; past it, it stops
@@ -94,6 +100,34 @@ pub struct PipelineConfig {
     /// `VTX_PIPELINE_UPLOADS`: encode each media chunk of a chunked upload into the fast tier
     /// as soon as it is stored, so completing only publishes (default on).
     pub pipeline_uploads: bool,
+}
+
+/// PEM certificates (a private CA, a self-signed endpoint) that outbound TLS trusts besides
+/// the system's roots.
+#[derive(Clone, Debug, Default)]
+pub struct ExtraRoots(Option<std::sync::Arc<str>>);
+
+impl ExtraRoots {
+    /// The certificates in the PEM file at `path`, if one is given.
+    pub fn load(path: Option<String>) -> anyhow::Result<Self> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let pem = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        anyhow::ensure!(
+            pem.contains("-----BEGIN CERTIFICATE-----"),
+            "{path} holds no PEM certificate"
+        );
+        Ok(Self::from_pem(pem))
+    }
+
+    pub fn from_pem(pem: impl Into<std::sync::Arc<str>>) -> Self {
+        Self(Some(pem.into()))
+    }
+
+    pub fn pem(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -222,6 +256,9 @@ pub struct UploadLimits {
     pub grant_max_open_uploads: u64,
     pub grant_uploads_per_minute: u64,
     pub grant_max_inflight_bytes: u64,
+    /// `VTX_INSPECT_MEMORY_BYTES`: the address space a chunk check's child process may use
+    /// beyond what the program holds once started (`RLIMIT_AS`). Past it: 422 `too-large`.
+    pub inspect_memory_bytes: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -272,6 +309,10 @@ impl Config {
                 secret_key: Secret::new(env.string("VTX_S3_SECRET_KEY", "vtx-local-secret")),
                 key_prefix: env.string("VTX_S3_PREFIX", ""),
             },
+            tls_roots: ExtraRoots::load(get("VTX_TLS_CA_FILE").filter(|s| !s.is_empty()))?,
+            inspect_program: get("VTX_INSPECT_PROGRAM")
+                .filter(|s| !s.is_empty())
+                .map(Into::into),
             http_addr: env.parse("VTX_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             max_connections: env.parse::<usize>("VTX_MAX_CONNECTIONS", 4096)?.max(1),
             shutdown_grace: Duration::from_secs(env.parse("VTX_SHUTDOWN_SECS", 30)?),
@@ -291,6 +332,7 @@ impl Config {
                 grant_max_open_uploads: env.parse("VTX_GRANT_MAX_OPEN_UPLOADS", 20)?,
                 grant_uploads_per_minute: env.parse("VTX_GRANT_UPLOADS_PER_MINUTE", 60)?,
                 grant_max_inflight_bytes: env.parse("VTX_GRANT_MAX_INFLIGHT_BYTES", 512 << 20)?,
+                inspect_memory_bytes: env.parse("VTX_INSPECT_MEMORY_BYTES", 512 << 20)?,
             },
             auth: AuthConfig::load(&env)?,
             worker: WorkerConfig {

@@ -22,7 +22,7 @@ use http_body::{Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::config::S3Config;
+use crate::config::{ExtraRoots, S3Config};
 
 /// Size of the parts `concat` uploads (S3 wants at least 5 MiB for all but the last).
 const PART_BYTES: usize = 8 << 20;
@@ -83,11 +83,23 @@ pub struct ObjectStore {
 }
 
 impl ObjectStore {
-    pub fn new(cfg: &S3Config) -> Self {
+    /// A store on `cfg`'s bucket; an `https://` endpoint is trusted with the system's roots
+    /// and `roots`.
+    pub fn new(cfg: &S3Config, roots: &ExtraRoots) -> Self {
+        let mut trust = tls::TrustStore::default();
+        if let Some(pem) = roots.pem() {
+            trust = trust.with_pem_certificate(pem.as_bytes());
+        }
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(
                 tls::rustls_provider::CryptoMode::Ring,
             ))
+            .tls_context(
+                tls::TlsContext::builder()
+                    .with_trust_store(trust)
+                    .build()
+                    .expect("a TLS context from a trust store"),
+            )
             .build_https();
         let conf = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())

@@ -46,6 +46,17 @@ impl MediaError {
         }
     }
 
+    /// FFmpeg ran out of memory (`ENOMEM`): under a memory limit, the input asked for more.
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(
+            self,
+            MediaError::Ffmpeg {
+                source: ffmpeg_next::Error::Other { errno },
+                ..
+            } if *errno == libc::ENOMEM
+        )
+    }
+
     pub(crate) fn ffmpeg(context: &'static str) -> impl FnOnce(ffmpeg_next::Error) -> Self {
         move |source| MediaError::Ffmpeg { context, source }
     }
