@@ -10,11 +10,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 use vtx_client::Client;
 use vtx_infra::broker::BrokerClient;
-use vtx_infra::{Config, ObjectStore, outbox};
+use vtx_infra::{Config, ObjectStore};
+use vtx_stack::{Resources, Roles, Stack};
 use vtx_worker::Worker;
 
 pub use vtx_testkit::{derived, gop_bframes, looped, media};
@@ -109,8 +108,7 @@ pub struct TestApp {
     pub cfg: Config,
     /// The `VTX_*` settings this app runs with, for child processes.
     pub env: Vec<(String, String)>,
-    shutdown: CancellationToken,
-    tasks: JoinSet<()>,
+    stack: Stack,
     /// Disarms the watchdog when the app is stopped or dropped.
     _watchdog: mpsc::Sender<()>,
 }
@@ -220,62 +218,40 @@ impl TestApp {
         })
         .expect("test configuration");
 
-        let store = ObjectStore::new(&cfg.s3, &cfg.tls_roots);
-        store
+        let resources = Resources::with_pool(&cfg, pool.clone());
+        resources
+            .store
             .ensure_bucket()
             .await
             .expect("S3 server up (run deploy/local/setup.sh)");
-        let broker = BrokerClient::new(
-            cfg.amqp_url.clone(),
-            cfg.queue_prefix.clone(),
-            cfg.tls_roots.clone(),
-        );
-        broker
+        resources
+            .broker
             .check()
             .await
             .expect("RabbitMQ up (run deploy/local/setup.sh)");
-        let worker = Worker::new(
-            pool.clone(),
-            store.clone(),
-            cfg.worker.clone(),
-            cfg.pipeline.clone(),
-            cfg.hotness.clone(),
-        );
-        let scheduler = vtx_scheduler::Scheduler::new(
-            pool.clone(),
-            store.clone(),
-            broker.clone(),
-            cfg.pipeline.clone(),
-            &cfg.worker,
-        );
-
-        let shutdown = CancellationToken::new();
-        let mut tasks = JoinSet::new();
-        tasks.spawn(outbox::run_relay(
-            pool.clone(),
-            broker.clone(),
-            shutdown.clone(),
-        ));
-        if services.scheduler {
-            tasks.spawn(scheduler.run(shutdown.clone()));
-        }
-        tasks.spawn(vtx_infra::metrics::sample_queues(
-            broker.clone(),
-            shutdown.clone(),
-        ));
-        if services.worker {
-            tasks.spawn(worker.clone().run(broker.clone(), shutdown.clone()));
-        }
-        let gateway =
-            vtx_gateway::Gateway::build(&cfg, pool.clone(), store.clone(), broker.clone())
-                .await
-                .expect("gateway binds");
-        let client =
-            Client::new(gateway.public_url()).with_token(cfg.auth.service_tokens[0].expose());
-        let token = shutdown.clone();
-        tasks.spawn(async move {
-            gateway.run_until(token).await.expect("gateway runs");
-        });
+        let Resources { store, broker, .. } = resources.clone();
+        let roles = Roles {
+            gateway: true,
+            scheduler: services.scheduler,
+            worker: services.worker,
+            ..Roles::default()
+        };
+        let stack = Stack::start(&cfg, resources, roles)
+            .await
+            .expect("the services start");
+        // The test's own handle on a worker (some tests run its handler directly).
+        let worker = match &stack.worker {
+            Some(w) => w.clone(),
+            None => Worker::new(
+                pool.clone(),
+                store.clone(),
+                cfg.worker.clone(),
+                cfg.pipeline.clone(),
+                cfg.hotness.clone(),
+            ),
+        };
+        let client = Client::new(stack.gateway_url().expect("a gateway"))
+            .with_token(cfg.auth.service_tokens[0].expose());
         TestApp {
             client,
             pool,
@@ -284,8 +260,7 @@ impl TestApp {
             worker,
             cfg,
             env,
-            shutdown,
-            tasks,
+            stack,
             _watchdog: watchdog,
         }
     }
@@ -305,12 +280,8 @@ impl TestApp {
     }
 
     /// Stops the services and deletes this test's queues.
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        let stopped = tokio::time::timeout(Duration::from_secs(180), async {
-            while self.tasks.join_next().await.is_some() {}
-        })
-        .await;
+    pub async fn stop(self) {
+        let stopped = tokio::time::timeout(Duration::from_secs(180), self.stack.stop()).await;
         assert!(
             stopped.is_ok(),
             "the services did not stop within 180 s of shutdown"

@@ -9,14 +9,10 @@ mod bench;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 use vtx_domain::api::VideoView;
 use vtx_domain::{JobId, VideoId};
-use vtx_gateway::Gateway;
-use vtx_infra::broker::BrokerClient;
-use vtx_infra::{Config, ObjectStore, db, outbox, telemetry};
-use vtx_worker::Worker;
+use vtx_infra::{Config, telemetry};
+use vtx_stack::{Resources, Roles, Stack};
 
 #[derive(Parser)]
 #[command(
@@ -278,34 +274,35 @@ async fn run() -> anyhow::Result<ExitCode> {
 async fn serve(command: Command) -> anyhow::Result<()> {
     let cfg = Config::from_env()?;
     tracing::debug!(?cfg, "configuration");
-    let pool = db::connect(&cfg)
-        .await
-        .context("connecting to PostgreSQL")?;
-    let store = ObjectStore::new(&cfg.s3, &cfg.tls_roots);
-    let broker = BrokerClient::new(
-        cfg.amqp_url.clone(),
-        cfg.queue_prefix.clone(),
-        cfg.tls_roots.clone(),
-    );
-    let shutdown = CancellationToken::new();
-    let mut tasks = JoinSet::new();
-
-    let (gateway, scheduler, worker, hotness) = match command {
+    let resources = Resources::connect(&cfg).await?;
+    let roles = match command {
         Command::Migrate => {
-            db::migrate(&pool).await.context("applying migrations")?;
-            store.ensure_bucket().await.context("creating the bucket")?;
-            broker.check().await.context("declaring queues")?;
+            resources.prepare().await?;
             println!("migrations applied, bucket {} ready", cfg.s3.bucket);
             return Ok(());
         }
-        Command::Gateway => (true, false, false, false),
-        Command::Scheduler => (false, true, false, false),
-        Command::Worker => (false, false, true, false),
-        Command::Hotness => (false, false, false, true),
+        Command::Gateway => Roles {
+            gateway: true,
+            ..Roles::default()
+        },
+        Command::Scheduler => Roles {
+            scheduler: true,
+            metrics_server: true,
+            ..Roles::default()
+        },
+        Command::Worker => Roles {
+            worker: true,
+            metrics_server: true,
+            ..Roles::default()
+        },
+        Command::Hotness => Roles {
+            hotness: true,
+            metrics_server: true,
+            ..Roles::default()
+        },
         Command::Up => {
-            db::migrate(&pool).await.context("applying migrations")?;
-            store.ensure_bucket().await.context("creating the bucket")?;
-            (true, true, true, true)
+            resources.prepare().await?;
+            Roles::all()
         }
         Command::Upload { .. }
         | Command::Status { .. }
@@ -314,64 +311,13 @@ async fn serve(command: Command) -> anyhow::Result<()> {
             unreachable!("client commands")
         }
     };
-    // Every service process samples queue depths; worker and scheduler processes serve
-    // /metrics themselves (the gateway serves it on its own address).
-    tasks.spawn(vtx_infra::metrics::sample_queues(
-        broker.clone(),
-        shutdown.clone(),
-    ));
-    if !gateway {
-        let addr = vtx_infra::metrics::serve(cfg.metrics_addr, shutdown.clone()).await?;
-        tracing::info!(%addr, "metrics at /metrics");
+    let stack = Stack::start(&cfg, resources, roles).await?;
+    if let Some(url) = stack.gateway_url() {
+        println!("vtx gateway on {url}");
     }
-    if gateway || scheduler {
-        // Whoever writes the outbox relays it.
-        tasks.spawn(outbox::run_relay(
-            pool.clone(),
-            broker.clone(),
-            shutdown.clone(),
-        ));
-    }
-    if gateway {
-        let gw = Gateway::build(&cfg, pool.clone(), store.clone(), broker.clone()).await?;
-        println!("vtx gateway on {}", gw.public_url());
-        let token = shutdown.clone();
-        tasks.spawn(async move {
-            if let Err(e) = gw.run_until(token).await {
-                tracing::error!(error = %e, "gateway stopped");
-            }
-        });
-    }
-    if scheduler {
-        let s = vtx_scheduler::Scheduler::new(
-            pool.clone(),
-            store.clone(),
-            broker.clone(),
-            cfg.pipeline.clone(),
-            &cfg.worker,
-        );
-        tasks.spawn(s.run(shutdown.clone()));
-    }
-    if worker {
-        let w = Worker::new(
-            pool.clone(),
-            store.clone(),
-            cfg.worker.clone(),
-            cfg.pipeline.clone(),
-            cfg.hotness.clone(),
-        );
-        tasks.spawn(w.run(broker.clone(), shutdown.clone()));
-    }
-    if hotness {
-        let t =
-            vtx_scheduler::hotness::Tracker::new(pool.clone(), broker.clone(), cfg.hotness.clone());
-        tasks.spawn(t.run(shutdown.clone()));
-    }
-
     wait_for_signal().await;
     tracing::info!("shutting down: finishing in-flight work");
-    shutdown.cancel();
-    while tasks.join_next().await.is_some() {}
+    stack.stop().await;
     Ok(())
 }
 

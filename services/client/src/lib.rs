@@ -71,10 +71,25 @@ pub struct Client {
     token: Option<std::sync::Arc<str>>,
 }
 
+mod retry;
 mod tus;
 mod upload;
 
-pub use upload::{UploadOptions, UploadReport};
+pub use upload::UploadOptions;
+
+/// What an upload did, with its timings.
+#[derive(Clone, Debug)]
+pub struct UploadReport {
+    pub completed: UploadCompleted,
+    pub upload_id: UploadId,
+    pub chunks: u32,
+    pub bytes: u64,
+    /// Chunks the gateway already held (a resumed upload).
+    pub resumed_chunks: u32,
+    /// When the gateway acknowledged the last chunk, and when the upload was completed.
+    pub last_chunk_stored: std::time::Instant,
+    pub completed_at: std::time::Instant,
+}
 
 /// Progress callback: (bytes sent, total bytes).
 pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
@@ -338,7 +353,7 @@ impl Client {
         index: u32,
         data: Bytes,
     ) -> anyhow::Result<()> {
-        upload::retry(&format!("chunk {index}"), || {
+        retry::retry(&format!("chunk {index}"), || {
             self.put_chunk(id, index, data.clone())
         })
         .await

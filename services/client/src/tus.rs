@@ -13,8 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use vtx_domain::api::UploadCompleted;
 use vtx_domain::{JobId, UploadId, VideoId};
 
-use crate::upload::{UploadReport, retry};
-use crate::{ApiFailure, Client, Progress};
+use crate::retry::retry;
+use crate::{ApiFailure, Client, Progress, UploadReport};
 
 const PART: u64 = 8 << 20;
 

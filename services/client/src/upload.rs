@@ -12,9 +12,10 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use vtx_domain::UploadId;
-use vtx_domain::api::{CreateUpload, UploadCompleted};
+use vtx_domain::api::CreateUpload;
 
-use crate::{ApiFailure, Client, Progress};
+use crate::retry::retry;
+use crate::{Client, Progress, UploadReport};
 
 #[derive(Clone, Debug)]
 pub struct UploadOptions {
@@ -51,19 +52,6 @@ impl UploadOptions {
                 std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/vtx/uploads"))
             })
     }
-}
-
-#[derive(Clone, Debug)]
-pub struct UploadReport {
-    pub completed: UploadCompleted,
-    pub upload_id: UploadId,
-    pub chunks: u32,
-    pub bytes: u64,
-    /// Chunks the gateway already held (a resumed upload).
-    pub resumed_chunks: u32,
-    /// When the gateway acknowledged the last chunk, and when the upload was completed.
-    pub last_chunk_stored: Instant,
-    pub completed_at: Instant,
 }
 
 /// What survives a killed upload.
@@ -248,38 +236,6 @@ async fn state_key(path: &Path, opts: &UploadOptions) -> anyhow::Result<String> 
     h.update(mtime.to_le_bytes());
     h.update(opts.chunk_seconds.to_le_bytes());
     Ok(hex::encode(&h.finalize()[..12]))
-}
-
-/// Runs `f` until it succeeds, a permanent error (4xx but 429) comes back, or it has failed
-/// eight times; waits with jittered exponential backoff from 250 ms, or as long as the server's
-/// `Retry-After` asks (a 429 from a per-grant limit).
-pub(crate) async fn retry<T, F, Fut>(what: &str, f: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-{
-    use backon::Retryable;
-    let backoff = backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(250))
-        .with_max_delay(Duration::from_secs(30))
-        .with_max_times(8)
-        .with_jitter();
-    f.retry(backoff)
-        .sleep(tokio::time::sleep)
-        .when(|e: &anyhow::Error| {
-            e.downcast_ref::<ApiFailure>()
-                .is_none_or(ApiFailure::is_transient) // or a connection-level failure
-        })
-        .adjust(|e: &anyhow::Error, delay| {
-            let asked = e.downcast_ref::<ApiFailure>().and_then(|f| f.retry_after);
-            // A server that names a time is waited for; a little jitter spreads clients out.
-            asked.map(|a| a + delay.unwrap_or_default() / 4).or(delay)
-        })
-        .notify(|e: &anyhow::Error, delay: Duration| {
-            tracing::warn!(what, error = %e, ?delay, "failed; retrying");
-        })
-        .await
-        .map_err(|e| e.context(what.to_string()))
 }
 
 /// Writes the resume state (it holds the upload token) readable by its owner only: the file

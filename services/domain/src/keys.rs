@@ -1,7 +1,18 @@
 //! Object keys: where each piece of a job lives in the bucket. One place, so every service
 //! agrees.
 
-use crate::{JobId, Tier, VideoId};
+use crate::{JobId, Tier, UploadId, VideoId};
+
+/// Everything an upload session stored (its chunks or tus parts).
+pub fn upload(upload: UploadId) -> String {
+    format!("uploads/{upload}/")
+}
+
+/// One attempt at storing part `index` of an upload (a chunk, or a tus PATCH's bytes): each
+/// attempt writes its own object, and the database decides which one counts.
+pub fn upload_part(upload: UploadId, index: u32, attempt: uuid::Uuid) -> String {
+    format!("{}chunks/{index:05}-{attempt}", self::upload(upload))
+}
 
 /// The assembled upload.
 pub fn source(video: VideoId) -> String {

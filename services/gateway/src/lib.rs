@@ -4,12 +4,14 @@
 //! until the token is cancelled, then drains in-flight requests.
 
 mod auth;
+mod body;
 mod error;
 mod grants;
 mod health;
 pub mod inspect;
 mod media;
 mod plays;
+mod staged;
 mod status;
 mod tus;
 mod uploads;

@@ -15,13 +15,13 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use vtx_domain::{UploadId, UploadState};
+use vtx_domain::{UploadId, UploadState, keys};
 use vtx_infra::db::{self, ChunkInsert, UploadRow};
 
 use crate::auth::Caller;
-use crate::uploads::{
-    Streamed, discard, finish_upload, load_upload, session_expiry, stream_to_store,
-};
+use crate::body::{Streamed, stream_to_store};
+use crate::staged::Staged;
+use crate::uploads::{finish_upload, load_upload, session_expiry};
 use crate::{ApiError, ApiResult, AppState, parse_id};
 
 const VERSION: &str = "1.0.0";
@@ -347,20 +347,26 @@ pub async fn patch(
     let _in_flight = crate::grants::admit_body(&state, row.grant_id, len)?;
     let mut new_offset = offset;
     if len > 0 {
-        let key = format!(
-            "uploads/{upload}/chunks/{parts:05}-{}",
-            uuid::Uuid::new_v4()
+        let object = Staged::new(
+            &state.store,
+            keys::upload_part(upload, parts as u32, uuid::Uuid::new_v4()),
         );
         let want_sha1 = matches!(checksum, Some(Checksum::Sha1(_)));
         let Streamed { sha256, sha1, .. } =
-            stream_to_store(&state, &key, len, body, None, want_sha1).await?;
+            match stream_to_store(&state, &object, len, body, None, want_sha1).await {
+                Ok(streamed) => streamed,
+                Err(e) => {
+                    object.discard().await;
+                    return Err(e);
+                }
+            };
         let matches = match &checksum {
             None => true,
             Some(Checksum::Sha1(d)) => sha1.as_ref() == Some(d),
             Some(Checksum::Sha256(d)) => *d == sha256,
         };
         if !matches {
-            discard(&state, &key).await;
+            object.discard().await;
             // 460 is tus's own status for a checksum mismatch.
             let status = StatusCode::from_u16(460).expect("valid status");
             return Err(ApiError::new(
@@ -380,30 +386,33 @@ pub async fn patch(
             parts as u32,
             len,
             &sha256,
-            &key,
+            object.key(),
             None,
             caps,
         )
         .await
         {
             Ok(Some(ChunkInsert::OverBytes | ChunkInsert::OverSeconds)) => {
-                discard(&state, &key).await;
+                object.discard().await;
                 return Err(ApiError::conflict(
                     "tus-offset-mismatch",
                     "another request wrote at this offset",
                 ));
             }
-            Ok(Some(ChunkInsert::Stored)) => new_offset = offset + len,
+            Ok(Some(ChunkInsert::Stored)) => {
+                object.keep();
+                new_offset = offset + len;
+            }
             Ok(Some(ChunkInsert::Existing(_))) => {
                 // Another PATCH at the same offset won the race.
-                discard(&state, &key).await;
+                object.discard().await;
                 return Err(ApiError::conflict(
                     "tus-offset-mismatch",
                     "another request wrote at this offset",
                 ));
             }
             Ok(None) => {
-                discard(&state, &key).await;
+                object.discard().await;
                 return Err(ApiError::new(
                     StatusCode::GONE,
                     "upload-expired",
@@ -411,7 +420,7 @@ pub async fn patch(
                 ));
             }
             Err(e) => {
-                discard(&state, &key).await;
+                object.discard().await;
                 return Err(e.into());
             }
         }

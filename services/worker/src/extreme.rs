@@ -13,7 +13,8 @@ use vtx_infra::broker::Outcome;
 use vtx_infra::db::{self, ExtremeReason, WorkContext};
 use vtx_media::{Deadline, MediaError};
 
-use crate::{WorkError, Worker, run_background, tier_output, upload_tree};
+use crate::merges::tier_output;
+use crate::{WorkError, Worker, run_background, upload_tree};
 
 /// One extreme rendition's verdict, as stored and shown.
 #[derive(Clone, Debug, Serialize)]

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
 use vtx_domain::pipelined::{
     ChunkEncode, ChunkRendition, bitrates, check_chunks, media_playlist, playlist_files,
     prefetch_bytes,
@@ -14,7 +13,8 @@ use vtx_infra::broker::Outcome;
 use vtx_infra::db::{self, ChunkWork, NewRendition, TierOutput, VideoFacts};
 use vtx_media::{Deadline, EncodeOptions, Limits, Variant, chunk_hls_dir, master_playlist};
 
-use crate::{WorkError, Worker, run_blocking, spawn_heartbeat, upload_tree};
+use crate::driver::{Failure, LeasedTask};
+use crate::{WorkError, Worker, run_blocking, upload_tree};
 
 /// Where chunk 0's top rung waits for the cover to be taken from it.
 fn cover_source(job: JobId) -> String {
@@ -23,108 +23,12 @@ fn cover_source(job: JobId) -> String {
 
 impl Worker {
     pub(crate) async fn handle_chunk(&self, upload: UploadId, index: u32) -> Outcome {
-        let inner = &self.inner;
-        let lease = inner.cfg.lease;
-        let work = match db::claim_chunk_encode(&inner.pool, upload, index, &inner.id, lease).await
-        {
-            Ok(Some(w)) => w,
-            Ok(None) => {
-                tracing::debug!("chunk encoded, held by a live lease, or its upload ended");
-                return Outcome::Ack;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot claim the chunk; will retry");
-                return Outcome::Retry;
-            }
+        let task = ChunkEncodeTask {
+            worker: self,
+            upload,
+            index,
         };
-        if work.attempts > inner.cfg.max_attempts {
-            let msg = format!("chunk {index} gave up after {} attempts", work.attempts - 1);
-            return self
-                .chunk_gave_up(
-                    upload,
-                    index,
-                    ErrorCode::RetriesExhausted,
-                    &msg,
-                    Outcome::DeadLetter,
-                )
-                .await;
-        }
-        let lost = CancellationToken::new();
-        let beat = {
-            let (pool, owner) = (inner.pool.clone(), inner.id.clone());
-            spawn_heartbeat(lease, lost.clone(), move || {
-                let (pool, owner) = (pool.clone(), owner.clone());
-                async move { db::heartbeat_chunk_encode(&pool, upload, index, &owner, lease).await }
-            })
-        };
-        let started = std::time::Instant::now();
-        let result = tokio::select! {
-            r = self.encode_chunk(index, &work) => r,
-            _ = lost.cancelled() => Err(WorkError::LeaseLost),
-        };
-        beat.abort();
-        match result {
-            Ok(encoded) => {
-                match db::finish_chunk_encode(&inner.pool, upload, index, &inner.id, &encoded).await
-                {
-                    Ok(_) => {
-                        let secs = started.elapsed().as_secs_f64();
-                        metrics::histogram!("vtx_encode_fps", "tier" => "fast")
-                            .record(encoded.frames as f64 / secs.max(1e-3));
-                        tracing::info!(secs, frames = encoded.frames, "chunk encoded");
-                        Outcome::Ack
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot record the chunk; will retry");
-                        Outcome::Retry
-                    }
-                }
-            }
-            Err(WorkError::LeaseLost) => Outcome::Ack,
-            Err(e) if e.is_final() => {
-                self.chunk_gave_up(upload, index, e.code(), &e.to_string(), Outcome::Ack)
-                    .await
-            }
-            Err(e) if work.attempts >= inner.cfg.max_attempts => {
-                let msg = format!(
-                    "chunk {index} gave up after {} attempts: {e}",
-                    work.attempts
-                );
-                self.chunk_gave_up(
-                    upload,
-                    index,
-                    ErrorCode::RetriesExhausted,
-                    &msg,
-                    Outcome::DeadLetter,
-                )
-                .await
-            }
-            Err(e) => {
-                tracing::warn!(attempt = work.attempts, error = %e, "chunk failed; will retry");
-                Outcome::Retry
-            }
-        }
-    }
-
-    /// A chunk's encode failed for good. Before completion the upload will complete the
-    /// ordinary way; after, its fast tier fails.
-    async fn chunk_gave_up(
-        &self,
-        upload: UploadId,
-        index: u32,
-        code: ErrorCode,
-        message: &str,
-        then: Outcome,
-    ) -> Outcome {
-        tracing::warn!(%code, message, "chunk encode failed");
-        match db::fail_chunk_encode(&self.inner.pool, upload, index, code, message).await {
-            Ok(Some(job)) => self.give_up(job, Tier::Fast, code, message, then).await,
-            Ok(None) => then,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot record the failure; will retry");
-                Outcome::Retry
-            }
-        }
+        crate::driver::drive(&task, self.policy()).await
     }
 
     async fn encode_chunk(&self, index: u32, work: &ChunkWork) -> Result<ChunkEncode, WorkError> {
@@ -497,5 +401,80 @@ impl Worker {
             psnr: None,
             ssim: None,
         })
+    }
+}
+
+/// One stored chunk's fast-ladder encode, under a lease, run by the driver.
+struct ChunkEncodeTask<'a> {
+    worker: &'a Worker,
+    upload: UploadId,
+    index: u32,
+}
+
+impl LeasedTask for ChunkEncodeTask<'_> {
+    type Claim = ChunkWork;
+    type Done = (ChunkEncode, std::time::Instant);
+
+    fn what(&self) -> String {
+        format!("chunk {}", self.index)
+    }
+
+    async fn claim(&self) -> sqlx::Result<Option<ChunkWork>> {
+        let inner = &self.worker.inner;
+        db::claim_chunk_encode(
+            &inner.pool,
+            self.upload,
+            self.index,
+            &inner.id,
+            inner.cfg.lease,
+        )
+        .await
+    }
+
+    fn attempt(claim: &ChunkWork) -> u32 {
+        claim.attempts
+    }
+
+    fn lease(&self) -> Option<Duration> {
+        Some(self.worker.inner.cfg.lease)
+    }
+
+    async fn renew(&self) -> sqlx::Result<bool> {
+        let inner = &self.worker.inner;
+        db::heartbeat_chunk_encode(
+            &inner.pool,
+            self.upload,
+            self.index,
+            &inner.id,
+            inner.cfg.lease,
+        )
+        .await
+    }
+
+    async fn run(&self, work: &ChunkWork) -> Result<Self::Done, Failure> {
+        let started = std::time::Instant::now();
+        let encoded = self.worker.encode_chunk(self.index, work).await?;
+        Ok((encoded, started))
+    }
+
+    async fn complete(&self, _: &ChunkWork, (encoded, started): Self::Done) -> sqlx::Result<()> {
+        let inner = &self.worker.inner;
+        db::finish_chunk_encode(&inner.pool, self.upload, self.index, &inner.id, &encoded).await?;
+        let secs = started.elapsed().as_secs_f64();
+        metrics::histogram!("vtx_encode_fps", "tier" => "fast")
+            .record(encoded.frames as f64 / secs.max(1e-3));
+        tracing::info!(secs, frames = encoded.frames, "chunk encoded");
+        Ok(())
+    }
+
+    /// Before completion the upload will complete the ordinary way; after, its fast tier fails.
+    async fn give_up(&self, code: ErrorCode, message: &str) -> sqlx::Result<()> {
+        let pool = &self.worker.inner.pool;
+        if let Some(job) =
+            db::fail_chunk_encode(pool, self.upload, self.index, code, message).await?
+        {
+            db::fail_tier(pool, job, Tier::Fast, code, message).await?;
+        }
+        Ok(())
     }
 }

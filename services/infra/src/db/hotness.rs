@@ -9,7 +9,7 @@ use sqlx::postgres::PgPool;
 use uuid::Uuid;
 use vtx_domain::{JobId, JobState, Task, Tier, VideoId, keys};
 
-use super::pipeline::{NewRendition, finish_merging_tier, insert_renditions};
+use super::tiers::{NewRendition, finish_merging_tier, insert_renditions};
 
 use crate::outbox;
 

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use vtx_domain::pipelined::ChunkEncode;
 use vtx_domain::{ErrorCode, JobId, Task, Tier, UploadId, VideoId};
 
-use super::pipeline::{
+use super::tiers::{
     NewRendition, TierOutput, VideoFacts, finish_merging_tier, go_live, insert_renditions,
 };
 use crate::outbox;
@@ -400,7 +400,7 @@ pub async fn pipelined_chunk_keys(
 /// The chunks' objects are no longer needed (the source holds their bytes).
 pub async fn forget_chunks(pool: &PgPool, upload: UploadId) -> sqlx::Result<()> {
     sqlx::query("INSERT INTO garbage (prefix, delete_after) VALUES ($1, now())")
-        .bind(format!("uploads/{upload}/"))
+        .bind(vtx_domain::keys::upload(upload))
         .execute(pool)
         .await?;
     Ok(())

@@ -1,0 +1,267 @@
+//! `vtx bench extreme`: HEVC and AV1 against the high tier (BD-rate), and the fast tier
+//! beside extreme encodes.
+
+use super::*;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use vtx_domain::plan_ladder;
+use vtx_media::{
+    Deadline, Limits, RenditionOutput, Tier, TranscodeRequest, VideoCodec, probe, transcode_ladder,
+};
+
+/// Bjøntegaard's delta rate with piecewise-linear interpolation: the mean difference of log
+/// bitrate between two rate-quality curves over the quality range both cover, as the fraction
+/// of the anchor's bitrate `test` saves at equal quality. Points are (bits/s, quality).
+fn bd_saving(anchor: &[(f64, f64)], test: &[(f64, f64)]) -> Option<f64> {
+    let curve = |pts: &[(f64, f64)]| {
+        let mut c: Vec<(f64, f64)> = pts.iter().map(|&(r, q)| (q, r.ln())).collect();
+        c.sort_by(|a, b| a.0.total_cmp(&b.0));
+        c
+    };
+    let (a, t) = (curve(anchor), curve(test));
+    let lo = a.first()?.0.max(t.first()?.0);
+    let hi = a.last()?.0.min(t.last()?.0);
+    if hi <= lo {
+        return None;
+    }
+    let at = |c: &[(f64, f64)], q: f64| {
+        let i = c.partition_point(|p| p.0 < q).clamp(1, c.len() - 1);
+        let ((q0, r0), (q1, r1)) = (c[i - 1], c[i]);
+        if (q1 - q0).abs() < 1e-12 {
+            r0
+        } else {
+            r0 + (r1 - r0) * (q - q0) / (q1 - q0)
+        }
+    };
+    let n = 200;
+    let mean = (0..=n)
+        .map(|k| {
+            let q = lo + (hi - lo) * k as f64 / n as f64;
+            at(&t, q) - at(&a, q)
+        })
+        .sum::<f64>()
+        / f64::from(n + 1);
+    Some(1.0 - mean.exp())
+}
+
+/// One encode of a rate-quality curve: (crf, bits/s, PSNR, SSIM).
+type Point = (u32, f64, f64, f64);
+
+/// `vtx bench extreme`: what the extreme tier saves against the high tier at equal quality.
+/// Each clip's top rung is encoded at four quality settings per codec (H.264 at the high
+/// tier's preset, HEVC and AV1 at the extreme tier's), measured against the source (PSNR and
+/// SSIM), and the rate-quality curves compared (Bjøntegaard delta rate).
+pub fn extreme(inputs: Vec<PathBuf>, priority_only: bool) -> anyhow::Result<()> {
+    vtx_media::init();
+    let inputs = if inputs.is_empty() {
+        ["bigbuckbunny.mp4", "carphone_pristine.mp4", "bikes.mp4"]
+            .iter()
+            .map(|c| shared_clip(c))
+            .collect()
+    } else {
+        inputs
+    };
+    let scratch = tempfile::tempdir()?;
+    if priority_only {
+        return fast_beside_extreme(&inputs[0], scratch.path());
+    }
+    println!(
+        "| clip | rung | codec | points: crf kbps PSNR SSIM | saving at equal PSNR | saving at equal SSIM |"
+    );
+    println!("| --- | --- | --- | --- | ---: | ---: |");
+    for input in &inputs {
+        let p = probe(input, &Limits::default(), Deadline::none())?;
+        let rung = plan_ladder(p.video.display_width, p.video.display_height)
+            .pop()
+            .context("no rung")?;
+        let name = input
+            .file_name()
+            .map_or("clip".into(), |n| n.to_string_lossy().into_owned());
+        let mut curves: Vec<(VideoCodec, Vec<Point>)> = Vec::new();
+        for (codec, tier, crfs) in [
+            (VideoCodec::H264, Tier::High, [17u32, 21, 25, 29]),
+            (VideoCodec::Hevc, Tier::Extreme, [20, 24, 28, 32]),
+            (VideoCodec::Av1, Tier::Extreme, [24, 30, 36, 42]),
+        ] {
+            let mut points = Vec::new();
+            for crf in crfs {
+                let path = scratch
+                    .path()
+                    .join(format!("{name}-{}-{crf}.mp4", codec.label()));
+                let mut req = TranscodeRequest::new(
+                    input,
+                    vec![RenditionOutput {
+                        rung: rung.clone(),
+                        codec,
+                        path: path.clone(),
+                    }],
+                    tier,
+                );
+                req.audio = false;
+                req.crf = Some(crf);
+                req.rotation = p.video.rotation;
+                let report = transcode_ladder(&req)?;
+                let r = report.first().context("no report")?;
+                let q = vtx_media::measure(input, p.video.rotation, &[path], Deadline::none())?;
+                points.push((crf, r.bitrate as f64, q[0].psnr, q[0].ssim));
+            }
+            curves.push((codec, points));
+        }
+        let anchor = curves[0].1.clone();
+        for (codec, points) in &curves {
+            let psnr =
+                |c: &[(u32, f64, f64, f64)]| c.iter().map(|p| (p.1, p.2)).collect::<Vec<_>>();
+            let ssim =
+                |c: &[(u32, f64, f64, f64)]| c.iter().map(|p| (p.1, p.3)).collect::<Vec<_>>();
+            let fmt = |s: Option<f64>| s.map_or("n/a".into(), |s| format!("{:.1}%", s * 100.0));
+            let (sp, ss) = if *codec == VideoCodec::H264 {
+                ("anchor".to_string(), "anchor".to_string())
+            } else {
+                (
+                    fmt(bd_saving(&psnr(&anchor), &psnr(points))),
+                    fmt(bd_saving(&ssim(&anchor), &ssim(points))),
+                )
+            };
+            println!(
+                "| {name} | {} | {} | {} | {sp} | {ss} |",
+                rung.name,
+                codec.label(),
+                points
+                    .iter()
+                    .map(|(crf, kbps, psnr, ssim)| format!(
+                        "{crf}: {:.0} {psnr:.2} {ssim:.4}",
+                        kbps / 1000.0
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
+    }
+    fast_beside_extreme(&inputs[0], scratch.path())?;
+    Ok(())
+}
+
+/// The fast tier's ladder of `input`, timed alone, beside extreme encodes at the normal
+/// priority, and beside the same at the lowest (as workers run them): does background work
+/// delay what publishes videos?
+fn fast_beside_extreme(input: &Path, dir: &Path) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let p = probe(input, &Limits::default(), Deadline::none())?;
+    let ladder = plan_ladder(p.video.display_width, p.video.display_height);
+    let top = ladder.last().context("no rung")?.clone();
+    let fast_req = {
+        let outputs = ladder
+            .iter()
+            .map(|r| RenditionOutput {
+                rung: r.clone(),
+                codec: VideoCodec::H264,
+                path: dir.join(format!("beside-fast-{}.mp4", r.name)),
+            })
+            .collect();
+        let mut r = TranscodeRequest::new(input, outputs, Tier::Fast);
+        r.audio = false;
+        r.rotation = p.video.rotation;
+        r
+    };
+    let fast = |runs: usize| -> anyhow::Result<f64> {
+        let mut t = Vec::new();
+        for _ in 0..runs {
+            let start = Instant::now();
+            transcode_ladder(&fast_req)?;
+            t.push(start.elapsed().as_secs_f64());
+        }
+        t.sort_by(f64::total_cmp);
+        Ok(t[t.len() / 2])
+    };
+    let alone = fast(5)?;
+    let mut rows = Vec::new();
+    for low in [false, true] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let frames = Arc::new(AtomicU64::new(0));
+        let mut req = TranscodeRequest::new(
+            input,
+            [VideoCodec::Hevc, VideoCodec::Av1]
+                .into_iter()
+                .map(|codec| RenditionOutput {
+                    rung: top.clone(),
+                    codec,
+                    path: dir.join(format!("beside-extreme-{}.mp4", codec.label())),
+                })
+                .collect(),
+            Tier::Extreme,
+        );
+        req.audio = false;
+        req.rotation = p.video.rotation;
+        let counter = frames.clone();
+        req.progress = Some(Arc::new(move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }));
+        let bg_stop = stop.clone();
+        // Back-to-back encodes, each cut off after a minute (longer than the timed runs, so
+        // the encoders are set up once, as on a worker, and the load is steady meanwhile).
+        let work = move || -> anyhow::Result<()> {
+            while !bg_stop.load(Ordering::Relaxed) {
+                req.deadline = Deadline::after(std::time::Duration::from_secs(60));
+                match transcode_ladder(&req) {
+                    Ok(_) | Err(vtx_media::MediaError::Timeout) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
+        };
+        let bg = if low {
+            vtx_media::spawn_low_priority("bench-extreme", work)?
+        } else {
+            std::thread::spawn(work)
+        };
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        let (f0, t0) = (frames.load(Ordering::Relaxed), Instant::now());
+        let beside = fast(3)?;
+        let extreme_fps = (frames.load(Ordering::Relaxed) - f0) as f64 / t0.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        bg.join()
+            .map_err(|_| anyhow::anyhow!("the extreme encode panicked"))??;
+        rows.push((low, beside, extreme_fps));
+    }
+    println!();
+    println!(
+        "### Fast tier beside extreme encodes ({}, {}-rung fast ladder, median of 5 alone, of 3 beside)",
+        input
+            .file_name()
+            .map_or("clip".into(), |n| n.to_string_lossy()),
+        ladder.len()
+    );
+    println!();
+    println!("| fast ladder runs | wall s | vs alone | extreme frames/s meanwhile |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!("| alone | {alone:.2} | | |");
+    for (low, beside, fps) in rows {
+        println!(
+            "| beside HEVC + AV1 encodes at {} | {beside:.2} | {:+.0}% | {fps:.1} |",
+            if low {
+                "the lowest priority (nice 19, SCHED_IDLE)"
+            } else {
+                "the normal priority"
+            },
+            (beside / alone - 1.0) * 100.0
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bd_saving;
+
+    #[test]
+    fn bd_saving_of_a_curve_at_half_the_rate_is_half() {
+        let anchor = [(1000.0, 30.0), (2000.0, 33.0), (4000.0, 36.0)];
+        let half: Vec<(f64, f64)> = anchor.iter().map(|&(r, q)| (r / 2.0, q)).collect();
+        assert!((bd_saving(&anchor, &half).unwrap() - 0.5).abs() < 1e-9);
+        assert!(bd_saving(&anchor, &[(1.0, 40.0), (2.0, 41.0)]).is_none());
+    }
+}
