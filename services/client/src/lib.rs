@@ -59,7 +59,7 @@ impl ApiFailure {
 #[error("video {video} still {state} after {after:?}")]
 pub struct WaitTimedOut {
     pub video: VideoId,
-    pub state: String,
+    pub state: vtx_domain::VideoState,
     pub after: Duration,
 }
 

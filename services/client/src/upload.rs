@@ -125,7 +125,9 @@ pub(crate) async fn run(
                     .collect();
                 state = Some(s);
             }
-            Ok(view) => tracing::info!(state = view.state, "previous session ended; starting anew"),
+            Ok(view) => {
+                tracing::info!(state = %view.state, "previous session ended; starting anew")
+            }
             Err(e) => tracing::info!(error = %e, "previous session unusable; starting anew"),
         }
     }

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{JobId, UploadId, VideoId};
+use crate::{ExtremeState, JobId, JobState, TierState, UploadId, UploadState, VideoId, VideoState};
 
 /// Every error response: `{"error": {"code": "...", "message": "..."}}`. `code` is stable.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -77,7 +77,7 @@ pub struct ChunkView {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UploadView {
     pub id: UploadId,
-    pub state: String,
+    pub state: UploadState,
     pub expires_at: String,
     pub bytes: u64,
     pub chunks: Vec<ChunkView>,
@@ -103,7 +103,7 @@ pub struct UploadCompleted {
 pub struct TierView {
     pub tier: String,
     /// waiting, encoding, merging, done, failed.
-    pub state: String,
+    pub state: TierState,
     pub slices_done: u32,
     pub slices_total: u32,
     pub error: Option<ErrorDetail>,
@@ -123,7 +123,7 @@ pub struct TierView {
 pub struct JobView {
     pub id: JobId,
     pub video_id: VideoId,
-    pub state: String,
+    pub state: JobState,
     pub attempts: u32,
     pub error: Option<ErrorDetail>,
     /// In order: the first publishes, each later one replaces the one before.
@@ -178,7 +178,7 @@ pub struct Playback {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ExtremeView {
     /// `queued`, `encoding`, `added`, `rejected` or `failed`.
-    pub state: String,
+    pub state: ExtremeState,
     /// `hot` or `followers`.
     pub reason: String,
     /// Plays over the window when picked, or the follower count.
@@ -192,7 +192,7 @@ pub struct ExtremeView {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VideoView {
     pub id: VideoId,
-    pub state: String,
+    pub state: VideoState,
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub frames: Option<u64>,
@@ -269,5 +269,5 @@ pub struct HotVideo {
     pub video_id: VideoId,
     pub plays: u64,
     /// State of its extreme encode, if one was requested.
-    pub extreme: Option<String>,
+    pub extreme: Option<ExtremeState>,
 }

@@ -24,4 +24,7 @@ pub use ladder::{Rung, plan_ladder};
 pub use messages::Task;
 pub use plan::{JobPlan, Tier};
 pub use slicing::{Grid, SliceWindow, plan_slices, plan_slices_on_grid, slice_seconds_for};
-pub use state::{JobState, SliceState, TierState, UploadState, VideoState};
+pub use state::{
+    ChunkEncodeState, ExtremeState, JobKind, JobState, SliceState, TierState, UploadProtocol,
+    UploadState, VideoState,
+};

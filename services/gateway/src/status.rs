@@ -116,7 +116,7 @@ pub async fn video(
     let v = db::get_video(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::not_found("video-not-found", "video"))?;
-    let playback = if v.state == VideoState::Published.as_str() {
+    let playback = if v.state == VideoState::Published {
         let mp4 = db::live_renditions(&state.pool, id)
             .await?
             .into_iter()

@@ -169,7 +169,7 @@ async fn tus_upload(state: &AppState, caller: &Caller, raw: &str) -> ApiResult<U
     if row.protocol != "tus" {
         return Err(ApiError::not_found("upload-not-found", "tus upload"));
     }
-    let gone = match row.state() {
+    let gone = match row.state {
         UploadState::Aborted | UploadState::Expired => true,
         UploadState::Open => row.expires_at <= chrono::Utc::now(),
         UploadState::Completed => false,
@@ -201,7 +201,7 @@ async fn position(
     if let Some(m) = &row.metadata {
         out.push((h("upload-metadata"), m.clone()));
     }
-    if row.state() == UploadState::Completed {
+    if row.state == UploadState::Completed {
         let mut conn = state.pool.acquire().await?;
         if let Some((video, job)) =
             db::video_for_upload(&mut conn, UploadId::from_uuid(row.id)).await?
@@ -297,7 +297,7 @@ pub async fn patch(
     };
     let (parts, offset) = db::upload_parts(&state.pool, upload).await?;
     let offset = offset as u64;
-    if claimed != offset || row.state() == UploadState::Completed {
+    if claimed != offset || row.state == UploadState::Completed {
         return Err(ApiError::conflict(
             "tus-offset-mismatch",
             format!("the upload's offset is {offset}"),
@@ -428,7 +428,7 @@ pub async fn patch(
     let mut row = row;
     if new_offset == length {
         finish_upload(&state, upload, None).await?;
-        row.state = UploadState::Completed.as_str().to_string();
+        row.state = UploadState::Completed;
         tracing::info!(upload_id = %upload, bytes = length, "tus upload finished");
     }
     let hs = position(&state, &row, new_offset).await?;
@@ -443,7 +443,7 @@ pub async fn terminate(
 ) -> ApiResult<Response> {
     check_version(&headers)?;
     let row = tus_upload(&state, &caller, &id).await?;
-    if row.state() == UploadState::Completed {
+    if row.state == UploadState::Completed {
         return Err(ApiError::conflict(
             "upload-completed",
             "the upload is complete; its video exists",

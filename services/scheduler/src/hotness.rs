@@ -162,7 +162,7 @@ impl Tracker {
         }
         metrics::counter!("vtx_hot_queued_total").increment(u64::from(queued));
         for (state, n) in db::extreme_counts(&self.pool).await? {
-            metrics::gauge!("vtx_extreme_requests", "state" => state).set(n as f64);
+            metrics::gauge!("vtx_extreme_requests", "state" => state.as_str()).set(n as f64);
         }
         Ok(TickReport {
             load,

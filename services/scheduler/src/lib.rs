@@ -103,7 +103,7 @@ impl Scheduler {
             state,
             source_key,
             declared_rotation,
-            extreme,
+            kind,
         } = match db::job_source(&inner.pool, job).await {
             Ok(Some(row)) => row,
             Ok(None) => return Outcome::Ack,
@@ -133,7 +133,7 @@ impl Scheduler {
             }
         };
         // An extreme job runs the extreme tier alone, beside the video's live renditions.
-        let tiers: Vec<vtx_domain::Tier> = if extreme {
+        let tiers: Vec<vtx_domain::Tier> = if kind == vtx_domain::JobKind::Extreme {
             vec![vtx_domain::Tier::Extreme]
         } else {
             inner

@@ -32,7 +32,7 @@ pub(crate) async fn finish_upload(
     let upload = db::lock_upload(&mut tx, id)
         .await?
         .ok_or_else(|| ApiError::not_found("upload-not-found", "upload"))?;
-    match upload.state() {
+    match upload.state {
         UploadState::Completed => {
             let (video_id, job_id) = db::video_for_upload(&mut tx, id)
                 .await?
@@ -144,15 +144,15 @@ pub(crate) async fn finish_upload(
     // A completion that won meanwhile may already have removed the chunks this one was reading.
     let bytes = match assembled {
         Ok(bytes) => bytes,
-        Err(_) if upload.state() == UploadState::Completed => 0,
+        Err(_) if upload.state == UploadState::Completed => 0,
         Err(e) => {
             source.discard().await;
             return Err(ApiError::storage(e));
         }
     };
-    if upload.state() != UploadState::Open {
+    if upload.state != UploadState::Open {
         // Another completion (or an abort) got there first.
-        let won = match upload.state() {
+        let won = match upload.state {
             UploadState::Completed => db::video_for_upload(&mut tx, id).await?,
             _ => None,
         };

@@ -129,7 +129,7 @@ pub(crate) async fn load_upload(
 
 async fn load_open_upload(state: &AppState, caller: &Caller, id: UploadId) -> ApiResult<UploadRow> {
     let row = load_upload(state, caller, id).await?;
-    match row.state() {
+    match row.state {
         UploadState::Open if row.expires_at <= chrono::Utc::now() => Err(ApiError::new(
             StatusCode::GONE,
             "upload-expired",
@@ -160,7 +160,7 @@ pub async fn show(
     let ids = db::video_for_upload(&mut conn, id).await?;
     Ok(Json(UploadView {
         id,
-        state: row.state.clone(),
+        state: row.state,
         expires_at: rfc3339(row.expires_at),
         bytes: chunks.iter().map(|c| c.size_bytes as u64).sum(),
         chunks: chunks
@@ -328,7 +328,7 @@ pub async fn abort(
 ) -> ApiResult<StatusCode> {
     let id: UploadId = parse_id(&id, "upload-not-found", "upload")?;
     let row = load_upload(&state, &caller, id).await?;
-    match row.state() {
+    match row.state {
         UploadState::Open => {
             db::end_upload(&state.pool, id, UploadState::Aborted).await?;
             tracing::info!(upload_id = %id, "upload aborted");

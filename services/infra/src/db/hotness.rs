@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgPool;
 use uuid::Uuid;
-use vtx_domain::{JobId, JobState, Task, Tier, VideoId, keys};
+use vtx_domain::{ExtremeState, JobId, JobKind, JobState, Task, Tier, VideoId, keys};
 
 use super::tiers::{NewRendition, finish_merging_tier, insert_renditions};
 
@@ -97,13 +97,13 @@ pub async fn published_among(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<HashSe
 pub struct Hot {
     pub video: VideoId,
     pub plays: i64,
-    pub extreme: Option<String>,
+    pub extreme: Option<ExtremeState>,
 }
 
 /// The `limit` most played videos over the last `window`: whole minutes, and whole hours where
 /// the plays were rolled up (an hour that overlaps the window's start counts whole).
 pub async fn top_videos(pool: &PgPool, window: Duration, limit: u32) -> sqlx::Result<Vec<Hot>> {
-    let rows: Vec<(Uuid, i64, Option<String>)> = sqlx::query_as(
+    let rows: Vec<(Uuid, i64, Option<ExtremeState>)> = sqlx::query_as(
         "SELECT p.video_id, p.plays, e.state FROM (
              SELECT video_id, sum(plays)::bigint AS plays FROM (
                  SELECT video_id, plays FROM play_counts
@@ -175,10 +175,11 @@ pub async fn request_extreme(
     if inserted == 0 {
         return Ok(false);
     }
-    sqlx::query("INSERT INTO jobs (id, video_id, state, kind) VALUES ($1, $2, $3, 'extreme')")
+    sqlx::query("INSERT INTO jobs (id, video_id, state, kind) VALUES ($1, $2, $3, $4)")
         .bind(job.as_uuid())
         .bind(video.as_uuid())
-        .bind(JobState::Queued.as_str())
+        .bind(JobState::Queued)
+        .bind(JobKind::Extreme)
         .execute(&mut *tx)
         .await?;
     sqlx::query("UPDATE extreme_requests SET job_id = $2 WHERE video_id = $1")
@@ -217,7 +218,7 @@ pub async fn followed_without_extreme(
 }
 
 /// Extreme requests by state (for metrics).
-pub async fn extreme_counts(pool: &PgPool) -> sqlx::Result<Vec<(String, i64)>> {
+pub async fn extreme_counts(pool: &PgPool) -> sqlx::Result<Vec<(ExtremeState, i64)>> {
     sqlx::query_as("SELECT state, count(*)::bigint FROM extreme_requests GROUP BY state")
         .fetch_all(pool)
         .await
@@ -263,9 +264,9 @@ pub async fn finish_extreme(
     )
     .bind(job.as_uuid())
     .bind(if accepted.is_empty() {
-        "rejected"
+        ExtremeState::Rejected
     } else {
-        "added"
+        ExtremeState::Added
     })
     .bind(sqlx::types::Json(verdicts))
     .bind(sqlx::types::Json(hls_masters))
@@ -281,7 +282,7 @@ pub async fn finish_extreme(
 
 /// A video's extreme request: (state, reason, score, verdicts).
 pub type ExtremeRow = (
-    String,
+    ExtremeState,
     String,
     i64,
     Option<sqlx::types::Json<serde_json::Value>>,

@@ -5,7 +5,7 @@ use serde::Serialize;
 use sqlx::FromRow;
 use sqlx::postgres::PgPool;
 use uuid::Uuid;
-use vtx_domain::{ErrorCode, JobId, VideoId};
+use vtx_domain::{ErrorCode, JobId, JobState, VideoId, VideoState};
 
 use super::*;
 
@@ -13,7 +13,7 @@ use super::*;
 pub struct JobRow {
     pub id: Uuid,
     pub video_id: Uuid,
-    pub state: String,
+    pub state: JobState,
     pub attempts: i32,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
@@ -52,7 +52,7 @@ pub async fn fail_job(
 #[derive(Clone, Debug, FromRow, Serialize)]
 pub struct VideoRow {
     pub id: Uuid,
-    pub state: String,
+    pub state: VideoState,
     pub width: Option<i32>,
     pub height: Option<i32>,
     pub frames: Option<i64>,

@@ -4,7 +4,7 @@ use sqlx::postgres::PgPool;
 use sqlx::types::Json;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
-use vtx_domain::{JobId, JobPlan, JobState, SliceState, Task, Tier, TierState, VideoId};
+use vtx_domain::{JobId, JobKind, JobPlan, JobState, SliceState, Task, Tier, TierState, VideoId};
 
 use crate::outbox;
 
@@ -14,12 +14,12 @@ pub struct JobSource {
     pub state: JobState,
     pub source_key: String,
     pub declared_rotation: Option<u32>,
-    /// An extreme job (its only tier is extreme), not an upload's.
-    pub extreme: bool,
+    /// An upload's job, or an extreme job (its only tier is extreme).
+    pub kind: JobKind,
 }
 
 pub async fn job_source(pool: &PgPool, job: JobId) -> sqlx::Result<Option<JobSource>> {
-    let row: Option<(Uuid, String, String, Option<i32>, String)> = sqlx::query_as(
+    let row: Option<(Uuid, JobState, String, Option<i32>, JobKind)> = sqlx::query_as(
         "SELECT j.video_id, j.state, v.source_key, u.rotation, j.kind FROM jobs j
          JOIN videos v ON v.id = j.video_id LEFT JOIN uploads u ON u.id = v.upload_id
          WHERE j.id = $1",
@@ -27,14 +27,12 @@ pub async fn job_source(pool: &PgPool, job: JobId) -> sqlx::Result<Option<JobSou
     .bind(job.as_uuid())
     .fetch_optional(pool)
     .await?;
-    Ok(row.and_then(|(v, state, key, rotation, kind)| {
-        state.parse().ok().map(|state| JobSource {
-            video: VideoId::from_uuid(v),
-            state,
-            source_key: key,
-            declared_rotation: rotation.map(|r| r as u32),
-            extreme: kind == "extreme",
-        })
+    Ok(row.map(|(v, state, key, rotation, kind)| JobSource {
+        video: VideoId::from_uuid(v),
+        state,
+        source_key: key,
+        declared_rotation: rotation.map(|r| r as u32),
+        kind,
     }))
 }
 
@@ -66,7 +64,7 @@ pub async fn record_plan(
          WHERE id = $1 AND state = ANY($5)",
     )
     .bind(job.as_uuid())
-    .bind(JobState::Scheduled.as_str())
+    .bind(JobState::Scheduled)
     .bind(Json(plan))
     .bind(audio_key)
     .bind(JobState::predecessors_of(JobState::Scheduled))
@@ -110,7 +108,7 @@ pub async fn record_plan(
         )
         .bind(job.as_uuid())
         .bind(tier.as_str())
-        .bind(SliceState::Queued.as_str())
+        .bind(SliceState::Queued)
         .bind(n)
         .execute(&mut *tx)
         .await?;

@@ -24,7 +24,7 @@ pub struct WorkContext {
 #[derive(FromRow)]
 struct JobContextRow {
     video_id: Uuid,
-    state: String,
+    state: JobState,
     plan: Option<Json<JobPlan>>,
     audio_key: Option<String>,
 }
@@ -54,11 +54,7 @@ pub async fn claim_slice(
     let Some(ctx) = job_context(&mut tx, job).await? else {
         return Ok(None);
     };
-    if ctx
-        .state
-        .parse::<JobState>()
-        .is_ok_and(JobState::is_terminal)
-    {
+    if ctx.state.is_terminal() {
         return Ok(None);
     }
     let attempts: Option<(i32,)> = sqlx::query_as(

@@ -9,7 +9,7 @@ use sqlx::postgres::PgPool;
 use sqlx::types::Json;
 use sqlx::{FromRow, Postgres, Transaction};
 use uuid::Uuid;
-use vtx_domain::{JobId, JobPlan, Tier, VideoId, VideoState, keys};
+use vtx_domain::{JobId, JobPlan, Tier, TierState, VideoId, VideoState, keys};
 
 use super::*;
 
@@ -206,7 +206,7 @@ pub(crate) async fn go_live(
          WHERE id = $1 AND state IN ('processing', 'published')",
     )
     .bind(video_id)
-    .bind(VideoState::Published.as_str())
+    .bind(VideoState::Published)
     .bind(tier.as_str())
     .bind(job.as_uuid())
     .bind(&output.hls_master_key)
@@ -275,7 +275,7 @@ pub(crate) async fn insert_renditions(
 #[derive(Clone, Debug, FromRow, Serialize)]
 pub struct TierRow {
     pub tier: String,
-    pub state: String,
+    pub state: TierState,
     pub slices_total: i32,
     pub slices_done: i32,
     pub error_code: Option<String>,

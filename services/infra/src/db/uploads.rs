@@ -6,33 +6,27 @@ use serde::Serialize;
 use sqlx::postgres::PgPool;
 use sqlx::{FromRow, PgConnection, Postgres, Transaction};
 use uuid::Uuid;
-use vtx_domain::{JobId, JobState, Task, UploadId, UploadState, VideoId, VideoState};
+use vtx_domain::{
+    JobId, JobState, Task, UploadId, UploadProtocol, UploadState, VideoId, VideoState,
+};
 
 use crate::outbox;
 
 #[derive(Clone, Debug, FromRow, Serialize)]
 pub struct UploadRow {
     pub id: Uuid,
-    pub state: String,
+    pub state: UploadState,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
     /// The grant token that opened the session, if an app opened it.
     pub grant_id: Option<Uuid>,
     /// `chunks` (GOP-aligned chunks) or `tus` (a whole file, in parts).
-    pub protocol: String,
+    pub protocol: UploadProtocol,
     /// A tus upload's declared length.
     pub upload_length: Option<i64>,
     /// A tus upload's `Upload-Metadata`, as sent.
     pub metadata: Option<String>,
-}
-
-impl UploadRow {
-    pub fn state(&self) -> UploadState {
-        self.state
-            .parse()
-            .expect("CHECK constraint keeps states valid")
-    }
 }
 
 #[derive(Clone, Debug, FromRow, Serialize)]
@@ -225,7 +219,7 @@ pub async fn insert_chunk(
     caps: UploadCaps,
 ) -> sqlx::Result<Option<ChunkInsert>> {
     let mut tx = pool.begin().await?;
-    let open: Option<(String, Option<Uuid>)> =
+    let open: Option<(UploadState, Option<Uuid>)> =
         sqlx::query_as("SELECT state, job_id FROM uploads WHERE id = $1 FOR UPDATE")
             .bind(id.as_uuid())
             .fetch_optional(&mut *tx)
@@ -233,7 +227,7 @@ pub async fn insert_chunk(
     let Some((state, reserved_job)) = open else {
         return Ok(None);
     };
-    if state != UploadState::Open.as_str() {
+    if state != UploadState::Open {
         return Ok(None);
     }
     // First writer wins: the upload row's lock orders writers, so a stored index is seen here.
@@ -410,7 +404,7 @@ pub(crate) async fn create_video_and_job(
 ) -> sqlx::Result<()> {
     sqlx::query("UPDATE uploads SET state = $2, completed_at = now() WHERE id = $1")
         .bind(upload.as_uuid())
-        .bind(UploadState::Completed.as_str())
+        .bind(UploadState::Completed)
         .execute(&mut **tx)
         .await?;
     sqlx::query(
@@ -418,7 +412,7 @@ pub(crate) async fn create_video_and_job(
     )
     .bind(video.as_uuid())
     .bind(upload.as_uuid())
-    .bind(VideoState::Processing.as_str())
+    .bind(VideoState::Processing)
     .bind(source_key)
     .bind(source_bytes as i64)
     .execute(&mut **tx)
@@ -426,7 +420,7 @@ pub(crate) async fn create_video_and_job(
     sqlx::query("INSERT INTO jobs (id, video_id, state, pipelined) VALUES ($1, $2, $3, $4)")
         .bind(job.as_uuid())
         .bind(video.as_uuid())
-        .bind(JobState::Queued.as_str())
+        .bind(JobState::Queued)
         .bind(pipelined)
         .execute(&mut **tx)
         .await?;
