@@ -12,6 +12,67 @@ pub fn codec_set<'a>(codecs: impl IntoIterator<Item = &'a str>) -> String {
     v.join("+")
 }
 
+/// What a media playlist names: its init segments (`#EXT-X-MAP`; one per chunk in a playlist
+/// of chunks joined by discontinuities) and its media segments with their `#EXTINF` durations.
+/// The one reader of media playlists in vtx.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MediaPlaylist {
+    pub inits: Vec<String>,
+    pub segments: Vec<SegmentRef>,
+    /// Every file named, in the playlist's order.
+    files: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SegmentRef {
+    pub uri: String,
+    /// The `#EXTINF` duration before it, if there was a readable one.
+    pub seconds: Option<f64>,
+}
+
+impl MediaPlaylist {
+    pub fn parse(text: &str) -> Self {
+        let mut out = MediaPlaylist::default();
+        let mut seconds = None;
+        for line in text.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("#EXT-X-MAP:") {
+                if let Some(uri) = rest
+                    .split("URI=\"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                {
+                    out.inits.push(uri.to_string());
+                    out.files.push(uri.to_string());
+                }
+            } else if let Some(d) = line.strip_prefix("#EXTINF:") {
+                seconds = d.split(',').next().and_then(|x| x.trim().parse().ok());
+            } else if !line.is_empty() && !line.starts_with('#') {
+                out.files.push(line.to_string());
+                out.segments.push(SegmentRef {
+                    uri: line.to_string(),
+                    seconds: seconds.take(),
+                });
+            }
+        }
+        out
+    }
+
+    /// The (first) init segment.
+    pub fn init(&self) -> Option<&str> {
+        self.inits.first().map(String::as_str)
+    }
+
+    /// Every file the playlist names, in its order (init segments and media segments).
+    pub fn files(&self) -> &[String] {
+        &self.files
+    }
+
+    /// The sum of the segments' durations.
+    pub fn seconds(&self) -> f64 {
+        self.segments.iter().filter_map(|s| s.seconds).sum()
+    }
+}
+
 /// One `#EXT-X-STREAM-INF` entry: its attribute line and its URI.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -73,6 +134,26 @@ pub fn combined_master(base: &str, base_dir: &str, extra: &[Entry], dir: &str) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_media_playlist_reads_back() {
+        let pl = MediaPlaylist::parse(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:3\n#EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:2.000000,\na.m4s\n\
+             #EXTINF:1.5,\nb.m4s\n#EXT-X-ENDLIST\n",
+        );
+        assert_eq!(pl.init(), Some("init.mp4"));
+        assert_eq!(pl.files(), ["init.mp4", "a.m4s", "b.m4s"]);
+        assert_eq!(pl.seconds(), 3.5);
+        assert_eq!(pl.segments[1].seconds, Some(1.5));
+        let joined = MediaPlaylist::parse(
+            "#EXT-X-MAP:URI=\"0/init.mp4\"\n#EXTINF:2,\n0/a.m4s\n#EXT-X-DISCONTINUITY\n\
+             #EXT-X-MAP:URI=\"1/init.mp4\"\n#EXTINF:2,\n1/a.m4s\n",
+        );
+        assert_eq!(
+            joined.files(),
+            ["0/init.mp4", "0/a.m4s", "1/init.mp4", "1/a.m4s"]
+        );
+    }
 
     const HIGH: &str = "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n\
         #EXT-X-STREAM-INF:BANDWIDTH=900000,CODECS=\"avc1.64001E,mp4a.40.2\"\n360p/index.m3u8\n\

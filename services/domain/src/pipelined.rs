@@ -123,18 +123,7 @@ pub fn media_playlist(chunks: &[(u32, &ChunkRendition)]) -> String {
 
 /// The files a media playlist names (init segments and media segments), relative to it.
 pub fn playlist_files(playlist: &str) -> Vec<String> {
-    playlist
-        .lines()
-        .filter_map(|line| {
-            if let Some(rest) = line.strip_prefix("#EXT-X-MAP:URI=\"") {
-                rest.split('"').next().map(str::to_string)
-            } else if !line.starts_with('#') && !line.trim().is_empty() {
-                Some(line.trim().to_string())
-            } else {
-                None
-            }
-        })
-        .collect()
+    crate::hls::MediaPlaylist::parse(playlist).files().to_vec()
 }
 
 /// Peak segment bitrate and average bitrate (bits per second) of a rendition over its chunks.

@@ -4,6 +4,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use vtx_domain::hls::MediaPlaylist;
+
 use crate::MediaError;
 
 /// A rung's media playlist, as the master playlist lists it.
@@ -24,8 +26,9 @@ pub struct Variant {
 /// segment files' sizes and their EXTINF durations.
 pub fn playlist_bitrates(playlist: &Path) -> Result<(u64, u64), MediaError> {
     let dir = playlist.parent().unwrap_or(Path::new("."));
-    let text = std::fs::read_to_string(playlist)?;
-    let init = init_uri(&text)
+    let list = MediaPlaylist::parse(&std::fs::read_to_string(playlist)?);
+    let init = list
+        .init()
         .map(|uri| {
             std::fs::metadata(dir.join(uri))
                 .map(|m| m.len())
@@ -33,21 +36,13 @@ pub fn playlist_bitrates(playlist: &Path) -> Result<(u64, u64), MediaError> {
         })
         .unwrap_or(0);
     let (mut peak, mut total_bytes, mut total_secs) = (0f64, init, 0f64);
-    let mut duration = None;
-    for line in text.lines() {
-        if let Some(d) = line.strip_prefix("#EXTINF:") {
-            duration = d
-                .split(',')
-                .next()
-                .and_then(|x| x.trim().parse::<f64>().ok());
-        } else if !line.starts_with('#') && !line.trim().is_empty() {
-            let bytes = std::fs::metadata(dir.join(line.trim()))?.len();
-            let secs = duration.take().unwrap_or(0.0);
-            total_bytes += bytes;
-            total_secs += secs;
-            if secs > 0.0 {
-                peak = peak.max(bytes as f64 * 8.0 / secs);
-            }
+    for segment in &list.segments {
+        let bytes = std::fs::metadata(dir.join(&segment.uri))?.len();
+        let secs = segment.seconds.unwrap_or(0.0);
+        total_bytes += bytes;
+        total_secs += secs;
+        if secs > 0.0 {
+            peak = peak.max(bytes as f64 * 8.0 / secs);
         }
     }
     let average = if total_secs > 0.0 {
@@ -59,13 +54,6 @@ pub fn playlist_bitrates(playlist: &Path) -> Result<(u64, u64), MediaError> {
 }
 
 /// The first init segment (`EXT-X-MAP`) a media playlist names.
-pub(crate) fn init_uri(playlist: &str) -> Option<&str> {
-    playlist
-        .lines()
-        .find_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\""))
-        .and_then(|rest| rest.split('"').next())
-}
-
 /// Renders a master playlist, variants in the given order.
 pub fn master_playlist(variants: &[Variant]) -> String {
     let mut s = String::from("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n");

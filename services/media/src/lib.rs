@@ -12,13 +12,16 @@ mod encoder;
 mod error;
 mod hls;
 mod hw;
+mod input;
 mod merge;
 mod pipeline;
 mod pipelined;
 mod priority;
 mod probe;
 mod quality;
+mod remux;
 mod split;
+mod stages;
 mod transcode;
 
 use std::sync::Once;

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use vtx_domain::hls::MediaPlaylist;
 use vtx_domain::pipelined::{ChunkEncode, ChunkRendition, Segment};
 
 use crate::encoder::Tier;
@@ -125,23 +126,18 @@ pub fn encode_chunk(
 /// FFmpeg's HLS muxer wrote.
 fn read_playlist(playlist: &Path) -> Result<(String, Vec<Segment>), MediaError> {
     let dir = playlist.parent().unwrap_or(Path::new("."));
-    let text = std::fs::read_to_string(playlist)?;
-    let init = crate::hls::init_uri(&text)
+    let list = MediaPlaylist::parse(&std::fs::read_to_string(playlist)?);
+    let init = list
+        .init()
         .ok_or_else(|| MediaError::CorruptStream("HLS playlist without an init segment".into()))?
         .to_string();
     let mut segments = Vec::new();
-    let mut seconds = None;
-    for line in text.lines() {
-        if let Some(d) = line.strip_prefix("#EXTINF:") {
-            seconds = d.split(',').next().and_then(|x| x.trim().parse().ok());
-        } else if !line.starts_with('#') && !line.trim().is_empty() {
-            let uri = line.trim().to_string();
-            segments.push(Segment {
-                bytes: std::fs::metadata(dir.join(&uri))?.len(),
-                seconds: seconds.take().unwrap_or(0.0),
-                uri,
-            });
-        }
+    for s in list.segments {
+        segments.push(Segment {
+            bytes: std::fs::metadata(dir.join(&s.uri))?.len(),
+            seconds: s.seconds.unwrap_or(0.0),
+            uri: s.uri,
+        });
     }
     Ok((init, segments))
 }

@@ -164,25 +164,14 @@ fn assert_same_timeline_within(src: &Timeline, out: &Timeline, priming: f64, wha
 
 /// The init segments and media segments a media playlist names, and the sum of its `EXTINF`s.
 pub fn playlist(text: &str) -> (Vec<String>, Vec<String>, f64) {
-    let (mut inits, mut segments, mut sum) = (Vec::new(), Vec::new(), 0.0);
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("#EXT-X-MAP:") {
-            let uri = rest
-                .split("URI=\"")
-                .nth(1)
-                .and_then(|r| r.split('"').next());
-            inits.push(uri.expect("EXT-X-MAP with a URI").to_string());
-        } else if let Some(d) = line.strip_prefix("#EXTINF:") {
-            sum += d
-                .split(',')
-                .next()
-                .and_then(|x| x.trim().parse::<f64>().ok())
-                .expect("EXTINF");
-        } else if !line.starts_with('#') && !line.trim().is_empty() {
-            segments.push(line.trim().to_string());
-        }
-    }
-    (inits, segments, sum)
+    let list = vtx_domain::hls::MediaPlaylist::parse(text);
+    let sum = list
+        .segments
+        .iter()
+        .map(|s| s.seconds.expect("EXTINF"))
+        .sum();
+    let segments = list.segments.into_iter().map(|s| s.uri).collect();
+    (list.inits, segments, sum)
 }
 
 /// Asserts that a local HLS media playlist (`dir/index.m3u8` with its files beside it) has the
