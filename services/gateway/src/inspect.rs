@@ -208,24 +208,15 @@ fn limit(resource: libc::__rlimit_resource_t, value: u64) -> std::io::Result<()>
     }
 }
 
-/// The codes a child may answer with (anything else is a bug, shown as a parse refusal).
+/// The code a child answered with, as the gateway's own: the chunk check's two, or a media
+/// error's (anything else is a bug, shown as a parse refusal).
 fn stable(code: &str) -> &'static str {
-    const CODES: &[&str] = &[
-        "chunk-not-media",
-        "chunk-not-gop-aligned",
-        "not-a-video",
-        "no-video-stream",
-        "unsupported-codec",
-        "too-long",
-        "too-large",
-        "corrupt-stream",
-        "transcode-timeout",
-    ];
-    CODES
-        .iter()
-        .copied()
-        .find(|c| *c == code)
-        .unwrap_or("chunk-not-media")
+    match code {
+        "chunk-not-gop-aligned" => "chunk-not-gop-aligned",
+        _ => code
+            .parse::<vtx_domain::ErrorCode>()
+            .map_or("chunk-not-media", vtx_domain::ErrorCode::as_str),
+    }
 }
 
 /// The limits as the child reads them.
