@@ -37,10 +37,15 @@ pub fn encoded(job: JobId, tier: Tier) -> String {
     format!("work/{job}/{tier}/")
 }
 
+/// Everything viewers fetch for a video, every job and tier of it.
+pub fn video(video: VideoId) -> String {
+    format!("videos/{video}/")
+}
+
 /// What viewers fetch for one tier of one job: MP4s, `hls/`, `cover.jpg`. Versioned by job and
 /// tier, so a new tier is written beside the live one, never over it.
 pub fn tier_output(video: VideoId, job: JobId, tier: Tier) -> String {
-    format!("videos/{video}/{job}/{tier}/")
+    format!("{}{job}/{tier}/", self::video(video))
 }
 
 /// Where a pipelined upload's chunk `index` puts rendition `name`'s HLS init and segments: in

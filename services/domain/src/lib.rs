@@ -17,14 +17,15 @@ pub mod pipelined;
 pub mod plan;
 pub mod slicing;
 pub mod state;
+mod text;
 
 pub use error_code::ErrorCode;
 pub use ids::{ChunkIndex, JobId, UploadId, VideoId};
 pub use ladder::{Rung, plan_ladder};
 pub use messages::Task;
-pub use plan::{JobPlan, Tier};
+pub use plan::{Container, JobPlan, Tier};
 pub use slicing::{Grid, SliceWindow, plan_slices, plan_slices_on_grid, slice_seconds_for};
 pub use state::{
-    ChunkEncodeState, ExtremeState, JobKind, JobState, SliceState, TierState, UploadProtocol,
+    ChunkEncodeState, Lifecycle, ExtremeState, JobKind, JobState, SliceState, TierState, UploadProtocol,
     UploadState, VideoState,
 };

@@ -48,6 +48,15 @@ impl FromStr for Tier {
     }
 }
 
+crate::text::text_column!(Tier);
+
+crate::text::text_enum!(
+    /// How a rendition is packaged (`renditions.container`).
+    Container {
+    Mp4 => "mp4",
+    Hls => "hls",
+});
+
 /// The plan of a job: enough for a worker to encode any slice and to merge any tier.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobPlan {

@@ -1,97 +1,13 @@
 //! States of uploads, videos and jobs, and the transitions allowed between them.
 //!
-//! The database stores the text form; every state change goes through `can_become`, so an
-//! illegal move (a failed job becoming ready, say) is refused in one place.
+//! The database stores the text form. Each state column has a [`Lifecycle`]: its table of allowed
+//! moves. The database layer binds `Lifecycle::sources(next)` into the guard of every `UPDATE`
+//! that changes a state, so an illegal move (a failed job succeeding, say) is refused by the
+//! same table everywhere, and no SQL text spells a state.
 
 use std::fmt;
-use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
-
-macro_rules! text_enum {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$doc])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl $name {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-        }
-
-        impl PartialEq<&str> for $name {
-            fn eq(&self, other: &&str) -> bool {
-                self.as_str() == *other
-            }
-        }
-
-        impl PartialEq<str> for $name {
-            fn eq(&self, other: &str) -> bool {
-                self.as_str() == other
-            }
-        }
-
-        // Stored as the text form in a `text` column (with a CHECK of the same values).
-        #[cfg(feature = "sqlx")]
-        impl sqlx::Type<sqlx::Postgres> for $name {
-            fn type_info() -> sqlx::postgres::PgTypeInfo {
-                <&str as sqlx::Type<sqlx::Postgres>>::type_info()
-            }
-            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
-                <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
-            }
-        }
-
-        #[cfg(feature = "sqlx")]
-        impl sqlx::postgres::PgHasArrayType for $name {
-            fn array_type_info() -> sqlx::postgres::PgTypeInfo {
-                <&str as sqlx::postgres::PgHasArrayType>::array_type_info()
-            }
-        }
-
-        #[cfg(feature = "sqlx")]
-        impl sqlx::Encode<'_, sqlx::Postgres> for $name {
-            fn encode_by_ref(
-                &self,
-                buf: &mut sqlx::postgres::PgArgumentBuffer,
-            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-                <&str as sqlx::Encode<sqlx::Postgres>>::encode(self.as_str(), buf)
-            }
-        }
-
-        #[cfg(feature = "sqlx")]
-        impl sqlx::Decode<'_, sqlx::Postgres> for $name {
-            fn decode(
-                value: sqlx::postgres::PgValueRef<'_>,
-            ) -> Result<Self, sqlx::error::BoxDynError> {
-                Ok(value.as_str()?.parse::<$name>()?)
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                match s {
-                    $($text => Ok($name::$variant),)+
-                    other => Err(format!(concat!("unknown ", stringify!($name), " {:?}"), other)),
-                }
-            }
-        }
-    };
-}
+use crate::text::text_enum;
 
 text_enum!(UploadState {
     Open => "open",
@@ -158,58 +74,117 @@ text_enum!(JobState {
     Failed => "failed",
 });
 
-impl UploadState {
-    pub fn can_become(self, next: UploadState) -> bool {
-        use UploadState::*;
-        matches!(
-            (self, next),
-            (Open, Completed) | (Open, Aborted) | (Open, Expired)
-        )
-    }
-}
+/// The allowed moves of one state column.
+pub trait Lifecycle: Copy + Eq + fmt::Display + fmt::Debug + Send + Sync + 'static {
+    /// Every state, in declaration order.
+    fn states() -> &'static [Self];
+    /// Every allowed move, `(from, to)`. A state that is the `to` of no move is only ever
+    /// inserted; one that is the `from` of none is terminal.
+    const MOVES: &'static [(Self, Self)];
 
-impl VideoState {
-    pub fn can_become(self, next: VideoState) -> bool {
-        use VideoState::*;
-        // Once published, a video stays playable: a later tier's failure leaves it as it is.
-        matches!((self, next), (Processing, Published) | (Processing, Failed))
-    }
-}
-
-impl JobState {
-    pub fn can_become(self, next: JobState) -> bool {
-        use JobState::*;
-        match (self, next) {
-            (Queued, Scheduled) => true,
-            // A redelivered task runs again after a worker vanished mid-way.
-            (Scheduled | Running, Running) => true,
-            (Running, Succeeded) => true,
-            (Queued | Scheduled | Running, Failed) => true,
-            _ => false,
-        }
+    fn can_become(self, next: Self) -> bool {
+        Self::MOVES.contains(&(self, next))
     }
 
-    pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed)
+    /// The states from which `next` may be reached: the guard of a move to `next`.
+    fn sources(next: Self) -> Vec<Self> {
+        Self::MOVES
+            .iter()
+            .filter(|(_, to)| *to == next)
+            .map(|(from, _)| *from)
+            .collect()
     }
 
-    /// States from which `next` may be reached, for guarded `UPDATE ... WHERE state = ANY(..)`.
-    pub fn predecessors_of(next: JobState) -> Vec<&'static str> {
-        ALL_JOB_STATES
-            .into_iter()
-            .filter(|s| s.can_become(next))
-            .map(JobState::as_str)
+    /// No move leaves this state.
+    fn is_terminal(self) -> bool {
+        !Self::MOVES.iter().any(|(from, _)| *from == self)
+    }
+
+    /// The states no move leaves.
+    fn terminal() -> Vec<Self> {
+        Self::states()
+            .iter()
+            .copied()
+            .filter(|s| s.is_terminal())
             .collect()
     }
 }
 
-const ALL_JOB_STATES: [JobState; 5] = [
-    JobState::Queued,
-    JobState::Scheduled,
-    JobState::Running,
-    JobState::Succeeded,
-    JobState::Failed,
-];
+macro_rules! lifecycle {
+    ($name:ident { $(($from:ident, $to:ident)),+ $(,)? }) => {
+        impl Lifecycle for $name {
+            fn states() -> &'static [Self] {
+                $name::ALL
+            }
+            const MOVES: &'static [(Self, Self)] = &[$(($name::$from, $name::$to)),+];
+        }
+    };
+}
+
+lifecycle!(UploadState {
+    (Open, Completed),
+    (Open, Aborted),
+    (Open, Expired),
+});
+
+// Once published, a video stays playable: a later tier's swap changes what is live, not the
+// state, and a later tier's failure leaves the video as it is.
+lifecycle!(VideoState {
+    (Processing, Published),
+    (Processing, Failed),
+});
+
+lifecycle!(JobState {
+    (Queued, Scheduled),
+    // A job encoded while its upload arrived, with no later tier to plan, is done as soon as
+    // its fast tier is live: it is never scheduled.
+    (Queued, Succeeded),
+    (Scheduled, Running),
+    // A redelivered task runs again after a worker vanished mid-way.
+    (Running, Running),
+    (Running, Succeeded),
+    (Queued, Failed),
+    (Scheduled, Failed),
+    (Running, Failed),
+});
+
+lifecycle!(TierState {
+    (Waiting, Encoding),
+    (Encoding, Merging),
+    (Merging, Done),
+    (Waiting, Failed),
+    (Encoding, Failed),
+    (Merging, Failed),
+});
+
+lifecycle!(SliceState {
+    (Queued, Running),
+    // A lease taken over after it expired, or renewed by its owner on redelivery.
+    (Running, Running),
+    // The reaper hands back a slice whose lease expired.
+    (Running, Queued),
+    (Running, Done),
+});
+
+lifecycle!(ChunkEncodeState {
+    // Past the session's encode-ahead budget, a chunk waits for the upload to complete.
+    (Deferred, Queued),
+    (Queued, Running),
+    (Running, Running),
+    (Running, Queued),
+    (Running, Done),
+    (Queued, Failed),
+    (Running, Failed),
+});
+
+lifecycle!(ExtremeState {
+    (Queued, Encoding),
+    (Encoding, Added),
+    // Every candidate failed the size or quality bar.
+    (Encoding, Rejected),
+    (Queued, Failed),
+    (Encoding, Failed),
+});
 
 #[cfg(test)]
 mod tests {
@@ -218,19 +193,24 @@ mod tests {
     #[test]
     fn terminal_job_states_never_move() {
         for from in [JobState::Succeeded, JobState::Failed] {
-            for to in ALL_JOB_STATES {
-                assert!(!from.can_become(to), "{from} -> {to}");
+            for to in JobState::ALL {
+                assert!(!from.can_become(*to), "{from} -> {to}");
             }
         }
+        assert_eq!(
+            JobState::terminal(),
+            vec![JobState::Succeeded, JobState::Failed]
+        );
     }
 
     #[test]
     fn job_may_be_retried_while_running_but_not_requeued() {
         assert!(JobState::Running.can_become(JobState::Running));
         assert!(!JobState::Running.can_become(JobState::Queued));
+        assert!(!JobState::Scheduled.can_become(JobState::Succeeded));
         assert_eq!(
-            JobState::predecessors_of(JobState::Succeeded),
-            vec!["running"]
+            JobState::sources(JobState::Scheduled),
+            vec![JobState::Queued]
         );
     }
 
@@ -239,13 +219,34 @@ mod tests {
         assert!(VideoState::Processing.can_become(VideoState::Published));
         assert!(!VideoState::Failed.can_become(VideoState::Published));
         assert!(!VideoState::Published.can_become(VideoState::Failed));
+        assert!(!VideoState::Published.can_become(VideoState::Published));
     }
 
     #[test]
     fn text_forms_parse_back() {
-        for s in ALL_JOB_STATES {
-            assert_eq!(s.as_str().parse::<JobState>().unwrap(), s);
+        for s in JobState::ALL {
+            assert_eq!(s.as_str().parse::<JobState>().unwrap(), *s);
         }
         assert!("bogus".parse::<UploadState>().is_err());
+    }
+
+    fn every_state_is_reachable_or_initial<S: Lifecycle>(initial: &[S]) {
+        for s in S::states() {
+            assert!(
+                initial.contains(s) || !S::sources(*s).is_empty(),
+                "{s} can be neither inserted nor reached"
+            );
+        }
+    }
+
+    #[test]
+    fn every_state_is_reachable() {
+        every_state_is_reachable_or_initial(&[UploadState::Open]);
+        every_state_is_reachable_or_initial(&[VideoState::Processing]);
+        every_state_is_reachable_or_initial(&[JobState::Queued]);
+        every_state_is_reachable_or_initial(&[TierState::Waiting, TierState::Encoding]);
+        every_state_is_reachable_or_initial(&[SliceState::Queued]);
+        every_state_is_reachable_or_initial(&[ChunkEncodeState::Deferred, ChunkEncodeState::Queued]);
+        every_state_is_reachable_or_initial(&[ExtremeState::Queued]);
     }
 }

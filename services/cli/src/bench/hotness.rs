@@ -18,10 +18,12 @@ pub async fn hotness(
     // Published videos to play (rows only: counting plays needs no media).
     sqlx::query(
         "INSERT INTO videos (id, state, source_key, source_bytes, live_tier, published_at)
-         SELECT gen_random_uuid(), 'published', 'none', 0, 'fast', now()
+         SELECT gen_random_uuid(), $2, 'none', 0, $3, now()
          FROM generate_series(1, $1)",
     )
     .bind(i64::from(videos))
+    .bind(vtx_domain::VideoState::Published)
+    .bind(vtx_domain::Tier::Fast)
     .execute(&stack.pool)
     .await?;
     let ids: Vec<(uuid::Uuid,)> = sqlx::query_as("SELECT id FROM videos")

@@ -7,9 +7,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgPool;
 use uuid::Uuid;
-use vtx_domain::{ExtremeState, JobId, JobKind, JobState, Task, Tier, VideoId, keys};
+use vtx_domain::{
+    ChunkEncodeState, ExtremeState, JobId, JobKind, JobState, SliceState, Task, Tier, VideoId,
+    VideoState, keys,
+};
 
 use super::tiers::{NewRendition, finish_merging_tier, insert_renditions};
+use super::{BindMove, move_to};
 
 use crate::outbox;
 
@@ -85,8 +89,9 @@ pub async fn roll_up_plays(
 /// Which of `ids` are published videos (plays of anything else are refused).
 pub async fn published_among(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<HashSet<Uuid>> {
     let rows: Vec<(Uuid,)> =
-        sqlx::query_as("SELECT id FROM videos WHERE id = ANY($1) AND state = 'published'")
+        sqlx::query_as("SELECT id FROM videos WHERE id = ANY($1) AND state = $2")
             .bind(ids)
+            .bind(VideoState::Published)
             .fetch_all(pool)
             .await?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
@@ -163,12 +168,14 @@ pub async fn request_extreme(
     let inserted = sqlx::query(
         "INSERT INTO extreme_requests (video_id, reason, score, job_id)
          SELECT v.id, $2, $3, NULL FROM videos v
-         WHERE v.id = $1 AND v.state = 'published' AND v.live_tier = 'high'
+         WHERE v.id = $1 AND v.state = $4 AND v.live_tier = $5
          ON CONFLICT (video_id) DO NOTHING",
     )
     .bind(video.as_uuid())
     .bind(reason.as_str())
     .bind(score)
+    .bind(VideoState::Published)
+    .bind(Tier::High)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -202,13 +209,15 @@ pub async fn followed_without_extreme(
 ) -> sqlx::Result<Vec<(VideoId, i64)>> {
     let rows: Vec<(Uuid, i64)> = sqlx::query_as(
         "SELECT v.id, u.followers FROM videos v JOIN uploads u ON u.id = v.upload_id
-         WHERE u.followers >= $1 AND v.state = 'published' AND v.live_tier = 'high'
+         WHERE u.followers >= $1 AND v.state = $3 AND v.live_tier = $4
            AND ($2::uuid IS NULL OR v.id = $2)
            AND NOT EXISTS (SELECT 1 FROM extreme_requests e WHERE e.video_id = v.id)
          LIMIT 100",
     )
     .bind(threshold.min(i64::MAX as u64) as i64)
     .bind(video.map(|v| v.as_uuid()))
+    .bind(VideoState::Published)
+    .bind(Tier::High)
     .fetch_all(pool)
     .await?;
     Ok(rows
@@ -227,9 +236,12 @@ pub async fn extreme_counts(pool: &PgPool) -> sqlx::Result<Vec<(ExtremeState, i6
 /// Tasks running now on the fast and high tiers (slices under a lease, chunk encodes).
 pub async fn running_tasks(pool: &PgPool) -> sqlx::Result<u64> {
     let (n,): (i64,) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM slices WHERE state = 'running' AND tier IN ('fast', 'high'))
-              + (SELECT count(*) FROM upload_chunks WHERE encode_state = 'running')",
+        "SELECT (SELECT count(*) FROM slices WHERE state = $1 AND tier = ANY($2))
+              + (SELECT count(*) FROM upload_chunks WHERE encode_state = $3)",
     )
+    .bind(SliceState::Running)
+    .bind(vec![Tier::Fast, Tier::High])
+    .bind(ChunkEncodeState::Running)
     .fetch_one(pool)
     .await?;
     Ok(n.max(0) as u64)
@@ -251,23 +263,17 @@ pub async fn finish_extreme(
         return Ok(false);
     }
     insert_renditions(&mut tx, video, job, Tier::Extreme, accepted).await?;
-    sqlx::query(
-        "UPDATE jobs SET state = 'succeeded', finished_at = now(), updated_at = now()
-         WHERE id = $1 AND state NOT IN ('failed', 'succeeded')",
-    )
-    .bind(job.as_uuid())
-    .execute(&mut *tx)
-    .await?;
+    super::succeed_job(&mut tx, job).await?;
     sqlx::query(
         "UPDATE extreme_requests SET state = $2, result = $3, hls_masters = $4, finished_at = now()
-         WHERE job_id = $1",
+         WHERE job_id = $1 AND state = ANY($5)",
     )
     .bind(job.as_uuid())
-    .bind(if accepted.is_empty() {
+    .bind_move(move_to(if accepted.is_empty() {
         ExtremeState::Rejected
     } else {
         ExtremeState::Added
-    })
+    }))
     .bind(sqlx::types::Json(verdicts))
     .bind(sqlx::types::Json(hls_masters))
     .execute(&mut *tx)
@@ -303,10 +309,12 @@ pub async fn extreme_renditions(
     sqlx::query_as(
         "SELECT r.name, r.container, r.codec, r.codec_string, r.prefetch_bytes_3s, r.hls_playlist_key,
                 r.object_key, r.width, r.height, r.frames, r.duration_ms, r.size_bytes, r.bitrate
-         FROM renditions r JOIN extreme_requests e ON e.job_id = r.job_id AND e.state = 'added'
-         WHERE r.video_id = $1 AND r.tier = 'extreme' ORDER BY r.codec, r.height, r.width",
+         FROM renditions r JOIN extreme_requests e ON e.job_id = r.job_id AND e.state = $2
+         WHERE r.video_id = $1 AND r.tier = $3 ORDER BY r.codec, r.height, r.width",
     )
     .bind(video.as_uuid())
+    .bind(ExtremeState::Added)
+    .bind(Tier::Extreme)
     .fetch_all(pool)
     .await
 }
@@ -319,10 +327,11 @@ pub async fn extreme_hls_master(
     codecs: &str,
 ) -> sqlx::Result<Option<String>> {
     sqlx::query_scalar(
-        "SELECT hls_masters ->> $2 FROM extreme_requests WHERE video_id = $1 AND state = 'added'",
+        "SELECT hls_masters ->> $2 FROM extreme_requests WHERE video_id = $1 AND state = $3",
     )
     .bind(video.as_uuid())
     .bind(codecs)
+    .bind(ExtremeState::Added)
     .fetch_optional(pool)
     .await
     .map(Option::flatten)

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use sqlx::postgres::PgPool;
 use uuid::Uuid;
-use vtx_domain::{ErrorCode, JobId, Task, Tier};
+use vtx_domain::{ErrorCode, JobId, SliceState, Task, Tier, TierState};
 
 use super::*;
 use crate::outbox;
@@ -12,24 +12,24 @@ use crate::outbox;
 /// Puts slices whose lease expired (their worker vanished) back in the queue. Returns how many.
 pub async fn reap_expired_leases(pool: &PgPool) -> sqlx::Result<u64> {
     let mut tx = pool.begin().await?;
-    let rows: Vec<(Uuid, String, i32)> = sqlx::query_as(
-        "UPDATE slices s SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL
+    let rows: Vec<(Uuid, Tier, i32)> = sqlx::query_as(
+        "UPDATE slices s SET state = $1, lease_owner = NULL, lease_expires_at = NULL
          FROM job_tiers t
-         WHERE s.state = 'running' AND s.lease_expires_at < now()
-           AND t.job_id = s.job_id AND t.tier = s.tier AND t.state = 'encoding'
+         WHERE s.state = ANY($2) AND s.lease_expires_at < now()
+           AND t.job_id = s.job_id AND t.tier = s.tier AND t.state = $3
          RETURNING s.job_id, s.tier, s.idx",
     )
+    .bind_move(move_to(SliceState::Queued))
+    .bind(TierState::Encoding)
     .fetch_all(&mut *tx)
     .await?;
     for (job, tier, idx) in &rows {
-        if let Ok(tier) = tier.parse::<Tier>() {
-            let task = Task::EncodeSlice {
-                job_id: JobId::from_uuid(*job),
-                tier,
-                index: *idx as u32,
-            };
-            outbox::enqueue(&mut tx, &task).await?;
-        }
+        let task = Task::EncodeSlice {
+            job_id: JobId::from_uuid(*job),
+            tier: *tier,
+            index: *idx as u32,
+        };
+        outbox::enqueue(&mut tx, &task).await?;
     }
     tx.commit().await?;
     Ok(rows.len() as u64)
@@ -40,14 +40,16 @@ pub async fn reap_expired_leases(pool: &PgPool) -> sqlx::Result<u64> {
 /// for ever. Returns the jobs failed.
 pub async fn fail_stale_merges(pool: &PgPool, older_than: Duration) -> sqlx::Result<Vec<JobId>> {
     let mut tx = pool.begin().await?;
-    let stale: Vec<(Uuid, String)> = sqlx::query_as(
-        "UPDATE job_tiers SET state = 'failed', error_code = $1, finished_at = now(),
+    let stale: Vec<(Uuid, Tier)> = sqlx::query_as(
+        "UPDATE job_tiers SET state = $3, error_code = $1, finished_at = now(),
                 error_message = 'the merge did not finish in time'
-         WHERE state = 'merging' AND encoded_at < now() - make_interval(secs => $2)
+         WHERE state = ANY($4) AND state = $5 AND encoded_at < now() - make_interval(secs => $2)
          RETURNING job_id, tier",
     )
     .bind(ErrorCode::RetriesExhausted.as_str())
     .bind(secs(older_than))
+    .bind_move(move_to(TierState::Failed))
+    .bind(TierState::Merging)
     .fetch_all(&mut *tx)
     .await?;
     let mut failed = Vec::new();

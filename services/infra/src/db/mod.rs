@@ -1,8 +1,10 @@
-//! PostgreSQL: the durable truth. Every state change is a guarded `UPDATE` whose `WHERE` clause
-//! comes from the domain's transition rules, so concurrent or duplicate handlers cannot move a
-//! row backwards.
+//! PostgreSQL: the durable truth. Every state change is a guarded `UPDATE` whose guard comes from
+//! the domain's transition table ([`Move`]), so concurrent or duplicate handlers cannot move a
+//! row backwards, and no SQL text spells a state.
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgArguments, PgHasArrayType, PgPool, PgPoolOptions};
+use sqlx::query::{Query, QueryAs, QueryScalar};
+use vtx_domain::Lifecycle;
 
 use crate::config::Config;
 
@@ -43,6 +45,66 @@ pub async fn connect(cfg: &Config) -> anyhow::Result<PgPool> {
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await?;
     Ok(())
+}
+
+/// A state column's type: its domain lifecycle and its column encoding.
+pub trait StateColumn:
+    Lifecycle
+    + Unpin
+    + for<'q> sqlx::Encode<'q, sqlx::Postgres>
+    + for<'r> sqlx::Decode<'r, sqlx::Postgres>
+    + sqlx::Type<sqlx::Postgres>
+    + PgHasArrayType
+{
+}
+impl<S> StateColumn for S where
+    S: Lifecycle
+        + Unpin
+        + for<'q> sqlx::Encode<'q, sqlx::Postgres>
+        + for<'r> sqlx::Decode<'r, sqlx::Postgres>
+        + sqlx::Type<sqlx::Postgres>
+        + PgHasArrayType
+{
+}
+
+/// One move of a state column: to `to`, from any of the domain's sources of `to`. The only way
+/// a query changes a state: bound with [`BindMove::bind_move`] as two parameters, written
+/// `SET state = $n ... WHERE ... AND state = ANY($n+1)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Move<S> {
+    pub to: S,
+    pub from: Vec<S>,
+}
+
+/// The move to `next` that the domain allows.
+pub fn move_to<S: StateColumn>(next: S) -> Move<S> {
+    Move {
+        to: next,
+        from: S::sources(next),
+    }
+}
+
+/// Binds a [`Move`] as its next two parameters: the target state, then the states it may leave.
+pub trait BindMove: Sized {
+    fn bind_move<S: StateColumn>(self, m: Move<S>) -> Self;
+}
+
+impl<'q> BindMove for Query<'q, sqlx::Postgres, PgArguments> {
+    fn bind_move<S: StateColumn>(self, m: Move<S>) -> Self {
+        self.bind(m.to).bind(m.from)
+    }
+}
+
+impl<'q, O> BindMove for QueryAs<'q, sqlx::Postgres, O, PgArguments> {
+    fn bind_move<S: StateColumn>(self, m: Move<S>) -> Self {
+        self.bind(m.to).bind(m.from)
+    }
+}
+
+impl<'q, O> BindMove for QueryScalar<'q, sqlx::Postgres, O, PgArguments> {
+    fn bind_move<S: StateColumn>(self, m: Move<S>) -> Self {
+        self.bind(m.to).bind(m.from)
+    }
 }
 
 /// A duration as PostgreSQL's `make_interval(secs => ...)` takes it.

@@ -12,11 +12,16 @@ use sqlx::types::Json;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 use vtx_domain::pipelined::ChunkEncode;
-use vtx_domain::{ErrorCode, JobId, Task, Tier, UploadId, VideoId};
+use vtx_domain::{
+    ChunkEncodeState, Container, ErrorCode, JobId, JobState, Lifecycle, Task, Tier, TierState,
+    UploadId, UploadState, VideoId,
+};
 
 use super::tiers::{
     NewRendition, TierOutput, VideoFacts, finish_merging_tier, go_live, insert_renditions,
+    succeed_job,
 };
+use super::{BindMove, move_to};
 use crate::outbox;
 
 /// What a worker needs to encode a chunk.
@@ -43,23 +48,27 @@ pub async fn claim_chunk_encode(
     lease: Duration,
 ) -> sqlx::Result<Option<ChunkWork>> {
     let row: Option<ChunkWorkRow> = sqlx::query_as(
-        "UPDATE upload_chunks c SET encode_state = 'running', encode_owner = $3,
+        "UPDATE upload_chunks c SET encode_state = $5, encode_owner = $3,
                 encode_lease_until = now() + make_interval(secs => $4),
                 encode_attempts = c.encode_attempts + 1
          FROM uploads u
          WHERE c.upload_id = $1 AND c.idx = $2 AND u.id = c.upload_id
-           AND u.job_id IS NOT NULL AND u.state IN ('open', 'completed')
+           AND u.job_id IS NOT NULL AND u.state = ANY($8)
            AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = u.job_id
-                           AND (NOT j.pipelined OR j.state IN ('failed', 'succeeded')))
-           AND (c.encode_state = 'queued'
-                OR (c.encode_state = 'running'
-                    AND (c.encode_lease_until < now() OR c.encode_owner = $3)))
+                           AND (NOT j.pipelined OR j.state = ANY($9)))
+           AND c.encode_state = ANY($6)
+           AND (c.encode_state = $7 OR c.encode_lease_until < now() OR c.encode_owner = $3)
          RETURNING c.object_key, c.encode_attempts, u.video_id, u.job_id, u.rotation",
     )
     .bind(upload.as_uuid())
     .bind(index as i32)
     .bind(owner)
     .bind(lease.as_secs_f64())
+    .bind_move(move_to(ChunkEncodeState::Running))
+    .bind(ChunkEncodeState::Queued)
+    // An upload still arriving, or completed pipelined (an aborted or expired one is not).
+    .bind(vec![UploadState::Open, UploadState::Completed])
+    .bind(JobState::terminal())
     .fetch_optional(pool)
     .await?;
     Ok(
@@ -83,12 +92,13 @@ pub async fn heartbeat_chunk_encode(
 ) -> sqlx::Result<bool> {
     let n = sqlx::query(
         "UPDATE upload_chunks SET encode_lease_until = now() + make_interval(secs => $4)
-         WHERE upload_id = $1 AND idx = $2 AND encode_state = 'running' AND encode_owner = $3",
+         WHERE upload_id = $1 AND idx = $2 AND encode_state = $5 AND encode_owner = $3",
     )
     .bind(upload.as_uuid())
     .bind(index as i32)
     .bind(owner)
     .bind(lease.as_secs_f64())
+    .bind(ChunkEncodeState::Running)
     .execute(pool)
     .await?
     .rows_affected();
@@ -113,13 +123,14 @@ pub async fn finish_chunk_encode(
             .await?;
     let n = sqlx::query(
         // The owner stays, as who encoded it.
-        "UPDATE upload_chunks SET encode_state = 'done', encoded = $4, encode_lease_until = NULL
-         WHERE upload_id = $1 AND idx = $2 AND encode_state = 'running' AND encode_owner = $3",
+        "UPDATE upload_chunks SET encode_state = $5, encoded = $4, encode_lease_until = NULL
+         WHERE upload_id = $1 AND idx = $2 AND encode_state = ANY($6) AND encode_owner = $3",
     )
     .bind(upload.as_uuid())
     .bind(index as i32)
     .bind(owner)
     .bind(Json(encoded))
+    .bind_move(move_to(ChunkEncodeState::Done))
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -151,13 +162,14 @@ pub async fn fail_chunk_encode(
     .fetch_optional(&mut *tx)
     .await?;
     sqlx::query(
-        "UPDATE upload_chunks SET encode_state = 'failed', encode_error = $3, encode_owner = NULL,
+        "UPDATE upload_chunks SET encode_state = $4, encode_error = $3, encode_owner = NULL,
                 encode_lease_until = NULL
-         WHERE upload_id = $1 AND idx = $2 AND encode_state IN ('queued', 'running')",
+         WHERE upload_id = $1 AND idx = $2 AND encode_state = ANY($5)",
     )
     .bind(upload.as_uuid())
     .bind(index as i32)
     .bind(format!("{code}: {message}"))
+    .bind_move(move_to(ChunkEncodeState::Failed))
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -176,19 +188,22 @@ async fn count_encoded_chunks(
 ) -> sqlx::Result<()> {
     let tier: Option<(i32,)> = sqlx::query_as(
         "SELECT t.slices_total FROM job_tiers t JOIN jobs j ON j.id = t.job_id
-         WHERE t.job_id = $1 AND t.tier = 'fast' AND t.state = 'encoding' AND j.pipelined
+         WHERE t.job_id = $1 AND t.tier = $2 AND t.state = $3 AND j.pipelined
          FOR UPDATE OF t",
     )
     .bind(job.as_uuid())
+    .bind(Tier::Fast)
+    .bind(TierState::Encoding)
     .fetch_optional(&mut **tx)
     .await?;
     let Some((total,)) = tier else {
         return Ok(());
     };
     let (done,): (i64,) = sqlx::query_as(
-        "SELECT count(*) FROM upload_chunks WHERE upload_id = $1 AND encode_state = 'done'",
+        "SELECT count(*) FROM upload_chunks WHERE upload_id = $1 AND encode_state = $2",
     )
     .bind(upload.as_uuid())
+    .bind(ChunkEncodeState::Done)
     .fetch_one(&mut **tx)
     .await?;
     let done = (done as i32).min(total);
@@ -197,16 +212,19 @@ async fn count_encoded_chunks(
         "UPDATE job_tiers SET slices_done = $2,
                 concealed_video_frames = (
                     SELECT COALESCE(sum((encoded->>'concealed_video_frames')::bigint), 0)
-                    FROM upload_chunks WHERE upload_id = $4 AND encode_state = 'done'),
-                state = CASE WHEN $3 THEN 'merging' ELSE state END,
+                    FROM upload_chunks WHERE upload_id = $4 AND encode_state = $5),
+                state = CASE WHEN $3 AND state = ANY($8) THEN $7 ELSE state END,
                 encoded_at = CASE WHEN $3 THEN now() ELSE encoded_at END,
                 merge_queued = merge_queued OR $3
-         WHERE job_id = $1 AND tier = 'fast'",
+         WHERE job_id = $1 AND tier = $6",
     )
     .bind(job.as_uuid())
     .bind(done)
     .bind(all)
     .bind(upload.as_uuid())
+    .bind(ChunkEncodeState::Done)
+    .bind(Tier::Fast)
+    .bind_move(move_to(TierState::Merging))
     .execute(&mut **tx)
     .await?;
     if all {
@@ -230,10 +248,11 @@ pub async fn pipelined_ids(
     let row: Option<(Option<Uuid>, Option<Uuid>, bool)> = sqlx::query_as(
         "SELECT u.video_id, u.job_id,
                 NOT EXISTS (SELECT 1 FROM upload_chunks c WHERE c.upload_id = u.id
-                            AND (c.encode_state IS NULL OR c.encode_state = 'failed'))
+                            AND (c.encode_state IS NULL OR c.encode_state = $2))
          FROM uploads u WHERE u.id = $1",
     )
     .bind(upload.as_uuid())
+    .bind(ChunkEncodeState::Failed)
     .fetch_optional(&mut **tx)
     .await?;
     Ok(match row {
@@ -258,19 +277,24 @@ pub async fn complete_pipelined_upload(
     super::create_video_and_job(tx, upload, video, job, source_key, source_bytes, true).await?;
     sqlx::query(
         "INSERT INTO job_tiers (job_id, tier, state, slices_total, started_at)
-         SELECT $1, 'fast', 'encoding', $2, min(created_at) FROM upload_chunks WHERE upload_id = $3",
+         SELECT $1, $4, $5, $2, min(created_at) FROM upload_chunks WHERE upload_id = $3",
     )
     .bind(job.as_uuid())
     .bind(chunks as i32)
     .bind(upload.as_uuid())
+    .bind(Tier::Fast)
+    // Its chunks are already encoding: the tier starts there, not waiting.
+    .bind(TierState::Encoding)
     .execute(&mut **tx)
     .await?;
     // Chunks past the session's encode-ahead budget are encoded now.
     let deferred: Vec<(i32,)> = sqlx::query_as(
-        "UPDATE upload_chunks SET encode_state = 'queued'
-         WHERE upload_id = $1 AND encode_state = 'deferred' RETURNING idx",
+        "UPDATE upload_chunks SET encode_state = $2
+         WHERE upload_id = $1 AND encode_state = ANY($3) AND encode_state = $4 RETURNING idx",
     )
     .bind(upload.as_uuid())
+    .bind_move(move_to(ChunkEncodeState::Queued))
+    .bind(ChunkEncodeState::Deferred)
     .fetch_all(&mut **tx)
     .await?;
     for (idx,) in deferred {
@@ -303,11 +327,14 @@ pub async fn claim_pipelined_merge(
     let row: Option<(Uuid, Uuid, i32)> = sqlx::query_as(
         "UPDATE job_tiers t SET merge_attempts = t.merge_attempts + 1
          FROM jobs j JOIN videos v ON v.id = j.video_id
-         WHERE j.id = t.job_id AND t.job_id = $1 AND t.tier = 'fast' AND t.state = 'merging'
-           AND j.pipelined AND j.state NOT IN ('failed', 'succeeded')
+         WHERE j.id = t.job_id AND t.job_id = $1 AND t.tier = $2 AND t.state = $3
+           AND j.pipelined AND NOT j.state = ANY($4)
          RETURNING j.video_id, v.upload_id, t.merge_attempts",
     )
     .bind(job.as_uuid())
+    .bind(Tier::Fast)
+    .bind(TierState::Merging)
+    .bind(JobState::terminal())
     .fetch_optional(pool)
     .await?;
     let Some((video, upload, attempts)) = row else {
@@ -358,13 +385,7 @@ pub async fn publish_pipelined(
     if later_tiers {
         outbox::enqueue(&mut tx, &Task::JobCreated { job_id: job }).await?;
     } else {
-        sqlx::query(
-            "UPDATE jobs SET state = 'succeeded', finished_at = now(), updated_at = now()
-             WHERE id = $1 AND state = 'queued'",
-        )
-        .bind(job.as_uuid())
-        .execute(&mut *tx)
-        .await?;
+        succeed_job(&mut tx, job).await?;
     }
     tx.commit().await?;
     Ok(true)
@@ -410,10 +431,12 @@ pub async fn forget_chunks(pool: &PgPool, upload: UploadId) -> sqlx::Result<()> 
 pub async fn reap_expired_chunk_encodes(pool: &PgPool) -> sqlx::Result<u64> {
     let mut tx = pool.begin().await?;
     let rows: Vec<(Uuid, i32)> = sqlx::query_as(
-        "UPDATE upload_chunks SET encode_state = 'queued', encode_owner = NULL, encode_lease_until = NULL
-         WHERE encode_state = 'running' AND encode_lease_until < now()
+        "UPDATE upload_chunks SET encode_state = $1, encode_owner = NULL, encode_lease_until = NULL
+         WHERE encode_state = ANY($2) AND encode_state = $3 AND encode_lease_until < now()
          RETURNING upload_id, idx",
     )
+    .bind_move(move_to(ChunkEncodeState::Queued))
+    .bind(ChunkEncodeState::Running)
     .fetch_all(&mut *tx)
     .await?;
     for (upload, idx) in &rows {
@@ -447,13 +470,16 @@ pub async fn renditions_without_mp4(
     let rows: Vec<(Uuid, String, String, String, i32, i32)> = sqlx::query_as(
         "SELECT h.video_id, h.name, h.codec, h.object_key, h.width, h.height FROM renditions h
          JOIN jobs j ON j.id = h.job_id AND j.pipelined
-         WHERE h.job_id = $1 AND h.tier = 'fast' AND h.container = 'hls'
+         WHERE h.job_id = $1 AND h.tier = $2 AND h.container = $3
            AND NOT EXISTS (SELECT 1 FROM renditions m WHERE m.video_id = h.video_id
                            AND m.job_id = h.job_id AND m.tier = h.tier AND m.name = h.name
-                           AND m.container = 'mp4')
+                           AND m.container = $4)
          ORDER BY h.height",
     )
     .bind(job.as_uuid())
+    .bind(Tier::Fast)
+    .bind(Container::Hls)
+    .bind(Container::Mp4)
     .fetch_all(pool)
     .await?;
     let Some(video) = rows.first().map(|r| VideoId::from_uuid(r.0)) else {

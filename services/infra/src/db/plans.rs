@@ -4,7 +4,11 @@ use sqlx::postgres::PgPool;
 use sqlx::types::Json;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
-use vtx_domain::{JobId, JobKind, JobPlan, JobState, SliceState, Task, Tier, TierState, VideoId};
+use vtx_domain::{
+    ExtremeState, JobId, JobKind, JobPlan, JobState, SliceState, Task, Tier, TierState, VideoId,
+};
+
+use super::{BindMove, move_to};
 
 use crate::outbox;
 
@@ -59,15 +63,14 @@ pub async fn record_plan(
 ) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
     let moved = sqlx::query(
-        "UPDATE jobs SET state = $2, scheduled_at = now(), plan = $3, audio_key = $4, updated_at = now(),
+        "UPDATE jobs SET state = $2, scheduled_at = now(), plan = $4, audio_key = $5, updated_at = now(),
                          concealed_audio_frames = $6
-         WHERE id = $1 AND state = ANY($5)",
+         WHERE id = $1 AND state = ANY($3)",
     )
     .bind(job.as_uuid())
-    .bind(JobState::Scheduled)
+    .bind_move(move_to(JobState::Scheduled))
     .bind(Json(plan))
     .bind(audio_key)
-    .bind(JobState::predecessors_of(JobState::Scheduled))
     .bind(concealed_audio_frames as i64)
     .execute(&mut *tx)
     .await?
@@ -76,9 +79,10 @@ pub async fn record_plan(
         return Ok(false);
     }
     sqlx::query(
-        "UPDATE extreme_requests SET state = 'encoding' WHERE job_id = $1 AND state = 'queued'",
+        "UPDATE extreme_requests SET state = $2 WHERE job_id = $1 AND state = ANY($3)",
     )
     .bind(job.as_uuid())
+    .bind_move(move_to(ExtremeState::Encoding))
     .execute(&mut *tx)
     .await?;
     let n = plan.slices.len() as i32;

@@ -6,7 +6,10 @@ use sqlx::postgres::PgPool;
 use sqlx::types::Json;
 use sqlx::{FromRow, Postgres, Transaction};
 use uuid::Uuid;
-use vtx_domain::{ErrorCode, JobId, JobPlan, JobState, Task, Tier, VideoId, keys};
+use vtx_domain::{
+    ErrorCode, ExtremeState, JobId, JobPlan, JobState, Lifecycle, SliceState, Task, Tier, TierState,
+    VideoId, VideoState, keys,
+};
 
 use super::*;
 use crate::outbox;
@@ -58,28 +61,30 @@ pub async fn claim_slice(
         return Ok(None);
     }
     let attempts: Option<(i32,)> = sqlx::query_as(
-        "UPDATE slices SET state = 'running', attempts = attempts + 1, lease_owner = $4,
+        "UPDATE slices SET state = $6, attempts = attempts + 1, lease_owner = $4,
                 lease_expires_at = now() + make_interval(secs => $5), started_at = COALESCE(started_at, now())
-         WHERE job_id = $1 AND tier = $2 AND idx = $3
-           AND (state = 'queued'
-                OR (state = 'running' AND (lease_expires_at < now() OR lease_owner = $4)))
+         WHERE job_id = $1 AND tier = $2 AND idx = $3 AND state = ANY($7)
+           AND (state = $8 OR lease_expires_at < now() OR lease_owner = $4)
          RETURNING attempts",
     )
     .bind(job.as_uuid())
-    .bind(tier.as_str())
+    .bind(tier)
     .bind(index as i32)
     .bind(owner)
     .bind(secs(lease))
+    .bind_move(move_to(SliceState::Running))
+    .bind(SliceState::Queued)
     .fetch_optional(&mut *tx)
     .await?;
     let Some((attempts,)) = attempts else {
         return Ok(None);
     };
     sqlx::query(
-        "UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, now()), updated_at = now()
-         WHERE id = $1 AND state IN ('scheduled', 'running')",
+        "UPDATE jobs SET state = $2, started_at = COALESCE(started_at, now()), updated_at = now()
+         WHERE id = $1 AND state = ANY($3)",
     )
     .bind(job.as_uuid())
+    .bind_move(move_to(JobState::Running))
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -106,13 +111,14 @@ pub async fn heartbeat_slice(
 ) -> sqlx::Result<bool> {
     let n = sqlx::query(
         "UPDATE slices SET lease_expires_at = now() + make_interval(secs => $5)
-         WHERE job_id = $1 AND tier = $2 AND idx = $3 AND state = 'running' AND lease_owner = $4",
+         WHERE job_id = $1 AND tier = $2 AND idx = $3 AND state = $6 AND lease_owner = $4",
     )
     .bind(job.as_uuid())
-    .bind(tier.as_str())
+    .bind(tier)
     .bind(index as i32)
     .bind(owner)
     .bind(secs(lease))
+    .bind(SliceState::Running)
     .execute(pool)
     .await?
     .rows_affected();
@@ -140,14 +146,15 @@ pub async fn complete_slice(
 ) -> sqlx::Result<SliceDone> {
     let mut tx = pool.begin().await?;
     let moved = sqlx::query(
-        "UPDATE slices SET state = 'done', finished_at = now(), finished_by = $4, lease_owner = NULL,
+        "UPDATE slices SET state = $5, finished_at = now(), finished_by = $4, lease_owner = NULL,
                            lease_expires_at = NULL
-         WHERE job_id = $1 AND tier = $2 AND idx = $3 AND state = 'running'",
+         WHERE job_id = $1 AND tier = $2 AND idx = $3 AND state = ANY($6)",
     )
     .bind(job.as_uuid())
-    .bind(tier.as_str())
+    .bind(tier)
     .bind(index as i32)
     .bind(owner)
+    .bind_move(move_to(SliceState::Done))
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -169,11 +176,12 @@ pub async fn complete_slice(
     .await?;
     let queue_merge = if done == total {
         sqlx::query(
-            "UPDATE job_tiers SET state = 'merging', merge_queued = true, encoded_at = now()
-             WHERE job_id = $1 AND tier = $2 AND state = 'encoding' AND NOT merge_queued",
+            "UPDATE job_tiers SET state = $3, merge_queued = true, encoded_at = now()
+             WHERE job_id = $1 AND tier = $2 AND state = ANY($4) AND NOT merge_queued",
         )
         .bind(job.as_uuid())
-        .bind(tier.as_str())
+        .bind(tier)
+        .bind_move(move_to(TierState::Merging))
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -200,23 +208,25 @@ pub async fn fail_tier(
 ) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
     sqlx::query(
-        "UPDATE job_tiers SET state = 'failed', error_code = $3, error_message = $4, finished_at = now()
-         WHERE job_id = $1 AND tier = $2 AND state NOT IN ('done', 'failed')",
+        "UPDATE job_tiers SET state = $5, error_code = $3, error_message = $4, finished_at = now()
+         WHERE job_id = $1 AND tier = $2 AND state = ANY($6)",
     )
     .bind(job.as_uuid())
-    .bind(tier.as_str())
+    .bind(tier)
     .bind(code.as_str())
     .bind(message)
+    .bind_move(move_to(TierState::Failed))
     .execute(&mut *tx)
     .await?;
     sqlx::query(
-        "UPDATE extreme_requests SET state = 'failed', finished_at = now(), result = $2
-         WHERE job_id = $1 AND state IN ('queued', 'encoding')",
+        "UPDATE extreme_requests SET state = $3, finished_at = now(), result = $2
+         WHERE job_id = $1 AND state = ANY($4)",
     )
     .bind(job.as_uuid())
     .bind(sqlx::types::Json(
         serde_json::json!({"error": code.as_str(), "message": message}),
     ))
+    .bind_move(move_to(ExtremeState::Failed))
     .execute(&mut *tx)
     .await?;
     fail_job_in(&mut tx, job, code, message).await?;
@@ -231,25 +241,26 @@ pub(crate) async fn fail_job_in(
     message: &str,
 ) -> sqlx::Result<bool> {
     let video: Option<(Uuid,)> = sqlx::query_as(
-        "UPDATE jobs SET state = 'failed', error_code = $2, error_message = $3, finished_at = now(), updated_at = now()
-         WHERE id = $1 AND state = ANY($4) RETURNING video_id",
+        "UPDATE jobs SET state = $4, error_code = $2, error_message = $3, finished_at = now(), updated_at = now()
+         WHERE id = $1 AND state = ANY($5) RETURNING video_id",
     )
     .bind(job.as_uuid())
     .bind(code.as_str())
     .bind(message)
-    .bind(JobState::predecessors_of(JobState::Failed))
+    .bind_move(move_to(JobState::Failed))
     .fetch_optional(&mut **tx)
     .await?;
     let Some((video_id,)) = video else {
         return Ok(false);
     };
     sqlx::query(
-        "UPDATE videos SET state = 'failed', error_code = $2, error_message = $3, updated_at = now()
-         WHERE id = $1 AND state = 'processing'",
+        "UPDATE videos SET state = $4, error_code = $2, error_message = $3, updated_at = now()
+         WHERE id = $1 AND state = ANY($5)",
     )
     .bind(video_id)
     .bind(code.as_str())
     .bind(message)
+    .bind_move(move_to(VideoState::Failed))
     .execute(&mut **tx)
     .await?;
     sqlx::query("INSERT INTO garbage (prefix, delete_after) VALUES ($1, now())")

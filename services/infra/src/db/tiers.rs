@@ -9,7 +9,7 @@ use sqlx::postgres::PgPool;
 use sqlx::types::Json;
 use sqlx::{FromRow, Postgres, Transaction};
 use uuid::Uuid;
-use vtx_domain::{JobId, JobPlan, Tier, TierState, VideoId, VideoState, keys};
+use vtx_domain::{JobId, JobPlan, JobState, Lifecycle, Tier, TierState, VideoId, VideoState, keys};
 
 use super::*;
 
@@ -28,12 +28,14 @@ pub async fn claim_merge(
     let row: Option<MergeClaimRow> = sqlx::query_as(
         "UPDATE job_tiers t SET merge_attempts = t.merge_attempts + 1
          FROM jobs j
-         WHERE j.id = t.job_id AND t.job_id = $1 AND t.tier = $2 AND t.state = 'merging'
-           AND j.state NOT IN ('failed', 'succeeded')
+         WHERE j.id = t.job_id AND t.job_id = $1 AND t.tier = $2 AND t.state = $3
+           AND NOT j.state = ANY($4)
          RETURNING j.video_id, j.plan, j.audio_key, t.merge_attempts",
     )
     .bind(job.as_uuid())
-    .bind(tier.as_str())
+    .bind(tier)
+    .bind(TierState::Merging)
+    .bind(JobState::terminal())
     .fetch_optional(pool)
     .await?;
     Ok(row.and_then(|(video, plan, audio_key, attempts)| {
@@ -123,11 +125,12 @@ pub async fn publish_tier(
     match next_tier {
         Some(next) => {
             let n: Option<(i32,)> = sqlx::query_as(
-                "UPDATE job_tiers SET state = 'encoding', started_at = now()
-                 WHERE job_id = $1 AND tier = $2 AND state = 'waiting' RETURNING slices_total",
+                "UPDATE job_tiers SET state = $3, started_at = now()
+                 WHERE job_id = $1 AND tier = $2 AND state = ANY($4) RETURNING slices_total",
             )
             .bind(job.as_uuid())
-            .bind(next.as_str())
+            .bind(next)
+            .bind_move(move_to(TierState::Encoding))
             .fetch_optional(&mut *tx)
             .await?;
             if let Some((n,)) = n {
@@ -135,13 +138,7 @@ pub async fn publish_tier(
             }
         }
         None => {
-            sqlx::query(
-                "UPDATE jobs SET state = 'succeeded', finished_at = now(), updated_at = now()
-                 WHERE id = $1 AND state = 'running'",
-            )
-            .bind(job.as_uuid())
-            .execute(&mut *tx)
-            .await?;
+            succeed_job(&mut tx, job).await?;
             sqlx::query("INSERT INTO garbage (prefix, delete_after) VALUES ($1, now())")
                 .bind(keys::work(job))
                 .execute(&mut *tx)
@@ -152,6 +149,23 @@ pub async fn publish_tier(
     Ok(Publish::Live)
 }
 
+/// Inside a publishing transaction: the job has nothing left to run.
+pub(crate) async fn succeed_job(
+    tx: &mut Transaction<'static, Postgres>,
+    job: JobId,
+) -> sqlx::Result<bool> {
+    let moved = sqlx::query(
+        "UPDATE jobs SET state = $2, finished_at = now(), updated_at = now()
+         WHERE id = $1 AND state = ANY($3)",
+    )
+    .bind(job.as_uuid())
+    .bind_move(move_to(JobState::Succeeded))
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(moved == 1)
+}
+
 /// Inside a publishing transaction: the tier waiting for its merge is done. False when it was
 /// not waiting (a duplicate delivery): the caller changes nothing.
 pub(crate) async fn finish_merging_tier(
@@ -160,11 +174,12 @@ pub(crate) async fn finish_merging_tier(
     tier: Tier,
 ) -> sqlx::Result<bool> {
     let moved = sqlx::query(
-        "UPDATE job_tiers SET state = 'done', finished_at = now()
-         WHERE job_id = $1 AND tier = $2 AND state = 'merging'",
+        "UPDATE job_tiers SET state = $3, finished_at = now()
+         WHERE job_id = $1 AND tier = $2 AND state = ANY($4)",
     )
     .bind(job.as_uuid())
-    .bind(tier.as_str())
+    .bind(tier)
+    .bind_move(move_to(TierState::Done))
     .execute(&mut **tx)
     .await?
     .rows_affected();
@@ -199,15 +214,19 @@ pub(crate) async fn go_live(
             .bind(video_id)
             .fetch_optional(&mut **tx)
             .await?;
+    // The first tier to go live publishes the video; a later one only moves the pointer (a
+    // published video stays published: the domain has no published -> published move).
+    let publish = move_to(VideoState::Published);
     sqlx::query(
-        "UPDATE videos SET state = $2, live_tier = $3, live_job_id = $4, hls_master_key = $5, cover_key = $6,
+        "UPDATE videos SET state = CASE WHEN state = ANY($12) THEN $11 ELSE state END,
+                live_tier = $3, live_job_id = $4, hls_master_key = $5, cover_key = $6,
                 width = $7, height = $8, frames = $9, duration_ms = $10,
                 published_at = COALESCE(published_at, now()), updated_at = now()
-         WHERE id = $1 AND state IN ('processing', 'published')",
+         WHERE id = $1 AND (state = ANY($12) OR state = $2)",
     )
     .bind(video_id)
     .bind(VideoState::Published)
-    .bind(tier.as_str())
+    .bind(tier)
     .bind(job.as_uuid())
     .bind(&output.hls_master_key)
     .bind(&output.cover_key)
@@ -215,6 +234,7 @@ pub(crate) async fn go_live(
     .bind(facts.map(|f| f.height as i32))
     .bind(facts.map(|f| f.frames as i64))
     .bind(facts.map(|f| f.duration_ms as i64))
+    .bind_move(publish)
     .execute(&mut **tx)
     .await?;
     if let Some((Some(old_tier), Some(old_job))) = previous
@@ -304,9 +324,10 @@ pub async fn tiers_of_job(pool: &PgPool, job: JobId) -> sqlx::Result<Vec<TierRow
         "SELECT tier, state, slices_total, slices_done, error_code, error_message, created_at, started_at,
                 encoded_at, finished_at, concealed_video_frames
          FROM job_tiers WHERE job_id = $1
-         ORDER BY CASE tier WHEN 'fast' THEN 0 WHEN 'high' THEN 1 ELSE 2 END",
+         ORDER BY array_position($2, tier)",
     )
     .bind(job.as_uuid())
+    .bind(Tier::ALL.to_vec())
     .fetch_all(pool)
     .await
 }

@@ -7,8 +7,11 @@ use sqlx::postgres::PgPool;
 use sqlx::{FromRow, PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 use vtx_domain::{
-    JobId, JobState, Task, UploadId, UploadProtocol, UploadState, VideoId, VideoState,
+    ChunkEncodeState, JobId, JobState, Task, UploadId, UploadProtocol, UploadState, VideoId,
+    VideoState, keys,
 };
+
+use super::{BindMove, move_to};
 
 use crate::outbox;
 
@@ -74,7 +77,7 @@ pub async fn create_upload(
 /// the seconds until the oldest of them is a minute old.
 pub async fn grant_usage(pool: &PgPool, grant: Uuid) -> sqlx::Result<(i64, i64, f64)> {
     sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE state = 'open' AND expires_at > now()),
+        "SELECT count(*) FILTER (WHERE state = $2 AND expires_at > now()),
                 count(*) FILTER (WHERE created_at > now() - interval '1 minute'),
                 COALESCE(EXTRACT(EPOCH FROM min(created_at) FILTER (
                     WHERE created_at > now() - interval '1 minute') + interval '1 minute' - now()),
@@ -82,6 +85,7 @@ pub async fn grant_usage(pool: &PgPool, grant: Uuid) -> sqlx::Result<(i64, i64, 
          FROM uploads WHERE grant_id = $1",
     )
     .bind(grant)
+    .bind(UploadState::Open)
     .fetch_one(pool)
     .await
 }
@@ -97,7 +101,7 @@ pub async fn create_tus_upload(
 ) -> sqlx::Result<UploadRow> {
     sqlx::query_as(
         "INSERT INTO uploads (id, expires_at, grant_id, protocol, upload_length, metadata, followers)
-         VALUES ($1, $2, $3, 'tus', $4, $5, $6)
+         VALUES ($1, $2, $3, $7, $4, $5, $6)
          RETURNING id, state, created_at, expires_at, completed_at, grant_id, protocol, upload_length, metadata",
     )
     .bind(id.as_uuid())
@@ -106,6 +110,7 @@ pub async fn create_tus_upload(
     .bind(length as i64)
     .bind(metadata)
     .bind(followers.map(|f| f.min(i64::MAX as u64) as i64))
+    .bind(UploadProtocol::Tus)
     .fetch_one(pool)
     .await
 }
@@ -255,20 +260,25 @@ pub async fn insert_chunk(
     let encode = reserved_job.is_some() && media.is_some();
     let (ahead,): (f64,) = sqlx::query_as(
         "SELECT COALESCE(sum(end_seconds - start_seconds), 0)::float8 FROM upload_chunks
-         WHERE upload_id = $1 AND encode_state <> 'deferred'",
+         WHERE upload_id = $1 AND encode_state <> $2",
     )
     .bind(id.as_uuid())
+    .bind(ChunkEncodeState::Deferred)
     .fetch_one(&mut *tx)
     .await?;
     let defer = encode
         && media
             .is_some_and(|m| ahead + (m.end_seconds - m.start_seconds) > caps.encode_ahead_seconds);
+    let encode_state = match (encode, defer) {
+        (_, true) => Some(ChunkEncodeState::Deferred),
+        (true, false) => Some(ChunkEncodeState::Queued),
+        (false, false) => None,
+    };
     let inserted = sqlx::query(
         "INSERT INTO upload_chunks
              (upload_id, idx, size_bytes, sha256, object_key, start_seconds, end_seconds, frames,
               encode_state)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
-                 CASE WHEN $10 THEN 'deferred' WHEN $9 THEN 'queued' END)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT (upload_id, idx) DO NOTHING",
     )
     .bind(id.as_uuid())
@@ -279,8 +289,7 @@ pub async fn insert_chunk(
     .bind(media.map(|m| m.start_seconds))
     .bind(media.map(|m| m.end_seconds))
     .bind(media.map(|m| m.frames))
-    .bind(encode)
-    .bind(defer)
+    .bind(encode_state)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -311,36 +320,34 @@ pub async fn insert_chunk(
 /// deletion, in one transaction. False when it was not open.
 pub async fn end_upload(pool: &PgPool, id: UploadId, to: UploadState) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
-    let ended = sqlx::query("UPDATE uploads SET state = $2 WHERE id = $1 AND state = 'open'")
-        .bind(id.as_uuid())
-        .bind(to.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-        == 1;
-    if ended {
-        // The chunks, and what their encodes wrote for the video the upload reserved.
-        sqlx::query(
-            "INSERT INTO garbage (prefix, delete_after)
-             SELECT 'uploads/' || id || '/', now() FROM uploads WHERE id = $1
-             UNION ALL
-             SELECT 'videos/' || video_id || '/', now() FROM uploads
-             WHERE id = $1 AND video_id IS NOT NULL",
-        )
-        .bind(id.as_uuid())
+    let ended: Option<(Option<Uuid>,)> =
+        sqlx::query_as("UPDATE uploads SET state = $2 WHERE id = $1 AND state = ANY($3) RETURNING video_id")
+            .bind(id.as_uuid())
+            .bind_move(move_to(to))
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((video,)) = ended else {
+        return Ok(false);
+    };
+    // The chunks, and what their encodes wrote for the video the upload reserved.
+    let prefixes = std::iter::once(keys::upload(id))
+        .chain(video.map(|v| keys::video(VideoId::from_uuid(v))))
+        .collect::<Vec<_>>();
+    sqlx::query("INSERT INTO garbage (prefix, delete_after) SELECT unnest($1::text[]), now()")
+        .bind(prefixes)
         .execute(&mut *tx)
         .await?;
-    }
     tx.commit().await?;
-    Ok(ended)
+    Ok(true)
 }
 
 /// Expires open uploads past their expiry (at most `limit`); returns how many.
 pub async fn expire_uploads(pool: &PgPool, limit: i64) -> sqlx::Result<usize> {
     let due: Vec<(Uuid,)> = sqlx::query_as(
-        "SELECT id FROM uploads WHERE state = 'open' AND expires_at < now() LIMIT $1",
+        "SELECT id FROM uploads WHERE state = $2 AND expires_at < now() LIMIT $1",
     )
     .bind(limit)
+    .bind(UploadState::Open)
     .fetch_all(pool)
     .await?;
     let mut n = 0;
@@ -402,11 +409,18 @@ pub(crate) async fn create_video_and_job(
     source_bytes: u64,
     pipelined: bool,
 ) -> sqlx::Result<()> {
-    sqlx::query("UPDATE uploads SET state = $2, completed_at = now() WHERE id = $1")
-        .bind(upload.as_uuid())
-        .bind(UploadState::Completed)
-        .execute(&mut **tx)
-        .await?;
+    let completed = sqlx::query(
+        "UPDATE uploads SET state = $2, completed_at = now() WHERE id = $1 AND state = ANY($3)",
+    )
+    .bind(upload.as_uuid())
+    .bind_move(move_to(UploadState::Completed))
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if completed != 1 {
+        // Callers hold the upload's lock and saw it open: this is a bug, not a race.
+        return Err(sqlx::Error::RowNotFound);
+    }
     sqlx::query(
         "INSERT INTO videos (id, upload_id, state, source_key, source_bytes) VALUES ($1, $2, $3, $4, $5)",
     )

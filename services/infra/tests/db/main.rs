@@ -1,0 +1,4 @@
+//! The database layer on the real PostgreSQL (one database per test, made by `sqlx::test`).
+
+mod completion;
+mod lifecycles;
