@@ -123,10 +123,7 @@ async fn jobs_survive_a_killed_worker_and_restarts_of_rabbitmq_and_postgresql(po
     // worker killed mid-way is tested in tests/pipeline.rs.
     let app = TestApp::spawn_with(
         pool,
-        &[
-            ("VTX_SLICE_SECONDS", "4"),
-            ("VTX_PIPELINE_UPLOADS", "false"),
-        ],
+        &[("VTX_SLICE_SECONDS", "4"), ("VTX_LIVE_INGEST", "false")],
         Services {
             worker: false,
             scheduler: true,

@@ -523,11 +523,11 @@ async fn a_job_whose_source_vanished_fails_after_bounded_retries(pool: PgPool) {
         worker: true,
         scheduler: false,
     };
-    // The ordinary path, where completing assembles the source (a pipelined upload's source is
+    // The ordinary path, where completing assembles the source (a live-ingest upload's source is
     // assembled later, from its chunks).
     let app = TestApp::spawn_with(
         pool,
-        &[("VTX_MAX_ATTEMPTS", "2"), ("VTX_PIPELINE_UPLOADS", "false")],
+        &[("VTX_MAX_ATTEMPTS", "2"), ("VTX_LIVE_INGEST", "false")],
         services,
     )
     .await;

@@ -77,7 +77,7 @@ async fn upload_and_check_both_tiers(app: &TestApp, src: &Path, what: &str) -> V
 }
 
 /// Every MP4 and HLS rendition a job's `tier` recorded, fetched through the gateway, against
-/// `src` (waiting for the MP4s a pipelined fast tier muxes in the background).
+/// `src` (waiting for the MP4s a live-ingest fast tier muxes in the background).
 async fn assert_tier_like_source(
     app: &TestApp,
     job: vtx_domain::JobId,
@@ -163,10 +163,7 @@ async fn recordings_uploaded_in_chunks_keep_their_times_in_both_tiers(pool: PgPo
 async fn chunks_assembled_before_transcoding_keep_their_times(pool: PgPool) {
     let app = TestApp::spawn_with(
         pool,
-        &[
-            ("VTX_PIPELINE_UPLOADS", "false"),
-            ("VTX_SWAP_GRACE_SECS", "600"),
-        ],
+        &[("VTX_LIVE_INGEST", "false"), ("VTX_SWAP_GRACE_SECS", "600")],
         Services::default(),
     )
     .await;

@@ -775,12 +775,12 @@ async fn chunks_are_transcoded_while_the_upload_arrives(pool: PgPool) {
         ("fast", n as u32),
         "{job:?}"
     );
-    let pipelined: bool = sqlx::query_scalar("SELECT pipelined FROM jobs WHERE id = $1")
+    let live_ingest: bool = sqlx::query_scalar("SELECT live_ingest FROM jobs WHERE id = $1")
         .bind(done.job_id.as_uuid())
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert!(pipelined);
+    assert!(live_ingest);
 
     // The fast tier plays as one stream: every frame, the audio, time always moving on.
     let playback = video.playback.clone().unwrap();
@@ -1044,13 +1044,13 @@ async fn chunks_past_the_encode_ahead_budget_wait_for_completion(pool: PgPool) {
         .unwrap();
     assert_eq!(video.state, "published", "{video:?}");
     assert_eq!(video.frames, Some(frames_of(&clip)));
-    let pipelined: bool = sqlx::query_scalar("SELECT pipelined FROM jobs WHERE id = $1")
+    let live_ingest: bool = sqlx::query_scalar("SELECT live_ingest FROM jobs WHERE id = $1")
         .bind(done.job_id.as_uuid())
         .fetch_one(&app.pool)
         .await
         .unwrap();
     assert!(
-        pipelined,
+        live_ingest,
         "the deferred chunks joined the chunks' fast tier"
     );
     app.stop().await;
@@ -1062,7 +1062,7 @@ async fn two_completions_at_once_make_one_video_and_one_source(pool: PgPool) {
     // one video, and the loser's assembled copy is removed.
     let app = TestApp::spawn_with(
         pool,
-        &[("VTX_PIPELINE_UPLOADS", "false")],
+        &[("VTX_LIVE_INGEST", "false")],
         vtx_tests::Services {
             worker: false,
             scheduler: false,

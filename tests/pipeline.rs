@@ -32,7 +32,7 @@ fn start_viewer(app: &TestApp, video: vtx_domain::VideoId) -> (Arc<AtomicBool>, 
                 if tiers.last() != Some(&tier) {
                     tiers.push(tier);
                 }
-                // A pipelined fast tier is HLS only until its MP4s are muxed.
+                // A live-ingest fast tier is HLS only until its MP4s are muxed.
                 let mp4 = match p.mp4.first() {
                     Some(r) => Some(
                         client
@@ -174,11 +174,11 @@ async fn a_poison_job_fails_with_a_code_lands_in_the_dead_letter_queue_and_other
 ) {
     let app = TestApp::spawn_with(
         pool,
-        // The sliced fast tier (whole-file and tus sources, and uploads not pipelined).
+        // The sliced fast tier (whole-file and tus sources, and uploads not live-ingested).
         &[
             ("VTX_MAX_ATTEMPTS", "2"),
             ("VTX_TIERS", "fast"),
-            ("VTX_PIPELINE_UPLOADS", "false"),
+            ("VTX_LIVE_INGEST", "false"),
         ],
         Services {
             worker: false,
@@ -360,11 +360,11 @@ async fn sigterm_lets_a_worker_finish_the_slice_in_hand_then_exit(pool: PgPool) 
 async fn a_merge_that_keeps_failing_gives_up_after_bounded_attempts_counted_durably(pool: PgPool) {
     let app = TestApp::spawn_with(
         pool,
-        // The sliced fast tier (whole-file and tus sources, and uploads not pipelined).
+        // The sliced fast tier (whole-file and tus sources, and uploads not live-ingested).
         &[
             ("VTX_MAX_ATTEMPTS", "2"),
             ("VTX_TIERS", "fast"),
-            ("VTX_PIPELINE_UPLOADS", "false"),
+            ("VTX_LIVE_INGEST", "false"),
         ],
         Services::default(),
     )

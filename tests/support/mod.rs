@@ -49,7 +49,7 @@ pub async fn get_text(http: &reqwest::Client, url: &str) -> String {
 pub async fn fetch_hls(http: &reqwest::Client, url: &str, dir: &Path) -> (u64, u64) {
     let text = get_text(http, url).await;
     let base = &url[..url.rfind('/').expect("a path") + 1];
-    for uri in &vtx_domain::pipelined::playlist_files(&text) {
+    for uri in &vtx_domain::live_ingest::playlist_files(&text) {
         let bytes = http
             .get(format!("{base}{uri}"))
             .send()

@@ -12,6 +12,26 @@ pub fn codec_set<'a>(codecs: impl IntoIterator<Item = &'a str>) -> String {
     v.join("+")
 }
 
+/// Peak segment bitrate and average bitrate (bits per second) of a rendition: its init bytes
+/// and its segments' (bytes, seconds), in order. The one place HLS bitrates are computed (a
+/// packaged tier's playlists and a live-ingest tier's chunks both come here).
+pub fn bitrates(init_bytes: u64, segments: impl IntoIterator<Item = (u64, f64)>) -> (u64, u64) {
+    let (mut peak, mut bytes, mut secs) = (0f64, init_bytes, 0f64);
+    for (b, s) in segments {
+        bytes += b;
+        secs += s;
+        if s > 0.0 {
+            peak = peak.max(b as f64 * 8.0 / s);
+        }
+    }
+    let average = if secs > 0.0 {
+        bytes as f64 * 8.0 / secs
+    } else {
+        0.0
+    };
+    (peak.ceil() as u64, average.ceil() as u64)
+}
+
 /// What a media playlist names: its init segments (`#EXT-X-MAP`; one per chunk in a playlist
 /// of chunks joined by discontinuities) and its media segments with their `#EXTINF` durations.
 /// The one reader of media playlists in vtx.

@@ -48,7 +48,7 @@ pub fn tier_output(video: VideoId, job: JobId, tier: Tier) -> String {
     format!("{}{job}/{tier}/", self::video(video))
 }
 
-/// Where a pipelined upload's chunk `index` puts rendition `name`'s HLS init and segments: in
+/// Where a live-ingest upload's chunk `index` puts rendition `name`'s HLS init and segments: in
 /// the fast tier's output of the job the upload reserved, beside the playlists that list them.
 pub fn chunk_hls(video: VideoId, job: JobId, name: &str, index: u32) -> String {
     format!(

@@ -12,8 +12,8 @@ pub mod hotness;
 pub mod ids;
 pub mod keys;
 pub mod ladder;
+pub mod live_ingest;
 pub mod messages;
-pub mod pipelined;
 pub mod plan;
 pub mod slicing;
 pub mod state;
@@ -26,6 +26,6 @@ pub use messages::Task;
 pub use plan::{Container, JobPlan, Tier};
 pub use slicing::{Grid, SliceWindow, plan_slices, plan_slices_on_grid, slice_seconds_for};
 pub use state::{
-    ChunkEncodeState, Lifecycle, ExtremeState, JobKind, JobState, SliceState, TierState, UploadProtocol,
-    UploadState, VideoState,
+    ChunkEncodeState, ExtremeState, JobKind, JobState, Lifecycle, SliceState, TierState,
+    UploadProtocol, UploadState, VideoState,
 };

@@ -41,7 +41,7 @@ pub enum Task {
     /// A media chunk of an upload still arriving was stored: encode it into the fast ladder
     /// and package its HLS segments (transcoding while the upload arrives).
     EncodeChunk { upload_id: UploadId, index: u32 },
-    /// A pipelined fast tier is live as HLS: mux its MP4 renditions in the background.
+    /// A live-ingest fast tier is live as HLS: mux its MP4 renditions in the background.
     MuxChunks { job_id: JobId },
 }
 

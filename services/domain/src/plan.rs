@@ -131,3 +131,55 @@ mod tests {
         assert_eq!("high".parse::<Tier>().unwrap(), Tier::High);
     }
 }
+
+/// What every rendition must keep of its source before it goes live: the frame count exactly
+/// (frames lost to damage are concealed, never dropped) and the duration within one frame, plus
+/// a millisecond of rounding per piece it was joined from, at any frame rate (frames keep their
+/// source times). The one frame check, for sliced tiers and live-ingest tiers alike.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SourceTiming {
+    pub frames: u64,
+    pub seconds: f64,
+    /// One frame's duration at the source's nominal rate.
+    pub frame_seconds: f64,
+}
+
+impl SourceTiming {
+    /// `Err` says how rendition `name` (`frames` over `seconds`, joined from `pieces`) differs.
+    pub fn check(
+        &self,
+        name: &str,
+        frames: u64,
+        seconds: f64,
+        pieces: usize,
+    ) -> Result<(), String> {
+        let slack = self.frame_seconds + 1e-3 * pieces.max(1) as f64;
+        if frames == self.frames && (seconds - self.seconds).abs() <= slack {
+            Ok(())
+        } else {
+            Err(format!(
+                "{name} has {frames} frames over {seconds:.3} s; the source has {} over {:.3} s",
+                self.frames, self.seconds
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod timing_tests {
+    use super::SourceTiming;
+
+    #[test]
+    fn a_rendition_keeps_every_frame_and_its_duration_within_a_frame() {
+        let src = SourceTiming {
+            frames: 300,
+            seconds: 10.01,
+            frame_seconds: 1001.0 / 30000.0,
+        };
+        assert!(src.check("720p", 300, 10.01, 1).is_ok());
+        assert!(src.check("720p", 300, 10.01 + 0.034, 1).is_ok());
+        assert!(src.check("720p", 300, 10.01 + 0.04, 1).is_err());
+        assert!(src.check("720p", 300, 10.01 + 0.04, 10).is_ok());
+        assert!(src.check("720p", 299, 10.01, 1).is_err());
+    }
+}

@@ -246,7 +246,10 @@ mod tests {
         every_state_is_reachable_or_initial(&[JobState::Queued]);
         every_state_is_reachable_or_initial(&[TierState::Waiting, TierState::Encoding]);
         every_state_is_reachable_or_initial(&[SliceState::Queued]);
-        every_state_is_reachable_or_initial(&[ChunkEncodeState::Deferred, ChunkEncodeState::Queued]);
+        every_state_is_reachable_or_initial(&[
+            ChunkEncodeState::Deferred,
+            ChunkEncodeState::Queued,
+        ]);
         every_state_is_reachable_or_initial(&[ExtremeState::Queued]);
     }
 }

@@ -40,7 +40,6 @@ macro_rules! text_column {
                 Ok(value.as_str()?.parse::<$name>()?)
             }
         }
-
     };
 }
 pub(crate) use text_column;

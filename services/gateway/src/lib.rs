@@ -47,8 +47,8 @@ pub struct AppState {
     pub grant_ttl: std::time::Duration,
     /// Base of playback URLs, without a trailing slash.
     pub public_url: Arc<str>,
-    /// Chunked uploads are transcoded while they arrive (`VTX_PIPELINE_UPLOADS`).
-    pub pipeline_uploads: bool,
+    /// Chunked uploads are transcoded while they arrive (`VTX_LIVE_INGEST`).
+    pub live_ingest: bool,
     /// Play counts waiting for their flush.
     pub plays: Arc<plays::PlayCounter>,
     /// Request bodies in flight per grant.
@@ -126,7 +126,7 @@ impl Gateway {
             )),
             grant_ttl: cfg.auth.grant_ttl,
             public_url: public_url.as_str().into(),
-            pipeline_uploads: cfg.pipeline.pipeline_uploads,
+            live_ingest: cfg.pipeline.live_ingest,
             plays: plays.clone(),
             inflight: grants::InFlight::default(),
         };

@@ -120,7 +120,7 @@ pub async fn video(
         let mp4 = db::live_renditions(&state.pool, id)
             .await?
             .into_iter()
-            // A pipelined fast tier is HLS only: its renditions are in the master playlist.
+            // A live-ingest fast tier is HLS only: its renditions are in the master playlist.
             .filter(|r| r.container == "mp4")
             .map(|r| rendition_view(&state, r))
             .collect();

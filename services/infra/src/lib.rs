@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod config;
 pub mod db;
+pub mod driver;
 pub mod metrics;
 pub mod outbox;
 pub mod storage;

@@ -35,22 +35,12 @@ pub fn playlist_bitrates(playlist: &Path) -> Result<(u64, u64), MediaError> {
                 .unwrap_or(0)
         })
         .unwrap_or(0);
-    let (mut peak, mut total_bytes, mut total_secs) = (0f64, init, 0f64);
+    let mut segments = Vec::with_capacity(list.segments.len());
     for segment in &list.segments {
         let bytes = std::fs::metadata(dir.join(&segment.uri))?.len();
-        let secs = segment.seconds.unwrap_or(0.0);
-        total_bytes += bytes;
-        total_secs += secs;
-        if secs > 0.0 {
-            peak = peak.max(bytes as f64 * 8.0 / secs);
-        }
+        segments.push((bytes, segment.seconds.unwrap_or(0.0)));
     }
-    let average = if total_secs > 0.0 {
-        total_bytes as f64 * 8.0 / total_secs
-    } else {
-        0.0
-    };
-    Ok((peak.ceil() as u64, average.ceil() as u64))
+    Ok(vtx_domain::hls::bitrates(init, segments))
 }
 
 /// The first init segment (`EXT-X-MAP`) a media playlist names.

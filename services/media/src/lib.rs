@@ -13,9 +13,9 @@ mod error;
 mod hls;
 mod hw;
 mod input;
+mod live_ingest;
 mod merge;
 mod pipeline;
-mod pipelined;
 mod priority;
 mod probe;
 mod quality;
@@ -34,6 +34,7 @@ pub use cover::write_cover;
 pub use encoder::{Tier, VideoCodec, codec_string, tier_codecs};
 pub use error::MediaError;
 pub use hls::{Variant, master_playlist, playlist_bitrates};
+pub use live_ingest::{chunk_hls_dir, encode_chunk};
 pub use merge::{
     EncodedSlice, MergeReport, MergeRequest, merge_rendition, prefetch_bytes, remux_hls_to_mp4,
 };
@@ -42,7 +43,6 @@ pub use pipeline::{
     ProgressFn, Stage, encode_slice, encoded_slice_path, package, plan_job, plan_outputs, prepare,
     run_pipeline, verify_packaged,
 };
-pub use pipelined::{chunk_hls_dir, encode_chunk};
 pub use priority::{LOWEST, spawn_low_priority};
 pub use probe::{AudioInfo, Keyframe, Probe, VideoInfo, probe};
 pub use quality::{Quality, measure};

@@ -172,6 +172,37 @@ pub struct EncodeOptions {
     pub damage: DamagePolicy,
 }
 
+impl EncodeOptions {
+    /// A video-only ladder encode of `input` with these options (audio is encoded once per
+    /// job, apart); the caller sets the window, the clock and the rotation.
+    pub(crate) fn video_request(
+        &self,
+        input: &Path,
+        outputs: Vec<RenditionOutput>,
+        tier: Tier,
+        deadline: Deadline,
+    ) -> TranscodeRequest {
+        TranscodeRequest {
+            input: input.to_path_buf(),
+            window: None,
+            timeline_offset: 0,
+            outputs,
+            tier,
+            gop_seconds: GOP_SECONDS,
+            frame_rate: None,
+            rotation: 0,
+            watermark: self.watermark.clone(),
+            audio: false,
+            threads: self.threads,
+            h264_encoder: self.h264_encoder.clone(),
+            crf: None,
+            damage: self.damage,
+            deadline,
+            progress: self.progress.clone(),
+        }
+    }
+}
+
 /// What a slice encode wrote.
 #[derive(Clone, Debug)]
 pub struct SliceEncode {
@@ -207,26 +238,15 @@ pub fn encode_slice(
         .collect();
     let paths = outputs.iter().map(|o| o.path.clone()).collect();
     let request = TranscodeRequest {
-        input: slice_file.to_path_buf(),
         window: Some(Window {
             start,
             end,
             time_base: plan.time_base,
         }),
         timeline_offset: plan.offset_of(w),
-        outputs,
-        tier,
-        gop_seconds: GOP_SECONDS,
         frame_rate: Some(plan.frame_rate),
         rotation: plan.rotation,
-        watermark: options.watermark.clone(),
-        audio: false,
-        threads: options.threads,
-        h264_encoder: options.h264_encoder.clone(),
-        crf: None,
-        damage: options.damage,
-        deadline,
-        progress: options.progress.clone(),
+        ..options.video_request(slice_file, outputs, tier, deadline)
     };
     let reports = transcode_ladder(&request)?;
     Ok(SliceEncode {
@@ -357,16 +377,15 @@ pub fn package(
 /// source's frame count (lost frames are concealed, never dropped) and its duration within one
 /// frame, whatever the frame rate (frames keep their source times).
 pub fn verify_packaged(plan: &JobPlan, packaged: &Packaged) -> Result<(), MediaError> {
-    let frame = f64::from(plan.frame_rate.1) / f64::from(plan.frame_rate.0);
+    let source = vtx_domain::plan::SourceTiming {
+        frames: plan.frames,
+        seconds: plan.duration_seconds,
+        frame_seconds: f64::from(plan.frame_rate.1) / f64::from(plan.frame_rate.0),
+    };
     for r in &packaged.renditions {
-        let ok =
-            r.frames == plan.frames && (r.duration - plan.duration_seconds).abs() <= frame + 1e-3;
-        if !ok {
-            return Err(MediaError::CorruptStream(format!(
-                "{} has {} frames over {:.3} s; the source has {} over {:.3} s",
-                r.name, r.frames, r.duration, plan.frames, plan.duration_seconds
-            )));
-        }
+        source
+            .check(&r.name, r.frames, r.duration, 1)
+            .map_err(MediaError::CorruptStream)?;
     }
     Ok(())
 }

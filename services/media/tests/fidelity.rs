@@ -9,7 +9,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use vtx_domain::pipelined::ChunkEncode;
+use vtx_domain::live_ingest::ChunkEncode;
 use vtx_media::{
     Deadline, Manifest, MediaError, PipelineRequest, Tier, VideoCodec, cut_chunks,
     remux_hls_to_mp4, run_pipeline,

@@ -9,12 +9,12 @@ use std::path::Path;
 use serde::Serialize;
 use vtx_domain::hotness::Measured;
 use vtx_domain::{ErrorCode, JobId, Tier, VideoId, keys};
-use vtx_infra::broker::Outcome;
 use vtx_infra::db::{self, ExtremeReason, WorkContext};
-use vtx_media::{Deadline, MediaError};
+use vtx_media::Deadline;
 
 use crate::merges::tier_output;
 use crate::{WorkError, Worker, run_background, upload_tree};
+use vtx_infra::driver::{Failure, LeasedTask};
 
 /// One extreme rendition's verdict, as stored and shown.
 #[derive(Clone, Debug, Serialize)]
@@ -55,39 +55,6 @@ impl Worker {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot check the prediction (the tracker's sweep will)")
-            }
-        }
-    }
-
-    pub(crate) async fn handle_extreme_merge(&self, job: JobId, ctx: &WorkContext) -> Outcome {
-        let inner = &self.inner;
-        match self.judge_extreme(job, ctx).await {
-            Ok(added) => {
-                metrics::counter!("vtx_extreme_results_total", "added" => added.to_string())
-                    .increment(1);
-                Outcome::Ack
-            }
-            Err(WorkError::Media(MediaError::CorruptStream(msg))) => {
-                self.give_up(
-                    job,
-                    Tier::Extreme,
-                    ErrorCode::VerificationFailed,
-                    &msg,
-                    Outcome::Ack,
-                )
-                .await
-            }
-            Err(e) if e.is_final() => {
-                self.give_up(job, Tier::Extreme, e.code(), &e.to_string(), Outcome::Ack)
-                    .await
-            }
-            Err(e) if ctx.attempts >= inner.cfg.max_attempts => {
-                let msg = format!("extreme merge gave up after {} attempts: {e}", ctx.attempts);
-                self.exhausted(job, Tier::Extreme, &msg).await
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "extreme merge failed; will retry");
-                Outcome::Retry
             }
         }
     }
@@ -267,5 +234,52 @@ impl Worker {
             masters.insert(name, key);
         }
         Ok(masters)
+    }
+}
+
+/// Merging a video's extreme tier and judging it, run by the driver.
+pub(crate) struct ExtremeMergeTask<'a> {
+    pub worker: &'a Worker,
+    pub job: JobId,
+}
+
+impl LeasedTask for ExtremeMergeTask<'_> {
+    type Claim = WorkContext;
+    /// Whether any rendition was added (the verdicts are recorded by the run).
+    type Done = bool;
+
+    fn what(&self) -> String {
+        "extreme merge".to_string()
+    }
+
+    async fn claim(&self) -> sqlx::Result<Option<WorkContext>> {
+        db::claim_merge(&self.worker.inner.pool, self.job, Tier::Extreme).await
+    }
+
+    fn attempt(claim: &WorkContext) -> u32 {
+        claim.attempts
+    }
+
+    async fn run(&self, ctx: &WorkContext) -> Result<bool, Failure> {
+        self.worker
+            .judge_extreme(self.job, ctx)
+            .await
+            .map_err(crate::packaging_failure)
+    }
+
+    async fn complete(&self, _: &WorkContext, added: bool) -> sqlx::Result<()> {
+        metrics::counter!("vtx_extreme_results_total", "added" => added.to_string()).increment(1);
+        Ok(())
+    }
+
+    async fn give_up(&self, code: ErrorCode, message: &str) -> sqlx::Result<()> {
+        db::fail_tier(
+            &self.worker.inner.pool,
+            self.job,
+            Tier::Extreme,
+            code,
+            message,
+        )
+        .await
     }
 }

@@ -16,12 +16,12 @@ use vtx_infra::ObjectStore;
 use vtx_infra::broker::{BrokerClient, Outcome, consume};
 use vtx_infra::config::{HotnessConfig, PipelineConfig, WorkerConfig};
 use vtx_infra::db::{self};
+use vtx_infra::driver::{self, Failure};
 use vtx_infra::storage::StorageError;
-mod driver;
 mod extreme;
+mod live_ingest;
 mod media_work;
 mod merges;
-mod pipelined;
 mod slices;
 
 pub use media_work::content_type;
@@ -61,6 +61,31 @@ enum WorkError {
 impl From<std::io::Error> for WorkError {
     fn from(e: std::io::Error) -> Self {
         WorkError::Internal(e.to_string())
+    }
+}
+
+impl From<WorkError> for Failure {
+    fn from(e: WorkError) -> Self {
+        match e {
+            e if e.is_final() => Failure::Fatal {
+                code: e.code(),
+                message: e.to_string(),
+            },
+            e => Failure::Retryable(e.to_string()),
+        }
+    }
+}
+
+/// A failure while packaging encoded media into a tier: outputs that do not match the source
+/// are never put live (fatal); anything else may pass on another attempt, since packaging only
+/// repackages what was encoded.
+pub(crate) fn packaging_failure(e: WorkError) -> Failure {
+    match e {
+        WorkError::Media(e @ MediaError::CorruptStream(_)) => Failure::Fatal {
+            code: ErrorCode::VerificationFailed,
+            message: e.to_string(),
+        },
+        e => Failure::Retryable(e.to_string()),
     }
 }
 
@@ -255,7 +280,11 @@ impl Worker {
             Task::MuxChunks { job_id } => {
                 let span = tracing::info_span!("mux", %job_id);
                 let (_f, started) = (InFlight::new("mux", Tier::Fast), std::time::Instant::now());
-                let outcome = self.mux_chunks(job_id).instrument(span).await;
+                let task = live_ingest::MuxChunksTask {
+                    worker: self,
+                    job: job_id,
+                };
+                let outcome = driver::drive(&task, self.policy()).instrument(span).await;
                 record_task("mux", Tier::Fast, started, &outcome);
                 outcome
             }
@@ -293,44 +322,14 @@ impl Worker {
         }
     }
 
-    /// Fails the tier (and so the job) for good, then settles the delivery as `then`.
-    /// Gives up after the last allowed attempt: the tier fails with `retries-exhausted` and the
-    /// message goes to the dead-letter queue.
-    async fn exhausted(&self, job: JobId, tier: Tier, message: &str) -> Outcome {
-        self.give_up(
-            job,
-            tier,
-            ErrorCode::RetriesExhausted,
-            message,
-            Outcome::DeadLetter,
-        )
-        .await
-    }
-
-    async fn give_up(
-        &self,
-        job: JobId,
-        tier: Tier,
-        code: ErrorCode,
-        message: &str,
-        then: Outcome,
-    ) -> Outcome {
-        tracing::warn!(%code, message, "giving up");
-        metrics::counter!("vtx_failures_total", "code" => code.as_str()).increment(1);
-        match db::fail_tier(&self.inner.pool, job, tier, code, message).await {
-            Ok(()) => then,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot record the failure; will retry");
-                Outcome::Retry
-            }
-        }
-    }
-
     async fn handle_merge(&self, job: JobId, tier: Tier) -> Outcome {
         let inner = &self.inner;
         if tier == Tier::Fast {
-            match db::is_pipelined(&inner.pool, job).await {
-                Ok(true) => return self.publish_chunks(job).await,
+            match db::is_live_ingest(&inner.pool, job).await {
+                Ok(true) => {
+                    let task = live_ingest::PublishChunksTask { worker: self, job };
+                    return driver::drive(&task, self.policy()).await;
+                }
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the job; will retry");
@@ -339,19 +338,8 @@ impl Worker {
             }
         }
         if tier == Tier::Extreme {
-            let ctx = match db::claim_merge(&inner.pool, job, tier).await {
-                Ok(Some(c)) => c,
-                Ok(None) => return Outcome::Ack,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the merge; will retry");
-                    return Outcome::Retry;
-                }
-            };
-            if ctx.attempts > inner.cfg.max_attempts {
-                let msg = format!("merge gave up after {} attempts", ctx.attempts - 1);
-                return self.exhausted(job, tier, &msg).await;
-            }
-            return self.handle_extreme_merge(job, &ctx).await;
+            let task = extreme::ExtremeMergeTask { worker: self, job };
+            return driver::drive(&task, self.policy()).await;
         }
         let task = merges::MergeTask {
             worker: self,
@@ -359,5 +347,36 @@ impl Worker {
             tier,
         };
         driver::drive(&task, self.policy()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_errors_map_to_failures() {
+        assert!(matches!(
+            Failure::from(WorkError::Media(MediaError::Timeout)),
+            Failure::Fatal {
+                code: ErrorCode::TranscodeTimeout,
+                ..
+            }
+        ));
+        assert!(matches!(
+            Failure::from(WorkError::Internal("disk full".into())),
+            Failure::Retryable(_)
+        ));
+        assert!(matches!(
+            packaging_failure(WorkError::Media(MediaError::CorruptStream("x".into()))),
+            Failure::Fatal {
+                code: ErrorCode::VerificationFailed,
+                ..
+            }
+        ));
+        assert!(matches!(
+            packaging_failure(WorkError::Media(MediaError::Timeout)),
+            Failure::Retryable(_)
+        ));
     }
 }

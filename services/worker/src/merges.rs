@@ -1,11 +1,10 @@
 //! Merging a tier: its encoded slices packaged, verified against the plan, uploaded and put
 //! live, run by the driver (no lease: the tier's state admits one merge at a time).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use vtx_domain::{ErrorCode, JobId, Tier};
 use vtx_infra::db::{self, Publish, TierOutput, WorkContext};
-use vtx_media::MediaError;
 
 use std::path::PathBuf;
 
@@ -13,8 +12,8 @@ use vtx_domain::keys;
 use vtx_infra::db::NewRendition;
 use vtx_media::{Deadline, encoded_slice_path, package, plan_outputs, verify_packaged};
 
-use crate::driver::{Failure, LeasedTask};
 use crate::{WorkError, Worker, run_blocking, upload_tree};
+use vtx_infra::driver::{Failure, LeasedTask};
 
 pub(crate) struct MergeTask<'a> {
     pub worker: &'a Worker,
@@ -38,14 +37,6 @@ impl LeasedTask for MergeTask<'_> {
         claim.attempts
     }
 
-    fn lease(&self) -> Option<Duration> {
-        None
-    }
-
-    async fn renew(&self) -> sqlx::Result<bool> {
-        Ok(true)
-    }
-
     async fn run(&self, ctx: &WorkContext) -> Result<Self::Done, Failure> {
         let inner = &self.worker.inner;
         let started = Instant::now();
@@ -64,16 +55,12 @@ impl LeasedTask for MergeTask<'_> {
                 message: why,
             });
         }
-        match self.worker.merge(self.job, self.tier, ctx).await {
-            Ok(output) => Ok((output, started)),
-            // The outputs do not match the source: never put them live.
-            Err(WorkError::Media(e @ MediaError::CorruptStream(_))) => Err(Failure::Fatal {
-                code: ErrorCode::VerificationFailed,
-                message: e.to_string(),
-            }),
-            // Anything else may pass on another attempt (a merge only repackages).
-            Err(e) => Err(Failure::Retryable(e.to_string())),
-        }
+        let output = self
+            .worker
+            .merge(self.job, self.tier, ctx)
+            .await
+            .map_err(crate::packaging_failure)?;
+        Ok((output, started))
     }
 
     async fn complete(&self, ctx: &WorkContext, (output, started): Self::Done) -> sqlx::Result<()> {

@@ -8,8 +8,8 @@ use vtx_infra::db::{self, SliceDone, WorkContext};
 use vtx_domain::keys;
 use vtx_media::{Deadline, EncodeOptions, encode_slice};
 
-use crate::driver::{Failure, LeasedTask};
 use crate::{WorkError, Worker, run_background, run_blocking};
+use vtx_infra::driver::{Failure, LeasedTask};
 
 pub(crate) struct SliceTask<'a> {
     pub worker: &'a Worker,

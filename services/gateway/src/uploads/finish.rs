@@ -103,16 +103,16 @@ pub(crate) async fn finish_upload(
         ));
     }
 
-    let reserved = db::pipelined_ids(&mut tx, id).await?;
+    let reserved = db::live_ingest_ids(&mut tx, id).await?;
     if let Some((video, job, true)) = reserved {
         // Every chunk is encoded, or being encoded, as it arrived: completing only queues the
         // publication (at once if the last encode is done, else when it is). The source is
         // assembled later, for the tiers after the first.
         let bytes = chunks.iter().map(|c| c.size_bytes.max(0) as u64).sum();
         let source = keys::source(video);
-        db::complete_pipelined_upload(&mut tx, id, video, job, &source, bytes, expected).await?;
+        db::complete_live_ingest_upload(&mut tx, id, video, job, &source, bytes, expected).await?;
         tx.commit().await?;
-        tracing::info!(upload_id = %id, video_id = %video, job_id = %job, bytes, "upload completed (pipelined)");
+        tracing::info!(upload_id = %id, video_id = %video, job_id = %job, bytes, "upload completed (live ingest)");
         return Ok((
             StatusCode::ACCEPTED,
             UploadCompleted {

@@ -90,7 +90,7 @@ pub async fn create(
         grant,
         req.rotation,
         followers,
-        state.pipeline_uploads,
+        state.live_ingest,
     )
     .await?;
     tracing::info!(upload_id = %id, grant = ?grant, "upload created");

@@ -100,9 +100,9 @@ pub struct PipelineConfig {
     pub max_slice_seconds: f64,
     /// `VTX_SWAP_GRACE_SECS`: how long a replaced tier's objects stay fetchable.
     pub swap_grace: Duration,
-    /// `VTX_PIPELINE_UPLOADS`: encode each media chunk of a chunked upload into the fast tier
+    /// `VTX_LIVE_INGEST`: encode each media chunk of a chunked upload into the fast tier
     /// as soon as it is stored, so completing only publishes (default on).
-    pub pipeline_uploads: bool,
+    pub live_ingest: bool,
 }
 
 /// PEM certificates (a private CA, a self-signed endpoint) that outbound TLS trusts besides
@@ -280,7 +280,9 @@ impl Config {
                 min_slice_seconds: env.parse("VTX_MIN_SLICE_SECONDS", 4.0)?,
                 max_slice_seconds: env.parse("VTX_MAX_SLICE_SECONDS", 30.0)?,
                 swap_grace: Duration::from_secs(env.parse("VTX_SWAP_GRACE_SECS", 600)?),
-                pipeline_uploads: env.parse("VTX_PIPELINE_UPLOADS", true)?,
+                // The setting's earlier name still works.
+                live_ingest: env
+                    .parse("VTX_LIVE_INGEST", env.parse("VTX_PIPELINE_UPLOADS", true)?)?,
             },
             hotness: HotnessConfig {
                 flush_every: Duration::from_millis(

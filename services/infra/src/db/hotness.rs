@@ -265,8 +265,8 @@ pub async fn finish_extreme(
     insert_renditions(&mut tx, video, job, Tier::Extreme, accepted).await?;
     super::succeed_job(&mut tx, job).await?;
     sqlx::query(
-        "UPDATE extreme_requests SET state = $2, result = $3, hls_masters = $4, finished_at = now()
-         WHERE job_id = $1 AND state = ANY($5)",
+        "UPDATE extreme_requests SET state = $2, result = $4, hls_masters = $5, finished_at = now()
+         WHERE job_id = $1 AND state = ANY($3)",
     )
     .bind(job.as_uuid())
     .bind_move(move_to(if accepted.is_empty() {

@@ -78,13 +78,11 @@ pub async fn record_plan(
     if moved == 0 {
         return Ok(false);
     }
-    sqlx::query(
-        "UPDATE extreme_requests SET state = $2 WHERE job_id = $1 AND state = ANY($3)",
-    )
-    .bind(job.as_uuid())
-    .bind_move(move_to(ExtremeState::Encoding))
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query("UPDATE extreme_requests SET state = $2 WHERE job_id = $1 AND state = ANY($3)")
+        .bind(job.as_uuid())
+        .bind_move(move_to(ExtremeState::Encoding))
+        .execute(&mut *tx)
+        .await?;
     let n = plan.slices.len() as i32;
     for (i, tier) in tiers.iter().enumerate() {
         let first = i == 0;

@@ -7,8 +7,8 @@ use sqlx::types::Json;
 use sqlx::{FromRow, Postgres, Transaction};
 use uuid::Uuid;
 use vtx_domain::{
-    ErrorCode, ExtremeState, JobId, JobPlan, JobState, Lifecycle, SliceState, Task, Tier, TierState,
-    VideoId, VideoState, keys,
+    ErrorCode, ExtremeState, JobId, JobPlan, JobState, Lifecycle, SliceState, Task, Tier,
+    TierState, VideoId, VideoState, keys,
 };
 
 use super::*;

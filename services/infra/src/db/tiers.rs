@@ -52,7 +52,7 @@ pub async fn claim_merge(
 #[derive(Clone, Debug)]
 pub struct NewRendition {
     pub name: String,
-    /// `mp4`, or `hls` for a rendition that is only a media playlist (a pipelined fast tier).
+    /// `mp4`, or `hls` for a rendition that is only a media playlist (a live-ingest fast tier).
     pub container: &'static str,
     pub codec: String,
     pub codec_string: String,

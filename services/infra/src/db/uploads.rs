@@ -51,11 +51,11 @@ pub async fn create_upload(
     grant_id: Option<Uuid>,
     rotation: Option<u32>,
     followers: Option<u64>,
-    pipelined: bool,
+    live_ingest: bool,
 ) -> sqlx::Result<UploadRow> {
-    // A pipelined upload reserves the ids of its video and job: its chunks' encodes write
+    // A live-ingest upload reserves the ids of its video and job: its chunks' encodes write
     // straight to that job's fast-tier objects.
-    let reserved = pipelined.then(|| (VideoId::new().as_uuid(), JobId::new().as_uuid()));
+    let reserved = live_ingest.then(|| (VideoId::new().as_uuid(), JobId::new().as_uuid()));
     sqlx::query_as(
         "INSERT INTO uploads (id, expires_at, grant_id, rotation, video_id, job_id, followers)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -204,7 +204,7 @@ pub enum ChunkInsert {
 pub struct UploadCaps {
     pub max_bytes: u64,
     pub max_seconds: f64,
-    /// Seconds of video a pipelined session encodes before it completes; chunks past it wait
+    /// Seconds of video a live-ingest session encodes before it completes; chunks past it wait
     /// (`deferred`) until completion.
     pub encode_ahead_seconds: f64,
 }
@@ -255,7 +255,7 @@ pub async fn insert_chunk(
     {
         return Ok(Some(ChunkInsert::OverSeconds));
     }
-    // A media chunk of a pipelined upload is encoded as soon as it is stored, within the
+    // A media chunk of a live-ingest upload is encoded as soon as it is stored, within the
     // session's budget; past it, when the upload completes.
     let encode = reserved_job.is_some() && media.is_some();
     let (ahead,): (f64,) = sqlx::query_as(
@@ -320,12 +320,13 @@ pub async fn insert_chunk(
 /// deletion, in one transaction. False when it was not open.
 pub async fn end_upload(pool: &PgPool, id: UploadId, to: UploadState) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
-    let ended: Option<(Option<Uuid>,)> =
-        sqlx::query_as("UPDATE uploads SET state = $2 WHERE id = $1 AND state = ANY($3) RETURNING video_id")
-            .bind(id.as_uuid())
-            .bind_move(move_to(to))
-            .fetch_optional(&mut *tx)
-            .await?;
+    let ended: Option<(Option<Uuid>,)> = sqlx::query_as(
+        "UPDATE uploads SET state = $2 WHERE id = $1 AND state = ANY($3) RETURNING video_id",
+    )
+    .bind(id.as_uuid())
+    .bind_move(move_to(to))
+    .fetch_optional(&mut *tx)
+    .await?;
     let Some((video,)) = ended else {
         return Ok(false);
     };
@@ -343,13 +344,12 @@ pub async fn end_upload(pool: &PgPool, id: UploadId, to: UploadState) -> sqlx::R
 
 /// Expires open uploads past their expiry (at most `limit`); returns how many.
 pub async fn expire_uploads(pool: &PgPool, limit: i64) -> sqlx::Result<usize> {
-    let due: Vec<(Uuid,)> = sqlx::query_as(
-        "SELECT id FROM uploads WHERE state = $2 AND expires_at < now() LIMIT $1",
-    )
-    .bind(limit)
-    .bind(UploadState::Open)
-    .fetch_all(pool)
-    .await?;
+    let due: Vec<(Uuid,)> =
+        sqlx::query_as("SELECT id FROM uploads WHERE state = $2 AND expires_at < now() LIMIT $1")
+            .bind(limit)
+            .bind(UploadState::Open)
+            .fetch_all(pool)
+            .await?;
     let mut n = 0;
     for (id,) in due {
         n += usize::from(end_upload(pool, UploadId::from_uuid(id), UploadState::Expired).await?);
@@ -399,7 +399,7 @@ pub async fn complete_upload(
 }
 
 /// Inside a completion: the upload is completed, and its video (processing) and first job
-/// (queued; `pipelined` when its fast tier comes from the upload's chunks) exist.
+/// (queued; `live_ingest` when its fast tier comes from the upload's chunks) exist.
 pub(crate) async fn create_video_and_job(
     tx: &mut Transaction<'static, Postgres>,
     upload: UploadId,
@@ -407,7 +407,7 @@ pub(crate) async fn create_video_and_job(
     job: JobId,
     source_key: &str,
     source_bytes: u64,
-    pipelined: bool,
+    live_ingest: bool,
 ) -> sqlx::Result<()> {
     let completed = sqlx::query(
         "UPDATE uploads SET state = $2, completed_at = now() WHERE id = $1 AND state = ANY($3)",
@@ -431,11 +431,11 @@ pub(crate) async fn create_video_and_job(
     .bind(source_bytes as i64)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("INSERT INTO jobs (id, video_id, state, pipelined) VALUES ($1, $2, $3, $4)")
+    sqlx::query("INSERT INTO jobs (id, video_id, state, live_ingest) VALUES ($1, $2, $3, $4)")
         .bind(job.as_uuid())
         .bind(video.as_uuid())
         .bind(JobState::Queued)
-        .bind(pipelined)
+        .bind(live_ingest)
         .execute(&mut **tx)
         .await?;
     Ok(())

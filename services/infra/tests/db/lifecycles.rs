@@ -92,11 +92,12 @@ async fn walk<S: StateColumn>(pool: &PgPool, table: &str, column: &str) {
                 from.can_become(*to),
                 "{table}.{column}: {from} -> {to}"
             );
-            let (now,): (S,) = sqlx::query_as(sql(format!("SELECT {column} FROM {walk} WHERE id = $1")))
-                .bind(id)
-                .fetch_one(pool)
-                .await
-                .unwrap();
+            let (now,): (S,) =
+                sqlx::query_as(sql(format!("SELECT {column} FROM {walk} WHERE id = $1")))
+                    .bind(id)
+                    .fetch_one(pool)
+                    .await
+                    .unwrap();
             assert_eq!(now, if moved == 1 { *to } else { *from });
         }
     }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use vtx_domain::pipelined::{ChunkEncode, media_playlist};
+use vtx_domain::live_ingest::{ChunkEncode, media_playlist};
 use vtx_media::{CutChunk, Deadline, EncodeOptions, Limits, Tier, chunk_hls_dir, encode_chunk};
 
 /// Encodes `chunk` into the fast tier as a worker does, and moves each rendition's HLS files to

@@ -1,15 +1,15 @@
-//! One driver for every leased task: claim -> (heartbeat while it runs) -> run -> complete, or
-//! fail by one retry policy. The task kinds (slices, chunk encodes, merges) differ only in what
-//! they claim, run and record ([`LeasedTask`]); what becomes of a failure is decided by one
-//! pure function ([`decide`]).
+//! One driver for every task run from a delivery: claim -> (heartbeat while it runs) -> run ->
+//! complete, or fail by one retry policy. The task kinds (the scheduler's planning; a worker's
+//! slices, chunk encodes, merges, extreme merges, the publication of a live-ingest fast tier and
+//! its MP4 mux) differ only in what they claim, run and record ([`LeasedTask`]); what becomes
+//! of a failure is decided by one pure function ([`decide`]).
 
 use std::future::Future;
 use std::time::Duration;
 
 use vtx_domain::ErrorCode;
-use vtx_infra::broker::Outcome;
 
-use crate::WorkError;
+use crate::broker::Outcome;
 
 /// How many times a task may run before it gives up (`VTX_MAX_ATTEMPTS`): the one retry
 /// policy every task kind follows.
@@ -20,7 +20,7 @@ pub struct RetryPolicy {
 
 /// Why a run did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Failure {
+pub enum Failure {
     /// Running again cannot help (the input's fault, the deadline, outputs that do not match
     /// the source): give up now, with this code.
     Fatal { code: ErrorCode, message: String },
@@ -30,21 +30,9 @@ pub(crate) enum Failure {
     LeaseLost,
 }
 
-impl From<WorkError> for Failure {
-    fn from(e: WorkError) -> Self {
-        match e {
-            e if e.is_final() => Failure::Fatal {
-                code: e.code(),
-                message: e.to_string(),
-            },
-            e => Failure::Retryable(e.to_string()),
-        }
-    }
-}
-
 /// What becomes of a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Decision {
+pub enum Decision {
     Ack,
     /// Run it again later.
     Retry,
@@ -59,7 +47,7 @@ pub(crate) enum Decision {
 
 /// A claimed attempt (1-based) past the policy's last gives up before it runs: a delivery that
 /// kept failing without ever recording why (its worker died each time).
-pub(crate) fn before_run(what: &str, attempt: u32, policy: RetryPolicy) -> Option<Decision> {
+pub fn before_run(what: &str, attempt: u32, policy: RetryPolicy) -> Option<Decision> {
     (attempt > policy.max_attempts).then(|| Decision::GiveUp {
         code: ErrorCode::RetriesExhausted,
         message: format!("{what} gave up after {} attempts", attempt - 1),
@@ -68,7 +56,7 @@ pub(crate) fn before_run(what: &str, attempt: u32, policy: RetryPolicy) -> Optio
 }
 
 /// What happens after attempt `attempt` (1-based) ended with `result`.
-pub(crate) fn decide(
+pub fn decide(
     what: &str,
     attempt: u32,
     result: Result<(), Failure>,
@@ -91,7 +79,7 @@ pub(crate) fn decide(
 }
 
 /// One kind of task, as the driver runs it.
-pub(crate) trait LeasedTask: Sync {
+pub trait LeasedTask: Sync {
     /// What a claim hands the run.
     type Claim: Sync;
     /// What a successful run hands the completion.
@@ -104,10 +92,15 @@ pub(crate) trait LeasedTask: Sync {
     fn claim(&self) -> impl Future<Output = sqlx::Result<Option<Self::Claim>>> + Send;
     /// Which attempt this claim is (1-based).
     fn attempt(claim: &Self::Claim) -> u32;
-    /// The lease to renew while the task runs, if it has one.
-    fn lease(&self) -> Option<Duration>;
+    /// The lease to renew while the task runs, if it has one (a merge has none: its tier's
+    /// state admits one merge at a time).
+    fn lease(&self) -> Option<Duration> {
+        None
+    }
     /// Renews the lease: `false` when another worker holds it now.
-    fn renew(&self) -> impl Future<Output = sqlx::Result<bool>> + Send;
+    fn renew(&self) -> impl Future<Output = sqlx::Result<bool>> + Send {
+        async { Ok(true) }
+    }
     fn run(&self, claim: &Self::Claim) -> impl Future<Output = Result<Self::Done, Failure>> + Send;
     /// Records the result; must be idempotent (a duplicate delivery completes again).
     fn complete(
@@ -124,7 +117,7 @@ pub(crate) trait LeasedTask: Sync {
 }
 
 /// Runs one delivery of `task` to its outcome.
-pub(crate) async fn drive<T: LeasedTask>(task: &T, policy: RetryPolicy) -> Outcome {
+pub async fn drive<T: LeasedTask>(task: &T, policy: RetryPolicy) -> Outcome {
     let what = task.what();
     let claim = match task.claim().await {
         Ok(Some(c)) => c,
@@ -259,21 +252,5 @@ mod tests {
                 then: Outcome::DeadLetter,
             })
         );
-    }
-
-    #[test]
-    fn work_errors_map_to_failures() {
-        use vtx_media::MediaError;
-        assert!(matches!(
-            Failure::from(WorkError::Media(MediaError::Timeout)),
-            Failure::Fatal {
-                code: ErrorCode::TranscodeTimeout,
-                ..
-            }
-        ));
-        assert!(matches!(
-            Failure::from(WorkError::Internal("disk full".into())),
-            Failure::Retryable(_)
-        ));
     }
 }

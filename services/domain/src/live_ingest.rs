@@ -128,23 +128,12 @@ pub fn playlist_files(playlist: &str) -> Vec<String> {
 
 /// Peak segment bitrate and average bitrate (bits per second) of a rendition over its chunks.
 pub fn bitrates(chunks: &[&ChunkRendition]) -> (u64, u64) {
-    let (mut peak, mut bytes, mut secs) = (0f64, 0u64, 0f64);
-    for r in chunks {
-        bytes += r.init_bytes;
-        for s in &r.segments {
-            bytes += s.bytes;
-            secs += s.seconds;
-            if s.seconds > 0.0 {
-                peak = peak.max(s.bytes as f64 * 8.0 / s.seconds);
-            }
-        }
-    }
-    let average = if secs > 0.0 {
-        bytes as f64 * 8.0 / secs
-    } else {
-        0.0
-    };
-    (peak.ceil() as u64, average.ceil() as u64)
+    crate::hls::bitrates(
+        chunks.iter().map(|r| r.init_bytes).sum(),
+        chunks
+            .iter()
+            .flat_map(|r| r.segments.iter().map(|s| (s.bytes, s.seconds))),
+    )
 }
 
 /// Bytes a player fetches to show the first `seconds` of a rendition over HLS: the first init

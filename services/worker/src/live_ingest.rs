@@ -4,17 +4,17 @@
 
 use std::time::Duration;
 
-use vtx_domain::pipelined::{
+use vtx_domain::live_ingest::{
     ChunkEncode, ChunkRendition, bitrates, check_chunks, media_playlist, playlist_files,
     prefetch_bytes,
 };
-use vtx_domain::{ErrorCode, JobId, Tier, UploadId, keys};
+use vtx_domain::{ErrorCode, JobId, Tier, UploadId, VideoId, keys};
 use vtx_infra::broker::Outcome;
-use vtx_infra::db::{self, ChunkWork, NewRendition, TierOutput, VideoFacts};
+use vtx_infra::db::{self, ChunkWork, LiveIngestMerge, NewRendition, TierOutput, VideoFacts};
 use vtx_media::{Deadline, EncodeOptions, Limits, Variant, chunk_hls_dir, master_playlist};
 
-use crate::driver::{Failure, LeasedTask};
 use crate::{WorkError, Worker, run_blocking, upload_tree};
+use vtx_infra::driver::{Failure, LeasedTask};
 
 /// Where chunk 0's top rung waits for the cover to be taken from it.
 fn cover_source(job: JobId) -> String {
@@ -28,7 +28,7 @@ impl Worker {
             upload,
             index,
         };
-        crate::driver::drive(&task, self.policy()).await
+        vtx_infra::driver::drive(&task, self.policy()).await
     }
 
     async fn encode_chunk(&self, index: u32, work: &ChunkWork) -> Result<ChunkEncode, WorkError> {
@@ -82,93 +82,10 @@ impl Worker {
         Ok(encoded)
     }
 
-    /// Publishes a pipelined job's fast tier: playlists over the chunks' segments, the master
-    /// playlist and the cover, then the playback pointer.
-    pub(crate) async fn publish_chunks(&self, job: JobId) -> Outcome {
-        let inner = &self.inner;
-        let m = match db::claim_pipelined_merge(&inner.pool, job).await {
-            Ok(Some(m)) => m,
-            Ok(None) => return Outcome::Ack,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the chunks; will retry");
-                return Outcome::Retry;
-            }
-        };
-        if m.attempts > inner.cfg.max_attempts {
-            let msg = format!("publishing gave up after {} attempts", m.attempts - 1);
-            return self.exhausted(job, Tier::Fast, &msg).await;
-        }
-        // Each chunk concealed what it could not decode; too much over the whole upload means
-        // the source is corrupt.
-        let frames: u64 = m.chunks.iter().map(|(_, e)| e.frames).sum();
-        let concealed: u64 = m.chunks.iter().map(|(_, e)| e.concealed_video_frames).sum();
-        if let Err(why) = inner.cfg.damage.check_share("video", concealed, frames) {
-            return self
-                .give_up(
-                    job,
-                    Tier::Fast,
-                    ErrorCode::CorruptStream,
-                    &why,
-                    Outcome::Ack,
-                )
-                .await;
-        }
-        let started = std::time::Instant::now();
-        let (output, facts) = match self.package_chunks(job, &m).await {
-            Ok(x) => x,
-            Err(WorkError::Media(vtx_media::MediaError::CorruptStream(msg))) => {
-                return self
-                    .give_up(
-                        job,
-                        Tier::Fast,
-                        ErrorCode::VerificationFailed,
-                        &msg,
-                        Outcome::Ack,
-                    )
-                    .await;
-            }
-            Err(e) if m.attempts >= inner.cfg.max_attempts => {
-                let msg = format!("publishing gave up after {} attempts: {e}", m.attempts);
-                return self.exhausted(job, Tier::Fast, &msg).await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "publishing failed; will retry");
-                return Outcome::Retry;
-            }
-        };
-        let later = inner.pipeline.tiers.iter().any(|t| *t != Tier::Fast);
-        match db::publish_pipelined(
-            &inner.pool,
-            job,
-            m.video,
-            &output,
-            &facts,
-            later,
-            inner.pipeline.swap_grace,
-        )
-        .await
-        {
-            Ok(true) => {
-                metrics::counter!("vtx_tiers_live_total", "tier" => "fast").increment(1);
-                tracing::info!(
-                    secs = started.elapsed().as_secs_f64(),
-                    chunks = m.chunks.len(),
-                    "fast tier live from the upload's chunks"
-                );
-                Outcome::Ack
-            }
-            Ok(false) => Outcome::Ack,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot publish; will retry");
-                Outcome::Retry
-            }
-        }
-    }
-
     async fn package_chunks(
         &self,
         job: JobId,
-        m: &db::PipelinedMerge,
+        m: &db::LiveIngestMerge,
     ) -> Result<(TierOutput, VideoFacts), WorkError> {
         let inner = &self.inner;
         let corrupt = |msg: String| WorkError::Media(vtx_media::MediaError::CorruptStream(msg));
@@ -186,7 +103,11 @@ impl Worker {
         let tb = first.time_base;
         let span = all.last().map_or(0, |c| c.end) - first.start;
         let seconds = span as f64 * f64::from(tb.0) / f64::from(tb.1);
-        let fps = f64::from(first.frame_rate.0) / f64::from(first.frame_rate.1);
+        let source = vtx_domain::plan::SourceTiming {
+            frames,
+            seconds,
+            frame_seconds: f64::from(first.frame_rate.1) / f64::from(first.frame_rate.0),
+        };
 
         let scratch = tempfile::Builder::new()
             .prefix("vtx-publish-")
@@ -204,16 +125,9 @@ impl Worker {
             let rs: Vec<&ChunkRendition> = list.iter().map(|(_, r)| *r).collect();
             let rung_frames: u64 = rs.iter().map(|r| r.frames).sum();
             let rung_seconds: f64 = rs.iter().map(|r| r.duration_seconds).sum();
-            // Frames keep their source times and lost ones are concealed: the count is exact
-            // and the span within a frame (plus rounding per chunk), at any frame rate.
-            let ok = rung_frames == frames
-                && (rung_seconds - seconds).abs() <= 1.0 / fps + 1e-3 * rs.len() as f64;
-            if !ok {
-                return Err(corrupt(format!(
-                    "{} has {rung_frames} frames over {rung_seconds:.3} s; the chunks have {frames} over {seconds:.3} s",
-                    r0.name
-                )));
-            }
+            source
+                .check(&r0.name, rung_frames, rung_seconds, rs.len())
+                .map_err(corrupt)?;
             let dir = out.join("hls").join(&r0.name);
             std::fs::create_dir_all(&dir)?;
             std::fs::write(dir.join("index.m3u8"), media_playlist(&list))?;
@@ -226,7 +140,7 @@ impl Worker {
                 uri: format!("{}/index.m3u8", r0.name),
                 width: r0.width,
                 height: r0.height,
-                frame_rate: fps,
+                frame_rate: 1.0 / source.frame_seconds,
                 codecs: if first.has_audio {
                     format!("{},mp4a.40.2", r0.codec_string)
                 } else {
@@ -295,46 +209,6 @@ impl Worker {
                 duration_ms: (seconds * 1000.0).round() as u64,
             },
         ))
-    }
-
-    /// Muxes a live pipelined fast tier's MP4 renditions from its HLS segments (stream copy)
-    /// and adds them to the playback. Background work: HLS plays meanwhile, and a failure
-    /// leaves the tier as it is.
-    pub(crate) async fn mux_chunks(&self, job: JobId) -> Outcome {
-        let inner = &self.inner;
-        let (video, todo) = match db::renditions_without_mp4(&inner.pool, job).await {
-            Ok(Some(x)) => x,
-            Ok(None) => return Outcome::Ack,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the renditions; will retry");
-                return Outcome::Retry;
-            }
-        };
-        let started = std::time::Instant::now();
-        for r in todo {
-            match self.mux_one(video, job, &r).await {
-                Ok(r) => {
-                    if let Err(e) =
-                        db::add_renditions(&inner.pool, video, job, Tier::Fast, &[r]).await
-                    {
-                        tracing::warn!(error = %e, "cannot record the MP4; will retry");
-                        return Outcome::Retry;
-                    }
-                }
-                Err(WorkError::Media(e)) => {
-                    tracing::warn!(rendition = r.name, error = %e, "no MP4 for this rendition");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "muxing failed; will retry");
-                    return Outcome::Retry;
-                }
-            }
-        }
-        tracing::info!(
-            secs = started.elapsed().as_secs_f64(),
-            "fast tier MP4s muxed"
-        );
-        Outcome::Ack
     }
 
     async fn mux_one(
@@ -475,6 +349,150 @@ impl LeasedTask for ChunkEncodeTask<'_> {
         {
             db::fail_tier(pool, job, Tier::Fast, code, message).await?;
         }
+        Ok(())
+    }
+}
+
+/// Publishing a live-ingest job's fast tier: playlists over the chunks' segments, the master
+/// playlist and the cover, then the playback pointer. Run by the driver, as a merge.
+pub(crate) struct PublishChunksTask<'a> {
+    pub worker: &'a Worker,
+    pub job: JobId,
+}
+
+impl LeasedTask for PublishChunksTask<'_> {
+    type Claim = LiveIngestMerge;
+    type Done = (TierOutput, VideoFacts, std::time::Instant);
+
+    fn what(&self) -> String {
+        "publishing".to_string()
+    }
+
+    async fn claim(&self) -> sqlx::Result<Option<LiveIngestMerge>> {
+        db::claim_live_ingest_merge(&self.worker.inner.pool, self.job).await
+    }
+
+    fn attempt(claim: &LiveIngestMerge) -> u32 {
+        claim.attempts
+    }
+
+    async fn run(&self, m: &LiveIngestMerge) -> Result<Self::Done, Failure> {
+        let started = std::time::Instant::now();
+        // Each chunk concealed what it could not decode; too much over the whole upload means
+        // the source is corrupt.
+        let frames: u64 = m.chunks.iter().map(|(_, e)| e.frames).sum();
+        let concealed: u64 = m.chunks.iter().map(|(_, e)| e.concealed_video_frames).sum();
+        let damage = &self.worker.inner.cfg.damage;
+        if let Err(why) = damage.check_share("video", concealed, frames) {
+            return Err(Failure::Fatal {
+                code: ErrorCode::CorruptStream,
+                message: why,
+            });
+        }
+        let (output, facts) = self
+            .worker
+            .package_chunks(self.job, m)
+            .await
+            .map_err(crate::packaging_failure)?;
+        Ok((output, facts, started))
+    }
+
+    async fn complete(
+        &self,
+        m: &LiveIngestMerge,
+        (output, facts, started): Self::Done,
+    ) -> sqlx::Result<()> {
+        let inner = &self.worker.inner;
+        let later = inner.pipeline.tiers.iter().any(|t| *t != Tier::Fast);
+        let live = db::publish_live_ingest(
+            &inner.pool,
+            self.job,
+            m.video,
+            &output,
+            &facts,
+            later,
+            inner.pipeline.swap_grace,
+        )
+        .await?;
+        if live {
+            metrics::counter!("vtx_tiers_live_total", "tier" => "fast").increment(1);
+            tracing::info!(
+                secs = started.elapsed().as_secs_f64(),
+                chunks = m.chunks.len(),
+                "fast tier live from the upload's chunks"
+            );
+        }
+        Ok(())
+    }
+
+    async fn give_up(&self, code: ErrorCode, message: &str) -> sqlx::Result<()> {
+        db::fail_tier(&self.worker.inner.pool, self.job, Tier::Fast, code, message).await
+    }
+}
+
+/// Muxing a live-ingest fast tier's MP4 renditions from its HLS segments (stream copy) and
+/// adding them to the playback. Background work: HLS plays meanwhile, a rendition that cannot
+/// be muxed is left HLS only, and the tier stays as it is whatever happens here. It keeps no
+/// attempt count: a storage or database failure is retried until it passes.
+pub(crate) struct MuxChunksTask<'a> {
+    pub worker: &'a Worker,
+    pub job: JobId,
+}
+
+impl LeasedTask for MuxChunksTask<'_> {
+    type Claim = (VideoId, Vec<db::HlsOnly>);
+    type Done = (Vec<NewRendition>, std::time::Instant);
+
+    fn what(&self) -> String {
+        "mux".to_string()
+    }
+
+    async fn claim(&self) -> sqlx::Result<Option<Self::Claim>> {
+        db::renditions_without_mp4(&self.worker.inner.pool, self.job).await
+    }
+
+    fn attempt(_: &Self::Claim) -> u32 {
+        1
+    }
+
+    async fn run(&self, (video, todo): &Self::Claim) -> Result<Self::Done, Failure> {
+        let started = std::time::Instant::now();
+        let mut muxed = Vec::new();
+        for r in todo {
+            match self.worker.mux_one(*video, self.job, r).await {
+                Ok(r) => muxed.push(r),
+                Err(WorkError::Media(e)) => {
+                    tracing::warn!(rendition = r.name, error = %e, "no MP4 for this rendition");
+                }
+                Err(e) => return Err(Failure::Retryable(e.to_string())),
+            }
+        }
+        Ok((muxed, started))
+    }
+
+    async fn complete(
+        &self,
+        (video, _): &Self::Claim,
+        (muxed, started): Self::Done,
+    ) -> sqlx::Result<()> {
+        db::add_renditions(
+            &self.worker.inner.pool,
+            *video,
+            self.job,
+            Tier::Fast,
+            &muxed,
+        )
+        .await?;
+        tracing::info!(
+            secs = started.elapsed().as_secs_f64(),
+            "fast tier MP4s muxed"
+        );
+        Ok(())
+    }
+
+    /// Never reached (a mux neither fails fatally nor runs out of attempts): nothing to record.
+    async fn give_up(&self, _: ErrorCode, message: &str) -> sqlx::Result<()> {
+        tracing::warn!(message, "the MP4s stay missing; the tier plays as HLS");
         Ok(())
     }
 }

@@ -11,7 +11,7 @@ use sqlx::postgres::PgPool;
 use sqlx::types::Json;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
-use vtx_domain::pipelined::ChunkEncode;
+use vtx_domain::live_ingest::ChunkEncode;
 use vtx_domain::{
     ChunkEncodeState, Container, ErrorCode, JobId, JobState, Lifecycle, Task, Tier, TierState,
     UploadId, UploadState, VideoId,
@@ -55,7 +55,7 @@ pub async fn claim_chunk_encode(
          WHERE c.upload_id = $1 AND c.idx = $2 AND u.id = c.upload_id
            AND u.job_id IS NOT NULL AND u.state = ANY($8)
            AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = u.job_id
-                           AND (NOT j.pipelined OR j.state = ANY($9)))
+                           AND (NOT j.live_ingest OR j.state = ANY($9)))
            AND c.encode_state = ANY($6)
            AND (c.encode_state = $7 OR c.encode_lease_until < now() OR c.encode_owner = $3)
          RETURNING c.object_key, c.encode_attempts, u.video_id, u.job_id, u.rotation",
@@ -66,7 +66,7 @@ pub async fn claim_chunk_encode(
     .bind(lease.as_secs_f64())
     .bind_move(move_to(ChunkEncodeState::Running))
     .bind(ChunkEncodeState::Queued)
-    // An upload still arriving, or completed pipelined (an aborted or expired one is not).
+    // An upload still arriving, or completed by live ingest (an aborted or expired one is not).
     .bind(vec![UploadState::Open, UploadState::Completed])
     .bind(JobState::terminal())
     .fetch_optional(pool)
@@ -145,7 +145,7 @@ pub async fn finish_chunk_encode(
 }
 
 /// A chunk's encode failed for good (`code`). Before completion this only marks the chunk: the
-/// upload then completes the ordinary way. After a pipelined completion it fails the fast tier.
+/// upload then completes the ordinary way. After a live-ingest completion it fails the fast tier.
 pub async fn fail_chunk_encode(
     pool: &PgPool,
     upload: UploadId,
@@ -155,7 +155,7 @@ pub async fn fail_chunk_encode(
 ) -> sqlx::Result<Option<JobId>> {
     let mut tx = pool.begin().await?;
     let job: Option<(Option<Uuid>, bool)> = sqlx::query_as(
-        "SELECT u.job_id, COALESCE(j.pipelined, false) FROM uploads u
+        "SELECT u.job_id, COALESCE(j.live_ingest, false) FROM uploads u
          LEFT JOIN jobs j ON j.id = u.job_id WHERE u.id = $1 FOR SHARE OF u",
     )
     .bind(upload.as_uuid())
@@ -188,7 +188,7 @@ async fn count_encoded_chunks(
 ) -> sqlx::Result<()> {
     let tier: Option<(i32,)> = sqlx::query_as(
         "SELECT t.slices_total FROM job_tiers t JOIN jobs j ON j.id = t.job_id
-         WHERE t.job_id = $1 AND t.tier = $2 AND t.state = $3 AND j.pipelined
+         WHERE t.job_id = $1 AND t.tier = $2 AND t.state = $3 AND j.live_ingest
          FOR UPDATE OF t",
     )
     .bind(job.as_uuid())
@@ -240,8 +240,8 @@ async fn count_encoded_chunks(
     Ok(())
 }
 
-/// Whether an upload can complete pipelined: it reserved a job and no chunk's encode failed.
-pub async fn pipelined_ids(
+/// Whether an upload can complete by live ingest: it reserved a job and no chunk's encode failed.
+pub async fn live_ingest_ids(
     tx: &mut Transaction<'static, Postgres>,
     upload: UploadId,
 ) -> sqlx::Result<Option<(VideoId, JobId, bool)>> {
@@ -262,10 +262,10 @@ pub async fn pipelined_ids(
 }
 
 /// Completes an upload whose chunks are being (or have been) encoded as they arrived: the
-/// upload, its video and its pipelined job with a fast tier over `chunks` chunks. The source
+/// upload, its video and its live-ingest job with a fast tier over `chunks` chunks. The source
 /// is not assembled here (the scheduler does it for the later tiers), so completing costs the
 /// same for a long video as for a short one.
-pub async fn complete_pipelined_upload(
+pub async fn complete_live_ingest_upload(
     tx: &mut Transaction<'static, Postgres>,
     upload: UploadId,
     video: VideoId,
@@ -310,25 +310,25 @@ pub async fn complete_pipelined_upload(
     count_encoded_chunks(tx, upload, job).await
 }
 
-/// A pipelined fast tier ready to publish: its chunks' encodes in order.
-pub struct PipelinedMerge {
+/// A live-ingest fast tier ready to publish: its chunks' encodes in order.
+pub struct LiveIngestMerge {
     pub video: VideoId,
     pub upload: UploadId,
     pub chunks: Vec<(u32, ChunkEncode)>,
     pub attempts: u32,
 }
 
-/// Claims the publication of a pipelined job's fast tier (counting an attempt); `None` unless
-/// the job is pipelined and its fast tier waits for it.
-pub async fn claim_pipelined_merge(
+/// Claims the publication of a live-ingest job's fast tier (counting an attempt); `None` unless
+/// the job is live ingest and its fast tier waits for it.
+pub async fn claim_live_ingest_merge(
     pool: &PgPool,
     job: JobId,
-) -> sqlx::Result<Option<PipelinedMerge>> {
+) -> sqlx::Result<Option<LiveIngestMerge>> {
     let row: Option<(Uuid, Uuid, i32)> = sqlx::query_as(
         "UPDATE job_tiers t SET merge_attempts = t.merge_attempts + 1
          FROM jobs j JOIN videos v ON v.id = j.video_id
          WHERE j.id = t.job_id AND t.job_id = $1 AND t.tier = $2 AND t.state = $3
-           AND j.pipelined AND NOT j.state = ANY($4)
+           AND j.live_ingest AND NOT j.state = ANY($4)
          RETURNING j.video_id, v.upload_id, t.merge_attempts",
     )
     .bind(job.as_uuid())
@@ -345,7 +345,7 @@ pub async fn claim_pipelined_merge(
             .bind(upload)
             .fetch_all(pool)
             .await?;
-    Ok(Some(PipelinedMerge {
+    Ok(Some(LiveIngestMerge {
         video: VideoId::from_uuid(video),
         upload: UploadId::from_uuid(upload),
         chunks: rows
@@ -357,17 +357,17 @@ pub async fn claim_pipelined_merge(
 }
 
 /// Whether a job's fast tier is made of its upload's chunks.
-pub async fn is_pipelined(pool: &PgPool, job: JobId) -> sqlx::Result<bool> {
-    let row: Option<(bool,)> = sqlx::query_as("SELECT pipelined FROM jobs WHERE id = $1")
+pub async fn is_live_ingest(pool: &PgPool, job: JobId) -> sqlx::Result<bool> {
+    let row: Option<(bool,)> = sqlx::query_as("SELECT live_ingest FROM jobs WHERE id = $1")
         .bind(job.as_uuid())
         .fetch_optional(pool)
         .await?;
     Ok(row.is_some_and(|(p,)| p))
 }
 
-/// Puts a pipelined fast tier live. With later tiers to run, the job goes to the scheduler
+/// Puts a live-ingest fast tier live. With later tiers to run, the job goes to the scheduler
 /// (which assembles the source and plans them); without, it is done.
-pub async fn publish_pipelined(
+pub async fn publish_live_ingest(
     pool: &PgPool,
     job: JobId,
     video: VideoId,
@@ -391,15 +391,15 @@ pub async fn publish_pipelined(
     Ok(true)
 }
 
-/// The chunk objects of a pipelined job's upload, in order (the scheduler assembles the source
+/// The chunk objects of a live-ingest job's upload, in order (the scheduler assembles the source
 /// from them); `None` for a job whose source was assembled at completion.
-pub async fn pipelined_chunk_keys(
+pub async fn live_ingest_chunk_keys(
     pool: &PgPool,
     job: JobId,
 ) -> sqlx::Result<Option<(UploadId, Vec<String>)>> {
     let upload: Option<(Uuid,)> = sqlx::query_as(
         "SELECT v.upload_id FROM jobs j JOIN videos v ON v.id = j.video_id
-         WHERE j.id = $1 AND j.pipelined AND v.upload_id IS NOT NULL",
+         WHERE j.id = $1 AND j.live_ingest AND v.upload_id IS NOT NULL",
     )
     .bind(job.as_uuid())
     .fetch_optional(pool)
@@ -453,7 +453,7 @@ pub async fn reap_expired_chunk_encodes(pool: &PgPool) -> sqlx::Result<u64> {
     Ok(rows.len() as u64)
 }
 
-/// A rendition of a live pipelined fast tier that has no MP4 yet.
+/// A rendition of a live-ingest fast tier that has no MP4 yet.
 pub struct HlsOnly {
     pub name: String,
     pub codec: String,
@@ -462,14 +462,14 @@ pub struct HlsOnly {
     pub height: u32,
 }
 
-/// A pipelined fast tier's HLS renditions that have no MP4 yet.
+/// A live-ingest fast tier's HLS renditions that have no MP4 yet.
 pub async fn renditions_without_mp4(
     pool: &PgPool,
     job: JobId,
 ) -> sqlx::Result<Option<(VideoId, Vec<HlsOnly>)>> {
     let rows: Vec<(Uuid, String, String, String, i32, i32)> = sqlx::query_as(
         "SELECT h.video_id, h.name, h.codec, h.object_key, h.width, h.height FROM renditions h
-         JOIN jobs j ON j.id = h.job_id AND j.pipelined
+         JOIN jobs j ON j.id = h.job_id AND j.live_ingest
          WHERE h.job_id = $1 AND h.tier = $2 AND h.container = $3
            AND NOT EXISTS (SELECT 1 FROM renditions m WHERE m.video_id = h.video_id
                            AND m.job_id = h.job_id AND m.tier = h.tier AND m.name = h.name

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use vtx_domain::hls::MediaPlaylist;
-use vtx_domain::pipelined::{ChunkEncode, ChunkRendition, Segment};
+use vtx_domain::live_ingest::{ChunkEncode, ChunkRendition, Segment};
 
 use crate::encoder::Tier;
 use crate::merge::{EncodedSlice, MergeRequest, merge_rendition};
@@ -54,23 +54,11 @@ pub fn encode_chunk(
         })
         .unzip();
     let request = TranscodeRequest {
-        input: input.to_path_buf(),
-        window: None,
-        // Keyframes on the 2 s grid of the upload's clock: the same grid in every chunk.
+        // Keyframes on the GOP grid of the upload's clock: the same grid in every chunk.
         timeline_offset: v.start_pts,
-        outputs: outputs.clone(),
-        tier,
-        gop_seconds: 2.0,
         frame_rate: Some(v.frame_rate_q),
         rotation,
-        watermark: options.watermark.clone(),
-        audio: false,
-        threads: options.threads,
-        h264_encoder: options.h264_encoder.clone(),
-        crf: None,
-        damage: options.damage,
-        deadline,
-        progress: options.progress.clone(),
+        ..options.video_request(input, outputs.clone(), tier, deadline)
     };
     let reports = transcode_ladder(&request)?;
     let mut renditions = Vec::new();

@@ -7,7 +7,7 @@ mod support;
 use std::path::Path;
 
 use ffmpeg_next::{Rational, media};
-use vtx_domain::pipelined::{ChunkEncode, check_chunks};
+use vtx_domain::live_ingest::{ChunkEncode, check_chunks};
 use vtx_media::{Deadline, Limits, VideoCodec, cut_chunks, probe, remux_hls_to_mp4};
 use vtx_testkit::{gop_bframes, phone_like_twice};
 

@@ -1,0 +1,2 @@
+-- One name for transcoding while the upload arrives: "live ingest".
+ALTER TABLE jobs RENAME COLUMN pipelined TO live_ingest;
