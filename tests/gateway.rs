@@ -1171,7 +1171,7 @@ async fn user_of(app: &TestApp) -> Client {
         .await
         .unwrap()
         .token;
-    Client::new(app.client.base()).with_token(grant.as_str())
+    app.client.with_token(grant.as_str())
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -1386,7 +1386,8 @@ async fn every_hop_can_run_over_tls(pool: PgPool) {
 
     let client = Client::trusting(&base, gateway.cert_pem.as_bytes())
         .unwrap()
-        .with_token(token.as_str());
+        .with_token(token.as_str())
+        .with_cutter(vtx_chunker::cutter());
     let opts = vtx_client::UploadOptions {
         chunk_seconds: 2.0,
         concurrency: 2,

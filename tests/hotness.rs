@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use vtx_client::ApiFailure;
 use vtx_domain::VideoId;
 use vtx_domain::api::{PlayEvent, PlaysRequest};
-use vtx_scheduler::hotness::{LOCK_KEY, Tracker};
+use vtx_hotness::{LOCK_KEY, Tracker};
 use vtx_tests::{Services, TestApp, derived, fetch_hls, get_text, media};
 
 const WITHIN: Duration = Duration::from_secs(300);

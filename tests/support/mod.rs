@@ -251,7 +251,8 @@ impl TestApp {
             ),
         };
         let client = Client::new(stack.gateway_url().expect("a gateway"))
-            .with_token(cfg.auth.service_tokens[0].expose());
+            .with_token(cfg.auth.service_tokens[0].expose())
+            .with_cutter(vtx_chunker::cutter());
         TestApp {
             client,
             pool,

@@ -22,7 +22,9 @@ pub(crate) fn service_client(gateway: GatewayArgs) -> anyhow::Result<vtx_client:
         Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
         None => Vec::new(),
     };
-    Ok(vtx_client::Client::trusting(gateway.url, &ca)?.with_token(token.expose()))
+    Ok(vtx_client::Client::trusting(gateway.url, &ca)?
+        .with_token(token.expose())
+        .with_cutter(vtx_chunker::cutter()))
 }
 
 pub(crate) async fn upload(

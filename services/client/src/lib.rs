@@ -69,12 +69,16 @@ pub struct Client {
     base: String,
     /// Bearer token sent with every API call: a service, grant or upload token.
     token: Option<std::sync::Arc<str>>,
+    /// How files become chunks; without one they go whole over tus.
+    cutter: Option<std::sync::Arc<dyn Cutter>>,
 }
 
+mod cut;
 mod retry;
 mod tus;
 mod upload;
 
+pub use cut::{Chunk, Cut, CutError, Cutter};
 pub use upload::UploadOptions;
 
 /// What an upload did, with its timings.
@@ -122,6 +126,7 @@ impl Client {
             http,
             base: base.into().trim_end_matches('/').to_string(),
             token: None,
+            cutter: None,
         })
     }
 
@@ -130,6 +135,14 @@ impl Client {
         Self {
             token: Some(token.into()),
             ..self.clone()
+        }
+    }
+
+    /// The same client, cutting files into chunks with `cutter` before it uploads them.
+    pub fn with_cutter(self, cutter: std::sync::Arc<dyn Cutter>) -> Self {
+        Self {
+            cutter: Some(cutter),
+            ..self
         }
     }
 

@@ -15,7 +15,7 @@ use vtx_domain::UploadId;
 use vtx_domain::api::CreateUpload;
 
 use crate::retry::retry;
-use crate::{Client, Progress, UploadReport};
+use crate::{Chunk, Client, CutError, Progress, UploadReport};
 
 #[derive(Clone, Debug)]
 pub struct UploadOptions {
@@ -68,31 +68,23 @@ pub(crate) async fn run(
     progress: Progress<'_>,
 ) -> anyhow::Result<UploadReport> {
     let dir = tempfile::tempdir()?;
+    let Some(cutter) = client.cutter.clone() else {
+        return crate::tus::upload_whole(client, path, progress).await;
+    };
     let (chunks, rotation) = {
         let (input, out, secs) = (
             path.to_path_buf(),
             dir.path().to_path_buf(),
             opts.chunk_seconds,
         );
-        let cut = tokio::task::spawn_blocking(move || {
-            let deadline = vtx_media::Deadline::after(Duration::from_secs(600));
-            Ok::<_, vtx_media::MediaError>((
-                vtx_media::cut_chunks(&input, &out, secs, deadline)?,
-                vtx_media::source_rotation(&input)?,
-            ))
-        })
-        .await?;
+        let cut = tokio::task::spawn_blocking(move || cutter.cut(&input, &out, secs)).await?;
         match cut {
-            Ok(cut) => cut,
-            // The file itself cannot be read, or cutting ran out of time: nothing sensible to
-            // send whole either.
-            Err(e @ (vtx_media::MediaError::Io(_) | vtx_media::MediaError::Timeout)) => {
-                return Err(anyhow::Error::new(e).context(format!("cutting {}", path.display())));
+            Ok(cut) => (cut.chunks, cut.rotation),
+            Err(CutError::Unreadable(e)) => {
+                return Err(e.context(format!("cutting {}", path.display())));
             }
-            // Whatever cannot go into MPEG-TS chunks (a codec, missing timestamps, an edit
-            // list, open GOPs, a muxer's refusal, even a file that is no video) goes whole:
-            // the service transcodes what it can and names what it cannot with a stable code.
-            Err(why) => {
+            // The service transcodes what it can and names what it cannot with a stable code.
+            Err(CutError::Unchunkable(why)) => {
                 tracing::info!(%why, "cannot cut into chunks; sending the file whole over tus");
                 return crate::tus::upload_whole(client, path, progress).await;
             }
@@ -183,7 +175,7 @@ pub(crate) async fn run(
     }
     progress(sent.load(Ordering::Relaxed), total);
     let results: Vec<anyhow::Result<Instant>> = futures_util::stream::iter(to_send)
-        .map(|c: vtx_media::CutChunk| {
+        .map(|c: Chunk| {
             let (this, sent) = (&this, &sent);
             async move {
                 if opts.live {

@@ -3,7 +3,6 @@
 //! the housekeeping no single worker can: re-queuing slices whose worker vanished and deleting
 //! objects nobody needs any more.
 
-pub mod hotness;
 mod planning;
 
 use std::path::PathBuf;

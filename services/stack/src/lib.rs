@@ -149,11 +149,7 @@ impl Stack {
             tasks.spawn(w.clone().run(broker.clone(), shutdown.clone()));
         }
         if roles.hotness {
-            let t = vtx_scheduler::hotness::Tracker::new(
-                pool.clone(),
-                broker.clone(),
-                cfg.hotness.clone(),
-            );
+            let t = vtx_hotness::Tracker::new(pool.clone(), broker.clone(), cfg.hotness.clone());
             tasks.spawn(t.run(shutdown.clone()));
         }
         let mut gateway_url = None;

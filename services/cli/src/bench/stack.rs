@@ -66,7 +66,8 @@ impl BenchStack {
         };
         let services = vtx_stack::Stack::start(&cfg, resources, roles).await?;
         let client = vtx_client::Client::new(services.gateway_url().expect("a gateway"))
-            .with_token(cfg.auth.service_tokens[0].expose());
+            .with_token(cfg.auth.service_tokens[0].expose())
+            .with_cutter(vtx_chunker::cutter());
         Ok(Self {
             client,
             pool,
@@ -172,7 +173,9 @@ impl BenchStack {
             .to_string();
         Ok((
             child,
-            vtx_client::Client::new(url).with_token(self.service_token()?),
+            vtx_client::Client::new(url)
+                .with_token(self.service_token()?)
+                .with_cutter(vtx_chunker::cutter()),
         ))
     }
 

@@ -2,7 +2,7 @@
 //! one playlist per rendition, play as one stream with every frame of the source and the audio
 //! in step.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

@@ -5,7 +5,7 @@
 //! `vtx transcode` (sliced) and through chunks encoded one by one, checked from the outside with
 //! ffprobe against the source.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,8 @@
+//! The end-to-end tests, one module per area, in one binary (each binary links the whole
+//! stack). The chaos test has a binary of its own.
+
+mod e2e;
+mod fidelity;
+mod gateway;
+mod hotness;
+mod pipeline;
