@@ -2,7 +2,7 @@
 //! container, huge claimed duration, random bytes with MPEG-TS sync bytes, zero-length, a decode
 //! bomb) through the chunk check and the whole pipeline. Every one ends in a typed error with a
 //! stable code, or a faithful transcode; none panics, hangs or runs away with memory. Prints a
-//! table (`cargo test -p vtx-media --test hostile -- --nocapture`); docs/benchmarks.md keeps it.
+//! table (`cargo test -p vtx-media --test suite hostile -- --nocapture`); docs/benchmarks.md keeps it.
 
 use std::time::{Duration, Instant};
 
