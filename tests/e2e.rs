@@ -206,6 +206,48 @@ async fn three_chunks_out_of_order_become_a_playable_video_with_every_frame(pool
         let got = probe(&path, &Limits::default(), Deadline::none()).unwrap();
         assert_eq!(got.video.frames, source.video.frames, "high {}", h.name);
     }
+    // A player asks which rendition to load: the smallest that covers it, by form and network.
+    let ladder: Vec<(u32, u64)> = high_playback
+        .mp4
+        .iter()
+        .map(|r| (r.height, r.bitrate))
+        .collect();
+    let full = app
+        .client
+        .playback(
+            done.video_id,
+            "form=fullscreen&network=wifi&screen=390x844&dpr=3",
+        )
+        .await
+        .unwrap();
+    let feed = app
+        .client
+        .playback(done.video_id, "form=feed&network=wifi&screen=390x844&dpr=1")
+        .await
+        .unwrap();
+    assert_eq!(full.hls, high_playback.hls);
+    assert!(high_playback.mp4.iter().any(|r| r.url == full.chosen.url));
+    assert!(full.chosen.prefetch_bytes_3s.is_some_and(|b| b > 0));
+    assert!(
+        feed.chosen.height <= full.chosen.height && feed.player_height < full.player_height,
+        "feed {:?} full {:?} ladder {ladder:?}",
+        (feed.chosen.height, feed.player_height),
+        (full.chosen.height, full.player_height)
+    );
+    assert_eq!(feed.alternatives.len() + 1, high_playback.mp4.len());
+    for bad in [
+        "form=tiny&screen=390x844",
+        "screen=0x844",
+        "screen=390x844&dpr=40",
+        "",
+    ] {
+        let err = app.client.playback(done.video_id, bad).await.unwrap_err();
+        assert!(
+            format!("{err:#}").contains("invalid-query"),
+            "{bad}: {err:#}"
+        );
+    }
+
     let job = app.client.job(done.job_id).await.unwrap();
     assert_eq!(job.state, "succeeded");
     let tiers: Vec<(&str, &str)> = job

@@ -1405,3 +1405,117 @@ async fn every_hop_can_run_over_tls(pool: PgPool) {
     assert_eq!(video.frames, Some(frames_of(&clip)));
     app.stop().await;
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn browsers_get_cors_on_playback_objects_and_on_the_api_for_configured_origins(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        &[("VTX_CORS_ORIGINS", "http://app.example:3000")],
+        vtx_tests::Services {
+            worker: false,
+            scheduler: false,
+        },
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let base = app.client.base();
+    let preflight = |path: &str, origin: &str, method: &str, headers: &str| {
+        http.request(reqwest::Method::OPTIONS, format!("{base}{path}"))
+            .header("origin", origin)
+            .header("access-control-request-method", method)
+            .header("access-control-request-headers", headers)
+            .send()
+    };
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_ascii_lowercase())
+    };
+
+    // Playback objects: any origin may fetch them, with Range.
+    let r = preflight(
+        "/v1/media/videos/x/y/fast/hls/index.m3u8",
+        "http://player.example",
+        "GET",
+        "range",
+    )
+    .await
+    .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(
+        header(&r, "access-control-allow-origin").as_deref(),
+        Some("*")
+    );
+    assert!(
+        header(&r, "access-control-allow-headers")
+            .unwrap()
+            .contains("range")
+    );
+    let r = http
+        .get(format!("{base}/v1/media/videos/x/y/fast/hls/index.m3u8"))
+        .header("origin", "http://player.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        header(&r, "access-control-allow-origin").as_deref(),
+        Some("*")
+    );
+    let exposed = header(&r, "access-control-expose-headers").unwrap();
+    assert!(exposed.contains("content-range") && exposed.contains("content-length"));
+
+    // tus and the API: the configured origin only, with the tus headers exposed.
+    let r = preflight(
+        "/v1/tus",
+        "http://app.example:3000",
+        "POST",
+        "tus-resumable,upload-length,upload-metadata,authorization",
+    )
+    .await
+    .unwrap();
+    assert!(r.status().is_success());
+    assert_eq!(
+        header(&r, "access-control-allow-origin").as_deref(),
+        Some("http://app.example:3000")
+    );
+    assert!(
+        header(&r, "access-control-allow-methods")
+            .unwrap()
+            .contains("patch")
+    );
+    let allowed = header(&r, "access-control-allow-headers").unwrap();
+    assert!(allowed.contains("upload-length") && allowed.contains("authorization"));
+    let r = preflight("/v1/tus", "http://evil.example", "POST", "tus-resumable")
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "access-control-allow-origin"), None);
+    let r = http
+        .post(format!("{base}/v1/tus"))
+        .header("origin", "http://app.example:3000")
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        header(&r, "access-control-allow-origin").as_deref(),
+        Some("http://app.example:3000")
+    );
+    assert!(
+        header(&r, "access-control-expose-headers")
+            .unwrap()
+            .contains("upload-offset")
+    );
+
+    // tus discovery (a plain OPTIONS) still reaches tus.
+    let r = http
+        .request(reqwest::Method::OPTIONS, format!("{base}/v1/tus"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&r, "tus-version").as_deref(), Some("1.0.0"));
+    app.stop().await;
+}

@@ -6,3 +6,4 @@ mod fidelity;
 mod gateway;
 mod hotness;
 mod pipeline;
+mod webhooks;

@@ -9,7 +9,8 @@
 #     its data under .vtx/s3 in this checkout (ignored by git)
 #   - migrations applied and the bucket created (`vtx migrate`)
 #   - a random local service token in .vtx/service-token
-#   - tuspy (a tus client, for the tests) in a virtualenv under .vtx/py
+#   - tuspy (a tus client) and standardwebhooks (a webhook verifier), for the tests, in a
+#     virtualenv under .vtx/py
 #
 # Works as root or through sudo. No systemd needed.
 set -euo pipefail
@@ -118,6 +119,14 @@ if ! "$STATE/py/bin/python" -c "import tusclient" 2>/dev/null; then
     python3 -m venv "$STATE/py"
   fi
   "$STATE/py/bin/pip" install --quiet --disable-pip-version-check "tuspy==$TUSPY_VERSION"
+fi
+# standardwebhooks (the Standard Webhooks reference library): the webhook tests' receiver
+# verifies every signature with it, not with code of ours.
+STANDARDWEBHOOKS_VERSION="1.1.0"
+if ! "$STATE/py/bin/python" -c "import standardwebhooks" 2>/dev/null; then
+  log "installing standardwebhooks $STANDARDWEBHOOKS_VERSION into $STATE/py"
+  "$STATE/py/bin/pip" install --quiet --disable-pip-version-check \
+    "standardwebhooks==$STANDARDWEBHOOKS_VERSION"
 fi
 
 # --- Schema and bucket ------------------------------------------------------------------------

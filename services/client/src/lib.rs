@@ -293,6 +293,23 @@ impl Client {
         .await
     }
 
+    /// The rendition a player should load (`query`: `form=feed&network=cellular&screen=390x844&dpr=3`).
+    pub async fn playback(
+        &self,
+        id: VideoId,
+        query: &str,
+    ) -> anyhow::Result<vtx_domain::api::PlaybackChoice> {
+        Self::parse(
+            self.request(
+                reqwest::Method::GET,
+                &format!("/v1/videos/{id}/playback?{query}"),
+            )
+            .send()
+            .await?,
+        )
+        .await
+    }
+
     pub async fn video(&self, id: VideoId) -> anyhow::Result<VideoView> {
         Self::parse(
             self.request(reqwest::Method::GET, &format!("/v1/videos/{id}"))

@@ -173,6 +173,27 @@ pub struct Playback {
     pub alternatives: Vec<RenditionView>,
 }
 
+/// `GET /v1/videos/{id}/playback`: the rendition this player should load, by the rule of
+/// `vtx_domain::playback`, with the others it could fall back to.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PlaybackChoice {
+    pub video_id: crate::VideoId,
+    /// The rendition to load (an MP4, or an HLS media playlist while a live-ingest tier has
+    /// no MP4 yet); `prefetch_bytes_3s` is what to fetch ahead for autoplay.
+    pub chosen: RenditionView,
+    /// The HLS master playlist for an adaptive player (with the declared codecs' variants).
+    pub hls: Option<String>,
+    pub cover: Option<String>,
+    /// Every other rendition the client decodes, smallest bitrate first.
+    pub alternatives: Vec<RenditionView>,
+    /// Why: the player's size in device pixels, the height the picture is shown at, and
+    /// whether the cellular cap stepped the choice down.
+    pub player_width: u32,
+    pub player_height: u32,
+    pub shown_height: u32,
+    pub capped: bool,
+}
+
 /// A video's extreme encode: why it was picked, where it stands, and what each rendition
 /// saved against the high tier.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -15,9 +15,11 @@ pub mod ladder;
 pub mod live_ingest;
 pub mod messages;
 pub mod plan;
+pub mod playback;
 pub mod slicing;
 pub mod state;
 mod text;
+pub mod webhooks;
 
 pub use error_code::ErrorCode;
 pub use ids::{ChunkIndex, JobId, UploadId, VideoId};
@@ -26,6 +28,6 @@ pub use messages::Task;
 pub use plan::{Container, JobPlan, Tier};
 pub use slicing::{Grid, SliceWindow, plan_slices, plan_slices_on_grid, slice_seconds_for};
 pub use state::{
-    ChunkEncodeState, ExtremeState, JobKind, JobState, Lifecycle, SliceState, TierState,
-    UploadProtocol, UploadState, VideoState,
+    ChunkEncodeState, DeliveryState, ExtremeState, JobKind, JobState, Lifecycle, SliceState,
+    TierState, UploadProtocol, UploadState, VideoState,
 };

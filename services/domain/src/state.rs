@@ -66,6 +66,14 @@ text_enum!(
     Failed => "failed",
 });
 
+text_enum!(
+    /// One webhook endpoint's copy of an event (`webhook_deliveries.state`).
+    DeliveryState {
+    Pending => "pending",
+    Delivered => "delivered",
+    Failed => "failed",
+});
+
 text_enum!(JobState {
     Queued => "queued",
     Scheduled => "scheduled",
@@ -186,6 +194,14 @@ lifecycle!(ExtremeState {
     (Encoding, Failed),
 });
 
+lifecycle!(DeliveryState {
+    // A failed attempt with attempts left: it waits for its next try.
+    (Pending, Pending),
+    (Pending, Delivered),
+    // The retry schedule ran out.
+    (Pending, Failed),
+});
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,5 +267,6 @@ mod tests {
             ChunkEncodeState::Queued,
         ]);
         every_state_is_reachable_or_initial(&[ExtremeState::Queued]);
+        every_state_is_reachable_or_initial(&[DeliveryState::Pending]);
     }
 }

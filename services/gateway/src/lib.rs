@@ -5,16 +5,19 @@
 
 mod auth;
 mod body;
+mod cors;
 mod error;
 mod grants;
 mod health;
 pub mod inspect;
 mod media;
+mod playback;
 mod plays;
 mod staged;
 mod status;
 mod tus;
 mod uploads;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,6 +56,10 @@ pub struct AppState {
     pub plays: Arc<plays::PlayCounter>,
     /// Request bodies in flight per grant.
     pub inflight: grants::InFlight,
+    /// The rendition rule of `GET /v1/videos/{id}/playback`.
+    pub playback: vtx_domain::playback::PlaybackPolicy,
+    /// Origins allowed to call the API from a browser.
+    pub cors_origins: Arc<[String]>,
 }
 
 pub struct Gateway {
@@ -65,6 +72,9 @@ pub struct Gateway {
     flush_every: std::time::Duration,
     connections: Arc<tokio::sync::Semaphore>,
     shutdown_grace: std::time::Duration,
+    /// For the webhook dispatcher, which renders events as the status API does.
+    state: AppState,
+    webhooks: webhooks::dispatch::DispatchSettings,
 }
 
 impl Gateway {
@@ -129,10 +139,18 @@ impl Gateway {
             live_ingest: cfg.pipeline.live_ingest,
             plays: plays.clone(),
             inflight: grants::InFlight::default(),
+            playback: cfg.web.playback,
+            cors_origins: cfg.web.cors_origins.clone().into(),
         };
         Ok(Self {
             listener,
-            router: router(state),
+            router: router(state.clone()),
+            state,
+            webhooks: webhooks::dispatch::DispatchSettings {
+                retry: cfg.web.webhook_retry.clone(),
+                timeout: cfg.web.webhook_timeout,
+                concurrency: cfg.web.webhook_concurrency,
+            },
             addr,
             public_url,
             plays,
@@ -170,6 +188,12 @@ impl Gateway {
             );
             tokio::spawn(async move { plays.run(pool, every, stop).await })
         };
+        // Webhooks are sent beside the requests, never in their way.
+        let dispatcher = tokio::spawn(webhooks::dispatch::run(
+            self.state.clone(),
+            self.webhooks.clone(),
+            flush_stop.clone(),
+        ));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.max_buf_size(READ_BUFFER)
@@ -214,6 +238,7 @@ impl Gateway {
         }
         flush_stop.cancel();
         let _ = flusher.await;
+        let _ = dispatcher.await;
         Ok(())
     }
 }
@@ -222,10 +247,24 @@ impl Gateway {
 const READ_BUFFER: usize = 32 << 10;
 
 pub fn router(state: AppState) -> Router {
+    let api_cors = cors::api(&state.cors_origins);
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(|| async { vtx_infra::metrics::render() }))
+        .merge(api_routes().merge(tus_routes()).layer(api_cors))
+        .merge(
+            Router::new()
+                .route("/v1/media/{*key}", get(media::serve))
+                .layer(cors::playback()),
+        )
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// The API a browser page may call from a configured origin.
+fn api_routes() -> Router<AppState> {
+    Router::new()
         .route("/v1/upload-tokens", post(uploads::grant))
         .route("/v1/uploads", post(uploads::create))
         .route(
@@ -236,12 +275,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/uploads/{id}/complete", post(uploads::complete))
         .route("/v1/jobs/{id}", get(status::job))
         .route("/v1/videos/{id}", get(status::video))
-        .route("/v1/media/{*key}", get(media::serve))
+        .route("/v1/videos/{id}/playback", get(playback::choose_rendition))
         .route("/v1/plays", post(plays::record))
         .route("/v1/hot", get(plays::hot))
-        .merge(tus_routes())
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::show)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
 }
 
 fn tus_routes() -> Router<AppState> {

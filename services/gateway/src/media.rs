@@ -60,8 +60,7 @@ pub async fn serve(
         .header(header::CONTENT_TYPE, content_type)
         .header(header::CONTENT_LENGTH, obj.content_length)
         .header(header::ACCEPT_RANGES, "bytes")
-        // Keys are versioned per job, so an object never changes once written.
-        .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable");
+        .header(header::CACHE_CONTROL, cache_control(&key));
     if let Some(cr) = obj
         .content_range
         .as_deref()
@@ -78,6 +77,17 @@ pub async fn serve(
     }
     resp.body(Body::from_stream(stream))
         .map_err(ApiError::internal)
+}
+
+/// Segments, MP4s and covers never change once written (keys are versioned per job and tier):
+/// cached for good. Playlists are cached briefly, so a playlist that grows (or a master that
+/// gains variants) is seen soon.
+fn cache_control(key: &str) -> &'static str {
+    if key.ends_with(".m3u8") {
+        "public, max-age=10"
+    } else {
+        "public, max-age=31536000, immutable"
+    }
 }
 
 /// The one byte range a `Range` header asks for, as the object store takes it. Anything else

@@ -80,7 +80,7 @@ pub fn media_url(state: &AppState, key: &str) -> String {
     format!("{}/v1/media/{key}", state.public_url)
 }
 
-fn rendition_view(state: &AppState, r: db::RenditionRow) -> RenditionView {
+pub(crate) fn rendition_view(state: &AppState, r: db::RenditionRow) -> RenditionView {
     RenditionView {
         url: media_url(state, &r.object_key),
         name: r.name,
@@ -113,54 +113,19 @@ pub async fn video(
 ) -> ApiResult<Json<VideoView>> {
     caller.require_service()?;
     let id: VideoId = parse_id(&id, "video-not-found", "video")?;
+    Ok(Json(video_view(&state, id, q.codecs.as_deref()).await?))
+}
+
+/// A video's status body (also what video webhooks carry); `codecs` as in `?codecs=`.
+pub(crate) async fn video_view(
+    state: &AppState,
+    id: VideoId,
+    codecs: Option<&str>,
+) -> ApiResult<VideoView> {
     let v = db::get_video(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::not_found("video-not-found", "video"))?;
-    let playback = if v.state == VideoState::Published {
-        let mp4 = db::live_renditions(&state.pool, id)
-            .await?
-            .into_iter()
-            // A live-ingest fast tier is HLS only: its renditions are in the master playlist.
-            .filter(|r| r.container == "mp4")
-            .map(|r| rendition_view(&state, r))
-            .collect();
-        let wanted: Vec<&str> = q
-            .codecs
-            .as_deref()
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .collect();
-        let alternatives = if wanted.is_empty() {
-            Vec::new()
-        } else {
-            db::extreme_renditions(&state.pool, id)
-                .await?
-                .into_iter()
-                .filter(|r| wanted.contains(&r.codec.as_str()))
-                .map(|r| rendition_view(&state, r))
-                .collect()
-        };
-        // The HLS master lists the declared codecs' extreme variants beside the H.264 ones.
-        let set = vtx_domain::hls::codec_set(alternatives.iter().map(|r| r.codec.as_str()));
-        let combined = if set.is_empty() {
-            None
-        } else {
-            db::extreme_hls_master(&state.pool, id, &set).await?
-        };
-        Some(Playback {
-            hls: combined
-                .as_deref()
-                .or(v.hls_master_key.as_deref())
-                .map(|k| media_url(&state, k)),
-            mp4,
-            cover: v.cover_key.as_deref().map(|k| media_url(&state, k)),
-            alternatives,
-        })
-    } else {
-        None
-    };
+    let playback = playback_of(state, id, &v, codecs).await?;
     let extreme = db::extreme_of(&state.pool, id)
         .await?
         .map(|(state, reason, score, verdicts)| ExtremeView {
@@ -187,7 +152,7 @@ pub async fn video(
         }
         None => None,
     };
-    Ok(Json(VideoView {
+    Ok(VideoView {
         id,
         state: v.state,
         width: v.width.map(|x| x as u32),
@@ -204,5 +169,59 @@ pub async fn video(
         extreme,
         created_at: rfc3339(v.created_at),
         updated_at: rfc3339(v.updated_at),
-    }))
+    })
+}
+
+/// What a published video plays: its live renditions, the HLS master (with the extreme
+/// variants of the declared `codecs`, comma-separated), the cover. `None` before publication.
+pub(crate) async fn playback_of(
+    state: &AppState,
+    id: VideoId,
+    v: &db::VideoRow,
+    codecs: Option<&str>,
+) -> ApiResult<Option<Playback>> {
+    if v.state != VideoState::Published {
+        return Ok(None);
+    }
+    {
+        let mp4 = db::live_renditions(&state.pool, id)
+            .await?
+            .into_iter()
+            // A live-ingest fast tier is HLS only: its renditions are in the master playlist.
+            .filter(|r| r.container == "mp4")
+            .map(|r| rendition_view(state, r))
+            .collect();
+        let wanted: Vec<&str> = codecs
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        let alternatives = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            db::extreme_renditions(&state.pool, id)
+                .await?
+                .into_iter()
+                .filter(|r| wanted.contains(&r.codec.as_str()))
+                .map(|r| rendition_view(state, r))
+                .collect()
+        };
+        // The HLS master lists the declared codecs' extreme variants beside the H.264 ones.
+        let set = vtx_domain::hls::codec_set(alternatives.iter().map(|r| r.codec.as_str()));
+        let combined = if set.is_empty() {
+            None
+        } else {
+            db::extreme_hls_master(&state.pool, id, &set).await?
+        };
+        Ok(Some(Playback {
+            hls: combined
+                .as_deref()
+                .or(v.hls_master_key.as_deref())
+                .map(|k| media_url(state, k)),
+            mp4,
+            cover: v.cover_key.as_deref().map(|k| media_url(state, k)),
+            alternatives,
+        }))
+    }
 }

@@ -21,6 +21,80 @@ pub(crate) struct MergeTask<'a> {
     pub tier: Tier,
 }
 
+impl Worker {
+    /// Packages a tier from its encoded slices, verifies it against the plan and uploads it.
+    pub(crate) async fn merge(
+        &self,
+        job: JobId,
+        tier: Tier,
+        ctx: &WorkContext,
+    ) -> Result<TierOutput, WorkError> {
+        let (_scratch, out, packaged) = self.package_tier(job, tier, ctx).await?;
+        let dest = keys::tier_output(ctx.video_id, job, tier);
+        upload_tree(&self.inner.store, &out, &dest).await?;
+        Ok(tier_output(&dest, &packaged))
+    }
+
+    /// Downloads a tier's encoded slices and the audio and packages them (MP4 + HLS + cover)
+    /// in a scratch directory, verified against the plan: (scratch, output directory, result).
+    pub(crate) async fn package_tier(
+        &self,
+        job: JobId,
+        tier: Tier,
+        ctx: &WorkContext,
+    ) -> Result<(tempfile::TempDir, PathBuf, vtx_media::Packaged), WorkError> {
+        let inner = &self.inner;
+        let scratch = tempfile::Builder::new()
+            .prefix("vtx-merge-")
+            .tempdir_in(&inner.scratch)?;
+        let encoded = scratch.path().join("encoded");
+        std::fs::create_dir_all(&encoded)?;
+        let plan = &ctx.plan;
+        let prefix = keys::encoded(job, tier);
+        for (_, _, name) in plan_outputs(tier, plan.display_width, plan.display_height) {
+            for w in &plan.slices {
+                let path = encoded_slice_path(&encoded, w.index, &name);
+                let file = path
+                    .file_name()
+                    .expect("a file")
+                    .to_string_lossy()
+                    .into_owned();
+                inner
+                    .store
+                    .download_to(&format!("{prefix}{file}"), &path)
+                    .await?;
+            }
+        }
+        let audio = match &ctx.audio_key {
+            Some(key) => {
+                let p = scratch.path().join("audio.m4a");
+                inner.store.download_to(key, &p).await?;
+                Some(p)
+            }
+            None => None,
+        };
+        let out = scratch.path().join("out");
+        let (plan2, out2, timeout) = (plan.clone(), out.clone(), inner.cfg.transcode_timeout);
+        let span = tracing::Span::current();
+        let packaged = run_blocking(timeout, move || {
+            let _e = span.enter();
+            let packaged = package(
+                &plan2,
+                tier,
+                &encoded,
+                audio.as_deref(),
+                &out2,
+                true,
+                Deadline::after(timeout),
+            )?;
+            verify_packaged(&plan2, &packaged)?;
+            Ok(packaged)
+        })
+        .await?;
+        Ok((scratch, out, packaged))
+    }
+}
+
 impl LeasedTask for MergeTask<'_> {
     type Claim = WorkContext;
     type Done = (TierOutput, Instant);
@@ -94,80 +168,6 @@ impl LeasedTask for MergeTask<'_> {
 
     async fn give_up(&self, code: ErrorCode, message: &str) -> sqlx::Result<()> {
         db::fail_tier(&self.worker.inner.pool, self.job, self.tier, code, message).await
-    }
-}
-
-impl Worker {
-    /// Packages a tier from its encoded slices, verifies it against the plan and uploads it.
-    pub(crate) async fn merge(
-        &self,
-        job: JobId,
-        tier: Tier,
-        ctx: &WorkContext,
-    ) -> Result<TierOutput, WorkError> {
-        let (_scratch, out, packaged) = self.package_tier(job, tier, ctx).await?;
-        let dest = keys::tier_output(ctx.video_id, job, tier);
-        upload_tree(&self.inner.store, &out, &dest).await?;
-        Ok(tier_output(&dest, &packaged))
-    }
-
-    /// Downloads a tier's encoded slices and the audio and packages them (MP4 + HLS + cover)
-    /// in a scratch directory, verified against the plan: (scratch, output directory, result).
-    pub(crate) async fn package_tier(
-        &self,
-        job: JobId,
-        tier: Tier,
-        ctx: &WorkContext,
-    ) -> Result<(tempfile::TempDir, PathBuf, vtx_media::Packaged), WorkError> {
-        let inner = &self.inner;
-        let scratch = tempfile::Builder::new()
-            .prefix("vtx-merge-")
-            .tempdir_in(&inner.scratch)?;
-        let encoded = scratch.path().join("encoded");
-        std::fs::create_dir_all(&encoded)?;
-        let plan = &ctx.plan;
-        let prefix = keys::encoded(job, tier);
-        for (_, _, name) in plan_outputs(tier, plan.display_width, plan.display_height) {
-            for w in &plan.slices {
-                let path = encoded_slice_path(&encoded, w.index, &name);
-                let file = path
-                    .file_name()
-                    .expect("a file")
-                    .to_string_lossy()
-                    .into_owned();
-                inner
-                    .store
-                    .download_to(&format!("{prefix}{file}"), &path)
-                    .await?;
-            }
-        }
-        let audio = match &ctx.audio_key {
-            Some(key) => {
-                let p = scratch.path().join("audio.m4a");
-                inner.store.download_to(key, &p).await?;
-                Some(p)
-            }
-            None => None,
-        };
-        let out = scratch.path().join("out");
-        let (plan2, out2, timeout) = (plan.clone(), out.clone(), inner.cfg.transcode_timeout);
-        let span = tracing::Span::current();
-        let packaged = run_blocking(timeout, move || {
-            let _e = span.enter();
-            let packaged = package(
-                &plan2,
-                tier,
-                &encoded,
-                audio.as_deref(),
-                &out2,
-                true,
-                Deadline::after(timeout),
-            )?;
-            verify_packaged(&plan2, &packaged)?;
-            Ok(packaged)
-        })
-        .await?;
-        Ok((scratch, out, packaged))
     }
 }
 

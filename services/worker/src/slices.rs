@@ -24,6 +24,66 @@ pub(crate) struct Encoded {
     started: Instant,
 }
 
+impl Worker {
+    pub(crate) async fn encode(
+        &self,
+        job: JobId,
+        tier: Tier,
+        index: u32,
+        ctx: &WorkContext,
+    ) -> Result<u64, WorkError> {
+        let inner = &self.inner;
+        let scratch = tempfile::Builder::new()
+            .prefix("vtx-slice-")
+            .tempdir_in(&inner.scratch)?;
+        let input = scratch.path().join("slice.mp4");
+        inner
+            .store
+            .download_to(&keys::slice(job, index), &input)
+            .await?;
+        let out = scratch.path().join("out");
+        std::fs::create_dir_all(&out)?;
+        let (plan, timeout, out_dir) = (ctx.plan.clone(), inner.cfg.transcode_timeout, out.clone());
+        let options = EncodeOptions {
+            h264_encoder: self.preferred_h264(),
+            damage: inner.cfg.damage,
+            ..EncodeOptions::default()
+        };
+        let span = tracing::Span::current();
+        let work = move || {
+            let _e = span.enter();
+            encode_slice(
+                &input,
+                &plan,
+                index,
+                tier,
+                &out_dir,
+                &options,
+                Deadline::after(timeout),
+            )
+        };
+        // Extreme encodes only take the CPU the fast and high tiers leave.
+        let done = if tier == Tier::Extreme {
+            run_background(timeout, work).await?
+        } else {
+            run_blocking(timeout, work).await?
+        };
+        let prefix = keys::encoded(job, tier);
+        for f in done.paths {
+            let name = f
+                .file_name()
+                .expect("a file")
+                .to_string_lossy()
+                .into_owned();
+            inner
+                .store
+                .put_file(&format!("{prefix}{name}"), &f, "video/mp4")
+                .await?;
+        }
+        Ok(done.concealed_video_frames)
+    }
+}
+
 impl LeasedTask for SliceTask<'_> {
     type Claim = WorkContext;
     type Done = Encoded;
@@ -99,65 +159,5 @@ impl LeasedTask for SliceTask<'_> {
 
     async fn give_up(&self, code: ErrorCode, message: &str) -> sqlx::Result<()> {
         db::fail_tier(&self.worker.inner.pool, self.job, self.tier, code, message).await
-    }
-}
-
-impl Worker {
-    pub(crate) async fn encode(
-        &self,
-        job: JobId,
-        tier: Tier,
-        index: u32,
-        ctx: &WorkContext,
-    ) -> Result<u64, WorkError> {
-        let inner = &self.inner;
-        let scratch = tempfile::Builder::new()
-            .prefix("vtx-slice-")
-            .tempdir_in(&inner.scratch)?;
-        let input = scratch.path().join("slice.mp4");
-        inner
-            .store
-            .download_to(&keys::slice(job, index), &input)
-            .await?;
-        let out = scratch.path().join("out");
-        std::fs::create_dir_all(&out)?;
-        let (plan, timeout, out_dir) = (ctx.plan.clone(), inner.cfg.transcode_timeout, out.clone());
-        let options = EncodeOptions {
-            h264_encoder: self.preferred_h264(),
-            damage: inner.cfg.damage,
-            ..EncodeOptions::default()
-        };
-        let span = tracing::Span::current();
-        let work = move || {
-            let _e = span.enter();
-            encode_slice(
-                &input,
-                &plan,
-                index,
-                tier,
-                &out_dir,
-                &options,
-                Deadline::after(timeout),
-            )
-        };
-        // Extreme encodes only take the CPU the fast and high tiers leave.
-        let done = if tier == Tier::Extreme {
-            run_background(timeout, work).await?
-        } else {
-            run_blocking(timeout, work).await?
-        };
-        let prefix = keys::encoded(job, tier);
-        for f in done.paths {
-            let name = f
-                .file_name()
-                .expect("a file")
-                .to_string_lossy()
-                .into_owned();
-            inner
-                .store
-                .put_file(&format!("{prefix}{name}"), &f, "video/mp4")
-                .await?;
-        }
-        Ok(done.concealed_video_frames)
     }
 }

@@ -155,10 +155,16 @@ pub async fn show(
 ) -> ApiResult<Json<UploadView>> {
     let id: UploadId = parse_id(&id, "upload-not-found", "upload")?;
     let row = load_upload(&state, &caller, id).await?;
+    Ok(Json(upload_view(&state, row).await?))
+}
+
+/// An upload's status body (also what `upload.expired` webhooks carry).
+pub(crate) async fn upload_view(state: &AppState, row: UploadRow) -> ApiResult<UploadView> {
+    let id = UploadId::from_uuid(row.id);
     let mut conn = state.pool.acquire().await?;
     let chunks = db::list_chunks(&mut conn, id).await?;
     let ids = db::video_for_upload(&mut conn, id).await?;
-    Ok(Json(UploadView {
+    Ok(UploadView {
         id,
         state: row.state,
         expires_at: rfc3339(row.expires_at),
@@ -173,7 +179,7 @@ pub async fn show(
             .collect(),
         video_id: ids.map(|(v, _)| v),
         job_id: ids.map(|(_, j)| j),
-    }))
+    })
 }
 
 /// Stores chunk `index`. 201 when new, 200 when the same bytes were already stored, 409 when

@@ -264,6 +264,10 @@ pub async fn finish_extreme(
     }
     insert_renditions(&mut tx, video, job, Tier::Extreme, accepted).await?;
     super::succeed_job(&mut tx, job).await?;
+    if !accepted.is_empty() {
+        let event = vtx_domain::webhooks::EventType::VideoExtremeAdded;
+        super::webhooks::record_event(&mut tx, event, Some(video), None).await?;
+    }
     sqlx::query(
         "UPDATE extreme_requests SET state = $2, result = $4, hls_masters = $5, finished_at = now()
          WHERE job_id = $1 AND state = ANY($3)",

@@ -18,6 +18,7 @@ pub mod plans;
 pub mod slices;
 pub mod tiers;
 pub mod uploads;
+pub mod webhooks;
 pub mod workers;
 pub use garbage::*;
 pub use hotness::*;

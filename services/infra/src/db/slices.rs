@@ -6,6 +6,7 @@ use sqlx::postgres::PgPool;
 use sqlx::types::Json;
 use sqlx::{FromRow, Postgres, Transaction};
 use uuid::Uuid;
+use vtx_domain::webhooks::EventType;
 use vtx_domain::{
     ErrorCode, ExtremeState, JobId, JobPlan, JobState, Lifecycle, SliceState, Task, Tier,
     TierState, VideoId, VideoState, keys,
@@ -253,7 +254,7 @@ pub(crate) async fn fail_job_in(
     let Some((video_id,)) = video else {
         return Ok(false);
     };
-    sqlx::query(
+    let failed = sqlx::query(
         "UPDATE videos SET state = $4, error_code = $2, error_message = $3, updated_at = now()
          WHERE id = $1 AND state = ANY($5)",
     )
@@ -262,7 +263,12 @@ pub(crate) async fn fail_job_in(
     .bind(message)
     .bind_move(move_to(VideoState::Failed))
     .execute(&mut **tx)
-    .await?;
+    .await?
+    .rows_affected();
+    if failed == 1 {
+        let video = Some(VideoId::from_uuid(video_id));
+        super::webhooks::record_event(tx, EventType::VideoFailed, video, None).await?;
+    }
     sqlx::query("INSERT INTO garbage (prefix, delete_after) VALUES ($1, now())")
         .bind(keys::work(job))
         .execute(&mut **tx)

@@ -9,6 +9,7 @@ use sqlx::postgres::PgPool;
 use sqlx::types::Json;
 use sqlx::{FromRow, Postgres, Transaction};
 use uuid::Uuid;
+use vtx_domain::webhooks::EventType;
 use vtx_domain::{JobId, JobPlan, JobState, Lifecycle, Tier, TierState, VideoId, VideoState, keys};
 
 use super::*;
@@ -217,7 +218,7 @@ pub(crate) async fn go_live(
     // The first tier to go live publishes the video; a later one only moves the pointer (a
     // published video stays published: the domain has no published -> published move).
     let publish = move_to(VideoState::Published);
-    sqlx::query(
+    let moved = sqlx::query(
         "UPDATE videos SET state = CASE WHEN state = ANY($12) THEN $11 ELSE state END,
                 live_tier = $3, live_job_id = $4, hls_master_key = $5, cover_key = $6,
                 width = $7, height = $8, frames = $9, duration_ms = $10,
@@ -236,7 +237,15 @@ pub(crate) async fn go_live(
     .bind(facts.map(|f| f.duration_ms as i64))
     .bind_move(publish)
     .execute(&mut **tx)
-    .await?;
+    .await?
+    .rows_affected();
+    if moved == 1 {
+        let event = match &previous {
+            Some((Some(_), _)) => EventType::VideoUpgraded,
+            _ => EventType::VideoPublished,
+        };
+        super::webhooks::record_event(tx, event, Some(video), None).await?;
+    }
     if let Some((Some(old_tier), Some(old_job))) = previous
         && let Ok(old_tier) = old_tier.parse::<Tier>()
         && (old_tier, old_job) != (tier, job.as_uuid())

@@ -330,6 +330,11 @@ pub async fn end_upload(pool: &PgPool, id: UploadId, to: UploadState) -> sqlx::R
     let Some((video,)) = ended else {
         return Ok(false);
     };
+    if to == UploadState::Expired {
+        let event = vtx_domain::webhooks::EventType::UploadExpired;
+        let video = video.map(VideoId::from_uuid);
+        super::webhooks::record_event(&mut tx, event, video, Some(id)).await?;
+    }
     // The chunks, and what their encodes wrote for the video the upload reserved.
     let prefixes = std::iter::once(keys::upload(id))
         .chain(video.map(|v| keys::video(VideoId::from_uuid(v))))

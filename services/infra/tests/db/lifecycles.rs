@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 
 use sqlx::PgPool;
 use vtx_domain::{
-    ChunkEncodeState, ExtremeState, JobState, SliceState, TierState, UploadState, VideoState,
+    ChunkEncodeState, DeliveryState, ExtremeState, JobState, SliceState, TierState, UploadState,
+    VideoState,
 };
 use vtx_infra::db::{BindMove, StateColumn, move_to};
 
@@ -112,4 +113,5 @@ async fn every_state_column_follows_its_domain_table(pool: PgPool) {
     walk::<SliceState>(&pool, "slices", "state").await;
     walk::<ChunkEncodeState>(&pool, "upload_chunks", "encode_state").await;
     walk::<ExtremeState>(&pool, "extreme_requests", "state").await;
+    walk::<DeliveryState>(&pool, "webhook_deliveries", "state").await;
 }

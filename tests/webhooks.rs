@@ -1,0 +1,212 @@
+//! Webhooks against real receivers: each verifies signatures with the Standard Webhooks
+//! reference library (PyPI `standardwebhooks`), one fails its first requests, one fails always.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::io::AsyncBufReadExt;
+use vtx_domain::webhooks::{DeliveryList, EndpointView};
+use vtx_tests::TestApp;
+
+struct Receiver {
+    url: String,
+    out: PathBuf,
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Receiver {
+    async fn start(secret: &str, fail_first: i32) -> Self {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let python = root.join(".vtx/py/bin/python");
+        assert!(
+            python.exists(),
+            "standardwebhooks missing: run deploy/local/setup.sh (it installs it into .vtx/py)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("received.jsonl");
+        std::fs::write(&out, "").unwrap();
+        let mut child = tokio::process::Command::new(python)
+            .arg(root.join("tests/support/webhook_receiver.py"))
+            .env("SECRET", secret)
+            .env("FAIL_FIRST", fail_first.to_string())
+            .env("OUT", &out)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let port = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the receiver starts")
+            .unwrap()
+            .expect("a port");
+        Receiver {
+            url: format!("http://127.0.0.1:{}/hook", port.trim()),
+            out,
+            _child: child,
+            _dir: dir,
+        }
+    }
+
+    fn received(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+async fn register(app: &TestApp, body: serde_json::Value) -> reqwest::Response {
+    app.client
+        .http()
+        .post(format!("{}/v1/webhooks", app.client.base()))
+        .bearer_auth(app.cfg.auth.service_tokens[0].expose())
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn deliveries(app: &TestApp, endpoint: uuid::Uuid) -> DeliveryList {
+    app.client
+        .http()
+        .get(format!(
+            "{}/v1/webhooks/{endpoint}/deliveries",
+            app.client.base()
+        ))
+        .bearer_auth(app.cfg.auth.service_tokens[0].expose())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn signed_events_reach_every_endpoint_at_least_once_with_retries(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        &[("VTX_WEBHOOK_RETRY_SECS", "0.2,0.2,0.2,0.2")],
+        vtx_tests::Services::default(),
+    )
+    .await;
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    // Fails its first two requests, then takes everything.
+    let flaky = Receiver::start(secret, 2).await;
+    // Never takes anything.
+    let dead = Receiver::start(secret, -1).await;
+
+    // Bad registrations are refused with a stable code.
+    for bad in [
+        json!({"url": "ftp://example.com/x"}),
+        json!({"url": "http://127.0.0.1/x", "secret": "not-a-secret"}),
+        json!({"url": "http://127.0.0.1/x", "event_types": ["video.exploded"]}),
+        json!({}),
+    ] {
+        let r = register(&app, bad.clone()).await;
+        assert!(r.status().is_client_error(), "{bad}: {}", r.status());
+    }
+    let r = register(&app, json!({"url": flaky.url, "secret": secret})).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let flaky_ep: EndpointView = r.json().await.unwrap();
+    assert_eq!(flaky_ep.secret.as_deref(), Some(secret));
+    let r = register(
+        &app,
+        json!({"url": dead.url, "secret": secret, "event_types": ["video.published"]}),
+    )
+    .await;
+    let dead_ep: EndpointView = r.json().await.unwrap();
+    // Made with a secret of vtx's own, and disabled: it receives nothing.
+    let r = register(&app, json!({"url": flaky.url, "enabled": false})).await;
+    let off: EndpointView = r.json().await.unwrap();
+    assert!(
+        off.secret
+            .as_deref()
+            .is_some_and(|s| s.starts_with("whsec_"))
+    );
+
+    let clip = vtx_tests::media("bikes.mp4");
+    let done = app
+        .client
+        .upload_video(&clip, &Default::default(), &|_, _| {})
+        .await
+        .unwrap();
+    let video = done.completed.video_id.to_string();
+    app.client
+        .wait_for_tier(done.completed.video_id, "high", Duration::from_secs(240))
+        .await
+        .unwrap();
+
+    // The flaky receiver ends up with video.published (fast tier) and video.upgraded (high).
+    let until = Instant::now() + Duration::from_secs(60);
+    let got = loop {
+        let got = flaky.received();
+        let taken: Vec<&serde_json::Value> = got.iter().filter(|r| r["answered"] == 204).collect();
+        if taken.iter().any(|r| r["type"] == "video.upgraded") {
+            break got;
+        }
+        assert!(Instant::now() < until, "events never arrived: {got:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(got.iter().all(|r| r["verified"] == true), "{got:#?}");
+    let taken: Vec<&serde_json::Value> = got.iter().filter(|r| r["answered"] == 204).collect();
+    let published: Vec<_> = taken
+        .iter()
+        .filter(|r| r["type"] == "video.published")
+        .collect();
+    assert_eq!(published.len(), 1, "{got:#?}");
+    assert_eq!(published[0]["video_id"], video.as_str());
+    assert_eq!(published[0]["live_tier"], "fast");
+    let upgraded = taken
+        .iter()
+        .find(|r| r["type"] == "video.upgraded")
+        .unwrap();
+    assert_eq!(upgraded["live_tier"], "high");
+    // Its first event was refused twice and sent again under the same webhook-id.
+    let first_id = &got[0]["id"];
+    let tries = got.iter().filter(|r| &r["id"] == first_id).count();
+    assert_eq!(tries, 3, "{got:#?}");
+    let listed = deliveries(&app, flaky_ep.id).await;
+    assert!(
+        listed
+            .deliveries
+            .iter()
+            .all(|d| d.state == vtx_domain::DeliveryState::Delivered),
+        "{listed:?}"
+    );
+    assert!(listed.deliveries.iter().any(|d| d.attempts == 3));
+
+    // The dead receiver: tried 1 + 4 times, then failed for good and visible as such.
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let listed = deliveries(&app, dead_ep.id).await;
+        if let Some(d) = listed.deliveries.first()
+            && d.state == vtx_domain::DeliveryState::Failed
+        {
+            assert_eq!(
+                listed.deliveries.len(),
+                1,
+                "only video.published: {listed:?}"
+            );
+            assert_eq!((d.attempts, d.last_status), (5, Some(500)));
+            break;
+        }
+        assert!(Instant::now() < until, "never failed: {listed:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        dead.received().len(),
+        5,
+        "one attempt and four retries: {:#?}",
+        dead.received()
+    );
+    assert!(deliveries(&app, off.id).await.deliveries.is_empty());
+    app.stop().await;
+}
