@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 mod auth;
+mod web;
 pub use auth::AuthConfig;
+pub use web::WebConfig;
 
 /// A value that prints as `***`.
 #[derive(Clone, PartialEq, Eq)]
@@ -64,24 +66,6 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub hotness: HotnessConfig,
     pub web: WebConfig,
-}
-
-/// Browsers and players (issue 16).
-#[derive(Clone, Debug)]
-pub struct WebConfig {
-    /// `VTX_CORS_ORIGINS`: origins (comma-separated, or `*`) whose pages may call the uploads
-    /// API, tus and the status API from a browser. Playback objects allow any origin.
-    pub cors_origins: Vec<String>,
-    /// `VTX_PLAYBACK_FEED_SCALE`, `VTX_PLAYBACK_SHARPNESS`, `VTX_PLAYBACK_CELLULAR_MAX_BPS`: the
-    /// rendition rule of `GET /v1/videos/{id}/playback`.
-    pub playback: vtx_domain::playback::PlaybackPolicy,
-    /// `VTX_WEBHOOK_RETRY_SECS`: waits before each retry of a failed delivery (comma-separated;
-    /// default about a day: 5,300,1800,7200,18000,36000,36000).
-    pub webhook_retry: Vec<Duration>,
-    /// `VTX_WEBHOOK_TIMEOUT_SECS`: most one attempt may take (10).
-    pub webhook_timeout: Duration,
-    /// `VTX_WEBHOOK_CONCURRENCY`: attempts in flight at once per gateway (16).
-    pub webhook_concurrency: usize,
 }
 
 /// Plays, the hotness tracker and extreme encodes (issue 6).
@@ -264,48 +248,7 @@ impl Config {
                 inspect_memory_bytes: env.parse("VTX_INSPECT_MEMORY_BYTES", 512 << 20)?,
             },
             auth: AuthConfig::load(&env)?,
-            web: {
-                let default = vtx_domain::playback::PlaybackPolicy::default();
-                WebConfig {
-                    cors_origins: env
-                        .string("VTX_CORS_ORIGINS", "")
-                        .split(',')
-                        .map(|o| o.trim().trim_end_matches('/').to_string())
-                        .filter(|o| !o.is_empty())
-                        .collect(),
-                    playback: vtx_domain::playback::PlaybackPolicy {
-                        feed_scale: env.parse("VTX_PLAYBACK_FEED_SCALE", default.feed_scale)?,
-                        sharpness: env.parse("VTX_PLAYBACK_SHARPNESS", default.sharpness)?,
-                        cellular_max_bitrate: env.parse(
-                            "VTX_PLAYBACK_CELLULAR_MAX_BPS",
-                            default.cellular_max_bitrate,
-                        )?,
-                    },
-                    webhook_retry: {
-                        let text = env.string("VTX_WEBHOOK_RETRY_SECS", "");
-                        if text.is_empty() {
-                            vtx_domain::webhooks::DEFAULT_RETRY_SCHEDULE
-                                .iter()
-                                .map(|s| Duration::from_secs(*s))
-                                .collect()
-                        } else {
-                            text.split(',')
-                                .map(|s| {
-                                    let secs = s.trim().parse::<f64>().ok()?;
-                                    Duration::try_from_secs_f64(secs).ok()
-                                })
-                                .collect::<Option<Vec<_>>>()
-                                .with_context(|| {
-                                    format!("VTX_WEBHOOK_RETRY_SECS={text:?} is not seconds, comma-separated")
-                                })?
-                        }
-                    },
-                    webhook_timeout: Duration::from_secs(
-                        env.parse("VTX_WEBHOOK_TIMEOUT_SECS", 10)?,
-                    ),
-                    webhook_concurrency: env.parse::<usize>("VTX_WEBHOOK_CONCURRENCY", 16)?.max(1),
-                }
-            },
+            web: WebConfig::load(&env)?,
             worker: WorkerConfig {
                 concurrency: env.parse("VTX_WORKER_CONCURRENCY", 1)?,
                 queues: env

@@ -1,10 +1,11 @@
-//! Leases whose worker vanished are handed back; merges that never finish fail their job.
+//! Leases whose worker vanished are handed back (slices and chunk encodes); merges that never
+//! finish fail their job.
 
 use std::time::Duration;
 
 use sqlx::postgres::PgPool;
 use uuid::Uuid;
-use vtx_domain::{ErrorCode, JobId, SliceState, Task, Tier, TierState};
+use vtx_domain::{ChunkEncodeState, ErrorCode, JobId, SliceState, Task, Tier, TierState, UploadId};
 
 use super::*;
 use crate::outbox;
@@ -61,4 +62,30 @@ pub async fn fail_stale_merges(pool: &PgPool, older_than: Duration) -> sqlx::Res
     }
     tx.commit().await?;
     Ok(failed)
+}
+
+/// Re-queues chunk encodes whose lease expired (their worker vanished). Returns how many.
+pub async fn reap_expired_chunk_encodes(pool: &PgPool) -> sqlx::Result<u64> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(Uuid, i32)> = sqlx::query_as(
+        "UPDATE upload_chunks SET encode_state = $1, encode_owner = NULL, encode_lease_until = NULL
+         WHERE encode_state = ANY($2) AND encode_state = $3 AND encode_lease_until < now()
+         RETURNING upload_id, idx",
+    )
+    .bind_move(move_to(ChunkEncodeState::Queued))
+    .bind(ChunkEncodeState::Running)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (upload, idx) in &rows {
+        outbox::enqueue(
+            &mut tx,
+            &Task::EncodeChunk {
+                upload_id: UploadId::from_uuid(*upload),
+                index: *idx as u32,
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(rows.len() as u64)
 }

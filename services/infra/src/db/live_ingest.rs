@@ -427,32 +427,6 @@ pub async fn forget_chunks(pool: &PgPool, upload: UploadId) -> sqlx::Result<()> 
     Ok(())
 }
 
-/// Re-queues chunk encodes whose lease expired (their worker vanished). Returns how many.
-pub async fn reap_expired_chunk_encodes(pool: &PgPool) -> sqlx::Result<u64> {
-    let mut tx = pool.begin().await?;
-    let rows: Vec<(Uuid, i32)> = sqlx::query_as(
-        "UPDATE upload_chunks SET encode_state = $1, encode_owner = NULL, encode_lease_until = NULL
-         WHERE encode_state = ANY($2) AND encode_state = $3 AND encode_lease_until < now()
-         RETURNING upload_id, idx",
-    )
-    .bind_move(move_to(ChunkEncodeState::Queued))
-    .bind(ChunkEncodeState::Running)
-    .fetch_all(&mut *tx)
-    .await?;
-    for (upload, idx) in &rows {
-        outbox::enqueue(
-            &mut tx,
-            &Task::EncodeChunk {
-                upload_id: UploadId::from_uuid(*upload),
-                index: *idx as u32,
-            },
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(rows.len() as u64)
-}
-
 /// A rendition of a live-ingest fast tier that has no MP4 yet.
 pub struct HlsOnly {
     pub name: String,
