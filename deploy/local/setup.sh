@@ -9,8 +9,8 @@
 #     its data under .vtx/s3 in this checkout (ignored by git)
 #   - migrations applied and the bucket created (`vtx migrate`)
 #   - a random local service token in .vtx/service-token
-#   - tuspy (a tus client) and standardwebhooks (a webhook verifier), for the tests, in a
-#     virtualenv under .vtx/py
+#   - tuspy (a tus client), standardwebhooks (a webhook verifier) and schemathesis (an OpenAPI
+#     contract tester), for the tests, in a virtualenv under .vtx/py
 #
 # Works as root or through sudo. No systemd needed.
 set -euo pipefail
@@ -127,6 +127,13 @@ if ! "$STATE/py/bin/python" -c "import standardwebhooks" 2>/dev/null; then
   log "installing standardwebhooks $STANDARDWEBHOOKS_VERSION into $STATE/py"
   "$STATE/py/bin/pip" install --quiet --disable-pip-version-check \
     "standardwebhooks==$STANDARDWEBHOOKS_VERSION"
+fi
+# schemathesis: the API's contract test generates requests from /v1/openapi.json with it.
+SCHEMATHESIS_VERSION="4.32.5"
+if ! "$STATE/py/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+  log "installing schemathesis $SCHEMATHESIS_VERSION into $STATE/py"
+  "$STATE/py/bin/pip" install --quiet --disable-pip-version-check \
+    "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
 # --- Schema and bucket ------------------------------------------------------------------------

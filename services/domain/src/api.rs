@@ -7,11 +7,13 @@ use crate::{ExtremeState, JobId, JobState, TierState, UploadId, UploadState, Vid
 
 /// Every error response: `{"error": {"code": "...", "message": "..."}}`. `code` is stable.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
@@ -19,6 +21,7 @@ pub struct ErrorDetail {
 
 /// `POST /v1/upload-tokens` (service token): a grant an app uses to open upload sessions.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GrantRequest {
     /// Who the app acts for (your user id); kept for logs.
     #[serde(default)]
@@ -33,6 +36,7 @@ pub struct GrantRequest {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GrantIssued {
     pub token: String,
     /// RFC 3339.
@@ -41,6 +45,7 @@ pub struct GrantIssued {
 
 /// `POST /v1/uploads` (the body is optional).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateUpload {
     /// Clockwise degrees (0, 90, 180, 270) the video is to be turned for display. MPEG-TS
     /// chunks cannot say it, so a client whose source carries a rotation declares it here.
@@ -55,6 +60,7 @@ pub struct CreateUpload {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UploadCreated {
     pub id: UploadId,
     /// Bearer token for this session alone (chunks, status, complete, abort); it expires with
@@ -68,6 +74,7 @@ pub struct UploadCreated {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChunkView {
     pub index: u32,
     pub size_bytes: u64,
@@ -75,6 +82,7 @@ pub struct ChunkView {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UploadView {
     pub id: UploadId,
     pub state: UploadState,
@@ -86,12 +94,14 @@ pub struct UploadView {
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CompleteRequest {
     /// How many chunks the client sent; the server refuses to complete with any missing.
     pub chunks: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UploadCompleted {
     pub video_id: VideoId,
     pub job_id: JobId,
@@ -100,6 +110,7 @@ pub struct UploadCompleted {
 
 /// Progress of one tier of a job.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TierView {
     pub tier: String,
     /// waiting, encoding, merging, done, failed.
@@ -120,6 +131,7 @@ pub struct TierView {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobView {
     pub id: JobId,
     pub video_id: VideoId,
@@ -140,6 +152,7 @@ pub struct JobView {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RenditionView {
     pub name: String,
     pub container: String,
@@ -159,6 +172,7 @@ pub struct RenditionView {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Playback {
     /// HLS master playlist listing every rendition; for a client that declared HEVC/AV1, the
     /// one that also lists the added extreme variants of those codecs (players pick by
@@ -176,6 +190,7 @@ pub struct Playback {
 /// `GET /v1/videos/{id}/playback`: the rendition this player should load, by the rule of
 /// `vtx_domain::playback`, with the others it could fall back to.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlaybackChoice {
     pub video_id: crate::VideoId,
     /// The rendition to load (an MP4, or an HLS media playlist while a live-ingest tier has
@@ -197,6 +212,7 @@ pub struct PlaybackChoice {
 /// A video's extreme encode: why it was picked, where it stands, and what each rendition
 /// saved against the high tier.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExtremeView {
     /// `queued`, `encoding`, `added`, `rejected` or `failed`.
     pub state: ExtremeState,
@@ -211,6 +227,7 @@ pub struct ExtremeView {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VideoView {
     pub id: VideoId,
     pub state: VideoState,
@@ -240,11 +257,13 @@ pub struct VideoView {
 
 /// `POST /v1/plays` (service token): a batch of play events, at most `VTX_MAX_PLAYS_PER_BATCH`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlaysRequest {
     pub plays: Vec<PlayEvent>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlayEvent {
     pub video_id: String,
     /// RFC 3339; now when absent. Plays older than the longest hotness window (or more than a
@@ -257,6 +276,7 @@ pub struct PlayEvent {
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClientInfo {
     #[serde(default)]
     pub platform: Option<String>,
@@ -266,12 +286,14 @@ pub struct ClientInfo {
 
 /// The answer to a batch: how many plays were counted and which were refused, by position.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlaysAccepted {
     pub accepted: u32,
     pub rejected: Vec<PlayRejected>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlayRejected {
     pub index: u32,
     /// `invalid-video-id`, `video-not-found`, `invalid-time`, `play-outside-window`.
@@ -280,12 +302,14 @@ pub struct PlayRejected {
 
 /// `GET /v1/hot?limit=N` (service token): the most played videos over the tracker's window.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HotVideos {
     pub window_secs: u64,
     pub videos: Vec<HotVideo>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HotVideo {
     pub video_id: VideoId,
     pub plays: u64,

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 /// Frames of a damaged source that were concealed: video frames (the frame before shown again
 /// in their place) and audio frames (silence).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Concealed {
     pub video_frames: u64,
     pub audio_frames: u64,

@@ -24,6 +24,7 @@ text_enum!(
 
 /// `POST /v1/webhooks`, `PATCH /v1/webhooks/{id}` (service token).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EndpointRequest {
     /// `https://` (or `http://`) URL receiving `POST`s; at most 2048 bytes.
@@ -38,6 +39,7 @@ pub struct EndpointRequest {
 
 /// A registered endpoint.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EndpointView {
     pub id: uuid::Uuid,
     pub url: String,
@@ -51,12 +53,14 @@ pub struct EndpointView {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EndpointList {
     pub endpoints: Vec<EndpointView>,
 }
 
 /// One endpoint's copy of one event, as `GET /v1/webhooks/{id}/deliveries` lists it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeliveryView {
     /// The `webhook-id` it is sent with (the event's id: the same on every attempt).
     pub event_id: uuid::Uuid,
@@ -71,12 +75,14 @@ pub struct DeliveryView {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeliveryList {
     pub deliveries: Vec<DeliveryView>,
 }
 
 /// The body every delivery carries.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventBody {
     #[serde(rename = "type")]
     pub event_type: EventType,

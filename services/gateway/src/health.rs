@@ -6,11 +6,32 @@ use serde_json::{Value, json};
 use crate::AppState;
 
 /// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    summary = "The process is alive.",
+    security(()),
+    responses(
+        (status = 200, description = "Alive.", body = serde_json::Value)
+    )
+)]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// Readiness: PostgreSQL, RabbitMQ and S3 all answer.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    summary = "PostgreSQL, RabbitMQ and S3 answer.",
+    security(()),
+    responses(
+        (status = 200, description = "Ready.", body = serde_json::Value),
+        (status = 503, description = "A dependency is down.", body = serde_json::Value)
+    )
+)]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let timeout = std::time::Duration::from_secs(3);
     let (db, mq, s3) = tokio::join!(

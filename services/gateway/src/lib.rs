@@ -11,6 +11,7 @@ mod grants;
 mod health;
 pub mod inspect;
 mod media;
+mod openapi;
 mod playback;
 mod plays;
 mod staged;
@@ -23,11 +24,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, head, post, put};
+use axum::http::header;
+use axum::routing::{get, post};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use vtx_infra::broker::BrokerClient;
 use vtx_infra::config::UploadLimits;
 use vtx_infra::{Config, ObjectStore};
@@ -248,54 +253,64 @@ const READ_BUFFER: usize = 32 << 10;
 
 pub fn router(state: AppState) -> Router {
     let api_cors = cors::api(&state.cors_origins);
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(|| async { vtx_infra::metrics::render() }))
+    let (routes, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
         .merge(api_routes().merge(tus_routes()).layer(api_cors))
+        .split_for_parts();
+    let doc: Arc<str> = serde_json::to_string(&doc)
+        .expect("the OpenAPI description serialises")
+        .into();
+    routes
+        .route("/metrics", get(|| async { vtx_infra::metrics::render() }))
+        .route(
+            "/v1/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        doc.to_string(),
+                    )
+                }
+            }),
+        )
         .merge(
+            // Described by `media::serve_doc`: `{*key}` has no OpenAPI spelling.
             Router::new()
                 .route("/v1/media/{*key}", get(media::serve))
                 .layer(cors::playback()),
         )
+        .layer(axum::middleware::map_response(error::json_errors))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
-/// The API a browser page may call from a configured origin.
-fn api_routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/upload-tokens", post(uploads::grant))
-        .route("/v1/uploads", post(uploads::create))
-        .route(
-            "/v1/uploads/{id}",
-            get(uploads::show).delete(uploads::abort),
-        )
-        .route("/v1/uploads/{id}/chunks/{index}", put(uploads::put_chunk))
-        .route("/v1/uploads/{id}/complete", post(uploads::complete))
-        .route("/v1/jobs/{id}", get(status::job))
-        .route("/v1/videos/{id}", get(status::video))
-        .route("/v1/videos/{id}/playback", get(playback::choose_rendition))
-        .route("/v1/plays", post(plays::record))
-        .route("/v1/hot", get(plays::hot))
-        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
-        .route(
-            "/v1/webhooks/{id}",
-            get(webhooks::show)
-                .patch(webhooks::update)
-                .delete(webhooks::delete),
-        )
-        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+/// The API a browser page may call from a configured origin; each handler carries its OpenAPI
+/// description.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(uploads::grant))
+        .routes(routes!(uploads::create))
+        .routes(routes!(uploads::show, uploads::abort))
+        .routes(routes!(uploads::put_chunk))
+        .routes(routes!(uploads::complete))
+        .routes(routes!(status::job))
+        .routes(routes!(status::video))
+        .routes(routes!(playback::choose_rendition))
+        .routes(routes!(plays::record))
+        .routes(routes!(plays::hot))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::show, webhooks::update, webhooks::delete))
+        .routes(routes!(webhooks::deliveries))
 }
 
-fn tus_routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/tus", post(tus::create).options(tus::options))
+fn tus_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(tus::create, tus::options))
+        // The same with a trailing slash, as some clients send it.
         .route("/v1/tus/", post(tus::create).options(tus::options))
-        .route(
-            "/v1/tus/{id}",
-            head(tus::head).patch(tus::patch).delete(tus::terminate),
-        )
+        .routes(routes!(tus::head, tus::patch, tus::terminate))
         .layer(axum::middleware::from_fn(tus::resumable_header))
 }
 

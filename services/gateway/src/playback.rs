@@ -83,6 +83,22 @@ fn viewer(q: &PlaybackQuery) -> ApiResult<Viewer> {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/videos/{id}/playback",
+    tag = "status",
+    summary = "The rendition a player should load (service token).",
+    params(("id" = String, Path, description = "The video id (a UUID)."), ("form" = Option<vtx_domain::playback::Form>, Query, description = "Where it plays (default fullscreen)."), ("network" = Option<vtx_domain::playback::Network>, Query, description = "Default wifi."), ("screen" = String, Query, description = "Screen in CSS pixels, `WxH`, 1 to 16384 each."), ("dpr" = Option<f64>, Query, description = "Device pixels per CSS pixel, 0.5 to 5 (default 1)."), ("codecs" = Option<String>, Query, description = "Codecs decoded beyond H.264: `hevc,av1`.")),
+    responses(
+        (status = 200, body = vtx_domain::api::PlaybackChoice),
+        (status = 400, description = "Malformed request: `invalid-request` (body, query or path), `invalid-query`.", body = vtx_domain::api::ErrorBody),
+        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        (status = 404, description = "`video-not-found`.", body = vtx_domain::api::ErrorBody),
+        (status = 409, description = "`video-not-published`.", body = vtx_domain::api::ErrorBody),
+        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+    )
+)]
 pub async fn choose_rendition(
     State(state): State<AppState>,
     caller: Caller,

@@ -106,6 +106,22 @@ impl PlayCounter {
 }
 
 /// `POST /v1/plays`: counts a batch of plays; answers which were refused and why.
+#[utoipa::path(
+    post,
+    path = "/v1/plays",
+    tag = "plays",
+    summary = "Count a batch of plays (service token).",
+    request_body(content = vtx_domain::api::PlaysRequest, content_type = "application/json"),
+    responses(
+        (status = 200, body = vtx_domain::api::PlaysAccepted),
+        (status = 400, description = "Malformed request: `invalid-request` (body, query or path), and the codes listed.", body = vtx_domain::api::ErrorBody),
+        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        (status = 413, description = "`batch-too-large`.", body = vtx_domain::api::ErrorBody),
+        (status = 415, description = "Not JSON: `invalid-request`.", body = vtx_domain::api::ErrorBody),
+        (status = 503, description = "`plays-overloaded` (with `Retry-After`), `database-unavailable`.", body = vtx_domain::api::ErrorBody),
+    )
+)]
 pub async fn record(
     State(state): State<AppState>,
     caller: Caller,
@@ -195,6 +211,20 @@ pub struct HotQuery {
 }
 
 /// `GET /v1/hot?limit=N&window_secs=S`: the most played videos (operators).
+#[utoipa::path(
+    get,
+    path = "/v1/hot",
+    tag = "plays",
+    summary = "The most played videos now (service token).",
+    params(("limit" = Option<u32>, Query, description = "How many (default and most: the tracker's top x)."), ("window_secs" = Option<u64>, Query, description = "Over how many seconds (default: the widest window).")),
+    responses(
+        (status = 200, body = vtx_domain::api::HotVideos),
+        (status = 400, description = "Malformed request: `invalid-request` (body, query or path), and the codes listed.", body = vtx_domain::api::ErrorBody),
+        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+    )
+)]
 pub async fn hot(
     State(state): State<AppState>,
     caller: Caller,

@@ -61,6 +61,20 @@ fn job_view(j: JobRow, tiers: Vec<TierRow>) -> JobView {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "status",
+    summary = "A job and its tiers (service token).",
+    params(("id" = String, Path, description = "The job id (a UUID).")),
+    responses(
+        (status = 200, body = vtx_domain::api::JobView),
+        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        (status = 404, description = "`job-not-found`.", body = vtx_domain::api::ErrorBody),
+        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+    )
+)]
 pub async fn job(
     State(state): State<AppState>,
     caller: Caller,
@@ -105,6 +119,21 @@ pub struct VideoQuery {
     codecs: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/videos/{id}",
+    tag = "status",
+    summary = "A video: state, playback, extreme encode (service token).",
+    params(("id" = String, Path, description = "The video id (a UUID)."), ("codecs" = Option<String>, Query, description = "Codecs decoded beyond H.264, comma-separated: `hevc,av1`.")),
+    responses(
+        (status = 200, body = vtx_domain::api::VideoView),
+        (status = 400, description = "Malformed request: `invalid-request` (body, query or path), and the codes listed.", body = vtx_domain::api::ErrorBody),
+        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        (status = 404, description = "`video-not-found`.", body = vtx_domain::api::ErrorBody),
+        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+    )
+)]
 pub async fn video(
     State(state): State<AppState>,
     caller: Caller,

@@ -72,6 +72,17 @@ fn expires(row: &UploadRow) -> (HeaderName, String) {
     (h("upload-expires"), http_date(row.expires_at))
 }
 
+#[utoipa::path(
+    options,
+    path = "/v1/tus",
+    operation_id = "tus_options",
+    tag = "tus",
+    summary = "tus discovery: version, extensions, checksums, largest size.",
+    security(()),
+    responses(
+        (status = 204, description = "Tus-Version, Tus-Extension, Tus-Checksum-Algorithm, Tus-Max-Size.")
+    )
+)]
 pub async fn options(State(state): State<AppState>) -> Response {
     (
         StatusCode::NO_CONTENT,
@@ -85,6 +96,31 @@ pub async fn options(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tus",
+    operation_id = "tus_create",
+    tag = "tus",
+    summary = "tus creation (and creation-with-upload, creation-defer-length).",
+    params(("Tus-Resumable" = String, Header, description = "1.0.0"), ("Upload-Length" = Option<u64>, Header, description = "Total bytes."), ("Upload-Defer-Length" = Option<u8>, Header, description = "1 when the length comes later."), ("Upload-Metadata" = Option<String>, Header, description = "tus metadata.")),
+    request_body(content = Option<Vec<u8>>, content_type = "application/offset+octet-stream"),
+    responses(
+        (status = 201, description = "Created; `Location` names the upload."),
+        (status = 400, description = "Malformed request: `invalid-request` (body, query or path), the tus codes (`tus-*`).", body = vtx_domain::api::ErrorBody),
+        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        (status = 404, description = "`upload-not-found`.", body = vtx_domain::api::ErrorBody),
+        (status = 409, description = "`tus-offset-mismatch`, `upload-completed`.", body = vtx_domain::api::ErrorBody),
+        (status = 410, description = "`upload-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 411, description = "`length-required`.", body = vtx_domain::api::ErrorBody),
+        (status = 412, description = "`tus-version`: the client's Tus-Resumable is not 1.0.0.", body = vtx_domain::api::ErrorBody),
+        (status = 413, description = "`upload-too-large`, `tus-beyond-length`.", body = vtx_domain::api::ErrorBody),
+        (status = 415, description = "`tus-content-type`.", body = vtx_domain::api::ErrorBody),
+        (status = 460, description = "`checksum-mismatch`.", body = vtx_domain::api::ErrorBody),
+        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+        (status = 429, description = "A grant's limits.", body = vtx_domain::api::ErrorBody)
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -223,6 +259,29 @@ fn with_headers(status: StatusCode, headers: Vec<(HeaderName, String)>) -> Respo
     resp
 }
 
+#[utoipa::path(
+    head,
+    path = "/v1/tus/{id}",
+    operation_id = "tus_head",
+    tag = "tus",
+    summary = "tus offset of an upload.",
+    params(("id" = String, Path, description = "The upload id (a UUID).")),
+    responses(
+        (status = 200, description = "Upload-Offset, Upload-Length."),
+        (status = 400, description = "Malformed request: `invalid-request` (body, query or path), the tus codes (`tus-*`).", body = vtx_domain::api::ErrorBody),
+        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        (status = 404, description = "`upload-not-found`.", body = vtx_domain::api::ErrorBody),
+        (status = 409, description = "`tus-offset-mismatch`, `upload-completed`.", body = vtx_domain::api::ErrorBody),
+        (status = 410, description = "`upload-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 411, description = "`length-required`.", body = vtx_domain::api::ErrorBody),
+        (status = 412, description = "`tus-version`: the client's Tus-Resumable is not 1.0.0.", body = vtx_domain::api::ErrorBody),
+        (status = 413, description = "`upload-too-large`, `tus-beyond-length`.", body = vtx_domain::api::ErrorBody),
+        (status = 415, description = "`tus-content-type`.", body = vtx_domain::api::ErrorBody),
+        (status = 460, description = "`checksum-mismatch`.", body = vtx_domain::api::ErrorBody),
+        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+    )
+)]
 pub async fn head(
     State(state): State<AppState>,
     caller: Caller,
@@ -265,6 +324,31 @@ fn parse_checksum(headers: &HeaderMap) -> ApiResult<Option<Checksum>> {
     }
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/tus/{id}",
+    operation_id = "tus_patch",
+    tag = "tus",
+    summary = "tus: append bytes at Upload-Offset.",
+    params(("id" = String, Path, description = "The upload id (a UUID)."), ("Upload-Offset" = u64, Header, description = "Where the bytes go.")),
+    request_body(content = Vec<u8>, content_type = "application/offset+octet-stream"),
+    responses(
+        (status = 204, description = "Stored; Upload-Offset is the new offset."),
+        (status = 400, description = "Malformed request: `invalid-request` (body, query or path), the tus codes (`tus-*`).", body = vtx_domain::api::ErrorBody),
+        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        (status = 404, description = "`upload-not-found`.", body = vtx_domain::api::ErrorBody),
+        (status = 409, description = "`tus-offset-mismatch`, `upload-completed`.", body = vtx_domain::api::ErrorBody),
+        (status = 410, description = "`upload-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 411, description = "`length-required`.", body = vtx_domain::api::ErrorBody),
+        (status = 412, description = "`tus-version`: the client's Tus-Resumable is not 1.0.0.", body = vtx_domain::api::ErrorBody),
+        (status = 413, description = "`upload-too-large`, `tus-beyond-length`.", body = vtx_domain::api::ErrorBody),
+        (status = 415, description = "`tus-content-type`.", body = vtx_domain::api::ErrorBody),
+        (status = 460, description = "`checksum-mismatch`.", body = vtx_domain::api::ErrorBody),
+        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+        (status = 408, description = "`body-timeout`.", body = vtx_domain::api::ErrorBody)
+    )
+)]
 pub async fn patch(
     State(state): State<AppState>,
     caller: Caller,
@@ -435,6 +519,29 @@ pub async fn patch(
     Ok(with_headers(StatusCode::NO_CONTENT, hs))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/tus/{id}",
+    operation_id = "tus_terminate",
+    tag = "tus",
+    summary = "tus termination.",
+    params(("id" = String, Path, description = "The upload id (a UUID).")),
+    responses(
+        (status = 204, description = "Terminated."),
+        (status = 400, description = "Malformed request: `invalid-request` (body, query or path), the tus codes (`tus-*`).", body = vtx_domain::api::ErrorBody),
+        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        (status = 404, description = "`upload-not-found`.", body = vtx_domain::api::ErrorBody),
+        (status = 409, description = "`tus-offset-mismatch`, `upload-completed`.", body = vtx_domain::api::ErrorBody),
+        (status = 410, description = "`upload-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 411, description = "`length-required`.", body = vtx_domain::api::ErrorBody),
+        (status = 412, description = "`tus-version`: the client's Tus-Resumable is not 1.0.0.", body = vtx_domain::api::ErrorBody),
+        (status = 413, description = "`upload-too-large`, `tus-beyond-length`.", body = vtx_domain::api::ErrorBody),
+        (status = 415, description = "`tus-content-type`.", body = vtx_domain::api::ErrorBody),
+        (status = 460, description = "`checksum-mismatch`.", body = vtx_domain::api::ErrorBody),
+        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+    )
+)]
 pub async fn terminate(
     State(state): State<AppState>,
     caller: Caller,

@@ -27,6 +27,19 @@ pub const CHUNK_SHA256_HEADER: &str = "x-vtx-chunk-sha256";
 pub const CHUNK_CRC32C_HEADER: &str = "x-vtx-chunk-crc32c";
 
 /// Mints a grant token for an app (internal services only).
+#[utoipa::path(
+    post,
+    path = "/v1/upload-tokens",
+    tag = "uploads",
+    summary = "Mint a grant token for an app (service token).",
+    request_body(content = Option<vtx_domain::api::GrantRequest>, content_type = "application/json"),
+    responses(
+        (status = 201, body = vtx_domain::api::GrantIssued),
+        (status = 400, description = "Malformed request: `invalid-request` (body, query or path), `invalid-ttl`, `invalid-sub`.", body = vtx_domain::api::ErrorBody),
+        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+    )
+)]
 pub async fn grant(
     State(state): State<AppState>,
     caller: Caller,
@@ -64,6 +77,22 @@ pub async fn grant(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/uploads",
+    operation_id = "create_upload",
+    tag = "uploads",
+    summary = "Open a chunked upload session (service, grant token).",
+    request_body(content = Option<vtx_domain::api::CreateUpload>, content_type = "application/json"),
+    responses(
+        (status = 201, body = vtx_domain::api::UploadCreated),
+        (status = 400, description = "Malformed request: `invalid-request` (body, query or path), `invalid-rotation`.", body = vtx_domain::api::ErrorBody),
+        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        (status = 429, description = "A grant's limits: `too-many-open-uploads`, `too-many-uploads` (with `Retry-After`).", body = vtx_domain::api::ErrorBody),
+        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -148,6 +177,21 @@ async fn load_open_upload(state: &AppState, caller: &Caller, id: UploadId) -> Ap
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/uploads/{id}",
+    operation_id = "show_upload",
+    tag = "uploads",
+    summary = "An upload session and its chunks.",
+    params(("id" = String, Path, description = "The upload id (a UUID).")),
+    responses(
+        (status = 200, body = vtx_domain::api::UploadView),
+        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        (status = 404, description = "`upload-not-found`.", body = vtx_domain::api::ErrorBody),
+        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+    )
+)]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -184,6 +228,31 @@ pub(crate) async fn upload_view(state: &AppState, row: UploadRow) -> ApiResult<U
 
 /// Stores chunk `index`. 201 when new, 200 when the same bytes were already stored, 409 when
 /// different bytes hold that index.
+#[utoipa::path(
+    put,
+    path = "/v1/uploads/{id}/chunks/{index}",
+    operation_id = "put_chunk",
+    tag = "uploads",
+    summary = "Store one GOP-aligned MPEG-TS chunk.",
+    params(("id" = String, Path, description = "The upload id (a UUID)."), ("index" = u32, Path, description = "The chunk's index, from 0."), ("x-vtx-chunk-sha256" = Option<String>, Header, description = "Hex SHA-256 of the body."), ("x-vtx-chunk-crc32c" = Option<String>, Header, description = "CRC32C of the body, 8 hex digits.")),
+    request_body(content = Vec<u8>, content_type = "video/mp2t"),
+    responses(
+        (status = 201, description = "Stored.", body = vtx_domain::api::ChunkView),
+        (status = 200, description = "The same bytes were already stored.", body = vtx_domain::api::ChunkView),
+        (status = 400, description = "Malformed request: `invalid-request` (body, query or path), `invalid-chunk-index`, `empty-chunk`, `invalid-checksum`, `checksum-mismatch`, `length-mismatch`, `body-interrupted`, `wrong-protocol`.", body = vtx_domain::api::ErrorBody),
+        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        (status = 404, description = "`upload-not-found`.", body = vtx_domain::api::ErrorBody),
+        (status = 408, description = "`body-timeout`.", body = vtx_domain::api::ErrorBody),
+        (status = 409, description = "`chunk-conflict` (other bytes hold this index), `upload-not-open`, `upload-completed`.", body = vtx_domain::api::ErrorBody),
+        (status = 410, description = "`upload-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 411, description = "`length-required`.", body = vtx_domain::api::ErrorBody),
+        (status = 413, description = "`chunk-too-large`, `upload-too-large`.", body = vtx_domain::api::ErrorBody),
+        (status = 422, description = "Not a GOP-aligned media chunk: `chunk-not-media`, `unsupported-codec`, `too-long`, `too-large`, `transcode-timeout`, ...", body = vtx_domain::api::ErrorBody),
+        (status = 429, description = "`too-many-bytes-in-flight`.", body = vtx_domain::api::ErrorBody),
+        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+    )
+)]
 pub async fn put_chunk(
     State(state): State<AppState>,
     caller: Caller,
@@ -327,6 +396,22 @@ pub async fn put_chunk(
 
 /// Aborts an open upload: it takes no more chunks and its stored chunks are deleted. Aborting
 /// again is fine (204); a completed upload cannot be aborted (409).
+#[utoipa::path(
+    delete,
+    path = "/v1/uploads/{id}",
+    operation_id = "abort_upload",
+    tag = "uploads",
+    summary = "Abort an open upload; its chunks are deleted.",
+    params(("id" = String, Path, description = "The upload id (a UUID).")),
+    responses(
+        (status = 204, description = "Aborted (or already ended)."),
+        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        (status = 404, description = "`upload-not-found`.", body = vtx_domain::api::ErrorBody),
+        (status = 409, description = "`upload-completed`.", body = vtx_domain::api::ErrorBody),
+        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+    )
+)]
 pub async fn abort(
     State(state): State<AppState>,
     caller: Caller,
@@ -350,6 +435,27 @@ pub async fn abort(
 
 /// Assembles the source from the chunks, creates the video and its job, and queues the job, once.
 /// Completing again returns the same ids.
+#[utoipa::path(
+    post,
+    path = "/v1/uploads/{id}/complete",
+    operation_id = "complete_upload",
+    tag = "uploads",
+    summary = "Complete an upload: the video and its job exist (once).",
+    params(("id" = String, Path, description = "The upload id (a UUID).")),
+    request_body(content = Option<vtx_domain::api::CompleteRequest>, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Completed now.", body = vtx_domain::api::UploadCompleted),
+        (status = 200, description = "Completed before: the same ids.", body = vtx_domain::api::UploadCompleted),
+        (status = 400, description = "Malformed request: `invalid-request` (body, query or path), `wrong-protocol`.", body = vtx_domain::api::ErrorBody),
+        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        (status = 404, description = "`upload-not-found`.", body = vtx_domain::api::ErrorBody),
+        (status = 409, description = "`upload-not-open`, `upload-changed`.", body = vtx_domain::api::ErrorBody),
+        (status = 410, description = "`upload-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 422, description = "`no-chunks`, `missing-chunks`, `chunks-not-contiguous`, `too-long`.", body = vtx_domain::api::ErrorBody),
+        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+    )
+)]
 pub async fn complete(
     State(state): State<AppState>,
     caller: Caller,

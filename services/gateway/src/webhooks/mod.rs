@@ -66,6 +66,23 @@ fn endpoint_id(raw: &str) -> ApiResult<uuid::Uuid> {
 }
 
 /// `POST /v1/webhooks`: 201 with the endpoint and its secret.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks",
+    operation_id = "create_webhook",
+    tag = "webhooks",
+    summary = "Register a webhook endpoint (service token).",
+    request_body(content = vtx_domain::webhooks::EndpointRequest, content_type = "application/json"),
+    responses(
+        (status = 201, body = vtx_domain::webhooks::EndpointView),
+        (status = 400, description = "Malformed request: `invalid-request` (body, query or path), `invalid-webhook`.", body = vtx_domain::api::ErrorBody),
+        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        (status = 409, description = "`too-many-webhooks`.", body = vtx_domain::api::ErrorBody),
+        (status = 415, description = "Not JSON: `invalid-request`.", body = vtx_domain::api::ErrorBody),
+        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -107,6 +124,19 @@ pub async fn create(
 }
 
 /// `GET /v1/webhooks`: every endpoint, without secrets.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks",
+    operation_id = "list_webhooks",
+    tag = "webhooks",
+    summary = "Every webhook endpoint, without secrets.",
+    responses(
+        (status = 200, body = vtx_domain::webhooks::EndpointList),
+        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+    )
+)]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<EndpointList>> {
     caller.require_service()?;
     let endpoints = db::endpoints(&state.pool)
@@ -118,6 +148,21 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Js
 }
 
 /// `GET /v1/webhooks/{id}`: one endpoint, with its secret.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}",
+    operation_id = "show_webhook",
+    tag = "webhooks",
+    summary = "One webhook endpoint, with its secret.",
+    params(("id" = String, Path, description = "The endpoint id (a UUID).")),
+    responses(
+        (status = 200, body = vtx_domain::webhooks::EndpointView),
+        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        (status = 404, description = "`webhook-not-found`.", body = vtx_domain::api::ErrorBody),
+        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+    )
+)]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -131,6 +176,24 @@ pub async fn show(
 }
 
 /// `PATCH /v1/webhooks/{id}`: url, event types, description, enabled (the secret stays).
+#[utoipa::path(
+    patch,
+    path = "/v1/webhooks/{id}",
+    operation_id = "update_webhook",
+    tag = "webhooks",
+    summary = "Change an endpoint: url, event types, description, enabled.",
+    params(("id" = String, Path, description = "The endpoint id (a UUID).")),
+    request_body(content = vtx_domain::webhooks::EndpointRequest, content_type = "application/json"),
+    responses(
+        (status = 200, body = vtx_domain::webhooks::EndpointView),
+        (status = 400, description = "Malformed request: `invalid-request` (body, query or path), `invalid-webhook`.", body = vtx_domain::api::ErrorBody),
+        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        (status = 404, description = "`webhook-not-found`.", body = vtx_domain::api::ErrorBody),
+        (status = 415, description = "Not JSON: `invalid-request`.", body = vtx_domain::api::ErrorBody),
+        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+    )
+)]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -162,6 +225,21 @@ pub async fn update(
 }
 
 /// `DELETE /v1/webhooks/{id}`: 204; its deliveries go with it.
+#[utoipa::path(
+    delete,
+    path = "/v1/webhooks/{id}",
+    operation_id = "delete_webhook",
+    tag = "webhooks",
+    summary = "Delete an endpoint and its deliveries.",
+    params(("id" = String, Path, description = "The endpoint id (a UUID).")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        (status = 404, description = "`webhook-not-found`.", body = vtx_domain::api::ErrorBody),
+        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -182,6 +260,22 @@ pub struct DeliveriesQuery {
 }
 
 /// `GET /v1/webhooks/{id}/deliveries?state=failed`: the newest deliveries first.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}/deliveries",
+    operation_id = "webhook_deliveries",
+    tag = "webhooks",
+    summary = "An endpoint's deliveries, newest first.",
+    params(("id" = String, Path, description = "The endpoint id (a UUID)."), ("state" = Option<vtx_domain::DeliveryState>, Query, description = "Only those in this state.")),
+    responses(
+        (status = 200, body = vtx_domain::webhooks::DeliveryList),
+        (status = 400, description = "Malformed request: `invalid-request` (body, query or path), `invalid-query`.", body = vtx_domain::api::ErrorBody),
+        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
+        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        (status = 404, description = "`webhook-not-found`.", body = vtx_domain::api::ErrorBody),
+        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+    )
+)]
 pub async fn deliveries(
     State(state): State<AppState>,
     caller: Caller,

@@ -1,0 +1,51 @@
+//! The API's OpenAPI 3.1 description, served at `GET /v1/openapi.json`. It is generated from the
+//! handlers' `#[utoipa::path]` annotations and the body types: the router is built from the same
+//! list (`utoipa_axum::routes!`), so a route cannot exist without its description.
+
+use utoipa::Modify;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "vtx",
+        description = "Distributed video transcoding for short-video upload: uploads (chunks, tus), \
+                       status and playback, plays, webhooks. Errors are `{\"error\": {\"code\", \
+                       \"message\"}}` with a stable `code`.",
+        license(name = "Apache-2.0"),
+    ),
+    paths(crate::media::serve_doc),
+    components(schemas(
+        vtx_domain::api::ErrorBody,
+        vtx_domain::webhooks::EventBody,
+        vtx_domain::playback::Form,
+        vtx_domain::playback::Network,
+        vtx_domain::DeliveryState,
+    )),
+    modifiers(&Bearer),
+    security(("bearer" = [])),
+    tags(
+        (name = "uploads", description = "Chunked uploads (apps, `vtx upload`)."),
+        (name = "tus", description = "tus 1.0 resumable uploads of whole files."),
+        (name = "status", description = "Jobs, videos and what to play."),
+        (name = "media", description = "Playback objects (no credentials; CORS for any origin)."),
+        (name = "plays", description = "Play counts and the most played videos."),
+        (name = "webhooks", description = "Signed event deliveries (Standard Webhooks)."),
+        (name = "health", description = "Probes."),
+    )
+)]
+pub struct ApiDoc;
+
+/// Every call takes `Authorization: Bearer <token>`: a service token, a grant token or an
+/// upload's own token, as each operation says.
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
