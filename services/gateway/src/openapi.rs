@@ -49,3 +49,24 @@ impl Modify for Bearer {
         );
     }
 }
+
+/// 401 and 403: the credential, on every call that takes one.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum AuthFailures {
+    /// No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.
+    #[response(status = 401)]
+    Unauthorized(vtx_domain::api::ErrorBody),
+    /// The credential may not do this: `auth-scope`.
+    #[response(status = 403)]
+    Forbidden(vtx_domain::api::ErrorBody),
+}
+
+/// 503: a dependency is down (`database-unavailable`, `storage-unavailable`); try again.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum Unavailable {
+    /// A dependency is down: `database-unavailable`, `storage-unavailable`.
+    #[response(status = 503)]
+    Unavailable(vtx_domain::api::ErrorBody),
+}

@@ -92,11 +92,10 @@ fn viewer(q: &PlaybackQuery) -> ApiResult<Viewer> {
     responses(
         (status = 200, body = vtx_domain::api::PlaybackChoice),
         (status = 400, description = "Malformed request: `invalid-request` (body, query or path), `invalid-query`.", body = vtx_domain::api::ErrorBody),
-        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::AuthFailures,
         (status = 404, description = "`video-not-found`.", body = vtx_domain::api::ErrorBody),
         (status = 409, description = "`video-not-published`.", body = vtx_domain::api::ErrorBody),
-        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::Unavailable,
     )
 )]
 pub async fn choose_rendition(

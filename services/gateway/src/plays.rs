@@ -115,8 +115,7 @@ impl PlayCounter {
     responses(
         (status = 200, body = vtx_domain::api::PlaysAccepted),
         (status = 400, description = "Malformed request: `invalid-request` (body, query or path), and the codes listed.", body = vtx_domain::api::ErrorBody),
-        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::AuthFailures,
         (status = 413, description = "`batch-too-large`.", body = vtx_domain::api::ErrorBody),
         (status = 415, description = "Not JSON: `invalid-request`.", body = vtx_domain::api::ErrorBody),
         (status = 503, description = "`plays-overloaded` (with `Retry-After`), `database-unavailable`.", body = vtx_domain::api::ErrorBody),
@@ -220,9 +219,8 @@ pub struct HotQuery {
     responses(
         (status = 200, body = vtx_domain::api::HotVideos),
         (status = 400, description = "Malformed request: `invalid-request` (body, query or path), and the codes listed.", body = vtx_domain::api::ErrorBody),
-        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
-        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::AuthFailures,
+        crate::openapi::Unavailable,
     )
 )]
 pub async fn hot(

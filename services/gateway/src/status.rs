@@ -69,10 +69,9 @@ fn job_view(j: JobRow, tiers: Vec<TierRow>) -> JobView {
     params(("id" = String, Path, description = "The job id (a UUID).")),
     responses(
         (status = 200, body = vtx_domain::api::JobView),
-        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::AuthFailures,
         (status = 404, description = "`job-not-found`.", body = vtx_domain::api::ErrorBody),
-        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::Unavailable,
     )
 )]
 pub async fn job(
@@ -128,10 +127,9 @@ pub struct VideoQuery {
     responses(
         (status = 200, body = vtx_domain::api::VideoView),
         (status = 400, description = "Malformed request: `invalid-request` (body, query or path), and the codes listed.", body = vtx_domain::api::ErrorBody),
-        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::AuthFailures,
         (status = 404, description = "`video-not-found`.", body = vtx_domain::api::ErrorBody),
-        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::Unavailable,
     )
 )]
 pub async fn video(

@@ -107,8 +107,7 @@ pub async fn options(State(state): State<AppState>) -> Response {
     responses(
         (status = 201, description = "Created; `Location` names the upload."),
         (status = 400, description = "Malformed request: `invalid-request` (body, query or path), the tus codes (`tus-*`).", body = vtx_domain::api::ErrorBody),
-        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::AuthFailures,
         (status = 404, description = "`upload-not-found`.", body = vtx_domain::api::ErrorBody),
         (status = 409, description = "`tus-offset-mismatch`, `upload-completed`.", body = vtx_domain::api::ErrorBody),
         (status = 410, description = "`upload-expired`.", body = vtx_domain::api::ErrorBody),
@@ -117,7 +116,7 @@ pub async fn options(State(state): State<AppState>) -> Response {
         (status = 413, description = "`upload-too-large`, `tus-beyond-length`.", body = vtx_domain::api::ErrorBody),
         (status = 415, description = "`tus-content-type`.", body = vtx_domain::api::ErrorBody),
         (status = 460, description = "`checksum-mismatch`.", body = vtx_domain::api::ErrorBody),
-        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::Unavailable,
         (status = 429, description = "A grant's limits.", body = vtx_domain::api::ErrorBody)
     )
 )]
@@ -269,8 +268,7 @@ fn with_headers(status: StatusCode, headers: Vec<(HeaderName, String)>) -> Respo
     responses(
         (status = 200, description = "Upload-Offset, Upload-Length."),
         (status = 400, description = "Malformed request: `invalid-request` (body, query or path), the tus codes (`tus-*`).", body = vtx_domain::api::ErrorBody),
-        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::AuthFailures,
         (status = 404, description = "`upload-not-found`.", body = vtx_domain::api::ErrorBody),
         (status = 409, description = "`tus-offset-mismatch`, `upload-completed`.", body = vtx_domain::api::ErrorBody),
         (status = 410, description = "`upload-expired`.", body = vtx_domain::api::ErrorBody),
@@ -279,7 +277,7 @@ fn with_headers(status: StatusCode, headers: Vec<(HeaderName, String)>) -> Respo
         (status = 413, description = "`upload-too-large`, `tus-beyond-length`.", body = vtx_domain::api::ErrorBody),
         (status = 415, description = "`tus-content-type`.", body = vtx_domain::api::ErrorBody),
         (status = 460, description = "`checksum-mismatch`.", body = vtx_domain::api::ErrorBody),
-        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::Unavailable,
     )
 )]
 pub async fn head(
@@ -335,8 +333,7 @@ fn parse_checksum(headers: &HeaderMap) -> ApiResult<Option<Checksum>> {
     responses(
         (status = 204, description = "Stored; Upload-Offset is the new offset."),
         (status = 400, description = "Malformed request: `invalid-request` (body, query or path), the tus codes (`tus-*`).", body = vtx_domain::api::ErrorBody),
-        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::AuthFailures,
         (status = 404, description = "`upload-not-found`.", body = vtx_domain::api::ErrorBody),
         (status = 409, description = "`tus-offset-mismatch`, `upload-completed`.", body = vtx_domain::api::ErrorBody),
         (status = 410, description = "`upload-expired`.", body = vtx_domain::api::ErrorBody),
@@ -345,7 +342,7 @@ fn parse_checksum(headers: &HeaderMap) -> ApiResult<Option<Checksum>> {
         (status = 413, description = "`upload-too-large`, `tus-beyond-length`.", body = vtx_domain::api::ErrorBody),
         (status = 415, description = "`tus-content-type`.", body = vtx_domain::api::ErrorBody),
         (status = 460, description = "`checksum-mismatch`.", body = vtx_domain::api::ErrorBody),
-        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::Unavailable,
         (status = 408, description = "`body-timeout`.", body = vtx_domain::api::ErrorBody)
     )
 )]
@@ -529,8 +526,7 @@ pub async fn patch(
     responses(
         (status = 204, description = "Terminated."),
         (status = 400, description = "Malformed request: `invalid-request` (body, query or path), the tus codes (`tus-*`).", body = vtx_domain::api::ErrorBody),
-        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::AuthFailures,
         (status = 404, description = "`upload-not-found`.", body = vtx_domain::api::ErrorBody),
         (status = 409, description = "`tus-offset-mismatch`, `upload-completed`.", body = vtx_domain::api::ErrorBody),
         (status = 410, description = "`upload-expired`.", body = vtx_domain::api::ErrorBody),
@@ -539,7 +535,7 @@ pub async fn patch(
         (status = 413, description = "`upload-too-large`, `tus-beyond-length`.", body = vtx_domain::api::ErrorBody),
         (status = 415, description = "`tus-content-type`.", body = vtx_domain::api::ErrorBody),
         (status = 460, description = "`checksum-mismatch`.", body = vtx_domain::api::ErrorBody),
-        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::Unavailable,
     )
 )]
 pub async fn terminate(

@@ -36,8 +36,7 @@ pub const CHUNK_CRC32C_HEADER: &str = "x-vtx-chunk-crc32c";
     responses(
         (status = 201, body = vtx_domain::api::GrantIssued),
         (status = 400, description = "Malformed request: `invalid-request` (body, query or path), `invalid-ttl`, `invalid-sub`.", body = vtx_domain::api::ErrorBody),
-        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::AuthFailures,
     )
 )]
 pub async fn grant(
@@ -87,10 +86,9 @@ pub async fn grant(
     responses(
         (status = 201, body = vtx_domain::api::UploadCreated),
         (status = 400, description = "Malformed request: `invalid-request` (body, query or path), `invalid-rotation`.", body = vtx_domain::api::ErrorBody),
-        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::AuthFailures,
         (status = 429, description = "A grant's limits: `too-many-open-uploads`, `too-many-uploads` (with `Retry-After`).", body = vtx_domain::api::ErrorBody),
-        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::Unavailable,
     )
 )]
 pub async fn create(
@@ -186,10 +184,9 @@ async fn load_open_upload(state: &AppState, caller: &Caller, id: UploadId) -> Ap
     params(("id" = String, Path, description = "The upload id (a UUID).")),
     responses(
         (status = 200, body = vtx_domain::api::UploadView),
-        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::AuthFailures,
         (status = 404, description = "`upload-not-found`.", body = vtx_domain::api::ErrorBody),
-        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::Unavailable,
     )
 )]
 pub async fn show(
@@ -240,8 +237,7 @@ pub(crate) async fn upload_view(state: &AppState, row: UploadRow) -> ApiResult<U
         (status = 201, description = "Stored.", body = vtx_domain::api::ChunkView),
         (status = 200, description = "The same bytes were already stored.", body = vtx_domain::api::ChunkView),
         (status = 400, description = "Malformed request: `invalid-request` (body, query or path), `invalid-chunk-index`, `empty-chunk`, `invalid-checksum`, `checksum-mismatch`, `length-mismatch`, `body-interrupted`, `wrong-protocol`.", body = vtx_domain::api::ErrorBody),
-        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::AuthFailures,
         (status = 404, description = "`upload-not-found`.", body = vtx_domain::api::ErrorBody),
         (status = 408, description = "`body-timeout`.", body = vtx_domain::api::ErrorBody),
         (status = 409, description = "`chunk-conflict` (other bytes hold this index), `upload-not-open`, `upload-completed`.", body = vtx_domain::api::ErrorBody),
@@ -250,7 +246,7 @@ pub(crate) async fn upload_view(state: &AppState, row: UploadRow) -> ApiResult<U
         (status = 413, description = "`chunk-too-large`, `upload-too-large`.", body = vtx_domain::api::ErrorBody),
         (status = 422, description = "Not a GOP-aligned media chunk: `chunk-not-media`, `unsupported-codec`, `too-long`, `too-large`, `transcode-timeout`, ...", body = vtx_domain::api::ErrorBody),
         (status = 429, description = "`too-many-bytes-in-flight`.", body = vtx_domain::api::ErrorBody),
-        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::Unavailable,
     )
 )]
 pub async fn put_chunk(
@@ -405,11 +401,10 @@ pub async fn put_chunk(
     params(("id" = String, Path, description = "The upload id (a UUID).")),
     responses(
         (status = 204, description = "Aborted (or already ended)."),
-        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::AuthFailures,
         (status = 404, description = "`upload-not-found`.", body = vtx_domain::api::ErrorBody),
         (status = 409, description = "`upload-completed`.", body = vtx_domain::api::ErrorBody),
-        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::Unavailable,
     )
 )]
 pub async fn abort(
@@ -447,13 +442,12 @@ pub async fn abort(
         (status = 202, description = "Completed now.", body = vtx_domain::api::UploadCompleted),
         (status = 200, description = "Completed before: the same ids.", body = vtx_domain::api::UploadCompleted),
         (status = 400, description = "Malformed request: `invalid-request` (body, query or path), `wrong-protocol`.", body = vtx_domain::api::ErrorBody),
-        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::AuthFailures,
         (status = 404, description = "`upload-not-found`.", body = vtx_domain::api::ErrorBody),
         (status = 409, description = "`upload-not-open`, `upload-changed`.", body = vtx_domain::api::ErrorBody),
         (status = 410, description = "`upload-expired`.", body = vtx_domain::api::ErrorBody),
         (status = 422, description = "`no-chunks`, `missing-chunks`, `chunks-not-contiguous`, `too-long`.", body = vtx_domain::api::ErrorBody),
-        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::Unavailable,
     )
 )]
 pub async fn complete(

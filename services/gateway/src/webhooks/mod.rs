@@ -76,11 +76,10 @@ fn endpoint_id(raw: &str) -> ApiResult<uuid::Uuid> {
     responses(
         (status = 201, body = vtx_domain::webhooks::EndpointView),
         (status = 400, description = "Malformed request: `invalid-request` (body, query or path), `invalid-webhook`.", body = vtx_domain::api::ErrorBody),
-        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::AuthFailures,
         (status = 409, description = "`too-many-webhooks`.", body = vtx_domain::api::ErrorBody),
         (status = 415, description = "Not JSON: `invalid-request`.", body = vtx_domain::api::ErrorBody),
-        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::Unavailable,
     )
 )]
 pub async fn create(
@@ -132,9 +131,8 @@ pub async fn create(
     summary = "Every webhook endpoint, without secrets.",
     responses(
         (status = 200, body = vtx_domain::webhooks::EndpointList),
-        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
-        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::AuthFailures,
+        crate::openapi::Unavailable,
     )
 )]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<EndpointList>> {
@@ -157,10 +155,9 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Js
     params(("id" = String, Path, description = "The endpoint id (a UUID).")),
     responses(
         (status = 200, body = vtx_domain::webhooks::EndpointView),
-        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::AuthFailures,
         (status = 404, description = "`webhook-not-found`.", body = vtx_domain::api::ErrorBody),
-        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::Unavailable,
     )
 )]
 pub async fn show(
@@ -187,11 +184,10 @@ pub async fn show(
     responses(
         (status = 200, body = vtx_domain::webhooks::EndpointView),
         (status = 400, description = "Malformed request: `invalid-request` (body, query or path), `invalid-webhook`.", body = vtx_domain::api::ErrorBody),
-        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::AuthFailures,
         (status = 404, description = "`webhook-not-found`.", body = vtx_domain::api::ErrorBody),
         (status = 415, description = "Not JSON: `invalid-request`.", body = vtx_domain::api::ErrorBody),
-        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::Unavailable,
     )
 )]
 pub async fn update(
@@ -234,10 +230,9 @@ pub async fn update(
     params(("id" = String, Path, description = "The endpoint id (a UUID).")),
     responses(
         (status = 204, description = "Deleted."),
-        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::AuthFailures,
         (status = 404, description = "`webhook-not-found`.", body = vtx_domain::api::ErrorBody),
-        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::Unavailable,
     )
 )]
 pub async fn delete(
@@ -270,10 +265,9 @@ pub struct DeliveriesQuery {
     responses(
         (status = 200, body = vtx_domain::webhooks::DeliveryList),
         (status = 400, description = "Malformed request: `invalid-request` (body, query or path), `invalid-query`.", body = vtx_domain::api::ErrorBody),
-        (status = 401, description = "No valid credential: `auth-missing`, `auth-invalid`, `auth-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 403, description = "The credential may not do this: `auth-scope`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::AuthFailures,
         (status = 404, description = "`webhook-not-found`.", body = vtx_domain::api::ErrorBody),
-        (status = 503, description = "A dependency is down: `database-unavailable`, `storage-unavailable`.", body = vtx_domain::api::ErrorBody),
+        crate::openapi::Unavailable,
     )
 )]
 pub async fn deliveries(
