@@ -72,6 +72,39 @@ fn expires(row: &UploadRow) -> (HeaderName, String) {
     (h("upload-expires"), http_date(row.expires_at))
 }
 
+/// What a tus request may be refused with.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum TusFailures {
+    /// Malformed: `invalid-request`, or a tus code (`tus-*`).
+    #[response(status = 400)]
+    BadRequest(vtx_domain::api::ErrorBody),
+    /// `upload-not-found`.
+    #[response(status = 404)]
+    NotFound(vtx_domain::api::ErrorBody),
+    /// `tus-offset-mismatch`, `upload-completed`.
+    #[response(status = 409)]
+    Conflict(vtx_domain::api::ErrorBody),
+    /// `upload-expired`.
+    #[response(status = 410)]
+    Gone(vtx_domain::api::ErrorBody),
+    /// `length-required`.
+    #[response(status = 411)]
+    LengthRequired(vtx_domain::api::ErrorBody),
+    /// `tus-version`: the client's Tus-Resumable is not 1.0.0.
+    #[response(status = 412)]
+    PreconditionFailed(vtx_domain::api::ErrorBody),
+    /// `upload-too-large`, `tus-beyond-length`.
+    #[response(status = 413)]
+    TooLarge(vtx_domain::api::ErrorBody),
+    /// `tus-content-type`.
+    #[response(status = 415)]
+    UnsupportedMediaType(vtx_domain::api::ErrorBody),
+    /// `checksum-mismatch`.
+    #[response(status = 460)]
+    ChecksumMismatch(vtx_domain::api::ErrorBody),
+}
+
 #[utoipa::path(
     options,
     path = "/v1/tus",
@@ -106,16 +139,8 @@ pub async fn options(State(state): State<AppState>) -> Response {
     request_body(content = Option<Vec<u8>>, content_type = "application/offset+octet-stream"),
     responses(
         (status = 201, description = "Created; `Location` names the upload."),
-        (status = 400, description = "Malformed request: `invalid-request` (body, query or path), the tus codes (`tus-*`).", body = vtx_domain::api::ErrorBody),
+        TusFailures,
         crate::openapi::AuthFailures,
-        (status = 404, description = "`upload-not-found`.", body = vtx_domain::api::ErrorBody),
-        (status = 409, description = "`tus-offset-mismatch`, `upload-completed`.", body = vtx_domain::api::ErrorBody),
-        (status = 410, description = "`upload-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 411, description = "`length-required`.", body = vtx_domain::api::ErrorBody),
-        (status = 412, description = "`tus-version`: the client's Tus-Resumable is not 1.0.0.", body = vtx_domain::api::ErrorBody),
-        (status = 413, description = "`upload-too-large`, `tus-beyond-length`.", body = vtx_domain::api::ErrorBody),
-        (status = 415, description = "`tus-content-type`.", body = vtx_domain::api::ErrorBody),
-        (status = 460, description = "`checksum-mismatch`.", body = vtx_domain::api::ErrorBody),
         crate::openapi::Unavailable,
         (status = 429, description = "A grant's limits.", body = vtx_domain::api::ErrorBody)
     )
@@ -267,16 +292,8 @@ fn with_headers(status: StatusCode, headers: Vec<(HeaderName, String)>) -> Respo
     params(("id" = String, Path, description = "The upload id (a UUID).")),
     responses(
         (status = 200, description = "Upload-Offset, Upload-Length."),
-        (status = 400, description = "Malformed request: `invalid-request` (body, query or path), the tus codes (`tus-*`).", body = vtx_domain::api::ErrorBody),
+        TusFailures,
         crate::openapi::AuthFailures,
-        (status = 404, description = "`upload-not-found`.", body = vtx_domain::api::ErrorBody),
-        (status = 409, description = "`tus-offset-mismatch`, `upload-completed`.", body = vtx_domain::api::ErrorBody),
-        (status = 410, description = "`upload-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 411, description = "`length-required`.", body = vtx_domain::api::ErrorBody),
-        (status = 412, description = "`tus-version`: the client's Tus-Resumable is not 1.0.0.", body = vtx_domain::api::ErrorBody),
-        (status = 413, description = "`upload-too-large`, `tus-beyond-length`.", body = vtx_domain::api::ErrorBody),
-        (status = 415, description = "`tus-content-type`.", body = vtx_domain::api::ErrorBody),
-        (status = 460, description = "`checksum-mismatch`.", body = vtx_domain::api::ErrorBody),
         crate::openapi::Unavailable,
     )
 )]
@@ -332,16 +349,8 @@ fn parse_checksum(headers: &HeaderMap) -> ApiResult<Option<Checksum>> {
     request_body(content = Vec<u8>, content_type = "application/offset+octet-stream"),
     responses(
         (status = 204, description = "Stored; Upload-Offset is the new offset."),
-        (status = 400, description = "Malformed request: `invalid-request` (body, query or path), the tus codes (`tus-*`).", body = vtx_domain::api::ErrorBody),
+        TusFailures,
         crate::openapi::AuthFailures,
-        (status = 404, description = "`upload-not-found`.", body = vtx_domain::api::ErrorBody),
-        (status = 409, description = "`tus-offset-mismatch`, `upload-completed`.", body = vtx_domain::api::ErrorBody),
-        (status = 410, description = "`upload-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 411, description = "`length-required`.", body = vtx_domain::api::ErrorBody),
-        (status = 412, description = "`tus-version`: the client's Tus-Resumable is not 1.0.0.", body = vtx_domain::api::ErrorBody),
-        (status = 413, description = "`upload-too-large`, `tus-beyond-length`.", body = vtx_domain::api::ErrorBody),
-        (status = 415, description = "`tus-content-type`.", body = vtx_domain::api::ErrorBody),
-        (status = 460, description = "`checksum-mismatch`.", body = vtx_domain::api::ErrorBody),
         crate::openapi::Unavailable,
         (status = 408, description = "`body-timeout`.", body = vtx_domain::api::ErrorBody)
     )
@@ -525,16 +534,8 @@ pub async fn patch(
     params(("id" = String, Path, description = "The upload id (a UUID).")),
     responses(
         (status = 204, description = "Terminated."),
-        (status = 400, description = "Malformed request: `invalid-request` (body, query or path), the tus codes (`tus-*`).", body = vtx_domain::api::ErrorBody),
+        TusFailures,
         crate::openapi::AuthFailures,
-        (status = 404, description = "`upload-not-found`.", body = vtx_domain::api::ErrorBody),
-        (status = 409, description = "`tus-offset-mismatch`, `upload-completed`.", body = vtx_domain::api::ErrorBody),
-        (status = 410, description = "`upload-expired`.", body = vtx_domain::api::ErrorBody),
-        (status = 411, description = "`length-required`.", body = vtx_domain::api::ErrorBody),
-        (status = 412, description = "`tus-version`: the client's Tus-Resumable is not 1.0.0.", body = vtx_domain::api::ErrorBody),
-        (status = 413, description = "`upload-too-large`, `tus-beyond-length`.", body = vtx_domain::api::ErrorBody),
-        (status = 415, description = "`tus-content-type`.", body = vtx_domain::api::ErrorBody),
-        (status = 460, description = "`checksum-mismatch`.", body = vtx_domain::api::ErrorBody),
         crate::openapi::Unavailable,
     )
 )]
