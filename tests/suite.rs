@@ -1,6 +1,7 @@
 //! The end-to-end tests, one module per area, in one binary (each binary links the whole
 //! stack). The chaos test has a binary of its own.
 
+mod browser;
 mod e2e;
 mod fidelity;
 mod gateway;

@@ -11,6 +11,7 @@
 #   - a random local service token in .vtx/service-token
 #   - tuspy (a tus client), standardwebhooks (a webhook verifier) and schemathesis (an OpenAPI
 #     contract tester), for the tests, in a virtualenv under .vtx/py
+#   - Debian's chromium, and tus-js-client, hls.js and playwright-core from npm under .vtx/web
 #
 # Works as root or through sudo. No systemd needed.
 set -euo pipefail
@@ -41,7 +42,7 @@ wait_port() { # port seconds name
 # --- Debian packages --------------------------------------------------------------------------
 PACKAGES=(libavcodec-dev libavformat-dev libavfilter-dev libswscale-dev libswresample-dev
           libavdevice-dev libavutil-dev ffmpeg clang libclang-dev pkg-config
-          postgresql rabbitmq-server)
+          postgresql rabbitmq-server chromium)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -134,6 +135,17 @@ if ! "$STATE/py/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION";
   log "installing schemathesis $SCHEMATHESIS_VERSION into $STATE/py"
   "$STATE/py/bin/pip" install --quiet --disable-pip-version-check \
     "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
+# --- The web page's libraries and the browser tests' driver ---------------------------------------
+# tus-js-client and hls.js (served by the gateway to its page at /), and playwright-core driving
+# Debian's chromium (no browser download) in the browser tests, from npm into .vtx/web.
+WEB_PACKAGES=(tus-js-client@4.3.1 hls.js@1.7.4 playwright-core@1.65.1)
+if ! (cd "$STATE/web" 2>/dev/null && npm ls --silent "${WEB_PACKAGES[@]%@*}" >/dev/null 2>&1); then
+  log "installing ${WEB_PACKAGES[*]} into $STATE/web"
+  mkdir -p "$STATE/web"
+  (cd "$STATE/web" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --silent --no-audit --no-fund \
+     "${WEB_PACKAGES[@]}" >/dev/null)
 fi
 
 # --- Schema and bucket ------------------------------------------------------------------------

@@ -7,6 +7,7 @@ mod auth;
 mod body;
 mod cors;
 mod error;
+mod events;
 mod grants;
 mod health;
 pub mod inspect;
@@ -18,6 +19,7 @@ mod staged;
 mod status;
 mod tus;
 mod uploads;
+mod web;
 mod webhooks;
 
 use std::net::SocketAddr;
@@ -65,6 +67,8 @@ pub struct AppState {
     pub playback: vtx_domain::playback::PlaybackPolicy,
     /// Origins allowed to call the API from a browser.
     pub cors_origins: Arc<[String]>,
+    /// Where the web page's libraries are.
+    pub web_vendor_dir: Arc<std::path::Path>,
 }
 
 pub struct Gateway {
@@ -146,6 +150,7 @@ impl Gateway {
             inflight: grants::InFlight::default(),
             playback: cfg.web.playback,
             cors_origins: cfg.web.cors_origins.clone().into(),
+            web_vendor_dir: cfg.web.vendor_dir.clone().into(),
         };
         Ok(Self {
             listener,
@@ -262,6 +267,9 @@ pub fn router(state: AppState) -> Router {
         .expect("the OpenAPI description serialises")
         .into();
     routes
+        .route("/", get(web::index))
+        .route("/app.js", get(web::app))
+        .route("/vendor/{name}", get(web::vendor))
         .route("/metrics", get(|| async { vtx_infra::metrics::render() }))
         .route(
             "/v1/openapi.json",
@@ -298,6 +306,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(status::job))
         .routes(routes!(status::video))
         .routes(routes!(playback::choose_rendition))
+        .routes(routes!(events::video_events))
         .routes(routes!(plays::record))
         .routes(routes!(plays::hot))
         .routes(routes!(webhooks::create, webhooks::list))

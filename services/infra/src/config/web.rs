@@ -23,6 +23,9 @@ pub struct WebConfig {
     pub webhook_timeout: Duration,
     /// `VTX_WEBHOOK_CONCURRENCY`: attempts in flight at once per gateway (16).
     pub webhook_concurrency: usize,
+    /// `VTX_WEB_VENDOR_DIR`: where the page's libraries are (`tus-js-client/dist/tus.min.js`,
+    /// `hls.js/dist/hls.min.js`); default `.vtx/web/node_modules`, where the setup script puts them.
+    pub vendor_dir: std::path::PathBuf,
 }
 
 impl WebConfig {
@@ -66,6 +69,9 @@ impl WebConfig {
             },
             webhook_timeout: Duration::from_secs(env.parse("VTX_WEBHOOK_TIMEOUT_SECS", 10)?),
             webhook_concurrency: env.parse::<usize>("VTX_WEBHOOK_CONCURRENCY", 16)?.max(1),
+            vendor_dir: env
+                .string("VTX_WEB_VENDOR_DIR", ".vtx/web/node_modules")
+                .into(),
         })
     }
 }

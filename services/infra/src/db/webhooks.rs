@@ -306,3 +306,11 @@ pub async fn record_attempt(
     .await?;
     Ok(())
 }
+
+/// When the newest event about `video` happened (its status stream sends a new status then).
+pub async fn last_event_of(pool: &PgPool, video: VideoId) -> sqlx::Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar("SELECT max(occurred_at) FROM webhook_events WHERE video_id = $1")
+        .bind(video.as_uuid())
+        .fetch_one(pool)
+        .await
+}
