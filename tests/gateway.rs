@@ -182,6 +182,7 @@ async fn an_app_uploads_with_a_grant_and_its_session_token_only(pool: PgPool) {
     let claim = vtx_domain::api::CreateUpload {
         rotation: None,
         followers: Some(10_000_000),
+        signed_playback: None,
     };
     assert_eq!(
         failure(app_client.create_upload_with(&claim).await.unwrap_err()),
@@ -545,6 +546,7 @@ async fn a_killed_client_upload_resumes_and_sends_only_what_is_missing(pool: PgP
         live: true, // paced at the video's rate, so it can be killed part-way
         state_dir: Some(state.path().to_path_buf()),
         followers: None,
+        signed_playback: false,
     };
     // Killed once the first chunk is acknowledged.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -644,6 +646,7 @@ async fn a_rotated_video_uploaded_in_chunks_stays_upright(pool: PgPool) {
         .create_upload_with(&vtx_domain::api::CreateUpload {
             rotation: Some(45),
             followers: None,
+            signed_playback: None,
         })
         .await
         .unwrap_err();
@@ -1394,6 +1397,7 @@ async fn every_hop_can_run_over_tls(pool: PgPool) {
         live: false,
         state_dir: None,
         followers: None,
+        signed_playback: false,
     };
     let clip = vtx_tests::media("bikes.mp4");
     let done = client.upload_file(&clip, &opts, &|_, _| {}).await.unwrap();
@@ -1586,5 +1590,90 @@ async fn the_api_keeps_to_its_openapi_description_under_generated_requests(pool:
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "schemathesis found failures:\n{text}");
     assert!(text.contains("passed"), "{text}");
+    app.stop().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_video_uploaded_for_signed_playback_plays_only_from_its_signed_expiring_urls(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool).await;
+    let opts = vtx_client::UploadOptions {
+        signed_playback: true,
+        state_dir: None,
+        ..Default::default()
+    };
+    let done = app
+        .client
+        .upload_video(&vtx_tests::media("bikes.mp4"), &opts, &|_, _| {})
+        .await
+        .unwrap();
+    let video = app
+        .client
+        .wait_for_video(done.completed.video_id, std::time::Duration::from_secs(240))
+        .await
+        .unwrap();
+    let hls = video.playback.unwrap().hls.unwrap();
+    let base = format!("{}/v1/media/", app.client.base());
+    let signed = hls
+        .strip_prefix(&format!("{base}s/"))
+        .expect("a signed URL");
+    let (token, key) = signed.split_once('/').unwrap();
+
+    // The master, every variant and every segment play through the signed prefix (relative
+    // URLs in the playlists keep it).
+    let http = reqwest::Client::new();
+    let master = vtx_tests::get_text(&http, &hls).await;
+    let variant = master.lines().find(|l| l.ends_with(".m3u8")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let variant_url = format!("{}{variant}", &hls[..hls.rfind('/').unwrap() + 1]);
+    let (frames, _) = vtx_tests::fetch_hls(&http, &variant_url, dir.path()).await;
+    assert!(frames > 0);
+
+    let code = |r: reqwest::Response| async move {
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.unwrap();
+        (status, body["error"]["code"].as_str().unwrap().to_string())
+    };
+    // Without the signature, with another video's or a forged one, or expired: refused.
+    let plain = http.get(format!("{base}{key}")).send().await.unwrap();
+    assert_eq!(
+        code(plain).await,
+        (StatusCode::FORBIDDEN, "playback-url-required".into())
+    );
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    let r = http
+        .get(format!("{base}s/{forged}/{key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        code(r).await,
+        (StatusCode::FORBIDDEN, "playback-url-invalid".into())
+    );
+    let auth = Auth::new(&[app.cfg.auth.service_tokens[0].expose().to_string()], &[]);
+    let expired = auth.playback_token(done.completed.video_id, chrono::Utc::now().timestamp() - 1);
+    let r = http
+        .get(format!("{base}s/{expired}/{key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        code(r).await,
+        (StatusCode::FORBIDDEN, "playback-url-expired".into())
+    );
+    let other = auth.playback_token(
+        vtx_domain::VideoId::new(),
+        chrono::Utc::now().timestamp() + 60,
+    );
+    let r = http
+        .get(format!("{base}s/{other}/{key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        code(r).await,
+        (StatusCode::FORBIDDEN, "playback-url-invalid".into())
+    );
     app.stop().await;
 }

@@ -60,6 +60,7 @@ async fn run() -> anyhow::Result<ExitCode> {
                     vtx_client::UploadOptions::default_state_dir()
                 },
                 followers,
+                signed_playback: false,
             };
             let wait = wait.then(|| Duration::from_secs(wait_timeout));
             return upload(file, opts, wait, gateway).await;

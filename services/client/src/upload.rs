@@ -29,6 +29,8 @@ pub struct UploadOptions {
     pub state_dir: Option<PathBuf>,
     /// The uploader's follower count, for the hotness prediction.
     pub followers: Option<u64>,
+    /// The video plays from signed, expiring URLs only.
+    pub signed_playback: bool,
 }
 
 impl Default for UploadOptions {
@@ -39,6 +41,7 @@ impl Default for UploadOptions {
             live: false,
             state_dir: None,
             followers: None,
+            signed_playback: false,
         }
     }
 }
@@ -131,6 +134,7 @@ pub(crate) async fn run(
                 .create_upload_with(&CreateUpload {
                     rotation: Some(rotation),
                     followers: opts.followers,
+                    signed_playback: opts.signed_playback.then_some(true),
                 })
                 .await?;
             if let Some(c) = chunks.iter().find(|c| c.bytes > created.max_chunk_bytes) {

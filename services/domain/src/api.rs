@@ -57,6 +57,10 @@ pub struct CreateUpload {
     /// grant that states another count is refused (403).
     #[serde(default)]
     pub followers: Option<u64>,
+    /// This video's playback URLs are signed and expire (`VTX_PLAYBACK_URL_TTL_SECS`); with
+    /// `VTX_SIGNED_PLAYBACK` every video's are.
+    #[serde(default)]
+    pub signed_playback: Option<bool>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

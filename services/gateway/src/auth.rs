@@ -18,7 +18,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use uuid::Uuid;
-use vtx_domain::UploadId;
+use vtx_domain::{UploadId, VideoId};
 
 use crate::{ApiError, AppState};
 
@@ -116,6 +116,46 @@ impl Auth {
         mac.update(signed.as_bytes());
         let sig = B64.encode(mac.finalize().into_bytes());
         format!("{signed}.{sig}")
+    }
+
+    /// A playback token for one video until `exp` (Unix seconds): `<key id>.<exp>.<base64url
+    /// HMAC-SHA256 of "playback", the video and exp>`. Put in the path of the video's object
+    /// URLs (`/v1/media/s/<token>/videos/<video>/...`) so that the relative URLs in its
+    /// playlists carry it too.
+    pub fn playback_token(&self, video: VideoId, exp: i64) -> String {
+        let (kid, key) = &self.0.signing[0];
+        let sig = self.playback_mac(key, video, exp).finalize().into_bytes();
+        format!("{kid}.{exp}.{}", B64.encode(sig))
+    }
+
+    fn playback_mac(&self, key: &[u8], video: VideoId, exp: i64) -> HmacSha256 {
+        let mut mac = self.mac_with(key);
+        mac.update(format!("vtx playback v1:{video}:{exp}").as_bytes());
+        mac
+    }
+
+    /// Whether `token` lets `video` be played at `now`.
+    pub fn verify_playback(&self, token: &str, video: VideoId, now: i64) -> Result<(), TokenError> {
+        let mut parts = token.splitn(3, '.');
+        let (Some(kid), Some(exp), Some(sig)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(TokenError::Malformed);
+        };
+        let exp: i64 = exp.parse().map_err(|_| TokenError::Malformed)?;
+        let sig = B64.decode(sig).map_err(|_| TokenError::Malformed)?;
+        let (_, key) = self
+            .0
+            .signing
+            .iter()
+            .find(|(id, _)| id == kid)
+            .ok_or(TokenError::BadSignature)?;
+        // Constant-time comparison.
+        self.playback_mac(key, video, exp)
+            .verify_slice(&sig)
+            .map_err(|_| TokenError::BadSignature)?;
+        if exp <= now {
+            return Err(TokenError::Expired);
+        }
+        Ok(())
     }
 
     /// The token of one upload session, expiring with it.

@@ -69,6 +69,9 @@ pub struct AppState {
     pub cors_origins: Arc<[String]>,
     /// Where the web page's libraries are.
     pub web_vendor_dir: Arc<std::path::Path>,
+    /// Every video's playback URLs are signed.
+    pub signed_playback: bool,
+    pub playback_url_ttl: std::time::Duration,
 }
 
 pub struct Gateway {
@@ -151,6 +154,8 @@ impl Gateway {
             playback: cfg.web.playback,
             cors_origins: cfg.web.cors_origins.clone().into(),
             web_vendor_dir: cfg.web.vendor_dir.clone().into(),
+            signed_playback: cfg.web.signed_playback,
+            playback_url_ttl: cfg.web.playback_url_ttl,
         };
         Ok(Self {
             listener,

@@ -7,6 +7,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 
+use vtx_domain::VideoId;
+use vtx_infra::db;
+
 use crate::{ApiError, ApiResult, AppState};
 
 const SERVED_PREFIX: &str = "videos/";
@@ -26,6 +29,7 @@ const SERVED_PREFIX: &str = "videos/";
     responses(
         (status = 200, description = "The object.", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 206, description = "The asked range.", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 403, description = "`playback-url-required` (the video plays from signed URLs only), `playback-url-invalid`, `playback-url-expired`.", body = vtx_domain::api::ErrorBody),
         (status = 404, description = "`object-not-found`.", body = vtx_domain::api::ErrorBody),
         (status = 416, description = "`range-not-satisfiable`.", body = vtx_domain::api::ErrorBody),
         (status = 503, description = "`storage-unavailable`.", body = vtx_domain::api::ErrorBody),
@@ -39,6 +43,7 @@ pub async fn serve(
     Path(key): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    let key = authorize(&state, &key).await?;
     if !key.starts_with(SERVED_PREFIX)
         || key
             .split('/')
@@ -100,6 +105,55 @@ pub async fn serve(
     }
     resp.body(Body::from_stream(stream))
         .map_err(ApiError::internal)
+}
+
+/// The object key a request may fetch: `s/<token>/<key>` when the token plays the key's video,
+/// or the key itself when its video's URLs need no signature.
+async fn authorize(state: &AppState, path: &str) -> ApiResult<String> {
+    let refused = |code: &'static str, message: &str| {
+        ApiError::new(StatusCode::FORBIDDEN, code, message.to_string())
+    };
+    let (token, key) = match path
+        .strip_prefix("s/")
+        .and_then(|rest| rest.split_once('/'))
+    {
+        Some((token, key)) => (Some(token), key),
+        None => (None, path),
+    };
+    let video: Option<VideoId> = key
+        .strip_prefix(SERVED_PREFIX)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|id| id.parse().ok());
+    match (token, video) {
+        (Some(token), Some(video)) => {
+            match state
+                .auth
+                .verify_playback(token, video, chrono::Utc::now().timestamp())
+            {
+                Ok(()) => Ok(key.to_string()),
+                Err(crate::auth::TokenError::Expired) => Err(refused(
+                    "playback-url-expired",
+                    "this playback URL has expired; ask for the video's status again",
+                )),
+                Err(_) => Err(refused(
+                    "playback-url-invalid",
+                    "this playback URL is not signed for this video",
+                )),
+            }
+        }
+        (Some(_), None) => Err(ApiError::not_found("object-not-found", "object")),
+        (None, Some(video)) => {
+            if state.signed_playback || db::signed_playback(&state.pool, video).await? {
+                Err(refused(
+                    "playback-url-required",
+                    "this video plays from signed URLs only (see its status)",
+                ))
+            } else {
+                Ok(key.to_string())
+            }
+        }
+        (None, None) => Ok(key.to_string()),
+    }
 }
 
 /// Segments, MP4s and covers never change once written (keys are versioned per job and tier):

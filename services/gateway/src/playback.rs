@@ -10,7 +10,7 @@ use vtx_domain::playback::{Candidate, Form, Network, Viewer, choose};
 use vtx_infra::db;
 
 use crate::auth::Caller;
-use crate::status::{playback_of, rendition_view};
+use crate::status::{MediaUrls, playback_of, rendition_view};
 use crate::{ApiError, ApiResult, AppState, parse_id};
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -120,7 +120,7 @@ pub async fn choose_rendition(
         renditions = db::live_renditions(&state.pool, id)
             .await?
             .into_iter()
-            .map(|r| rendition_view(&state, r))
+            .map(|r| rendition_view(&MediaUrls::of(&state, id, v.signed_playback), r))
             .collect();
     }
     renditions.extend(playback.alternatives);

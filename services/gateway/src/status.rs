@@ -88,14 +88,32 @@ pub async fn job(
     Ok(Json(job_view(row, tiers)))
 }
 
-/// URL under which the gateway serves an object (see `media::serve`).
-pub fn media_url(state: &AppState, key: &str) -> String {
-    format!("{}/v1/media/{key}", state.public_url)
+/// The URLs under which the gateway serves one video's objects (see `media::serve`): signed
+/// and expiring when the video (or `VTX_SIGNED_PLAYBACK`) asks for it.
+pub(crate) struct MediaUrls {
+    prefix: String,
 }
 
-pub(crate) fn rendition_view(state: &AppState, r: db::RenditionRow) -> RenditionView {
+impl MediaUrls {
+    pub(crate) fn of(state: &AppState, video: VideoId, signed: bool) -> Self {
+        let prefix = if signed || state.signed_playback {
+            let exp = chrono::Utc::now().timestamp() + state.playback_url_ttl.as_secs() as i64;
+            let token = state.auth.playback_token(video, exp);
+            format!("{}/v1/media/s/{token}/", state.public_url)
+        } else {
+            format!("{}/v1/media/", state.public_url)
+        };
+        Self { prefix }
+    }
+
+    pub(crate) fn url(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
+
+pub(crate) fn rendition_view(urls: &MediaUrls, r: db::RenditionRow) -> RenditionView {
     RenditionView {
-        url: media_url(state, &r.object_key),
+        url: urls.url(&r.object_key),
         name: r.name,
         container: r.container,
         codec: r.codec,
@@ -207,6 +225,7 @@ pub(crate) async fn playback_of(
     v: &db::VideoRow,
     codecs: Option<&str>,
 ) -> ApiResult<Option<Playback>> {
+    let urls = MediaUrls::of(state, id, v.signed_playback);
     if v.state != VideoState::Published {
         return Ok(None);
     }
@@ -216,7 +235,7 @@ pub(crate) async fn playback_of(
             .into_iter()
             // A live-ingest fast tier is HLS only: its renditions are in the master playlist.
             .filter(|r| r.container == "mp4")
-            .map(|r| rendition_view(state, r))
+            .map(|r| rendition_view(&urls, r))
             .collect();
         let wanted: Vec<&str> = codecs
             .unwrap_or("")
@@ -231,7 +250,7 @@ pub(crate) async fn playback_of(
                 .await?
                 .into_iter()
                 .filter(|r| wanted.contains(&r.codec.as_str()))
-                .map(|r| rendition_view(state, r))
+                .map(|r| rendition_view(&urls, r))
                 .collect()
         };
         // The HLS master lists the declared codecs' extreme variants beside the H.264 ones.
@@ -245,9 +264,9 @@ pub(crate) async fn playback_of(
             hls: combined
                 .as_deref()
                 .or(v.hls_master_key.as_deref())
-                .map(|k| media_url(state, k)),
+                .map(|k| urls.url(k)),
             mp4,
-            cover: v.cover_key.as_deref().map(|k| media_url(state, k)),
+            cover: v.cover_key.as_deref().map(|k| urls.url(k)),
             alternatives,
         }))
     }

@@ -112,12 +112,15 @@ pub async fn create(
 
     let row = db::create_upload(
         &state.pool,
-        id,
-        session_expiry(&state)?,
-        grant,
-        req.rotation,
-        followers,
-        state.live_ingest,
+        &db::NewUpload {
+            id,
+            expires_at: session_expiry(&state)?,
+            grant_id: grant,
+            rotation: req.rotation,
+            followers,
+            live_ingest: state.live_ingest,
+            signed_playback: req.signed_playback.unwrap_or(false),
+        },
     )
     .await?;
     tracing::info!(upload_id = %id, grant = ?grant, "upload created");

@@ -26,6 +26,11 @@ pub struct WebConfig {
     /// `VTX_WEB_VENDOR_DIR`: where the page's libraries are (`tus-js-client/dist/tus.min.js`,
     /// `hls.js/dist/hls.min.js`); default `.vtx/web/node_modules`, where the setup script puts them.
     pub vendor_dir: std::path::PathBuf,
+    /// `VTX_SIGNED_PLAYBACK`: every video's playback URLs are signed and expire (default off:
+    /// only those of videos uploaded with `"signed_playback": true`).
+    pub signed_playback: bool,
+    /// `VTX_PLAYBACK_URL_TTL_SECS`: how long a signed playback URL plays (6 h).
+    pub playback_url_ttl: Duration,
 }
 
 impl WebConfig {
@@ -69,6 +74,11 @@ impl WebConfig {
             },
             webhook_timeout: Duration::from_secs(env.parse("VTX_WEBHOOK_TIMEOUT_SECS", 10)?),
             webhook_concurrency: env.parse::<usize>("VTX_WEBHOOK_CONCURRENCY", 16)?.max(1),
+            signed_playback: env.parse("VTX_SIGNED_PLAYBACK", false)?,
+            playback_url_ttl: Duration::from_secs(
+                env.parse::<u64>("VTX_PLAYBACK_URL_TTL_SECS", 6 * 3600)?
+                    .max(60),
+            ),
             vendor_dir: env
                 .string("VTX_WEB_VENDOR_DIR", ".vtx/web/node_modules")
                 .into(),

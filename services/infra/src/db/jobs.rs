@@ -68,6 +68,8 @@ pub struct VideoRow {
     pub published_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Its playback URLs are signed and expire.
+    pub signed_playback: bool,
 }
 
 #[derive(Clone, Debug, FromRow, Serialize)]
@@ -91,7 +93,7 @@ pub async fn get_video(pool: &PgPool, id: VideoId) -> sqlx::Result<Option<VideoR
     sqlx::query_as(
         "SELECT id, state, width, height, frames, duration_ms, source_bytes, error_code,
                 error_message, hls_master_key, cover_key, live_tier, source_key, published_at,
-                created_at, updated_at
+                created_at, updated_at, signed_playback
          FROM videos WHERE id = $1",
     )
     .bind(id.as_uuid())
@@ -123,4 +125,14 @@ pub async fn jobs_of_video(pool: &PgPool, id: VideoId) -> sqlx::Result<Vec<JobRo
     .bind(id.as_uuid())
     .fetch_all(pool)
     .await
+}
+
+/// Whether a video plays from signed URLs only (false for an unknown video: its objects are
+/// not found anyway).
+pub async fn signed_playback(pool: &PgPool, video: VideoId) -> sqlx::Result<bool> {
+    let row: Option<(bool,)> = sqlx::query_as("SELECT signed_playback FROM videos WHERE id = $1")
+        .bind(video.as_uuid())
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.is_some_and(|(s,)| s))
 }

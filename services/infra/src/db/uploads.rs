@@ -44,21 +44,37 @@ pub struct ChunkRow {
     pub end_seconds: Option<f64>,
 }
 
-pub async fn create_upload(
-    pool: &PgPool,
-    id: UploadId,
-    expires_at: DateTime<Utc>,
-    grant_id: Option<Uuid>,
-    rotation: Option<u32>,
-    followers: Option<u64>,
-    live_ingest: bool,
-) -> sqlx::Result<UploadRow> {
+/// A chunked upload session about to be opened.
+#[derive(Clone, Debug)]
+pub struct NewUpload {
+    pub id: UploadId,
+    pub expires_at: DateTime<Utc>,
+    pub grant_id: Option<Uuid>,
+    pub rotation: Option<u32>,
+    pub followers: Option<u64>,
+    /// Its chunks are encoded as they arrive.
+    pub live_ingest: bool,
+    /// Its video plays from signed URLs only.
+    pub signed_playback: bool,
+}
+
+pub async fn create_upload(pool: &PgPool, new: &NewUpload) -> sqlx::Result<UploadRow> {
+    let NewUpload {
+        id,
+        expires_at,
+        grant_id,
+        rotation,
+        followers,
+        live_ingest,
+        signed_playback,
+    } = new.clone();
     // A live-ingest upload reserves the ids of its video and job: its chunks' encodes write
     // straight to that job's fast-tier objects.
     let reserved = live_ingest.then(|| (VideoId::new().as_uuid(), JobId::new().as_uuid()));
     sqlx::query_as(
-        "INSERT INTO uploads (id, expires_at, grant_id, rotation, video_id, job_id, followers)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+        "INSERT INTO uploads (id, expires_at, grant_id, rotation, video_id, job_id, followers,
+                              signed_playback)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          RETURNING id, state, created_at, expires_at, completed_at, grant_id, protocol, upload_length, metadata",
     )
     .bind(id.as_uuid())
@@ -68,6 +84,7 @@ pub async fn create_upload(
     .bind(reserved.map(|r| r.0))
     .bind(reserved.map(|r| r.1))
     .bind(followers.map(|f| f.min(i64::MAX as u64) as i64))
+    .bind(signed_playback)
     .fetch_one(pool)
     .await
 }
@@ -427,7 +444,8 @@ pub(crate) async fn create_video_and_job(
         return Err(sqlx::Error::RowNotFound);
     }
     sqlx::query(
-        "INSERT INTO videos (id, upload_id, state, source_key, source_bytes) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO videos (id, upload_id, state, source_key, source_bytes, signed_playback)
+         SELECT $1, $2, $3, $4, $5, signed_playback FROM uploads WHERE id = $2",
     )
     .bind(video.as_uuid())
     .bind(upload.as_uuid())
