@@ -21,6 +21,11 @@ struct Receiver {
 
 impl Receiver {
     async fn start(secret: &str, fail_first: i32) -> Self {
+        Self::start_on(secret, fail_first, 0).await
+    }
+
+    /// On `port` (0: any free one).
+    async fn start_on(secret: &str, fail_first: i32, port: u16) -> Self {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let python = root.join(".vtx/py/bin/python");
         assert!(
@@ -35,6 +40,7 @@ impl Receiver {
             .env("SECRET", secret)
             .env("FAIL_FIRST", fail_first.to_string())
             .env("OUT", &out)
+            .env("PORT", port.to_string())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -209,4 +215,63 @@ async fn signed_events_reach_every_endpoint_at_least_once_with_retries(pool: PgP
     );
     assert!(deliveries(&app, off.id).await.deliveries.is_empty());
     app.stop().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn events_wait_in_the_database_for_a_receiver_and_a_gateway_that_come_back(pool: PgPool) {
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    // A port nothing listens on yet: every attempt fails until the receiver starts.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // A retry every second for two minutes.
+    let retries = vec!["1"; 120].join(",");
+    let settings = [("VTX_WEBHOOK_RETRY_SECS", retries.as_str())];
+    let first = TestApp::spawn_with(pool.clone(), &settings, vtx_tests::Services::default()).await;
+    let r = register(
+        &first,
+        json!({"url": format!("http://127.0.0.1:{port}/hook"), "secret": secret}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let done = first
+        .client
+        .upload_video(
+            &vtx_tests::media("bikes.mp4"),
+            &Default::default(),
+            &|_, _| {},
+        )
+        .await
+        .unwrap();
+    first
+        .client
+        .wait_for_tier(done.completed.video_id, "high", Duration::from_secs(240))
+        .await
+        .unwrap();
+    // The services that recorded the events go away before anything was delivered.
+    first.stop().await;
+
+    // The receiver comes up, then a new gateway (and workers) on the same database.
+    let receiver = Receiver::start_on(secret, 0, port).await;
+    let second = TestApp::spawn_with(pool, &settings, vtx_tests::Services::default()).await;
+    let video = done.completed.video_id.to_string();
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = receiver.received();
+        let taken: Vec<&serde_json::Value> = got
+            .iter()
+            .filter(|r| r["answered"] == 204 && r["video_id"] == video.as_str())
+            .collect();
+        let types: std::collections::BTreeSet<&str> =
+            taken.iter().filter_map(|r| r["type"].as_str()).collect();
+        if types.contains("video.published") && types.contains("video.upgraded") {
+            assert!(got.iter().all(|r| r["verified"] == true), "{got:#?}");
+            break;
+        }
+        assert!(Instant::now() < until, "events were lost: {got:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    second.stop().await;
 }

@@ -2,7 +2,7 @@
 library (not with vtx's code), answers 500 to the first FAIL_FIRST requests (or to all, with
 FAIL_FIRST=-1), and appends each verified request to OUT as one JSON line.
 
-Prints the port it listens on, then serves until killed."""
+Listens on PORT (any free port when unset) and prints it, then serves until killed."""
 
 import json
 import os
@@ -51,6 +51,6 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+server = ThreadingHTTPServer(("127.0.0.1", int(os.environ.get("PORT", "0"))), Handler)
 print(server.server_address[1], flush=True)
 server.serve_forever()
