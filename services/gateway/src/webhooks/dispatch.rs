@@ -95,7 +95,21 @@ async fn fan_out(state: &AppState) -> anyhow::Result<()> {
     let mut tx = state.pool.begin().await?;
     let events = db::events_to_fan_out(&mut tx, 50).await?;
     for event in &events {
-        let body = render(state, event).await?;
+        // An event whose subject cannot be read (a storage hiccup is retried by the error path
+        // below; a row gone for good is not) still goes out, without its body: it must not hold
+        // back every event after it.
+        let body = match render(state, event).await {
+            Ok(body) => body,
+            Err(e) if event.occurred_at < chrono::Utc::now() - chrono::Duration::minutes(5) => {
+                tracing::warn!(event = %event.id, error = %e, "webhooks: sending an event without its body");
+                serde_json::to_value(EventBody {
+                    event_type: event.event_type,
+                    timestamp: rfc3339(event.occurred_at),
+                    data: serde_json::Value::Null,
+                })?
+            }
+            Err(e) => return Err(e),
+        };
         let n = db::fan_out(&mut tx, event, &body).await?;
         metrics::counter!("vtx_webhook_events_total", "type" => event.event_type.as_str())
             .increment(1);
