@@ -138,6 +138,14 @@ pub(crate) enum Bench {
         priority_only: bool,
     },
     /// Play ingest on one gateway process, and the top-x query over synthetic history.
+    /// The status API under fixed request rates: latency percentiles per rate.
+    Status {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Requests per second, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [500, 1000, 2000])]
+        rates: Vec<u32>,
+    },
     Hotness {
         #[arg(long, default_value_t = 10)]
         seconds: u64,

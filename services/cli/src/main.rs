@@ -84,6 +84,7 @@ async fn run() -> anyhow::Result<ExitCode> {
             videos,
             minutes,
         }) => bench::hotness(seconds, batch, senders, videos, minutes).await,
+        Command::Bench(Bench::Status { seconds, rates }) => bench::status(seconds, rates).await,
         Command::Bench(Bench::Uploads { sessions, chunks }) => {
             bench::uploads(sessions, chunks).await
         }

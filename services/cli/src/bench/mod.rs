@@ -8,6 +8,7 @@ mod live;
 mod media;
 mod pipeline;
 mod stack;
+mod status;
 mod uploads;
 
 pub use extreme::extreme;
@@ -16,6 +17,7 @@ pub use live::live;
 pub use media::media;
 pub use pipeline::pipeline;
 use stack::BenchStack;
+pub use status::status;
 pub use uploads::uploads;
 
 use std::path::{Path, PathBuf};
