@@ -143,7 +143,7 @@ async fn authorize(state: &AppState, path: &str) -> ApiResult<String> {
         }
         (Some(_), None) => Err(ApiError::not_found("object-not-found", "object")),
         (None, Some(video)) => {
-            if state.signed_playback || db::signed_playback(&state.pool, video).await? {
+            if state.signed_playback || signed_only(state, video).await? {
                 Err(refused(
                     "playback-url-required",
                     "this video plays from signed URLs only (see its status)",
@@ -154,6 +154,30 @@ async fn authorize(state: &AppState, path: &str) -> ApiResult<String> {
         }
         (None, None) => Ok(key.to_string()),
     }
+}
+
+/// Whether `video` plays from signed URLs only. Fixed when the video is created, so it is
+/// read from PostgreSQL once per video and kept: serving a segment costs no query.
+async fn signed_only(state: &AppState, video: VideoId) -> ApiResult<bool> {
+    if let Some(known) = state
+        .signed_videos
+        .lock()
+        .expect("not poisoned")
+        .get(&video)
+    {
+        return Ok(*known);
+    }
+    // Not yet a video (its upload is still arriving): nothing to play yet, nothing to keep.
+    let Some(signed) = db::signed_playback(&state.pool, video).await? else {
+        return Ok(false);
+    };
+    let mut known = state.signed_videos.lock().expect("not poisoned");
+    // Bounded: past the limit it starts over (a reread costs one query per video).
+    if known.len() >= 100_000 {
+        known.clear();
+    }
+    known.insert(video, signed);
+    Ok(signed)
 }
 
 /// Segments, MP4s and covers never change once written (keys are versioned per job and tier):

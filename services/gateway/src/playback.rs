@@ -117,10 +117,11 @@ pub async fn choose_rendition(
     let mut renditions: Vec<RenditionView> = playback.mp4;
     if renditions.is_empty() {
         // A live-ingest fast tier before its MP4s: its HLS media playlists.
+        let urls = MediaUrls::of(&state, id, v.signed_playback);
         renditions = db::live_renditions(&state.pool, id)
             .await?
             .into_iter()
-            .map(|r| rendition_view(&MediaUrls::of(&state, id, v.signed_playback), r))
+            .map(|r| rendition_view(&urls, r))
             .collect();
     }
     renditions.extend(playback.alternatives);

@@ -225,49 +225,47 @@ pub(crate) async fn playback_of(
     v: &db::VideoRow,
     codecs: Option<&str>,
 ) -> ApiResult<Option<Playback>> {
-    let urls = MediaUrls::of(state, id, v.signed_playback);
     if v.state != VideoState::Published {
         return Ok(None);
     }
-    {
-        let mp4 = db::live_renditions(&state.pool, id)
+    let urls = MediaUrls::of(state, id, v.signed_playback);
+    let mp4 = db::live_renditions(&state.pool, id)
+        .await?
+        .into_iter()
+        // A live-ingest fast tier is HLS only: its renditions are in the master playlist.
+        .filter(|r| r.container == "mp4")
+        .map(|r| rendition_view(&urls, r))
+        .collect();
+    let wanted: Vec<&str> = codecs
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let alternatives = if wanted.is_empty() {
+        Vec::new()
+    } else {
+        db::extreme_renditions(&state.pool, id)
             .await?
             .into_iter()
-            // A live-ingest fast tier is HLS only: its renditions are in the master playlist.
-            .filter(|r| r.container == "mp4")
+            .filter(|r| wanted.contains(&r.codec.as_str()))
             .map(|r| rendition_view(&urls, r))
-            .collect();
-        let wanted: Vec<&str> = codecs
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .collect();
-        let alternatives = if wanted.is_empty() {
-            Vec::new()
-        } else {
-            db::extreme_renditions(&state.pool, id)
-                .await?
-                .into_iter()
-                .filter(|r| wanted.contains(&r.codec.as_str()))
-                .map(|r| rendition_view(&urls, r))
-                .collect()
-        };
-        // The HLS master lists the declared codecs' extreme variants beside the H.264 ones.
-        let set = vtx_domain::hls::codec_set(alternatives.iter().map(|r| r.codec.as_str()));
-        let combined = if set.is_empty() {
-            None
-        } else {
-            db::extreme_hls_master(&state.pool, id, &set).await?
-        };
-        Ok(Some(Playback {
-            hls: combined
-                .as_deref()
-                .or(v.hls_master_key.as_deref())
-                .map(|k| urls.url(k)),
-            mp4,
-            cover: v.cover_key.as_deref().map(|k| urls.url(k)),
-            alternatives,
-        }))
-    }
+            .collect()
+    };
+    // The HLS master lists the declared codecs' extreme variants beside the H.264 ones.
+    let set = vtx_domain::hls::codec_set(alternatives.iter().map(|r| r.codec.as_str()));
+    let combined = if set.is_empty() {
+        None
+    } else {
+        db::extreme_hls_master(&state.pool, id, &set).await?
+    };
+    Ok(Some(Playback {
+        hls: combined
+            .as_deref()
+            .or(v.hls_master_key.as_deref())
+            .map(|k| urls.url(k)),
+        mp4,
+        cover: v.cover_key.as_deref().map(|k| urls.url(k)),
+        alternatives,
+    }))
 }

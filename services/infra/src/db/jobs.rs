@@ -127,12 +127,12 @@ pub async fn jobs_of_video(pool: &PgPool, id: VideoId) -> sqlx::Result<Vec<JobRo
     .await
 }
 
-/// Whether a video plays from signed URLs only (false for an unknown video: its objects are
-/// not found anyway).
-pub async fn signed_playback(pool: &PgPool, video: VideoId) -> sqlx::Result<bool> {
+/// Whether a video plays from signed URLs only; `None` while it has no row (a live-ingest
+/// upload writes its objects before the video exists).
+pub async fn signed_playback(pool: &PgPool, video: VideoId) -> sqlx::Result<Option<bool>> {
     let row: Option<(bool,)> = sqlx::query_as("SELECT signed_playback FROM videos WHERE id = $1")
         .bind(video.as_uuid())
         .fetch_optional(pool)
         .await?;
-    Ok(row.is_some_and(|(s,)| s))
+    Ok(row.map(|(s,)| s))
 }
