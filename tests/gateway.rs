@@ -287,6 +287,9 @@ async fn a_tus_upload_from_a_real_tus_client_resumes_and_becomes_a_playable_vide
         .unwrap();
     assert_eq!(video.state, "published", "{video:?}");
     assert_eq!(video.frames, Some(source_frames));
+    // The tus metadata asked for signed playback.
+    let hls = video.playback.unwrap().hls.unwrap();
+    assert!(hls.contains("/v1/media/s/"), "{hls}");
     app.stop().await;
 }
 
@@ -1615,6 +1618,48 @@ async fn a_video_uploaded_for_signed_playback_plays_only_from_its_signed_expirin
         .unwrap();
     let hls = video.playback.unwrap().hls.unwrap();
     let base = format!("{}/v1/media/", app.client.base());
+
+    // A poller that sends the status's ETag back gets 304 and no body (the signed URLs in it
+    // are the same for a minute; crossing a minute boundary costs one more full read).
+    let status_url = format!(
+        "{}/v1/videos/{}",
+        app.client.base(),
+        done.completed.video_id
+    );
+    let service = app.cfg.auth.service_tokens[0].expose().to_string();
+    let mut revalidated = false;
+    for _ in 0..3 {
+        let first = app
+            .client
+            .http()
+            .get(&status_url)
+            .bearer_auth(&service)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(first.status(), StatusCode::OK);
+        let tag = first.headers()[reqwest::header::ETAG].clone();
+        let again = app
+            .client
+            .http()
+            .get(&status_url)
+            .bearer_auth(&service)
+            .header(reqwest::header::IF_NONE_MATCH, tag.clone())
+            .send()
+            .await
+            .unwrap();
+        if again.status() == StatusCode::NOT_MODIFIED {
+            assert_eq!(again.headers()[reqwest::header::ETAG], tag);
+            assert!(again.bytes().await.unwrap().is_empty());
+            revalidated = true;
+            break;
+        }
+        assert_eq!(again.status(), StatusCode::OK);
+    }
+    assert!(
+        revalidated,
+        "If-None-Match with the current ETag is answered 304"
+    );
     let signed = hls
         .strip_prefix(&format!("{base}s/"))
         .expect("a signed URL");

@@ -10,7 +10,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio::io::AsyncBufReadExt;
 use vtx_domain::webhooks::{DeliveryList, EndpointView};
-use vtx_tests::TestApp;
+use vtx_tests::{ChildGuard, TestApp, progress};
 
 struct Receiver {
     url: String,
@@ -26,6 +26,11 @@ impl Receiver {
 
     /// On `port` (0: any free one).
     async fn start_on(secret: &str, fail_first: i32, port: u16) -> Self {
+        Self::start_with(secret, &[("FAIL_FIRST", &fail_first.to_string())], port).await
+    }
+
+    /// With the receiver's settings `env` (see webhook_receiver.py), on `port`.
+    async fn start_with(secret: &str, env: &[(&str, &str)], port: u16) -> Self {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let python = root.join(".vtx/py/bin/python");
         assert!(
@@ -38,7 +43,7 @@ impl Receiver {
         let mut child = tokio::process::Command::new(python)
             .arg(root.join("tests/support/webhook_receiver.py"))
             .env("SECRET", secret)
-            .env("FAIL_FIRST", fail_first.to_string())
+            .envs(env.iter().copied())
             .env("OUT", &out)
             .env("PORT", port.to_string())
             .stdout(Stdio::piped())
@@ -274,4 +279,96 @@ async fn events_wait_in_the_database_for_a_receiver_and_a_gateway_that_come_back
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     second.stop().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn no_event_is_lost_when_the_worker_and_the_gateway_sending_it_are_killed(pool: PgPool) {
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    // The first request is held a long time: its sender is killed -9 while it waits.
+    let receiver =
+        Receiver::start_with(secret, &[("HOLD_FIRST", "1"), ("HOLD_SECS", "300")], 0).await;
+    // Only the gateway processes send webhooks; the in-process one serves the test's requests.
+    // An attempt lasts at most 2 s, so a killed sender's lease runs out after 9 s.
+    let retries = vec!["1"; 120].join(",");
+    let app = TestApp::spawn_with(
+        pool,
+        &[
+            ("VTX_WEBHOOK_DISPATCH", "false"),
+            ("VTX_WEBHOOK_TIMEOUT_SECS", "2"),
+            ("VTX_WEBHOOK_RETRY_SECS", retries.as_str()),
+        ],
+        vtx_tests::Services {
+            worker: false,
+            scheduler: true,
+        },
+    )
+    .await;
+    let r = register(&app, json!({"url": receiver.url, "secret": secret})).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let sender = [("VTX_WEBHOOK_DISPATCH", "true")];
+    let mut worker = ChildGuard(app.spawn_process("webhooks-worker-a", "worker", &[]));
+    let mut gateway = ChildGuard(app.spawn_process("webhooks-gateway-a", "gateway", &sender));
+    let clip = vtx_tests::media("bikes.mp4");
+    let done = app
+        .client
+        .upload_video(&clip, &Default::default(), &|_, _| {})
+        .await
+        .unwrap();
+    let video = done.completed.video_id.to_string();
+
+    // video.published is in flight to the receiver: kill -9 both its sender and the worker.
+    let until = Instant::now() + Duration::from_secs(180);
+    let held = loop {
+        if let Some(held) = receiver.received().into_iter().find(|r| r["held"] == true) {
+            break held;
+        }
+        assert!(Instant::now() < until, "no webhook reached the receiver");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    worker.0.kill().unwrap();
+    gateway.0.kill().unwrap();
+    let _ = (worker.0.wait(), gateway.0.wait());
+    assert_eq!(held["type"], "video.published");
+    assert_eq!(held["video_id"], video.as_str());
+    let (tier,): (String,) = sqlx::query_as("SELECT live_tier FROM videos WHERE id = $1")
+        .bind(done.completed.video_id.as_uuid())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    progress(&format!(
+        "webhooks: killed mid-delivery with the {tier} tier live"
+    ));
+
+    // New processes take over: the same event arrives (same webhook-id), then the upgrade.
+    let _worker = ChildGuard(app.spawn_process("webhooks-worker-b", "worker", &[]));
+    let _gateway = ChildGuard(app.spawn_process("webhooks-gateway-b", "gateway", &sender));
+    let until = Instant::now() + Duration::from_secs(240);
+    loop {
+        let got = receiver.received();
+        let taken: Vec<&serde_json::Value> = got
+            .iter()
+            .filter(|r| r["answered"] == 204 && r["video_id"] == video.as_str())
+            .collect();
+        let published = taken.iter().find(|r| r["type"] == "video.published");
+        let upgraded = taken.iter().find(|r| r["type"] == "video.upgraded");
+        if let (Some(published), Some(_)) = (published, upgraded) {
+            assert_eq!(published["id"], held["id"], "the same event, not a new one");
+            assert!(
+                got.iter()
+                    .all(|r| r["held"] == true || r["verified"] == true)
+            );
+            // None invented: one event id per type, however many attempts.
+            let mut ids = std::collections::BTreeMap::new();
+            for r in &taken {
+                ids.entry(r["type"].as_str().unwrap().to_string())
+                    .or_insert_with(std::collections::BTreeSet::new)
+                    .insert(r["id"].as_str().unwrap().to_string());
+            }
+            assert!(ids.values().all(|set| set.len() == 1), "{ids:#?}");
+            break;
+        }
+        assert!(Instant::now() < until, "events were lost: {got:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    app.stop().await;
 }

@@ -268,11 +268,18 @@ impl TestApp {
 
     /// Starts a `vtx worker` process on this app's database, queues and bucket prefix.
     pub fn spawn_worker_process(&self, name: &str) -> Child {
+        self.spawn_process(name, "worker", &[])
+    }
+
+    /// Starts `vtx <command>` on this app's settings, with `overrides`; its log goes to
+    /// `vtx-test-<name>.log` in the temporary directory.
+    pub fn spawn_process(&self, name: &str, command: &str, overrides: &[(&str, &str)]) -> Child {
         let log = std::fs::File::create(std::env::temp_dir().join(format!("vtx-test-{name}.log")))
             .expect("log file");
         Command::new(vtx_binary())
-            .arg("worker")
+            .arg(command)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(overrides.iter().copied())
             .env("VTX_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -1,6 +1,8 @@
 """A webhook receiver for the tests: verifies every request with the Standard Webhooks reference
 library (not with vtx's code), answers 500 to the first FAIL_FIRST requests (or to all, with
-FAIL_FIRST=-1), and appends each verified request to OUT as one JSON line.
+FAIL_FIRST=-1), and appends each verified request to OUT as one JSON line. The first HOLD_FIRST
+requests are held HOLD_SECS and then answered 500, after a line with "held": true, so that a test
+can kill the sender while a delivery is in flight.
 
 Listens on PORT (any free port when unset) and prints it, then serves until killed."""
 
@@ -8,6 +10,7 @@ import json
 import os
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from standardwebhooks.webhooks import Webhook
@@ -15,6 +18,8 @@ from standardwebhooks.webhooks import Webhook
 SECRET = os.environ["SECRET"]
 FAIL_FIRST = int(os.environ.get("FAIL_FIRST", "0"))
 OUT = os.environ["OUT"]
+HOLD_FIRST = int(os.environ.get("HOLD_FIRST", "0"))
+HOLD_SECS = float(os.environ.get("HOLD_SECS", "0"))
 lock = threading.Lock()
 seen = {"requests": 0}
 
@@ -32,8 +37,21 @@ class Handler(BaseHTTPRequestHandler):
         with lock:
             seen["requests"] += 1
             n = seen["requests"]
-            fail = FAIL_FIRST < 0 or n <= FAIL_FIRST
+            hold = n <= HOLD_FIRST
+            fail = FAIL_FIRST < 0 or n <= FAIL_FIRST or hold
             event = json.loads(body) if verified else {}
+            if hold:
+                with open(OUT, "a") as f:
+                    f.write(json.dumps({
+                        "n": n,
+                        "held": True,
+                        "id": headers.get("webhook-id"),
+                        "type": event.get("type"),
+                        "video_id": (event.get("data") or {}).get("id"),
+                    }) + "\n")
+        if hold:
+            time.sleep(HOLD_SECS)
+        with lock:
             with open(OUT, "a") as f:
                 f.write(json.dumps({
                     "n": n,
@@ -44,8 +62,11 @@ class Handler(BaseHTTPRequestHandler):
                     "live_tier": (event.get("data") or {}).get("live_tier"),
                     "answered": 500 if fail or not verified else 204,
                 }) + "\n")
-        self.send_response(500 if fail or not verified else 204)
-        self.end_headers()
+        try:
+            self.send_response(500 if fail or not verified else 204)
+            self.end_headers()
+        except OSError:
+            pass  # the sender is gone (killed mid-delivery)
 
     def log_message(self, *args):
         pass

@@ -21,7 +21,8 @@ tus = client.TusClient(endpoint, headers={"Authorization": "Bearer " + token})
 uploader = tus.uploader(
     path,
     chunk_size=256 * 1024,
-    metadata={"filename": os.path.basename(path)},
+    # The video plays only from signed URLs (vtx reads this key; others are kept as sent).
+    metadata={"filename": os.path.basename(path), "signed_playback": "true"},
     store_url=True,
     url_storage=filestorage.FileStorage(storage),
     upload_checksum=True,

@@ -55,6 +55,9 @@ pub(crate) enum Command {
         /// The uploader's follower count (a large one predicts a hot video: extreme encode).
         #[arg(long)]
         followers: Option<u64>,
+        /// The video plays only from signed, expiring URLs (those the status API hands out).
+        #[arg(long)]
+        signed_playback: bool,
         #[command(flatten)]
         gateway: GatewayArgs,
     },

@@ -48,6 +48,7 @@ async fn run() -> anyhow::Result<ExitCode> {
             wait,
             wait_timeout,
             followers,
+            signed_playback,
             gateway,
         } => {
             let opts = vtx_client::UploadOptions {
@@ -60,7 +61,7 @@ async fn run() -> anyhow::Result<ExitCode> {
                     vtx_client::UploadOptions::default_state_dir()
                 },
                 followers,
-                signed_playback: false,
+                signed_playback,
             };
             let wait = wait.then(|| Duration::from_secs(wait_timeout));
             return upload(file, opts, wait, gateway).await;

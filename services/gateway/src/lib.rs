@@ -7,6 +7,7 @@ mod auth;
 mod body;
 mod cors;
 mod error;
+mod etag;
 mod events;
 mod grants;
 mod health;
@@ -88,7 +89,8 @@ pub struct Gateway {
     shutdown_grace: std::time::Duration,
     /// For the webhook dispatcher, which renders events as the status API does.
     state: AppState,
-    webhooks: webhooks::dispatch::DispatchSettings,
+    /// `None`: this gateway sends no webhooks (`VTX_WEBHOOK_DISPATCH=false`); others do.
+    webhooks: Option<webhooks::dispatch::DispatchSettings>,
 }
 
 impl Gateway {
@@ -164,11 +166,15 @@ impl Gateway {
             listener,
             router: router(state.clone()),
             state,
-            webhooks: webhooks::dispatch::DispatchSettings {
-                retry: cfg.web.webhook_retry.clone(),
-                timeout: cfg.web.webhook_timeout,
-                concurrency: cfg.web.webhook_concurrency,
-            },
+            webhooks: cfg
+                .web
+                .webhook_dispatch
+                .then(|| webhooks::dispatch::DispatchSettings {
+                    retry: cfg.web.webhook_retry.clone(),
+                    timeout: cfg.web.webhook_timeout,
+                    concurrency: cfg.web.webhook_concurrency,
+                    retention: cfg.web.webhook_retention,
+                }),
             addr,
             public_url,
             plays,
@@ -207,11 +213,13 @@ impl Gateway {
             tokio::spawn(async move { plays.run(pool, every, stop).await })
         };
         // Webhooks are sent beside the requests, never in their way.
-        let dispatcher = tokio::spawn(webhooks::dispatch::run(
-            self.state.clone(),
-            self.webhooks.clone(),
-            flush_stop.clone(),
-        ));
+        let dispatcher = self.webhooks.clone().map(|settings| {
+            tokio::spawn(webhooks::dispatch::run(
+                self.state.clone(),
+                settings,
+                flush_stop.clone(),
+            ))
+        });
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.max_buf_size(READ_BUFFER)
@@ -256,7 +264,9 @@ impl Gateway {
         }
         flush_stop.cancel();
         let _ = flusher.await;
-        let _ = dispatcher.await;
+        if let Some(dispatcher) = dispatcher {
+            let _ = dispatcher.await;
+        }
         Ok(())
     }
 }

@@ -156,7 +156,7 @@ async fn authorize(state: &AppState, path: &str) -> ApiResult<String> {
     }
 }
 
-/// Whether `video` plays from signed URLs only. Fixed when the video is created, so it is
+/// Whether `video` plays from signed URLs only. Fixed when its upload is created, so it is
 /// read from PostgreSQL once per video and kept: serving a segment costs no query.
 async fn signed_only(state: &AppState, video: VideoId) -> ApiResult<bool> {
     if let Some(known) = state
@@ -167,7 +167,7 @@ async fn signed_only(state: &AppState, video: VideoId) -> ApiResult<bool> {
     {
         return Ok(*known);
     }
-    // Not yet a video (its upload is still arriving): nothing to play yet, nothing to keep.
+    // Unknown: nothing to play, nothing to keep.
     let Some(signed) = db::signed_playback(&state.pool, video).await? else {
         return Ok(false);
     };

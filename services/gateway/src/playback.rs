@@ -107,22 +107,17 @@ pub async fn choose_rendition(
     caller.require_service()?;
     let id: VideoId = parse_id(&id, "video-not-found", "video")?;
     let viewer = viewer(&q)?;
-    let v = db::get_video(&state.pool, id)
+    let s = db::video_status(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::not_found("video-not-found", "video"))?;
     let not_playable = || ApiError::conflict("video-not-published", "the video is not published");
-    let playback = playback_of(&state, id, &v, q.codecs.as_deref())
-        .await?
-        .ok_or_else(not_playable)?;
+    let playback = playback_of(&state, id, &s, q.codecs.as_deref()).ok_or_else(not_playable)?;
+    let v = &s.video;
     let mut renditions: Vec<RenditionView> = playback.mp4;
     if renditions.is_empty() {
         // A live-ingest fast tier before its MP4s: its HLS media playlists.
         let urls = MediaUrls::of(&state, id, v.signed_playback);
-        renditions = db::live_renditions(&state.pool, id)
-            .await?
-            .into_iter()
-            .map(|r| rendition_view(&urls, r))
-            .collect();
+        renditions = s.live.iter().map(|r| rendition_view(&urls, r)).collect();
     }
     renditions.extend(playback.alternatives);
     renditions.sort_by_key(|r| r.bitrate);

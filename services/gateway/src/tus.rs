@@ -193,16 +193,23 @@ pub async fn create(
                 .to_string(),
         ),
     };
+    let signed_playback = match metadata.as_deref() {
+        Some(m) => signed_playback_of(m)?.unwrap_or(false),
+        None => false,
+    };
     let id = UploadId::new();
 
     let row = db::create_tus_upload(
         &state.pool,
-        id,
-        session_expiry(&state)?,
-        grant,
-        followers,
-        length,
-        metadata.as_deref(),
+        &db::NewTusUpload {
+            id,
+            expires_at: session_expiry(&state)?,
+            grant_id: grant,
+            followers,
+            length,
+            metadata: metadata.as_deref(),
+            signed_playback,
+        },
     )
     .await?;
     tracing::info!(upload_id = %id, length, "tus upload created");
@@ -219,6 +226,32 @@ pub async fn create(
         ],
     )
         .into_response())
+}
+
+/// The `signed_playback` key of `Upload-Metadata` (`key base64(value),...`): `true` or
+/// `false` (a key without a value is `true`); `None` when absent.
+fn signed_playback_of(metadata: &str) -> ApiResult<Option<bool>> {
+    let bad = || {
+        ApiError::bad_request(
+            "tus-metadata",
+            "signed_playback in Upload-Metadata must be base64 of `true` or `false`",
+        )
+    };
+    for pair in metadata.split(',') {
+        let mut parts = pair.trim().splitn(2, ' ');
+        if parts.next() != Some("signed_playback") {
+            continue;
+        }
+        return match parts.next().map(str::trim) {
+            None | Some("") => Ok(Some(true)),
+            Some(value) => match B64.decode(value).map_err(|_| bad())?.as_slice() {
+                b"true" => Ok(Some(true)),
+                b"false" => Ok(Some(false)),
+                _ => Err(bad()),
+            },
+        };
+    }
+    Ok(None)
 }
 
 /// The upload behind a tus URL: 404 for unknown ids and chunked uploads, 410 once it has
@@ -560,4 +593,34 @@ pub async fn terminate(
     )
     .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_playback_is_read_from_the_tus_metadata() {
+        let b64 = |s: &str| B64.encode(s);
+        let of = |m: &str| signed_playback_of(m).map_err(|e| e.code);
+        assert_eq!(of(&format!("filename {}", b64("a.mp4"))), Ok(None));
+        assert_eq!(
+            of(&format!(
+                "filename {},signed_playback {}",
+                b64("a.mp4"),
+                b64("true")
+            )),
+            Ok(Some(true))
+        );
+        assert_eq!(
+            of(&format!("signed_playback {}", b64("false"))),
+            Ok(Some(false))
+        );
+        assert_eq!(of("signed_playback"), Ok(Some(true)));
+        assert_eq!(
+            of(&format!("signed_playback {}", b64("yes"))),
+            Err("tus-metadata")
+        );
+        assert_eq!(of("signed_playback !!"), Err("tus-metadata"));
+    }
 }

@@ -28,21 +28,31 @@ pub async fn status(seconds: u64, rates: Vec<u32>) -> anyhow::Result<()> {
     // The client's own HTTP client (many connections: the load is open loop).
     let http = client.http().clone();
     // Warm the connections and the database's caches.
+    let mut etag = String::new();
     for _ in 0..200 {
-        http.get(&url)
-            .bearer_auth(&token)
-            .send()
-            .await?
-            .bytes()
-            .await?;
+        let r = http.get(&url).bearer_auth(&token).send().await?;
+        if let Some(tag) = r.headers().get(reqwest::header::ETAG) {
+            etag = tag.to_str()?.to_owned();
+        }
+        r.bytes().await?;
     }
+    anyhow::ensure!(!etag.is_empty(), "the status API sent no ETag");
     println!(
         "### Status API under a fixed request rate (one gateway process, `GET /v1/videos/{{id}}`)"
     );
     println!();
-    println!("| rate req/s | sent | answered/s | errors | p50 ms | p90 ms | p99 ms | max ms |");
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for rate in rates {
+    println!(
+        "| reads | rate req/s | sent | answered/s | errors | p50 ms | p90 ms | p99 ms | max ms |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    // Every rate twice: full reads, then revalidations with the ETag (304, no body).
+    let runs = rates.iter().flat_map(|&rate| {
+        [
+            ("full", rate, None),
+            ("If-None-Match", rate, Some(etag.clone())),
+        ]
+    });
+    for (reads, rate, if_none_match) in runs {
         let total = u64::from(rate) * seconds;
         let every = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
         let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total as usize)));
@@ -55,10 +65,20 @@ pub async fn status(seconds: u64, rates: Vec<u32>) -> anyhow::Result<()> {
             tick.tick().await;
             let (http, url, token) = (http.clone(), url.clone(), token.clone());
             let (latencies, errors) = (latencies.clone(), errors.clone());
+            let if_none_match = if_none_match.clone();
             tasks.spawn(async move {
                 let t0 = Instant::now();
-                let ok = match http.get(&url).bearer_auth(&token).send().await {
-                    Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                let mut request = http.get(&url).bearer_auth(&token);
+                if let Some(tag) = &if_none_match {
+                    request = request.header(reqwest::header::IF_NONE_MATCH, tag);
+                }
+                let expected = if if_none_match.is_some() {
+                    reqwest::StatusCode::NOT_MODIFIED
+                } else {
+                    reqwest::StatusCode::OK
+                };
+                let ok = match request.send().await {
+                    Ok(r) if r.status() == expected => r.bytes().await.is_ok(),
                     _ => false,
                 };
                 if ok {
@@ -77,7 +97,7 @@ pub async fn status(seconds: u64, rates: Vec<u32>) -> anyhow::Result<()> {
                 .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
         };
         println!(
-            "| {rate} | {total} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {reads} | {rate} | {total} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
             l.len() as f64 / wall,
             errors.load(std::sync::atomic::Ordering::Relaxed),
             q(0.50),

@@ -25,7 +25,12 @@ pub struct DispatchSettings {
     pub timeout: Duration,
     /// Attempts in flight at once.
     pub concurrency: usize,
+    /// How long ended deliveries (and their events) are kept.
+    pub retention: Duration,
 }
+
+/// How often old events are looked for.
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
 
 /// Runs until `shutdown`.
 pub async fn run(state: AppState, settings: DispatchSettings, shutdown: CancellationToken) {
@@ -43,7 +48,16 @@ pub async fn run(state: AppState, settings: DispatchSettings, shutdown: Cancella
             return;
         }
     };
+    let mut forgotten_at: Option<std::time::Instant> = None;
     loop {
+        if forgotten_at.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
+            forgotten_at = Some(std::time::Instant::now());
+            match db::forget_old_events(&state.pool, settings.retention, 10_000).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(events = n, "webhooks: forgot events past retention"),
+                Err(e) => tracing::warn!(error = %e, "webhooks: forgetting old events failed"),
+            }
+        }
         if let Err(e) = fan_out(&state).await {
             tracing::warn!(error = %e, "webhooks: fan-out failed; will try again");
         }

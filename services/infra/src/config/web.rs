@@ -23,6 +23,12 @@ pub struct WebConfig {
     pub webhook_timeout: Duration,
     /// `VTX_WEBHOOK_CONCURRENCY`: attempts in flight at once per gateway (16).
     pub webhook_concurrency: usize,
+    /// `VTX_WEBHOOK_DISPATCH`: this gateway sends webhooks (default true). Several gateways
+    /// may all send; turn it off for gateways that should only serve requests.
+    pub webhook_dispatch: bool,
+    /// `VTX_WEBHOOK_RETENTION_DAYS`: how long events and their deliveries stay listed once
+    /// every delivery has ended (30).
+    pub webhook_retention: Duration,
     /// `VTX_WEB_VENDOR_DIR`: where the page's libraries are (`tus-js-client/dist/tus.min.js`,
     /// `hls.js/dist/hls.min.js`); default `.vtx/web/node_modules`, where the setup script puts them.
     pub vendor_dir: std::path::PathBuf,
@@ -74,6 +80,12 @@ impl WebConfig {
             },
             webhook_timeout: Duration::from_secs(env.parse("VTX_WEBHOOK_TIMEOUT_SECS", 10)?),
             webhook_concurrency: env.parse::<usize>("VTX_WEBHOOK_CONCURRENCY", 16)?.max(1),
+            webhook_dispatch: env.parse("VTX_WEBHOOK_DISPATCH", true)?,
+            webhook_retention: Duration::from_secs_f64(
+                env.parse::<f64>("VTX_WEBHOOK_RETENTION_DAYS", 30.0)?
+                    .max(0.0)
+                    * 86_400.0,
+            ),
             signed_playback: env.parse("VTX_SIGNED_PLAYBACK", false)?,
             playback_url_ttl: Duration::from_secs(
                 env.parse::<u64>("VTX_PLAYBACK_URL_TTL_SECS", 6 * 3600)?

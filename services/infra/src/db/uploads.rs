@@ -107,27 +107,35 @@ pub async fn grant_usage(pool: &PgPool, grant: Uuid) -> sqlx::Result<(i64, i64, 
     .await
 }
 
-pub async fn create_tus_upload(
-    pool: &PgPool,
-    id: UploadId,
-    expires_at: DateTime<Utc>,
-    grant_id: Option<Uuid>,
-    followers: Option<u64>,
-    length: u64,
-    metadata: Option<&str>,
-) -> sqlx::Result<UploadRow> {
+/// A tus upload session about to be created.
+#[derive(Debug)]
+pub struct NewTusUpload<'a> {
+    pub id: UploadId,
+    pub expires_at: DateTime<Utc>,
+    pub grant_id: Option<Uuid>,
+    pub followers: Option<u64>,
+    /// Total bytes (`Upload-Length`).
+    pub length: u64,
+    /// `Upload-Metadata` as sent.
+    pub metadata: Option<&'a str>,
+    pub signed_playback: bool,
+}
+
+pub async fn create_tus_upload(pool: &PgPool, new: &NewTusUpload<'_>) -> sqlx::Result<UploadRow> {
     sqlx::query_as(
-        "INSERT INTO uploads (id, expires_at, grant_id, protocol, upload_length, metadata, followers)
-         VALUES ($1, $2, $3, $7, $4, $5, $6)
+        "INSERT INTO uploads (id, expires_at, grant_id, protocol, upload_length, metadata, followers,
+                              signed_playback)
+         VALUES ($1, $2, $3, $7, $4, $5, $6, $8)
          RETURNING id, state, created_at, expires_at, completed_at, grant_id, protocol, upload_length, metadata",
     )
-    .bind(id.as_uuid())
-    .bind(expires_at)
-    .bind(grant_id)
-    .bind(length as i64)
-    .bind(metadata)
-    .bind(followers.map(|f| f.min(i64::MAX as u64) as i64))
+    .bind(new.id.as_uuid())
+    .bind(new.expires_at)
+    .bind(new.grant_id)
+    .bind(new.length as i64)
+    .bind(new.metadata)
+    .bind(new.followers.map(|f| f.min(i64::MAX as u64) as i64))
     .bind(UploadProtocol::Tus)
+    .bind(new.signed_playback)
     .fetch_one(pool)
     .await
 }

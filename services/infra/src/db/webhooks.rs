@@ -307,6 +307,25 @@ pub async fn record_attempt(
     Ok(())
 }
 
+/// Forgets up to `limit` events older than `keep` whose deliveries have all ended (delivered
+/// or failed); their deliveries go with them. Returns how many events went.
+pub async fn forget_old_events(pool: &PgPool, keep: Duration, limit: i64) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM webhook_events WHERE id IN (
+             SELECT e.id FROM webhook_events e
+             WHERE e.fanned_out AND e.occurred_at < now() - make_interval(secs => $1)
+               AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
+                               WHERE d.event_id = e.id AND NOT (d.state = ANY($2)))
+             LIMIT $3)",
+    )
+    .bind(secs(keep))
+    .bind(DeliveryState::terminal())
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// When the newest event about `video` happened (its status stream sends a new status then).
 pub async fn last_event_of(pool: &PgPool, video: VideoId) -> sqlx::Result<Option<DateTime<Utc>>> {
     sqlx::query_scalar("SELECT max(occurred_at) FROM webhook_events WHERE video_id = $1")

@@ -2,3 +2,4 @@
 
 mod completion;
 mod lifecycles;
+mod webhooks;
