@@ -6,5 +6,6 @@ mod e2e;
 mod fidelity;
 mod gateway;
 mod hotness;
+mod operations;
 mod pipeline;
 mod webhooks;

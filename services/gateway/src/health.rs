@@ -1,23 +1,33 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::AppState;
 
-/// Liveness: the process answers.
+/// Liveness: the process answers and every loop in it makes progress (see `vtx_infra::health`).
 #[utoipa::path(
     get,
     path = "/healthz",
     tag = "health",
-    summary = "The process is alive.",
+    summary = "The process is alive and none of its loops is stuck.",
     security(()),
     responses(
-        (status = 200, description = "Alive.", body = serde_json::Value)
+        (status = 200, description = "Alive.", body = serde_json::Value),
+        (status = 503, description = "A loop is stuck or died.", body = serde_json::Value)
     )
 )]
-pub async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+pub async fn healthz() -> (StatusCode, Json<Value>) {
+    let (ok, report) = vtx_infra::health::liveness();
+    (status(ok), Json(report))
+}
+
+fn status(ok: bool) -> StatusCode {
+    if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
 }
 
 /// Readiness: PostgreSQL, RabbitMQ and S3 all answer.
@@ -33,44 +43,11 @@ pub async fn healthz() -> Json<Value> {
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let timeout = std::time::Duration::from_secs(3);
-    let (db, mq, s3) = tokio::join!(
-        tokio::time::timeout(timeout, async {
-            sqlx::query("SELECT 1")
-                .execute(&state.pool)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }),
-        tokio::time::timeout(timeout, async {
-            state.broker.check().await.map_err(|e| e.to_string())
-        }),
-        tokio::time::timeout(timeout, async {
-            state.store.check().await.map_err(|e| e.to_string())
-        }),
-    );
-    let report = |r: Result<Result<(), String>, _>| match r {
-        Ok(Ok(())) => ("ok".to_string(), true),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "readiness check failed");
-            ("unavailable".to_string(), false)
-        }
-        Err(_) => ("timeout".to_string(), false),
+    let deps = vtx_infra::health::Dependencies {
+        pool: state.pool.clone(),
+        broker: state.broker.clone(),
+        store: state.store.clone(),
     };
-    let (db, db_ok) = report(db);
-    let (mq, mq_ok) = report(mq);
-    let (s3, s3_ok) = report(s3);
-    let ready = db_ok && mq_ok && s3_ok;
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        Json(json!({
-            "status": if ready { "ready" } else { "not-ready" },
-            "checks": { "postgres": db, "rabbitmq": mq, "s3": s3 }
-        })),
-    )
+    let (ok, report) = deps.readiness().await;
+    (status(ok), Json(report))
 }

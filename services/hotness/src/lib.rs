@@ -41,8 +41,14 @@ impl Tracker {
 
     /// Takes the lock when it is free, then acts every period until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
+        // A period's work is a few queries; standing by wakes every 10 s at most.
+        let beat = vtx_infra::health::watch(
+            "hotness",
+            (self.cfg.period * 3).max(Duration::from_secs(300)),
+        );
         loop {
-            match self.lead(&shutdown).await {
+            beat.beat();
+            match self.lead(&shutdown, &beat).await {
                 Ok(()) => return,
                 Err(e) => tracing::warn!(error = %e, "hotness tracker: will try again"),
             }
@@ -56,9 +62,14 @@ impl Tracker {
 
     /// Waits for the lock (on a connection outside the pool, so the lock dies with it), then
     /// acts every period. Returns when shut down; an error gives the lock up.
-    async fn lead(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    async fn lead(
+        &self,
+        shutdown: &CancellationToken,
+        beat: &vtx_infra::health::Beat,
+    ) -> anyhow::Result<()> {
         let mut conn: PgConnection = self.pool.acquire().await?.detach();
         loop {
+            beat.beat();
             let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
                 .bind(LOCK_KEY)
                 .fetch_one(&mut conn)
@@ -76,6 +87,7 @@ impl Tracker {
         tracing::info!("hotness tracker acting");
         metrics::gauge!("vtx_hot_leader").set(1.0);
         loop {
+            beat.beat();
             match self.tick().await {
                 Ok(r) => tracing::info!(
                     load = r.load,

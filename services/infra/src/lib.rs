@@ -6,6 +6,7 @@ pub mod broker;
 pub mod config;
 pub mod db;
 pub mod driver;
+pub mod health;
 pub mod metrics;
 pub mod outbox;
 pub mod storage;

@@ -3,19 +3,23 @@
 //!
 //! Names: `vtx_queue_ready{queue}`, `vtx_queue_consumers{queue}`, `vtx_tasks_in_flight{kind,tier}`,
 //! `vtx_task_seconds{kind,tier,outcome}`, `vtx_encode_fps{tier}`, `vtx_failures_total{code}`,
-//! `vtx_jobs_planned_total`, `vtx_tiers_live_total{tier}`.
+//! `vtx_jobs_planned_total`, `vtx_tiers_live_total{tier}`, `vtx_publish_seconds{tier}` (upload
+//! complete -> tier live), `vtx_queue_oldest_seconds{queue}` (the longest a waiting task has
+//! waited), and the rest listed in docs/operations.md.
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use axum::Router;
+use axum::http::StatusCode;
 use axum::routing::get;
+use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 use vtx_domain::messages::queue;
 
 use crate::broker::BrokerClient;
+use crate::health;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -35,13 +39,36 @@ pub fn handle() -> &'static PrometheusHandle {
                     &[5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0],
                 )
             })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("vtx_publish_seconds".into()),
+                    &[
+                        0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+                        3600.0, 14400.0,
+                    ],
+                )
+            })
             .expect("bucket lists are not empty")
             .build_recorder();
         let handle = recorder.handle();
         // A second install (several apps in one test process) keeps the first recorder.
-        let _ = metrics::set_global_recorder(recorder);
+        if metrics::set_global_recorder(recorder).is_ok() {
+            seed();
+        }
         handle
     })
+}
+
+/// Counters that alerts and dashboards divide or sum exist from the start, at zero, rather
+/// than appearing with their first event.
+fn seed() {
+    for code in vtx_domain::ErrorCode::ALL {
+        metrics::counter!("vtx_failures_total", "code" => code.as_str()).increment(0);
+    }
+    for tier in vtx_domain::Tier::ALL {
+        metrics::counter!("vtx_tiers_live_total", "tier" => tier.as_str()).increment(0);
+    }
+    metrics::counter!("vtx_jobs_planned_total").increment(0);
 }
 
 /// The Prometheus text exposition of every metric.
@@ -49,12 +76,39 @@ pub fn render() -> String {
     handle().render()
 }
 
-/// Serves `/metrics` on `addr` until `shutdown`; returns the bound address.
-pub async fn serve(addr: SocketAddr, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
+/// Serves `/metrics`, `/healthz` (every loop of the process alive) and `/readyz` (`deps`
+/// answer) on `addr` until `shutdown`; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    deps: health::Dependencies,
+    shutdown: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
     handle();
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = Router::new().route("/metrics", get(|| async { render() }));
+    let status = |ok: bool| {
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    };
+    let app = Router::new()
+        .route("/metrics", get(|| async { render() }))
+        .route(
+            "/healthz",
+            get(move || async move {
+                let (ok, report) = health::liveness();
+                (status(ok), Json(report))
+            }),
+        )
+        .route(
+            "/readyz",
+            get(move || async move {
+                let (ok, report) = deps.readiness().await;
+                (status(ok), Json(report))
+            }),
+        );
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -69,10 +69,13 @@ impl Scheduler {
         tracing::info!("scheduler consuming {}", queue::JOBS);
         let housekeeping = tokio::spawn(self.clone().housekeeping(shutdown.clone()));
         let me = self.clone();
+        // Planning runs under the transcode timeout.
+        let allowance = self.inner.timeout + Duration::from_secs(300);
         consume(
             self.inner.broker.clone(),
             queue::JOBS,
             1,
+            allowance,
             shutdown,
             |task| me.handle(task),
         )
@@ -104,10 +107,26 @@ impl Scheduler {
     /// Every few seconds: slices whose lease expired go back to the queue; due garbage goes.
     async fn housekeeping(self, shutdown: CancellationToken) {
         let inner = &self.inner;
+        // Each sweep is a few bounded queries (the pool gives up on a connection after 10 s).
+        let beat = vtx_infra::health::watch("housekeeping", Duration::from_secs(300));
+        let mut round = 0u64;
         loop {
+            beat.beat();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+            round += 1;
+            if round.is_multiple_of(5) {
+                match db::oldest_waiting(&inner.pool).await {
+                    Ok(ages) => {
+                        for (q, age) in ages {
+                            metrics::gauge!("vtx_queue_oldest_seconds", "queue" => q)
+                                .set(age.as_secs_f64());
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "measuring queue ages failed"),
+                }
             }
             match db::reap_expired_leases(&inner.pool).await {
                 Ok(0) => {}

@@ -112,8 +112,13 @@ impl Stack {
             shutdown.clone(),
         ));
         let metrics_addr = if roles.metrics_server {
-            let addr = vtx_infra::metrics::serve(cfg.metrics_addr, shutdown.clone()).await?;
-            tracing::info!(%addr, "metrics at /metrics");
+            let deps = vtx_infra::health::Dependencies {
+                pool: pool.clone(),
+                broker: broker.clone(),
+                store: store.clone(),
+            };
+            let addr = vtx_infra::metrics::serve(cfg.metrics_addr, deps, shutdown.clone()).await?;
+            tracing::info!(%addr, "/metrics, /healthz and /readyz");
             Some(addr)
         } else {
             None

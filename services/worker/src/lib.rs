@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -131,6 +132,17 @@ fn record_task(kind: &'static str, tier: Tier, started: std::time::Instant, outc
         .record(started.elapsed().as_secs_f64());
 }
 
+/// A tier went live: counted, with the time since its job was created (its upload completed)
+/// as `vtx_publish_seconds{tier}`.
+async fn went_live(pool: &PgPool, job: JobId, tier: Tier) {
+    metrics::counter!("vtx_tiers_live_total", "tier" => tier.as_str()).increment(1);
+    match db::since_job_created(pool, job).await {
+        Ok(age) => metrics::histogram!("vtx_publish_seconds", "tier" => tier.as_str())
+            .record(age.as_secs_f64()),
+        Err(e) => tracing::debug!(error = %e, "no publish latency for this tier"),
+    }
+}
+
 impl Worker {
     /// Detects the encoders this machine can open and names the worker.
     pub fn new(
@@ -235,6 +247,8 @@ impl Worker {
             tracing::warn!(error = %e, "could not register the worker");
         }
         tracing::info!(worker = %self.inner.id, encoders = ?self.inner.encoders, concurrency = self.inner.cfg.concurrency, "worker consuming");
+        // Every task runs under the transcode timeout; retries back off at most 30 s.
+        let allowance = self.inner.cfg.transcode_timeout + Duration::from_secs(300);
         let mut set = tokio::task::JoinSet::new();
         for q in queues {
             let n = if q == queue::MERGE || q == queue::EXTREME_SLICES {
@@ -245,7 +259,7 @@ impl Worker {
             for _ in 0..n {
                 let (me, broker, shutdown) = (self.clone(), broker.clone(), shutdown.clone());
                 set.spawn(async move {
-                    consume(broker, q, 1, shutdown, |task| me.handle(task)).await;
+                    consume(broker, q, 1, allowance, shutdown, |task| me.handle(task)).await;
                 });
             }
         }

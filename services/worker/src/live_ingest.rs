@@ -415,7 +415,7 @@ impl LeasedTask for PublishChunksTask<'_> {
         )
         .await?;
         if live {
-            metrics::counter!("vtx_tiers_live_total", "tier" => "fast").increment(1);
+            crate::went_live(&inner.pool, self.job, Tier::Fast).await;
             tracing::info!(
                 secs = started.elapsed().as_secs_f64(),
                 chunks = m.chunks.len(),

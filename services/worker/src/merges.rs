@@ -157,7 +157,7 @@ impl LeasedTask for MergeTask<'_> {
         )
         .await?;
         if published == Publish::Live {
-            metrics::counter!("vtx_tiers_live_total", "tier" => tier.as_str()).increment(1);
+            crate::went_live(&inner.pool, self.job, tier).await;
             tracing::info!(secs = started.elapsed().as_secs_f64(), next = ?next, "tier live");
             if tier == Tier::High {
                 self.worker.predict_hot(ctx.video_id).await;

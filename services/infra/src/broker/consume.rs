@@ -36,19 +36,25 @@ pub fn backoff(n: u32) -> Duration {
 /// backoff when the broker goes away. Once a delivery is taken it is seen through: shutdown
 /// stops taking new ones, hands back one that is waiting to retry, and an unacked message
 /// returns to the queue if the process dies.
+///
+/// `allowance` is the longest one task may take: a consumer silent for longer is stuck, and
+/// the process's `/healthz` says so.
 pub async fn consume<F, Fut>(
     client: BrokerClient,
     logical: &'static str,
     prefetch: u16,
+    allowance: Duration,
     shutdown: CancellationToken,
     handler: F,
 ) where
     F: Fn(Task) -> Fut,
     Fut: Future<Output = Outcome>,
 {
+    let beat = crate::health::watch(logical, allowance);
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
-        match consume_once(&client, logical, prefetch, &shutdown, &handler).await {
+        beat.beat();
+        match consume_once(&client, logical, prefetch, &shutdown, &handler, &beat).await {
             Ok(()) => return,
             Err(e) => {
                 failures += 1;
@@ -68,6 +74,7 @@ async fn consume_once<F, Fut>(
     prefetch: u16,
     shutdown: &CancellationToken,
     handler: &F,
+    beat: &crate::health::Beat,
 ) -> anyhow::Result<()>
 where
     F: Fn(Task) -> Fut,
@@ -101,12 +108,14 @@ where
     // check the connection now and then while idle.
     let mut liveness = tokio::time::interval(Duration::from_secs(5));
     loop {
+        beat.beat();
         let delivery = tokio::select! {
             _ = shutdown.cancelled() => {
                 close("shutting down").await;
                 return Ok(());
             }
             _ = liveness.tick() => {
+                beat.beat();
                 if !broker.is_connected() {
                     anyhow::bail!("connection to RabbitMQ lost");
                 }
@@ -129,6 +138,7 @@ where
         };
         let mut tries = 0u32;
         loop {
+            beat.beat();
             match handler(task.clone()).await {
                 Outcome::Ack => {
                     broker

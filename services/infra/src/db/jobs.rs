@@ -36,6 +36,17 @@ pub async fn get_job(pool: &PgPool, id: JobId) -> sqlx::Result<Option<JobRow>> {
     .await
 }
 
+/// How long ago `job` was created (its upload completed).
+pub async fn since_job_created(pool: &PgPool, job: JobId) -> sqlx::Result<std::time::Duration> {
+    let secs: f64 = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM now() - created_at)::float8 FROM jobs WHERE id = $1",
+    )
+    .bind(job.as_uuid())
+    .fetch_one(pool)
+    .await?;
+    Ok(std::time::Duration::from_secs_f64(secs.max(0.0)))
+}
+
 /// Fails a job and its video (unless already published) with a stable code, in one
 /// transaction. False when the job had already ended.
 pub async fn fail_job(

@@ -9,6 +9,7 @@ use vtx_domain::Lifecycle;
 use crate::config::Config;
 
 // One module per aggregate; callers use `db::` and see them all.
+pub mod backlog;
 pub mod garbage;
 pub mod hotness;
 pub mod jobs;
@@ -20,6 +21,7 @@ pub mod tiers;
 pub mod uploads;
 pub mod webhooks;
 pub mod workers;
+pub use backlog::*;
 pub use garbage::*;
 pub use hotness::*;
 pub use jobs::*;

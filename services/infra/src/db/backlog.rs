@@ -1,0 +1,50 @@
+//! How long the oldest waiting task of each work queue has waited (`vtx_queue_oldest_seconds`):
+//! RabbitMQ does not say how old a queue's head is, and peeking would count a delivery, so
+//! it is read from the rows the messages stand for.
+
+use std::time::Duration;
+
+use sqlx::postgres::PgPool;
+use vtx_domain::messages::queue;
+use vtx_domain::{ChunkEncodeState, SliceState, Tier, TierState};
+
+/// (queue, age of its oldest waiting task) for the four work queues; zero when none waits.
+/// A queued slice waits since its tier started encoding (when its messages went out); a chunk
+/// encode since its chunk arrived; a merge since its tier's last slice was done.
+pub async fn oldest_waiting(pool: &PgPool) -> sqlx::Result<Vec<(&'static str, Duration)>> {
+    let slices: Vec<(String, f64)> = sqlx::query_as(
+        "SELECT s.tier, COALESCE(EXTRACT(EPOCH FROM now() - min(t.started_at)), 0)::float8
+         FROM slices s JOIN job_tiers t ON t.job_id = s.job_id AND t.tier = s.tier
+         WHERE s.state = $1 GROUP BY s.tier",
+    )
+    .bind(SliceState::Queued)
+    .fetch_all(pool)
+    .await?;
+    let chunks: f64 = sqlx::query_scalar(
+        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
+         FROM upload_chunks WHERE encode_state = $1",
+    )
+    .bind(ChunkEncodeState::Queued)
+    .fetch_one(pool)
+    .await?;
+    let merges: f64 = sqlx::query_scalar(
+        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(COALESCE(encoded_at, started_at))), 0)::float8
+         FROM job_tiers WHERE state = $1",
+    )
+    .bind(TierState::Merging)
+    .fetch_one(pool)
+    .await?;
+    let slice_age = |tier: Tier| {
+        slices
+            .iter()
+            .find(|(t, _)| t == tier.as_str())
+            .map_or(0.0, |(_, age)| *age)
+    };
+    let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
+    Ok(vec![
+        (queue::FAST_SLICES, secs(slice_age(Tier::Fast).max(chunks))),
+        (queue::HIGH_SLICES, secs(slice_age(Tier::High))),
+        (queue::EXTREME_SLICES, secs(slice_age(Tier::Extreme))),
+        (queue::MERGE, secs(merges)),
+    ])
+}
