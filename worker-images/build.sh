@@ -21,6 +21,13 @@ mirror="${VTX_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 log() { printf '[image] %s\n' "$*" >&2; }
 started=$SECONDS
 mkdir -p "$state/target"
+# Its tools, from Debian's packages.
+for tool in podman debootstrap; do
+  if ! command -v "$tool" >/dev/null; then
+    log "installing $tool"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman debootstrap >/dev/null
+  fi
+done
 
 # 1. The base.
 if ! podman image exists "$base"; then
@@ -78,15 +85,27 @@ chmod 644 "$mnt/tmp/bikes.mp4"
 token="$(cat "$root/.vtx/service-token")"
 in_image() { # name, vtx arguments...: runs `vtx ARGS` in the image, logs to $state/NAME.log
   local name="$1"; shift
-  env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp \
+  env -i PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/tmp \
     VTX_QUEUE_PREFIX="$prefix" VTX_S3_PREFIX="$prefix/" VTX_SERVICE_TOKEN="$token" \
-    VTX_LIVE_INGEST=false VTX_TIERS=fast VTX_HTTP_ADDR=127.0.0.1:0 VTX_METRICS_ADDR=127.0.0.1:0 \
+    VTX_LIVE_INGEST=false VTX_TIERS=fast VTX_HTTP_ADDR=127.0.0.1:0 \
+    VTX_METRICS_ADDR="127.0.0.1:${metrics_port:-0}" \
     VTX_URL="${gateway_url:-}" \
     chroot --userspec=65532:65532 "$mnt" /usr/local/bin/vtx "$@"
 }
 in_image gateway gateway >"$state/gateway.out" 2>"$state/gateway.log" & pids+=($!)
 in_image scheduler scheduler 2>"$state/scheduler.log" & pids+=($!)
+# The worker's start, from exec to ready (/readyz 200): the part of a pod's start time that is
+# vtx's own (scheduling and pulling the image come on top).
+metrics_port=$((20000 + RANDOM % 20000))
+worker_started=$(date +%s%N)
 in_image worker worker 2>"$state/worker.log" & pids+=($!)
+for _ in $(seq 300); do
+  curl -sf "http://127.0.0.1:$metrics_port/readyz" >/dev/null 2>&1 && break
+  sleep 0.05
+done
+curl -sf "http://127.0.0.1:$metrics_port/readyz" >/dev/null || fail "the worker never became ready"
+log "worker ready $(( ($(date +%s%N) - worker_started) / 1000000 )) ms after exec"
+metrics_port=0
 for _ in $(seq 100); do
   gateway_url="$(sed -n 's/^vtx gateway on //p' "$state/gateway.out")"
   [ -n "$gateway_url" ] && break
