@@ -504,3 +504,79 @@ async fn a_chunk_encode_whose_worker_is_killed_is_redone(pool: PgPool) {
     assert!(attempts >= 2, "{attempts} attempts");
     app.stop().await;
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_fast_task_beside_a_long_high_tier_encode_on_the_same_worker_does_not_wait_for_it(
+    pool: PgPool,
+) {
+    // One worker process for every class, one task per class at a time; slices up to a minute,
+    // so the first video's high tier is one long encode.
+    let app = TestApp::spawn_with(
+        pool,
+        &[
+            ("VTX_LIVE_INGEST", "false"),
+            ("VTX_SLICE_SECONDS", "60"),
+            ("VTX_MAX_SLICE_SECONDS", "60"),
+        ],
+        Services {
+            worker: false,
+            scheduler: true,
+        },
+    )
+    .await;
+    let _worker = ChildGuard(app.spawn_worker_process("fast-first"));
+    let long = app
+        .client
+        .upload_file(&looped("bikes.mp4", 6), &Default::default(), &|_, _| {})
+        .await
+        .unwrap();
+    // Its high-tier slice is encoding...
+    let until = std::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let (running,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM slices WHERE job_id = $1 AND tier = 'high' AND state = 'running'",
+        )
+        .bind(long.job_id.as_uuid())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if running > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "no high-tier slice ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...when a new upload's fast work arrives on the same worker: it is published first.
+    let short = app
+        .client
+        .upload_file(
+            &vtx_tests::media("carphone_pristine.mp4"),
+            &Default::default(),
+            &|_, _| {},
+        )
+        .await
+        .unwrap();
+    app.client
+        .wait_for_video(short.video_id, Duration::from_secs(240))
+        .await
+        .unwrap();
+    app.client
+        .wait_for_tier(long.video_id, "high", Duration::from_secs(600))
+        .await
+        .unwrap();
+    let (published, high_done): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as(
+            "SELECT (SELECT published_at FROM videos WHERE id = $1),
+                    (SELECT max(finished_at) FROM slices WHERE job_id = $2 AND tier = 'high')",
+        )
+        .bind(short.video_id.as_uuid())
+        .bind(long.job_id.as_uuid())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(
+        published < high_done,
+        "the new video waited for the high-tier encode: published {published}, high slice done {high_done}"
+    );
+    app.stop().await;
+}

@@ -43,7 +43,7 @@ pub use pipeline::{
     ProgressFn, Stage, encode_slice, encoded_slice_path, package, plan_job, plan_outputs, prepare,
     run_pipeline, verify_packaged,
 };
-pub use priority::{LOWEST, spawn_low_priority};
+pub use priority::{CpuClass, DEFERRED, LOWEST, spawn_in_class, spawn_low_priority};
 pub use probe::{AudioInfo, Keyframe, Probe, VideoInfo, probe};
 pub use quality::{Quality, measure};
 pub use split::{SliceFile, split_video};

@@ -1,36 +1,57 @@
-//! Background media work (the extreme tier's HEVC/AV1 encodes and their measurement) runs at
-//! the lowest CPU priority, so on a shared worker every fast- or high-tier encode takes the
-//! cores whenever it has work and the background encode only uses what is left.
+//! CPU classes of media work on a shared worker: what publishes first (chunk encodes, fast-tier
+//! slices, merges) runs at the normal priority; the high tier's encodes are deferred (nice
+//! `DEFERRED`), so a fast encode that arrives beside one takes most of the cores; background
+//! work (the extreme tier's HEVC/AV1 encodes and their measurement) runs at the lowest priority
+//! and the idle class, and only uses what is left.
 
 use std::thread::JoinHandle;
 
 /// Linux's lowest priority (nice 19): a nice-0 thread gets about 68 times its CPU share.
 pub const LOWEST: i32 = 19;
 
-/// Runs `f` on a new thread at the lowest CPU priority (`lower_this_thread`). The threads an
-/// encoder starts (x265's pools, SVT-AV1's) inherit it from the thread that opens it, so the
-/// whole encode runs at it.
-pub fn spawn_low_priority<T: Send + 'static>(
+/// The high tier's priority (nice 10): a nice-0 thread weighs 1024 against its 110, so a fast
+/// encode beside a high one gets about 90% of a contended core, and the high encode all of an
+/// idle one.
+pub const DEFERRED: i32 = 10;
+
+/// How much of the CPU a piece of media work takes when other work wants it too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuClass {
+    /// What viewers wait for first: normal priority.
+    Foreground,
+    /// Improves what is already live (the high tier): nice `DEFERRED`.
+    Deferred,
+    /// Only for spare cycles (the extreme tier): nice `LOWEST` and the idle class.
+    Background,
+}
+
+/// Runs `f` on a new thread in `class` (`Foreground` keeps the normal priority). The threads
+/// an encoder starts inherit the class from the thread that opens it, so the whole encode runs
+/// in it.
+pub fn spawn_in_class<T: Send + 'static>(
+    class: CpuClass,
     name: &str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> std::io::Result<JoinHandle<T>> {
     std::thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {
-            lower_this_thread();
+            match class {
+                CpuClass::Foreground => {}
+                CpuClass::Deferred => set_this_thread_nice(DEFERRED),
+                CpuClass::Background => lower_this_thread(),
+            }
             f()
         })
 }
 
-/// Puts the calling thread at the lowest CPU priority: nice `LOWEST` and the idle scheduling
-/// class (a thread may always lower its own priority); where that fails the work runs at the
-/// normal priority.
-pub fn lower_this_thread() {
+/// Sets the calling thread's nice value (raising it is always allowed).
+fn set_this_thread_nice(nice: i32) {
     // SAFETY: gettid and setpriority take no pointers; on Linux PRIO_PROCESS with a thread id
     // sets that thread's nice value alone.
     let ret = unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, LOWEST)
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
     };
     if ret != 0 {
         tracing::warn!(
@@ -38,6 +59,21 @@ pub fn lower_this_thread() {
             "cannot lower the thread's priority"
         );
     }
+}
+
+/// Runs `f` on a new thread at the lowest CPU priority (`CpuClass::Background`).
+pub fn spawn_low_priority<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<JoinHandle<T>> {
+    spawn_in_class(CpuClass::Background, name, f)
+}
+
+/// Puts the calling thread at the lowest CPU priority: nice `LOWEST` and the idle scheduling
+/// class (a thread may always lower its own priority); where that fails the work runs at the
+/// normal priority.
+pub fn lower_this_thread() {
+    set_this_thread_nice(LOWEST);
     // SCHED_IDLE on top: a nice-19 thread still weighs 15 against a nice-0 thread's 1024, and
     // an SVT-AV1 encode runs dozens of threads, which then took ~10% of one core from the fast
     // tier; an idle-class thread runs only when nothing else wants the core (measured in
@@ -173,6 +209,25 @@ mod tests {
         assert_eq!((own, child), (lowest, lowest));
         // The caller's own priority is untouched.
         assert_eq!((this_thread_nice(), policy_of(0)), before);
+    }
+
+    #[test]
+    fn each_cpu_class_runs_at_its_priority_and_its_children_inherit_it() {
+        for (class, expected) in [
+            (CpuClass::Foreground, (this_thread_nice(), policy_of(0))),
+            (CpuClass::Deferred, (DEFERRED, libc::SCHED_OTHER)),
+            (CpuClass::Background, (LOWEST, libc::SCHED_IDLE)),
+        ] {
+            let (own, child) = spawn_in_class(class, "vtx-test-class", || {
+                let here = || (this_thread_nice(), policy_of(0));
+                let child = std::thread::spawn(here).join().unwrap();
+                (here(), child)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+            assert_eq!((own, child), (expected, expected), "{class:?}");
+        }
     }
 
     /// An AV1 encode (SVT-AV1 starts dozens of threads) runs no thread real-time, even as

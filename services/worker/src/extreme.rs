@@ -13,7 +13,7 @@ use vtx_infra::db::{self, ExtremeReason, WorkContext};
 use vtx_media::Deadline;
 
 use crate::merges::tier_output;
-use crate::{WorkError, Worker, run_background, upload_tree};
+use crate::{WorkError, Worker, run_in, upload_tree};
 use vtx_infra::driver::{Failure, LeasedTask};
 
 /// One extreme rendition's verdict, as stored and shown.
@@ -88,7 +88,7 @@ impl Worker {
         }
         files.extend(packaged.renditions.iter().map(|r| out.join(&r.file)));
         let (rotation, timeout) = (ctx.plan.rotation, inner.cfg.transcode_timeout);
-        let measured = run_background(timeout, move || {
+        let measured = run_in(vtx_media::CpuClass::Background, timeout, move || {
             vtx_media::measure(&source, rotation, &files, Deadline::after(timeout))
         })
         .await?;

@@ -26,7 +26,7 @@ mod merges;
 mod slices;
 
 pub use media_work::content_type;
-use media_work::{run_background, run_blocking, upload_tree};
+use media_work::{cpu_class, run_blocking, run_in, upload_tree};
 
 use vtx_media::MediaError;
 

@@ -1,11 +1,12 @@
-//! Media work off the async runtime (the blocking pool, or a low-priority thread for the
-//! extreme tier) under a deadline, and uploading what it wrote.
+//! Media work off the async runtime (the blocking pool, or a thread of lower priority for the
+//! high and extreme tiers) under a deadline, and uploading what it wrote.
 
 use std::path::Path;
 use std::time::Duration;
 
+use vtx_domain::Tier;
 use vtx_infra::ObjectStore;
-use vtx_media::MediaError;
+use vtx_media::{CpuClass, MediaError};
 
 use crate::WorkError;
 
@@ -22,17 +23,31 @@ pub(crate) async fn run_blocking<T: Send + 'static>(
     media_result(timeout, rx).await
 }
 
-/// Like `run_blocking`, on a thread of its own at the lowest CPU priority (background work:
-/// the extreme tier), which the encoders' own threads inherit.
-pub(crate) async fn run_background<T: Send + 'static>(
+/// Like `run_blocking`, in CPU class `class`: foreground work on the blocking pool, deferred
+/// (the high tier) and background work (the extreme tier) on a thread of its own at a lower
+/// priority, which the encoders' own threads inherit.
+pub(crate) async fn run_in<T: Send + 'static>(
+    class: CpuClass,
     timeout: Duration,
     f: impl FnOnce() -> Result<T, MediaError> + Send + 'static,
 ) -> Result<T, WorkError> {
+    if class == CpuClass::Foreground {
+        return run_blocking(timeout, f).await;
+    }
     let (tx, rx) = tokio::sync::oneshot::channel();
-    vtx_media::spawn_low_priority("vtx-background", move || {
+    vtx_media::spawn_in_class(class, "vtx-media", move || {
         let _ = tx.send(f());
     })?;
     media_result(timeout, rx).await
+}
+
+/// The CPU class of a tier's encodes: the fast tier first, then the high tier, then the extreme.
+pub(crate) fn cpu_class(tier: Tier) -> CpuClass {
+    match tier {
+        Tier::Fast => CpuClass::Foreground,
+        Tier::High => CpuClass::Deferred,
+        Tier::Extreme => CpuClass::Background,
+    }
 }
 
 /// What a media thread sent back, waited for at most 30 s past its own deadline.

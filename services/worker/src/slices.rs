@@ -8,7 +8,7 @@ use vtx_infra::db::{self, SliceDone, WorkContext};
 use vtx_domain::keys;
 use vtx_media::{Deadline, EncodeOptions, encode_slice};
 
-use crate::{WorkError, Worker, run_background, run_blocking};
+use crate::{WorkError, Worker, cpu_class, run_in};
 use vtx_infra::driver::{Failure, LeasedTask};
 
 pub(crate) struct SliceTask<'a> {
@@ -62,12 +62,8 @@ impl Worker {
                 Deadline::after(timeout),
             )
         };
-        // Extreme encodes only take the CPU the fast and high tiers leave.
-        let done = if tier == Tier::Extreme {
-            run_background(timeout, work).await?
-        } else {
-            run_blocking(timeout, work).await?
-        };
+        // Fast work first: high encodes yield to it, extreme ones take only what is left.
+        let done = run_in(cpu_class(tier), timeout, work).await?;
         let prefix = keys::encoded(job, tier);
         for f in done.paths {
             let name = f
