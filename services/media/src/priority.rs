@@ -195,26 +195,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_thread_and_its_children_run_at_the_lowest_priority() {
-        let before = (this_thread_nice(), policy_of(0));
-        let (own, child) = spawn_low_priority("vtx-test-low", || {
-            let here = || (this_thread_nice(), policy_of(0));
-            let child = std::thread::spawn(here).join().unwrap();
-            (here(), child)
-        })
-        .unwrap()
-        .join()
-        .unwrap();
-        let lowest = (LOWEST, libc::SCHED_IDLE);
-        assert_eq!((own, child), (lowest, lowest));
-        // The caller's own priority is untouched.
-        assert_eq!((this_thread_nice(), policy_of(0)), before);
-    }
-
-    #[test]
     fn each_cpu_class_runs_at_its_priority_and_its_children_inherit_it() {
+        let before = (this_thread_nice(), policy_of(0));
         for (class, expected) in [
-            (CpuClass::Foreground, (this_thread_nice(), policy_of(0))),
+            (CpuClass::Foreground, before),
             (CpuClass::Deferred, (DEFERRED, libc::SCHED_OTHER)),
             (CpuClass::Background, (LOWEST, libc::SCHED_IDLE)),
         ] {
@@ -228,6 +212,8 @@ mod tests {
             .unwrap();
             assert_eq!((own, child), (expected, expected), "{class:?}");
         }
+        // The caller's own priority is untouched.
+        assert_eq!((this_thread_nice(), policy_of(0)), before);
     }
 
     /// An AV1 encode (SVT-AV1 starts dozens of threads) runs no thread real-time, even as
