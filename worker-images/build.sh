@@ -83,9 +83,9 @@ mount -t proc proc "$mnt/proc"
 cp "$root/../shared/media/bikes.mp4" "$mnt/tmp/bikes.mp4"
 chmod 644 "$mnt/tmp/bikes.mp4"
 token="$(cat "$root/.vtx/service-token")"
-in_image() { # name, vtx arguments...: runs `vtx ARGS` in the image, logs to $state/NAME.log
+in_image() { # name, vtx arguments...: runs `vtx ARGS` in the image; run with &, exec makes $! its pid
   local name="$1"; shift
-  env -i PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/tmp \
+  exec env -i PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/tmp \
     VTX_QUEUE_PREFIX="$prefix" VTX_S3_PREFIX="$prefix/" VTX_SERVICE_TOKEN="$token" \
     VTX_LIVE_INGEST=false VTX_TIERS=fast VTX_HTTP_ADDR=127.0.0.1:0 \
     VTX_METRICS_ADDR="127.0.0.1:${metrics_port:-0}" \

@@ -247,8 +247,13 @@ impl Worker {
             tracing::warn!(error = %e, "could not register the worker");
         }
         tracing::info!(worker = %self.inner.id, encoders = ?self.inner.encoders, concurrency = self.inner.cfg.concurrency, "worker consuming");
-        // Every task runs under the transcode timeout; retries back off at most 30 s.
-        let allowance = self.inner.cfg.transcode_timeout + Duration::from_secs(300);
+        // Every media step runs under the transcode timeout; retries back off at most 30 s. A
+        // merge (an extreme merge packages, then measures) takes up to three steps' worth.
+        let timeout = self.inner.cfg.transcode_timeout;
+        let allowance_of = |q: &str| {
+            let steps = if q == queue::MERGE { 3 } else { 1 };
+            timeout * steps + Duration::from_secs(300)
+        };
         let mut set = tokio::task::JoinSet::new();
         for q in queues {
             let n = if q == queue::MERGE || q == queue::EXTREME_SLICES {
@@ -256,6 +261,7 @@ impl Worker {
             } else {
                 self.inner.cfg.concurrency
             };
+            let allowance = allowance_of(q);
             for _ in 0..n {
                 let (me, broker, shutdown) = (self.clone(), broker.clone(), shutdown.clone());
                 set.spawn(async move {

@@ -6,32 +6,41 @@ use std::time::Duration;
 
 use sqlx::postgres::PgPool;
 use vtx_domain::messages::queue;
-use vtx_domain::{ChunkEncodeState, SliceState, Tier, TierState};
+use vtx_domain::{ChunkEncodeState, JobState, Lifecycle, SliceState, Tier, TierState, UploadState};
 
 /// (queue, age of its oldest waiting task) for the four work queues; zero when none waits.
 /// A queued slice waits since its tier started encoding (when its messages went out); a chunk
-/// encode since its chunk arrived; a merge since its tier's last slice was done.
+/// encode since its chunk arrived (while its upload is open); a merge since its tier's last
+/// slice was done. Work of ended jobs (a failed job leaves its slices queued) does not count;
+/// a merge being run still counts until it ends (known limit).
 pub async fn oldest_waiting(pool: &PgPool) -> sqlx::Result<Vec<(&'static str, Duration)>> {
     let slices: Vec<(String, f64)> = sqlx::query_as(
         "SELECT s.tier, COALESCE(EXTRACT(EPOCH FROM now() - min(t.started_at)), 0)::float8
          FROM slices s JOIN job_tiers t ON t.job_id = s.job_id AND t.tier = s.tier
-         WHERE s.state = $1 GROUP BY s.tier",
+         JOIN jobs j ON j.id = s.job_id
+         WHERE s.state = $1 AND t.state = $2 AND NOT (j.state = ANY($3)) GROUP BY s.tier",
     )
     .bind(SliceState::Queued)
+    .bind(TierState::Encoding)
+    .bind(JobState::terminal())
     .fetch_all(pool)
     .await?;
     let chunks: f64 = sqlx::query_scalar(
-        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
-         FROM upload_chunks WHERE encode_state = $1",
+        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(c.created_at)), 0)::float8
+         FROM upload_chunks c JOIN uploads u ON u.id = c.upload_id
+         WHERE c.encode_state = $1 AND u.state = $2",
     )
     .bind(ChunkEncodeState::Queued)
+    .bind(UploadState::Open)
     .fetch_one(pool)
     .await?;
     let merges: f64 = sqlx::query_scalar(
-        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(COALESCE(encoded_at, started_at))), 0)::float8
-         FROM job_tiers WHERE state = $1",
+        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(COALESCE(t.encoded_at, t.started_at))), 0)::float8
+         FROM job_tiers t JOIN jobs j ON j.id = t.job_id
+         WHERE t.state = $1 AND NOT (j.state = ANY($2))",
     )
     .bind(TierState::Merging)
+    .bind(JobState::terminal())
     .fetch_one(pool)
     .await?;
     let slice_age = |tier: Tier| {
