@@ -24,6 +24,12 @@ lock = threading.Lock()
 seen = {"requests": 0}
 
 
+def record(line):
+    """Appends one JSON line to OUT (the caller holds the lock)."""
+    with open(OUT, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
 class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
@@ -40,28 +46,23 @@ class Handler(BaseHTTPRequestHandler):
             hold = n <= HOLD_FIRST
             fail = FAIL_FIRST < 0 or n <= FAIL_FIRST or hold
             event = json.loads(body) if verified else {}
+            about = {
+                "n": n,
+                "id": headers.get("webhook-id"),
+                "type": event.get("type"),
+                "video_id": (event.get("data") or {}).get("id"),
+            }
             if hold:
-                with open(OUT, "a") as f:
-                    f.write(json.dumps({
-                        "n": n,
-                        "held": True,
-                        "id": headers.get("webhook-id"),
-                        "type": event.get("type"),
-                        "video_id": (event.get("data") or {}).get("id"),
-                    }) + "\n")
+                record({**about, "held": True})
         if hold:
             time.sleep(HOLD_SECS)
         with lock:
-            with open(OUT, "a") as f:
-                f.write(json.dumps({
-                    "n": n,
-                    "verified": verified,
-                    "id": headers.get("webhook-id"),
-                    "type": event.get("type"),
-                    "video_id": (event.get("data") or {}).get("id"),
-                    "live_tier": (event.get("data") or {}).get("live_tier"),
-                    "answered": 500 if fail or not verified else 204,
-                }) + "\n")
+            record({
+                **about,
+                "verified": verified,
+                "live_tier": (event.get("data") or {}).get("live_tier"),
+                "answered": 500 if fail or not verified else 204,
+            })
         try:
             self.send_response(500 if fail or not verified else 204)
             self.end_headers()
