@@ -17,13 +17,56 @@ pub(super) struct EncoderSettings {
     pub(super) pixel_format: format::Pixel,
 }
 
+/// An open video encoder. SVT-AV1 (1.4.1 in Debian 12) keeps a process-wide table of the
+/// machine's processors that each encoder's open allocates and each close frees, with no lock:
+/// two AV1 encoders opening or closing at once in one process can crash it (a SIGSEGV in the
+/// test suite, with two extreme encodes in one process; upstream's fix guards that
+/// initialization, SVT-AV1 merge request 2605). Their opens and closes therefore take one
+/// process-wide lock; encoding itself runs in parallel.
+pub(super) struct OpenEncoder {
+    inner: std::mem::ManuallyDrop<encoder::Video>,
+    serialized: bool,
+}
+
+/// Held while an SVT-AV1 encoder opens or closes.
+static SVT_LIFECYCLE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn svt_lifecycle(serialized: bool) -> Option<std::sync::MutexGuard<'static, ()>> {
+    serialized.then(|| {
+        SVT_LIFECYCLE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    })
+}
+
+impl std::ops::Deref for OpenEncoder {
+    type Target = encoder::Video;
+    fn deref(&self) -> &encoder::Video {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for OpenEncoder {
+    fn deref_mut(&mut self) -> &mut encoder::Video {
+        &mut self.inner
+    }
+}
+
+impl Drop for OpenEncoder {
+    fn drop(&mut self) {
+        let _lock = svt_lifecycle(self.serialized);
+        // SAFETY: dropped once, here; `inner` is not used afterwards.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.inner) };
+    }
+}
+
 /// Finds and opens the video encoder called `name`.
 pub(super) fn open_encoder(
     name: &str,
     s: &EncoderSettings,
     mut opts: ffmpeg_next::Dictionary<'static>,
     hw: Option<&HwFrames>,
-) -> Result<(ffmpeg_next::Codec, encoder::Video), MediaError> {
+) -> Result<(ffmpeg_next::Codec, OpenEncoder), MediaError> {
     let codec = encoder::find_by_name(name)
         .ok_or_else(|| MediaError::UnsupportedCodec(format!("{name} encoder missing")))?;
     let mut enc = codec::context::Context::new_with_codec(codec)
@@ -55,10 +98,19 @@ pub(super) fn open_encoder(
         });
         opts.set("threads", &t.to_string());
     }
+    let serialized = name == "libsvtav1";
+    let lock = svt_lifecycle(serialized);
     // SVT-AV1 would start its threads real-time when it may (see `without_realtime`).
-    let encoder = crate::priority::without_realtime(|| enc.open_with(opts))
-        .map_err(MediaError::ffmpeg("opening a video encoder"))?;
-    Ok((codec, encoder))
+    let opened = crate::priority::without_realtime(|| enc.open_with(opts));
+    drop(lock);
+    let encoder = opened.map_err(MediaError::ffmpeg("opening a video encoder"))?;
+    Ok((
+        codec,
+        OpenEncoder {
+            inner: std::mem::ManuallyDrop::new(encoder),
+            serialized,
+        },
+    ))
 }
 
 /// Options for the GPU H.264 encoders: constant quality capped at the rung's peak rate.
@@ -121,7 +173,7 @@ pub(super) fn open_gpu_encoder(
     name: &str,
     settings: &EncoderSettings,
     max_bitrate: u32,
-) -> Result<(ffmpeg_next::Codec, encoder::Video, Option<HwFrames>), MediaError> {
+) -> Result<(ffmpeg_next::Codec, OpenEncoder, Option<HwFrames>), MediaError> {
     let hw = if needs_device_frames(name) {
         Some(HwFrames::new(name, settings.width, settings.height)?)
     } else {

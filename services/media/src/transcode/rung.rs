@@ -20,7 +20,7 @@ pub(super) struct VideoOut {
     pub(super) scaler: Option<scaling::Context>,
     /// What the scaler writes: the encoder's pixel format (or the device pool's upload format).
     pub(super) pixel_format: format::Pixel,
-    pub(super) encoder: encoder::Video,
+    pub(super) encoder: OpenEncoder,
     /// Device frame pool of a VAAPI/QSV encoder: scaled frames are uploaded into it.
     pub(super) hw: Option<HwFrames>,
     pub(super) width: u32,
@@ -85,7 +85,7 @@ impl VideoOut {
             let mut ost = octx
                 .add_stream(codec)
                 .map_err(MediaError::ffmpeg("adding the video stream"))?;
-            ost.set_parameters(&encoder);
+            ost.set_parameters(&*encoder);
             ost.set_time_base(enc_tb);
             // Let the muxer pick the tag (avc1, hvc1, av01).
             unsafe { (*ost.parameters().as_mut_ptr()).codec_tag = 0 };
