@@ -1,7 +1,11 @@
 //! Master playlists that list renditions of more than one codec: a video's H.264 variants (the
 //! live high tier) beside the extreme tier's HEVC/AV1 ones, so a player that decodes them picks
 //! by `CODECS` and bandwidth among all of them. The two tiers live under different prefixes;
-//! the master names the other tier's media playlists by relative URI.
+//! the master names the other tier's media playlists by relative URI. And the master playlist of
+//! one tier: a variant per rendition with BANDWIDTH (peak segment bitrate), AVERAGE-BANDWIDTH,
+//! RESOLUTION, FRAME-RATE and CODECS (RFC 6381).
+
+use std::fmt::Write as _;
 
 /// The name of a set of codecs (`hevc`, `av1`, `av1+hevc`): sorted, without repeats, joined by
 /// `+`. Masters are stored and looked up under it.
@@ -147,6 +151,39 @@ pub fn combined_master(base: &str, base_dir: &str, extra: &[Entry], dir: &str) -
     }
     for e in extra {
         s.push_str(&format!("{}\n{}\n", e.inf, e.uri));
+    }
+    s
+}
+
+/// A rung's media playlist, as the master playlist lists it.
+#[derive(Clone, Debug)]
+pub struct Variant {
+    /// Path of the media playlist relative to the master playlist, e.g. "720p/index.m3u8".
+    pub uri: String,
+    pub width: u32,
+    pub height: u32,
+    pub frame_rate: f64,
+    /// Video codec string plus, when there is audio, "mp4a.40.2".
+    pub codecs: String,
+    pub peak_bitrate: u64,
+    pub average_bitrate: u64,
+}
+
+/// Renders a master playlist, variants in the given order.
+pub fn master_playlist(variants: &[Variant]) -> String {
+    let mut s = String::from("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+    for v in variants {
+        let _ = writeln!(
+            s,
+            "#EXT-X-STREAM-INF:BANDWIDTH={},AVERAGE-BANDWIDTH={},RESOLUTION={}x{},FRAME-RATE={:.3},CODECS=\"{}\"\n{}",
+            v.peak_bitrate.max(1),
+            v.average_bitrate.max(1),
+            v.width,
+            v.height,
+            v.frame_rate,
+            v.codecs,
+            v.uri
+        );
     }
     s
 }

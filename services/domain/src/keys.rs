@@ -49,10 +49,8 @@ pub fn tier_output(video: VideoId, job: JobId, tier: Tier) -> String {
 }
 
 /// Where a live-ingest upload's chunk `index` puts rendition `name`'s HLS init and segments: in
-/// the fast tier's output of the job the upload reserved, beside the playlists that list them.
-pub fn chunk_hls(video: VideoId, job: JobId, name: &str, index: u32) -> String {
-    format!(
-        "{}hls/{name}/c{index:05}/",
-        tier_output(video, job, Tier::Fast)
-    )
+/// the output of `tier` (fast: its encode; instant: the chunk remuxed) of the job the upload
+/// reserved, beside the playlists that list them.
+pub fn chunk_hls(video: VideoId, job: JobId, tier: Tier, name: &str, index: u32) -> String {
+    format!("{}hls/{name}/c{index:05}/", tier_output(video, job, tier))
 }

@@ -7,6 +7,30 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+/// What an input must be to be published as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstantPolicy {
+    /// Bits per second over a chunk, at most.
+    pub max_bitrate: u64,
+    /// Longest time between keyframes (and from the last one to the chunk's end), seconds: a
+    /// player seeks and starts only at keyframes.
+    pub max_gop_seconds: f64,
+    /// Largest picture, long side and short side (the ladder's top rung: 1920 x 1080).
+    pub max_long_side: u32,
+    pub max_short_side: u32,
+}
+
+impl Default for InstantPolicy {
+    fn default() -> Self {
+        Self {
+            max_bitrate: 8_000_000,
+            max_gop_seconds: 5.0,
+            max_long_side: 1920,
+            max_short_side: 1080,
+        }
+    }
+}
+
 /// One HLS media segment of a chunk, relative to the chunk's directory.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Segment {
@@ -119,6 +143,111 @@ pub fn media_playlist(chunks: &[(u32, &ChunkRendition)]) -> String {
     }
     s.push_str("#EXT-X-ENDLIST\n");
     s
+}
+
+/// One rendition of a tier made of chunks: its media playlist (relative to
+/// `hls/<name>/index.m3u8` under the tier's prefix) and what its rendition row records.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackagedRendition {
+    pub name: String,
+    pub codec: String,
+    pub codec_string: String,
+    pub width: u32,
+    pub height: u32,
+    pub frames: u64,
+    pub seconds: f64,
+    pub bytes: u64,
+    pub average_bitrate: u64,
+    pub prefetch_bytes_3s: u64,
+    pub playlist: String,
+}
+
+/// A tier made of chunks, packaged: every rendition's media playlist, the master playlist
+/// (`hls/master.m3u8`) and the picture the video row records.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackagedTier {
+    pub renditions: Vec<PackagedRendition>,
+    pub master: String,
+    pub width: u32,
+    pub height: u32,
+    pub frames: u64,
+    pub seconds: f64,
+}
+
+/// Packages the chunks of a tier, (index, what the chunk produced) in order: checks that every
+/// chunk is there and that they agree, and that each rendition holds every frame of the chunks
+/// over their whole span, then writes the playlists (nothing is read or written but text).
+pub fn package_chunks(chunks: &[(u32, ChunkEncode)]) -> Result<PackagedTier, Mismatch> {
+    let all: Vec<ChunkEncode> = chunks.iter().map(|(_, e)| e.clone()).collect();
+    check_chunks(&all)?;
+    if let Some(i) = chunks
+        .iter()
+        .enumerate()
+        .position(|(i, (idx, _))| *idx != i as u32)
+    {
+        return Err(Mismatch(format!("chunk {i} is missing")));
+    }
+    let first = &all[0];
+    let frames: u64 = all.iter().map(|c| c.frames).sum();
+    let tb = first.time_base;
+    let span = all.last().map_or(0, |c| c.end) - first.start;
+    let seconds = span as f64 * f64::from(tb.0) / f64::from(tb.1);
+    let source = crate::plan::SourceTiming {
+        frames,
+        seconds,
+        frame_seconds: f64::from(first.frame_rate.1) / f64::from(first.frame_rate.0),
+    };
+    let (mut renditions, mut variants) = (Vec::new(), Vec::new());
+    for r0 in &first.renditions {
+        let list: Vec<(u32, &ChunkRendition)> = chunks
+            .iter()
+            .filter_map(|(i, e)| e.rendition(&r0.name).map(|r| (*i, r)))
+            .collect();
+        let rs: Vec<&ChunkRendition> = list.iter().map(|(_, r)| *r).collect();
+        let rung_frames: u64 = rs.iter().map(|r| r.frames).sum();
+        let rung_seconds: f64 = rs.iter().map(|r| r.duration_seconds).sum();
+        source
+            .check(&r0.name, rung_frames, rung_seconds, rs.len())
+            .map_err(Mismatch)?;
+        let (peak, average) = bitrates(&rs);
+        variants.push(crate::hls::Variant {
+            uri: format!("{}/index.m3u8", r0.name),
+            width: r0.width,
+            height: r0.height,
+            frame_rate: 1.0 / source.frame_seconds,
+            codecs: if first.has_audio {
+                format!("{},mp4a.40.2", r0.codec_string)
+            } else {
+                r0.codec_string.clone()
+            },
+            peak_bitrate: peak,
+            average_bitrate: average,
+        });
+        renditions.push(PackagedRendition {
+            name: r0.name.clone(),
+            codec: r0.codec.clone(),
+            codec_string: r0.codec_string.clone(),
+            width: r0.width,
+            height: r0.height,
+            frames: rung_frames,
+            seconds: rung_seconds,
+            bytes: rs
+                .iter()
+                .map(|r| r.init_bytes + r.segments.iter().map(|s| s.bytes).sum::<u64>())
+                .sum(),
+            average_bitrate: average,
+            prefetch_bytes_3s: prefetch_bytes(&rs, 3.0),
+            playlist: media_playlist(&list),
+        });
+    }
+    Ok(PackagedTier {
+        renditions,
+        master: crate::hls::master_playlist(&variants),
+        width: first.display_width,
+        height: first.display_height,
+        frames,
+        seconds,
+    })
 }
 
 /// The files a media playlist names (init segments and media segments), relative to it.

@@ -41,7 +41,8 @@ pub enum Task {
     /// A media chunk of an upload still arriving was stored: encode it into the fast ladder
     /// and package its HLS segments (transcoding while the upload arrives).
     EncodeChunk { upload_id: UploadId, index: u32 },
-    /// A live-ingest fast tier is live as HLS: mux its MP4 renditions in the background.
+    /// A live-ingest fast tier (or an instant tier) is live as HLS: mux its MP4 renditions in
+    /// the background.
     MuxChunks { job_id: JobId },
 }
 
@@ -50,8 +51,10 @@ impl Task {
     pub fn queue(&self) -> &'static str {
         match self {
             Task::JobCreated { .. } => queue::JOBS,
+            // The instant tier is never encoded; a slice of it travels as a fast one.
             Task::EncodeSlice {
-                tier: Tier::Fast, ..
+                tier: Tier::Instant | Tier::Fast,
+                ..
             } => queue::FAST_SLICES,
             Task::EncodeSlice {
                 tier: Tier::High, ..

@@ -12,6 +12,10 @@ use crate::SliceWindow;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Tier {
+    /// The upload itself, remuxed without re-encoding (a standard input: H.264 with closed
+    /// GOPs, AAC, within the configured caps): live the moment the upload completes, until the
+    /// fast tier replaces it.
+    Instant,
     /// Low complexity, to publish quickly.
     Fast,
     /// High complexity; silently replaces the fast tier once verified.
@@ -21,10 +25,11 @@ pub enum Tier {
 }
 
 impl Tier {
-    pub const ALL: [Tier; 3] = [Tier::Fast, Tier::High, Tier::Extreme];
+    pub const ALL: [Tier; 4] = [Tier::Instant, Tier::Fast, Tier::High, Tier::Extreme];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Tier::Instant => "instant",
             Tier::Fast => "fast",
             Tier::High => "high",
             Tier::Extreme => "extreme",
@@ -44,7 +49,7 @@ impl FromStr for Tier {
         Tier::ALL
             .into_iter()
             .find(|t| t.as_str() == s)
-            .ok_or_else(|| format!("unknown tier {s:?} (fast, high, extreme)"))
+            .ok_or_else(|| format!("unknown tier {s:?} (instant, fast, high, extreme)"))
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use vtx_domain::live_ingest::{ChunkEncode, InstantPolicy};
 use vtx_media::{ChunkError, ChunkInfo, Limits};
 
 use crate::error::ApiError;
@@ -26,21 +27,35 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Verdict {
-    Chunk(ChunkInfo),
+    Chunk {
+        info: ChunkInfo,
+        /// Asked for with `--instant`: the chunk remuxed as it is, or why it cannot be.
+        instant: Option<Instant>,
+    },
     /// Refused with a stable code (422).
-    Refused {
-        code: String,
-        message: String,
-    },
+    Refused { code: String, message: String },
     /// Not the chunk's fault (a bug, or the machine).
-    Failed {
-        message: String,
-    },
+    Failed { message: String },
     /// The answer to `--ready`: the address space the child holds once started (the binary
     /// and its libraries), in bytes.
-    Ready {
-        address_space: u64,
-    },
+    Ready { address_space: u64 },
+}
+
+/// A standard chunk remuxed without re-encoding (its HLS files under the directory the
+/// gateway gave), or why the chunk is not a standard input.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Instant {
+    Remuxed(ChunkEncode),
+    NotStandard(String),
+}
+
+/// What the gateway asks of a check besides the verdict: remux the chunk into `out_dir` if it
+/// is a standard input under `policy` (and take the video's cover from it, for chunk 0).
+pub struct InstantRequest<'a> {
+    pub policy: &'a InstantPolicy,
+    pub out_dir: &'a Path,
+    pub cover: bool,
 }
 
 /// Runs chunk checks in child processes.
@@ -90,19 +105,36 @@ impl Inspector {
         &self.limits
     }
 
-    /// Checks the chunk at `path`: its facts, or the refusal the client gets.
-    pub async fn inspect(&self, path: &Path) -> Result<ChunkInfo, ApiError> {
+    /// Checks the chunk at `path`: its facts (and with `instant`, the chunk remuxed as it is
+    /// or why it cannot be), or the refusal the client gets.
+    pub async fn inspect(
+        &self,
+        path: &Path,
+        instant: Option<InstantRequest<'_>>,
+    ) -> Result<(ChunkInfo, Option<Instant>), ApiError> {
         let limits =
             serde_json::to_string(&LimitsArg::from(&self.limits)).map_err(ApiError::internal)?;
-        let outcome = self
-            .run(&["--limits".as_ref(), limits.as_ref(), path.as_os_str()])
-            .await
-            .map_err(ApiError::internal)?;
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["--limits".into(), limits.into(), path.as_os_str().into()];
+        if let Some(req) = instant {
+            args.push("--instant".into());
+            args.push(
+                serde_json::to_string(req.policy)
+                    .map_err(ApiError::internal)?
+                    .into(),
+            );
+            args.push(req.out_dir.as_os_str().into());
+            if req.cover {
+                args.push("--cover".into());
+            }
+        }
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let outcome = self.run(&args).await.map_err(ApiError::internal)?;
         let unprocessable = |code: &'static str, message: String| {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
         };
         match outcome {
-            Outcome::Verdict(Verdict::Chunk(info)) => Ok(info),
+            Outcome::Verdict(Verdict::Chunk { info, instant }) => Ok((info, instant)),
             Outcome::Verdict(Verdict::Refused { code, message }) => Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 stable(&code),
@@ -264,16 +296,29 @@ pub fn child(args: &[String]) -> std::process::ExitCode {
         [flag] if flag == "--ready" => Verdict::Ready {
             address_space: address_space().unwrap_or(0),
         },
-        [flag, limits, path] if flag == "--limits" => {
-            match serde_json::from_str::<LimitsArg>(limits) {
-                Ok(limits) => judge(Path::new(path), &limits.into()),
-                Err(e) => Verdict::Failed {
-                    message: format!("bad limits: {e}"),
-                },
+        [flag, limits, path, rest @ ..] if flag == "--limits" => {
+            let instant = match rest {
+                [] => Ok(None),
+                [flag, policy, out, cover @ ..]
+                    if flag == "--instant" && (cover.is_empty() || cover == ["--cover"]) =>
+                {
+                    serde_json::from_str::<InstantPolicy>(policy)
+                        .map(|p| Some((p, Path::new(out), !cover.is_empty())))
+                        .map_err(|e| format!("bad instant policy: {e}"))
+                }
+                _ => Err(format!("unexpected arguments {rest:?}")),
+            };
+            let limits =
+                serde_json::from_str::<LimitsArg>(limits).map_err(|e| format!("bad limits: {e}"));
+            match (limits, instant) {
+                (Ok(limits), Ok(instant)) => judge(Path::new(path), &limits.into(), instant),
+                (Err(message), _) | (_, Err(message)) => Verdict::Failed { message },
             }
         }
         _ => Verdict::Failed {
-            message: format!("usage: vtx {SUBCOMMAND} --limits JSON PATH | --ready"),
+            message: format!(
+                "usage: vtx {SUBCOMMAND} --limits JSON PATH [--instant POLICY DIR [--cover]] | --ready"
+            ),
         },
     };
     println!(
@@ -291,12 +336,40 @@ fn address_space() -> Option<u64> {
     Some(kib * 1024)
 }
 
-fn judge(path: &Path, limits: &Limits) -> Verdict {
+fn judge(path: &Path, limits: &Limits, instant: Option<(InstantPolicy, &Path, bool)>) -> Verdict {
     let deadline = vtx_media::Deadline::after(TIMEOUT);
     match vtx_media::inspect_chunk(path, limits, deadline) {
-        Ok(info) => Verdict::Chunk(info),
+        Ok(info) => Verdict::Chunk {
+            info,
+            instant: instant.map(|(policy, out, cover)| {
+                match remux_standard(path, limits, &policy, out, cover, deadline) {
+                    Ok(Ok(encoded)) => Instant::Remuxed(encoded),
+                    Ok(Err(why)) => Instant::NotStandard(why),
+                    Err(e) => Instant::NotStandard(e.to_string()),
+                }
+            }),
+        },
         Err(e) => refusal(e),
     }
+}
+
+/// The chunk remuxed into `out` (with `cover.jpg` when asked) if it is a standard input.
+fn remux_standard(
+    path: &Path,
+    limits: &Limits,
+    policy: &InstantPolicy,
+    out: &Path,
+    cover: bool,
+    deadline: vtx_media::Deadline,
+) -> Result<Result<ChunkEncode, String>, vtx_media::MediaError> {
+    if let Err(why) = vtx_media::standard_chunk(path, policy, limits, deadline)? {
+        return Ok(Err(why));
+    }
+    let encoded = vtx_media::remux_chunk(path, out, limits, deadline)?;
+    if cover {
+        vtx_media::write_cover(path, &out.join("cover.jpg"), deadline)?;
+    }
+    Ok(Ok(encoded))
 }
 
 /// `strerror(ENOMEM)`, as FFmpeg's messages carry it.

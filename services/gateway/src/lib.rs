@@ -60,6 +60,11 @@ pub struct AppState {
     pub public_url: Arc<str>,
     /// Chunked uploads are transcoded while they arrive (`VTX_LIVE_INGEST`).
     pub live_ingest: bool,
+    /// Standard inputs of live-ingest uploads are published at completion as they are
+    /// (`VTX_INSTANT_PUBLISH`), under this policy.
+    pub instant: Option<vtx_domain::live_ingest::InstantPolicy>,
+    /// How long a replaced tier's objects stay fetchable (`VTX_SWAP_GRACE_SECS`).
+    pub swap_grace: std::time::Duration,
     /// Play counts waiting for their flush.
     pub plays: Arc<plays::PlayCounter>,
     /// Request bodies in flight per grant.
@@ -153,6 +158,8 @@ impl Gateway {
             grant_ttl: cfg.auth.grant_ttl,
             public_url: public_url.as_str().into(),
             live_ingest: cfg.pipeline.live_ingest,
+            instant: cfg.pipeline.instant.filter(|_| cfg.pipeline.live_ingest),
+            swap_grace: cfg.pipeline.swap_grace,
             plays: plays.clone(),
             inflight: grants::InFlight::default(),
             playback: cfg.web.playback,

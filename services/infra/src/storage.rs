@@ -221,6 +221,68 @@ impl ObjectStore {
             .map_err(|e| classify("storing a file", e))
     }
 
+    /// Stores a small object held in memory (a playlist).
+    pub async fn put_bytes(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+    ) -> Result<(), StorageError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .content_type(content_type)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("storing an object", e))
+    }
+
+    /// Uploads every file under `dir` to `prefix` + its relative path, several at a time (a
+    /// tier has hundreds of small HLS segments), each with the content type its name gives.
+    pub async fn put_tree(&self, dir: &Path, prefix: &str) -> Result<(), StorageError> {
+        use futures_util::{StreamExt, TryStreamExt};
+        let mut files = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let mut entries = tokio::fs::read_dir(&d)
+                .await
+                .map_err(other("listing a directory"))?;
+            while let Some(e) = entries
+                .next_entry()
+                .await
+                .map_err(other("listing a directory"))?
+            {
+                let is_dir = e
+                    .file_type()
+                    .await
+                    .map_err(other("listing a directory"))?
+                    .is_dir();
+                if is_dir {
+                    stack.push(e.path());
+                } else {
+                    files.push(e.path());
+                }
+            }
+        }
+        futures_util::stream::iter(files)
+            .map(|path| async move {
+                let rel = path
+                    .strip_prefix(dir)
+                    .expect("under dir")
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                self.put_file(&format!("{prefix}{rel}"), &path, content_type(&rel))
+                    .await
+            })
+            .buffer_unordered(8)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
     /// Fetches an object, or the byte range given as an HTTP `Range` header value.
     pub async fn get(&self, key: &str, range: Option<&str>) -> Result<Object, StorageError> {
         let out = self
@@ -456,5 +518,17 @@ impl http_body::Body for ChannelBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.len)
+    }
+}
+
+/// Content type by file name, for what the pipeline writes.
+pub fn content_type(name: &str) -> &'static str {
+    match name.rsplit('.').next() {
+        Some("mp4") => "video/mp4",
+        Some("m4s") => "video/iso.segment",
+        Some("m3u8") => "application/vnd.apple.mpegurl",
+        Some("jpg") => "image/jpeg",
+        Some("json") => "application/json",
+        _ => "application/octet-stream",
     }
 }

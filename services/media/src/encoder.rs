@@ -8,7 +8,7 @@ pub use vtx_domain::Tier;
 /// Codecs a tier produces, one rendition set each.
 pub fn tier_codecs(tier: Tier) -> &'static [VideoCodec] {
     match tier {
-        Tier::Fast | Tier::High => &[VideoCodec::H264],
+        Tier::Instant | Tier::Fast | Tier::High => &[VideoCodec::H264],
         Tier::Extreme => &[VideoCodec::Hevc, VideoCodec::Av1],
     }
 }

@@ -1,26 +1,12 @@
-//! HLS master playlist: one variant per rendition with BANDWIDTH (peak segment bitrate),
-//! AVERAGE-BANDWIDTH, RESOLUTION, FRAME-RATE and CODECS (RFC 6381).
+//! Bitrates of HLS media playlists written to disk (the master playlist is rendered by
+//! `vtx_domain::hls::master_playlist`).
 
-use std::fmt::Write as _;
 use std::path::Path;
 
 use vtx_domain::hls::MediaPlaylist;
 
 use crate::MediaError;
-
-/// A rung's media playlist, as the master playlist lists it.
-#[derive(Clone, Debug)]
-pub struct Variant {
-    /// Path of the media playlist relative to the master playlist, e.g. "720p/index.m3u8".
-    pub uri: String,
-    pub width: u32,
-    pub height: u32,
-    pub frame_rate: f64,
-    /// Video codec string plus, when there is audio, "mp4a.40.2".
-    pub codecs: String,
-    pub peak_bitrate: u64,
-    pub average_bitrate: u64,
-}
+pub use vtx_domain::hls::{Variant, master_playlist};
 
 /// Peak and average bitrate of a media playlist's segments (bits per second), from the
 /// segment files' sizes and their EXTINF durations.
@@ -41,26 +27,6 @@ pub fn playlist_bitrates(playlist: &Path) -> Result<(u64, u64), MediaError> {
         segments.push((bytes, segment.seconds.unwrap_or(0.0)));
     }
     Ok(vtx_domain::hls::bitrates(init, segments))
-}
-
-/// The first init segment (`EXT-X-MAP`) a media playlist names.
-/// Renders a master playlist, variants in the given order.
-pub fn master_playlist(variants: &[Variant]) -> String {
-    let mut s = String::from("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n");
-    for v in variants {
-        let _ = writeln!(
-            s,
-            "#EXT-X-STREAM-INF:BANDWIDTH={},AVERAGE-BANDWIDTH={},RESOLUTION={}x{},FRAME-RATE={:.3},CODECS=\"{}\"\n{}",
-            v.peak_bitrate.max(1),
-            v.average_bitrate.max(1),
-            v.width,
-            v.height,
-            v.frame_rate,
-            v.codecs,
-            v.uri
-        );
-    }
-    s
 }
 
 #[cfg(test)]

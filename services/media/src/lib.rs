@@ -15,6 +15,7 @@ mod hw;
 mod input;
 mod live_ingest;
 mod merge;
+mod passthrough;
 mod pipeline;
 mod priority;
 mod probe;
@@ -38,6 +39,7 @@ pub use live_ingest::{chunk_hls_dir, encode_chunk};
 pub use merge::{
     EncodedSlice, MergeReport, MergeRequest, merge_rendition, prefetch_bytes, remux_hls_to_mp4,
 };
+pub use passthrough::{SOURCE_RENDITION, remux_chunk, standard_chunk};
 pub use pipeline::{
     EncodeOptions, Manifest, ManifestRendition, Packaged, PipelineRequest, Prepared, Progress,
     ProgressFn, Stage, encode_slice, encoded_slice_path, package, plan_job, plan_outputs, prepare,
@@ -51,6 +53,7 @@ pub use transcode::{
     FrameProgress, RenditionOutput, RenditionReport, TranscodeRequest, Window, can_encode_tier,
     detect_h264_encoders, transcode_ladder,
 };
+pub use vtx_domain::live_ingest::InstantPolicy;
 
 /// Limits applied to untrusted input before and while decoding it.
 #[derive(Clone, Debug)]

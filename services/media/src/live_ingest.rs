@@ -112,7 +112,7 @@ pub fn encode_chunk(
 
 /// The init segment and the media segments (with durations and sizes) of a media playlist
 /// FFmpeg's HLS muxer wrote.
-fn read_playlist(playlist: &Path) -> Result<(String, Vec<Segment>), MediaError> {
+pub(crate) fn read_playlist(playlist: &Path) -> Result<(String, Vec<Segment>), MediaError> {
     let dir = playlist.parent().unwrap_or(Path::new("."));
     let list = MediaPlaylist::parse(&std::fs::read_to_string(playlist)?);
     let init = list

@@ -13,7 +13,7 @@ use vtx_infra::db::{self, ExtremeReason, WorkContext};
 use vtx_media::Deadline;
 
 use crate::merges::tier_output;
-use crate::{WorkError, Worker, run_in, upload_tree};
+use crate::{WorkError, Worker, run_in};
 use vtx_infra::driver::{Failure, LeasedTask};
 
 /// One extreme rendition's verdict, as stored and shown.
@@ -147,7 +147,10 @@ impl Worker {
                 .await?;
             if r.hls_playlist_key.is_some() {
                 let hls = format!("hls/{}/", r.name);
-                upload_tree(&inner.store, &out.join(&hls), &format!("{dest}{hls}")).await?;
+                inner
+                    .store
+                    .put_tree(&out.join(&hls), &format!("{dest}{hls}"))
+                    .await?;
             }
         }
         let masters = match (&video.hls_master_key, &packaged.hls_master) {

@@ -25,8 +25,8 @@ mod media_work;
 mod merges;
 mod slices;
 
-pub use media_work::content_type;
-use media_work::{cpu_class, run_blocking, run_in, upload_tree};
+use media_work::{cpu_class, run_blocking, run_in};
+pub use vtx_infra::storage::content_type;
 
 use vtx_media::MediaError;
 

@@ -4,16 +4,13 @@
 
 use std::time::Duration;
 
-use vtx_domain::live_ingest::{
-    ChunkEncode, ChunkRendition, bitrates, check_chunks, media_playlist, playlist_files,
-    prefetch_bytes,
-};
+use vtx_domain::live_ingest::{ChunkEncode, package_chunks, playlist_files};
 use vtx_domain::{ErrorCode, JobId, Tier, UploadId, VideoId, keys};
 use vtx_infra::broker::Outcome;
 use vtx_infra::db::{self, ChunkWork, LiveIngestMerge, NewRendition, TierOutput, VideoFacts};
-use vtx_media::{Deadline, EncodeOptions, Limits, Variant, chunk_hls_dir, master_playlist};
+use vtx_media::{Deadline, EncodeOptions, Limits, chunk_hls_dir};
 
-use crate::{WorkError, Worker, run_blocking, upload_tree};
+use crate::{WorkError, Worker, run_blocking};
 use vtx_infra::driver::{Failure, LeasedTask};
 
 /// Where chunk 0's top rung waits for the cover to be taken from it.
@@ -64,8 +61,11 @@ impl Worker {
         })
         .await?;
         for r in &encoded.renditions {
-            let dest = keys::chunk_hls(work.video, work.job, &r.name, index);
-            upload_tree(&inner.store, &chunk_hls_dir(&out, &r.name), &dest).await?;
+            let dest = keys::chunk_hls(work.video, work.job, Tier::Fast, &r.name, index);
+            inner
+                .store
+                .put_tree(&chunk_hls_dir(&out, &r.name), &dest)
+                .await?;
         }
         if index == 0
             && let Some(top) = encoded.renditions.last()
@@ -88,87 +88,22 @@ impl Worker {
         m: &db::LiveIngestMerge,
     ) -> Result<(TierOutput, VideoFacts), WorkError> {
         let inner = &self.inner;
-        let corrupt = |msg: String| WorkError::Media(vtx_media::MediaError::CorruptStream(msg));
-        let all: Vec<ChunkEncode> = m.chunks.iter().map(|(_, e)| e.clone()).collect();
-        check_chunks(&all).map_err(|e| corrupt(e.to_string()))?;
-        if m.chunks
-            .iter()
-            .enumerate()
-            .any(|(i, (idx, _))| *idx != i as u32)
-        {
-            return Err(corrupt("a chunk's encode is missing".into()));
-        }
-        let first = &all[0];
-        let frames: u64 = all.iter().map(|c| c.frames).sum();
-        let tb = first.time_base;
-        let span = all.last().map_or(0, |c| c.end) - first.start;
-        let seconds = span as f64 * f64::from(tb.0) / f64::from(tb.1);
-        let source = vtx_domain::plan::SourceTiming {
-            frames,
-            seconds,
-            frame_seconds: f64::from(first.frame_rate.1) / f64::from(first.frame_rate.0),
-        };
-
+        let packaged = package_chunks(&m.chunks)
+            .map_err(|e| WorkError::Media(vtx_media::MediaError::CorruptStream(e.to_string())))?;
         let scratch = tempfile::Builder::new()
             .prefix("vtx-publish-")
             .tempdir_in(&inner.scratch)?;
         let out = scratch.path().join("out");
         std::fs::create_dir_all(out.join("hls"))?;
         let dest = keys::tier_output(m.video, job, Tier::Fast);
-        let (mut renditions, mut variants) = (Vec::new(), Vec::new());
-        for r0 in &first.renditions {
-            let list: Vec<(u32, &ChunkRendition)> = m
-                .chunks
-                .iter()
-                .filter_map(|(i, e)| e.rendition(&r0.name).map(|r| (*i, r)))
-                .collect();
-            let rs: Vec<&ChunkRendition> = list.iter().map(|(_, r)| *r).collect();
-            let rung_frames: u64 = rs.iter().map(|r| r.frames).sum();
-            let rung_seconds: f64 = rs.iter().map(|r| r.duration_seconds).sum();
-            source
-                .check(&r0.name, rung_frames, rung_seconds, rs.len())
-                .map_err(corrupt)?;
-            let dir = out.join("hls").join(&r0.name);
+        let mut renditions = Vec::new();
+        for r in &packaged.renditions {
+            let dir = out.join("hls").join(&r.name);
             std::fs::create_dir_all(&dir)?;
-            std::fs::write(dir.join("index.m3u8"), media_playlist(&list))?;
-            let (peak, average) = bitrates(&rs);
-            let bytes: u64 = rs
-                .iter()
-                .map(|r| r.init_bytes + r.segments.iter().map(|s| s.bytes).sum::<u64>())
-                .sum();
-            variants.push(Variant {
-                uri: format!("{}/index.m3u8", r0.name),
-                width: r0.width,
-                height: r0.height,
-                frame_rate: 1.0 / source.frame_seconds,
-                codecs: if first.has_audio {
-                    format!("{},mp4a.40.2", r0.codec_string)
-                } else {
-                    r0.codec_string.clone()
-                },
-                peak_bitrate: peak,
-                average_bitrate: average,
-            });
-            let playlist = format!("{dest}hls/{}/index.m3u8", r0.name);
-            renditions.push(NewRendition {
-                name: r0.name.clone(),
-                container: "hls",
-                codec: r0.codec.clone(),
-                codec_string: r0.codec_string.clone(),
-                object_key: playlist.clone(),
-                hls_playlist_key: Some(playlist),
-                width: r0.width,
-                height: r0.height,
-                frames: rung_frames,
-                duration_ms: (rung_seconds * 1000.0).round() as u64,
-                size_bytes: bytes,
-                bitrate: average,
-                prefetch_bytes_3s: prefetch_bytes(&rs, 3.0),
-                psnr: None,
-                ssim: None,
-            });
+            std::fs::write(dir.join("index.m3u8"), &r.playlist)?;
+            renditions.push(NewRendition::hls(&dest, r));
         }
-        std::fs::write(out.join("hls/master.m3u8"), master_playlist(&variants))?;
+        std::fs::write(out.join("hls/master.m3u8"), &packaged.master)?;
         // The cover, from the first chunk's top rung (a small file, whatever the length).
         let cover_src = scratch.path().join("cover-source.mp4");
         let cover = match inner
@@ -195,7 +130,7 @@ impl Worker {
                 None
             }
         };
-        upload_tree(&inner.store, &out, &dest).await?;
+        inner.store.put_tree(&out, &dest).await?;
         Ok((
             TierOutput {
                 renditions,
@@ -203,10 +138,10 @@ impl Worker {
                 cover_key: cover,
             },
             VideoFacts {
-                width: first.display_width,
-                height: first.display_height,
-                frames,
-                duration_ms: (seconds * 1000.0).round() as u64,
+                width: packaged.width,
+                height: packaged.height,
+                frames: packaged.frames,
+                duration_ms: (packaged.seconds * 1000.0).round() as u64,
             },
         ))
     }
@@ -252,7 +187,7 @@ impl Worker {
             vtx_media::remux_hls_to_mp4(&pl, codec, &out, Deadline::after(timeout))
         })
         .await?;
-        let key = format!("{}{name}.mp4", keys::tier_output(video, job, Tier::Fast));
+        let key = format!("{}{name}.mp4", keys::tier_output(video, job, r.tier));
         inner.store.put_file(&key, &mp4, "video/mp4").await?;
         Ok(NewRendition {
             name: name.to_string(),
@@ -430,7 +365,7 @@ impl LeasedTask for PublishChunksTask<'_> {
     }
 }
 
-/// Muxing a live-ingest fast tier's MP4 renditions from its HLS segments (stream copy) and
+/// Muxing a live-ingest fast tier's (or a live instant tier's) MP4 renditions from its HLS segments (stream copy) and
 /// adding them to the playback. Background work: HLS plays meanwhile, a rendition that cannot
 /// be muxed is left HLS only, and the tier stays as it is whatever happens here. It keeps no
 /// attempt count: a storage or database failure is retried until it passes.
@@ -441,7 +376,7 @@ pub(crate) struct MuxChunksTask<'a> {
 
 impl LeasedTask for MuxChunksTask<'_> {
     type Claim = (VideoId, Vec<db::HlsOnly>);
-    type Done = (Vec<NewRendition>, std::time::Instant);
+    type Done = (Vec<(Tier, NewRendition)>, std::time::Instant);
 
     fn what(&self) -> String {
         "mux".to_string()
@@ -460,7 +395,7 @@ impl LeasedTask for MuxChunksTask<'_> {
         let mut muxed = Vec::new();
         for r in todo {
             match self.worker.mux_one(*video, self.job, r).await {
-                Ok(r) => muxed.push(r),
+                Ok(made) => muxed.push((r.tier, made)),
                 Err(WorkError::Media(e)) => {
                     tracing::warn!(rendition = r.name, error = %e, "no MP4 for this rendition");
                 }
@@ -475,18 +410,18 @@ impl LeasedTask for MuxChunksTask<'_> {
         (video, _): &Self::Claim,
         (muxed, started): Self::Done,
     ) -> sqlx::Result<()> {
-        db::add_renditions(
-            &self.worker.inner.pool,
-            *video,
-            self.job,
-            Tier::Fast,
-            &muxed,
-        )
-        .await?;
-        tracing::info!(
-            secs = started.elapsed().as_secs_f64(),
-            "fast tier MP4s muxed"
-        );
+        for tier in [Tier::Instant, Tier::Fast] {
+            let of_tier: Vec<NewRendition> = muxed
+                .iter()
+                .filter(|(t, _)| *t == tier)
+                .map(|(_, r)| r.clone())
+                .collect();
+            if !of_tier.is_empty() {
+                db::add_renditions(&self.worker.inner.pool, *video, self.job, tier, &of_tier)
+                    .await?;
+            }
+        }
+        tracing::info!(secs = started.elapsed().as_secs_f64(), "tier MP4s muxed");
         Ok(())
     }
 

@@ -12,7 +12,7 @@ use vtx_domain::keys;
 use vtx_infra::db::NewRendition;
 use vtx_media::{Deadline, encoded_slice_path, package, plan_outputs, verify_packaged};
 
-use crate::{WorkError, Worker, run_blocking, upload_tree};
+use crate::{WorkError, Worker, run_blocking};
 use vtx_infra::driver::{Failure, LeasedTask};
 
 pub(crate) struct MergeTask<'a> {
@@ -31,7 +31,7 @@ impl Worker {
     ) -> Result<TierOutput, WorkError> {
         let (_scratch, out, packaged) = self.package_tier(job, tier, ctx).await?;
         let dest = keys::tier_output(ctx.video_id, job, tier);
-        upload_tree(&self.inner.store, &out, &dest).await?;
+        self.inner.store.put_tree(&out, &dest).await?;
         Ok(tier_output(&dest, &packaged))
     }
 

@@ -111,7 +111,11 @@ pub(crate) async fn finish_upload(
         let bytes = chunks.iter().map(|c| c.size_bytes.max(0) as u64).sum();
         let source = keys::source(video);
         db::complete_live_ingest_upload(&mut tx, id, video, job, &source, bytes, expected).await?;
+        let instant = super::instant::publish(state, &mut tx, id, video, job).await?;
         tx.commit().await?;
+        if instant {
+            tracing::info!(upload_id = %id, video_id = %video, "published at once (instant tier)");
+        }
         tracing::info!(upload_id = %id, video_id = %video, job_id = %job, bytes, "upload completed (live ingest)");
         return Ok((
             StatusCode::ACCEPTED,

@@ -17,6 +17,7 @@ use crate::staged::Staged;
 use crate::{ApiError, ApiResult, AppState, parse_id, rfc3339};
 
 mod finish;
+mod instant;
 mod store;
 
 pub(crate) use finish::finish_upload;

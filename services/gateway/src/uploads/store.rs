@@ -8,7 +8,9 @@ use vtx_domain::UploadId;
 use vtx_domain::api::ChunkView;
 use vtx_infra::db::{self, ChunkInsert};
 
+use super::instant;
 use crate::body::{Streamed, stream_to_store};
+use crate::inspect::{Instant, InstantRequest};
 use crate::staged::Staged;
 use crate::{ApiError, ApiResult, AppState};
 
@@ -67,7 +69,26 @@ pub(super) async fn store_chunk(
     if let Some(existing) = db::get_chunk(&state.pool, id, index.get()).await? {
         return again(existing, sha);
     }
-    let info = check_chunk(state, copy).await?;
+    let target = instant::target(state, id).await?;
+    let remux_dir = match &target {
+        Some(_) => Some(tempfile::tempdir().map_err(ApiError::internal)?),
+        None => None,
+    };
+    let request = match (state.instant.as_ref(), remux_dir.as_ref()) {
+        (Some(policy), Some(dir)) => Some(InstantRequest {
+            policy,
+            out_dir: dir.path(),
+            cover: index.get() == 0,
+        }),
+        _ => None,
+    };
+    let (info, remuxed) = check_chunk(state, copy, request).await?;
+    let instant = match (target, remuxed, remux_dir) {
+        (Some(target), Some(outcome), Some(dir)) => {
+            instant::store_remux(state, &target, id, index, outcome, dir.path()).await
+        }
+        _ => None,
+    };
     let stored_seconds = db::upload_seconds(&state.pool, id).await?;
     let limit = state.inspector.limits().max_duration.as_secs_f64();
     if stored_seconds + (info.end_seconds - info.start_seconds) > limit {
@@ -77,6 +98,7 @@ pub(super) async fn store_chunk(
         start_seconds: info.start_seconds,
         end_seconds: info.end_seconds,
         frames: info.frames as i32,
+        instant,
     };
     let caps = db::UploadCaps {
         max_bytes: state.limits.max_upload_bytes,
@@ -111,13 +133,14 @@ pub(super) async fn store_chunk(
 pub(super) async fn check_chunk(
     state: &AppState,
     copy: tempfile::TempPath,
-) -> ApiResult<vtx_media::ChunkInfo> {
+    instant: Option<InstantRequest<'_>>,
+) -> ApiResult<(vtx_media::ChunkInfo, Option<Instant>)> {
     let _permit = state
         .chunk_checks
         .acquire()
         .await
         .map_err(ApiError::internal)?;
-    let checked = state.inspector.inspect(&copy).await;
+    let checked = state.inspector.inspect(&copy, instant).await;
     drop(copy);
     checked.inspect_err(|err| {
         if err.status.is_client_error() {

@@ -106,6 +106,11 @@ pub struct PipelineConfig {
     /// `VTX_LIVE_INGEST`: encode each media chunk of a chunked upload into the fast tier
     /// as soon as it is stored, so completing only publishes (default on).
     pub live_ingest: bool,
+    /// `VTX_INSTANT_PUBLISH` (default off): a live-ingest upload whose every chunk is a
+    /// standard input (`VTX_INSTANT_MAX_BITRATE`, `VTX_INSTANT_MAX_GOP_SECS`; see
+    /// `InstantPolicy`) is published at completion as the upload itself, remuxed into one HLS
+    /// rendition without re-encoding; the fast ladder then replaces it.
+    pub instant: Option<vtx_domain::live_ingest::InstantPolicy>,
 }
 
 /// PEM certificates (a private CA, a self-signed endpoint) that outbound TLS trusts besides
@@ -287,6 +292,17 @@ impl Config {
                 // The setting's earlier name still works.
                 live_ingest: env
                     .parse("VTX_LIVE_INGEST", env.parse("VTX_PIPELINE_UPLOADS", true)?)?,
+                instant: if env.parse("VTX_INSTANT_PUBLISH", false)? {
+                    let d = vtx_domain::live_ingest::InstantPolicy::default();
+                    Some(vtx_domain::live_ingest::InstantPolicy {
+                        max_bitrate: env.parse("VTX_INSTANT_MAX_BITRATE", d.max_bitrate)?,
+                        max_gop_seconds: env
+                            .parse("VTX_INSTANT_MAX_GOP_SECS", d.max_gop_seconds)?,
+                        ..d
+                    })
+                } else {
+                    None
+                },
             },
             hotness: HotnessConfig {
                 flush_every: Duration::from_millis(

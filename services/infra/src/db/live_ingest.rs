@@ -391,6 +391,62 @@ pub async fn publish_live_ingest(
     Ok(true)
 }
 
+/// The job and video an upload reserved, when its chunks can be remuxed into an instant tier:
+/// a live-ingest upload whose declared rotation is none (HLS players ignore a rotation).
+pub async fn instant_target(
+    pool: &PgPool,
+    upload: UploadId,
+) -> sqlx::Result<Option<(VideoId, JobId)>> {
+    let row: Option<(Uuid, Uuid)> = sqlx::query_as(
+        "SELECT video_id, job_id FROM uploads
+         WHERE id = $1 AND video_id IS NOT NULL AND job_id IS NOT NULL
+           AND COALESCE(rotation, 0) % 360 = 0",
+    )
+    .bind(upload.as_uuid())
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(v, j)| (VideoId::from_uuid(v), JobId::from_uuid(j))))
+}
+
+/// What an upload's chunks were remuxed into, in order, when every chunk was a standard
+/// input, and the fast tier's encodes are not all done already (they would replace the instant
+/// tier at once); `None` otherwise.
+pub async fn instant_chunks(
+    tx: &mut Transaction<'static, Postgres>,
+    upload: UploadId,
+) -> sqlx::Result<Option<Vec<(u32, ChunkEncode)>>> {
+    let rows: Vec<(i32, Option<Json<ChunkEncode>>, Option<ChunkEncodeState>)> = sqlx::query_as(
+        "SELECT idx, instant, encode_state FROM upload_chunks WHERE upload_id = $1 ORDER BY idx",
+    )
+    .bind(upload.as_uuid())
+    .fetch_all(&mut **tx)
+    .await?;
+    if rows
+        .iter()
+        .all(|(_, _, s)| *s == Some(ChunkEncodeState::Done))
+    {
+        return Ok(None);
+    }
+    Ok(rows
+        .into_iter()
+        .map(|(i, e, _)| e.map(|Json(e)| (i.max(0) as u32, e)))
+        .collect())
+}
+
+/// Inside the completing transaction: puts an upload's instant tier live (the video is
+/// published) and queues its MP4's mux. The fast tier replaces it when its merge is done.
+pub async fn publish_instant(
+    tx: &mut Transaction<'static, Postgres>,
+    video: VideoId,
+    job: JobId,
+    output: &TierOutput,
+    facts: &VideoFacts,
+    grace: Duration,
+) -> sqlx::Result<()> {
+    go_live(tx, video, job, Tier::Instant, output, Some(facts), grace).await?;
+    outbox::enqueue(tx, &Task::MuxChunks { job_id: job }).await
+}
+
 /// The chunk objects of a live-ingest job's upload, in order (the scheduler assembles the source
 /// from them); `None` for a job whose source was assembled at completion.
 pub async fn live_ingest_chunk_keys(
@@ -427,8 +483,9 @@ pub async fn forget_chunks(pool: &PgPool, upload: UploadId) -> sqlx::Result<()> 
     Ok(())
 }
 
-/// A rendition of a live-ingest fast tier that has no MP4 yet.
+/// A rendition of a live-ingest fast tier (or of a live instant tier) that has no MP4 yet.
 pub struct HlsOnly {
+    pub tier: Tier,
     pub name: String,
     pub codec: String,
     pub playlist_key: String,
@@ -436,15 +493,18 @@ pub struct HlsOnly {
     pub height: u32,
 }
 
-/// A live-ingest fast tier's HLS renditions that have no MP4 yet.
+/// A live-ingest job's HLS renditions that have no MP4 yet: its fast tier's, and its instant tier's while live.
 pub async fn renditions_without_mp4(
     pool: &PgPool,
     job: JobId,
 ) -> sqlx::Result<Option<(VideoId, Vec<HlsOnly>)>> {
-    let rows: Vec<(Uuid, String, String, String, i32, i32)> = sqlx::query_as(
-        "SELECT h.video_id, h.name, h.codec, h.object_key, h.width, h.height FROM renditions h
+    let rows: Vec<(Uuid, Tier, String, String, String, i32, i32)> = sqlx::query_as(
+        "SELECT h.video_id, h.tier, h.name, h.codec, h.object_key, h.width, h.height
+         FROM renditions h
          JOIN jobs j ON j.id = h.job_id AND j.live_ingest
-         WHERE h.job_id = $1 AND h.tier = $2 AND h.container = $3
+         JOIN videos v ON v.id = h.video_id
+         WHERE h.job_id = $1 AND h.container = $3
+           AND (h.tier = $2 OR (h.tier = $5 AND v.live_tier = $5))
            AND NOT EXISTS (SELECT 1 FROM renditions m WHERE m.video_id = h.video_id
                            AND m.job_id = h.job_id AND m.tier = h.tier AND m.name = h.name
                            AND m.container = $4)
@@ -454,6 +514,7 @@ pub async fn renditions_without_mp4(
     .bind(Tier::Fast)
     .bind(Container::Hls)
     .bind(Container::Mp4)
+    .bind(Tier::Instant)
     .fetch_all(pool)
     .await?;
     let Some(video) = rows.first().map(|r| VideoId::from_uuid(r.0)) else {
@@ -462,7 +523,8 @@ pub async fn renditions_without_mp4(
     Ok(Some((
         video,
         rows.into_iter()
-            .map(|(_, name, codec, playlist_key, w, h)| HlsOnly {
+            .map(|(_, tier, name, codec, playlist_key, w, h)| HlsOnly {
+                tier,
                 name,
                 codec,
                 playlist_key,

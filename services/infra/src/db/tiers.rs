@@ -70,6 +70,30 @@ pub struct NewRendition {
     pub ssim: Option<f64>,
 }
 
+impl NewRendition {
+    /// The HLS rendition of a tier made of chunks, whose objects are under `dest`.
+    pub fn hls(dest: &str, r: &vtx_domain::live_ingest::PackagedRendition) -> Self {
+        let playlist = format!("{dest}hls/{}/index.m3u8", r.name);
+        NewRendition {
+            name: r.name.clone(),
+            container: "hls",
+            codec: r.codec.clone(),
+            codec_string: r.codec_string.clone(),
+            object_key: playlist.clone(),
+            hls_playlist_key: Some(playlist),
+            width: r.width,
+            height: r.height,
+            frames: r.frames,
+            duration_ms: (r.seconds * 1000.0).round() as u64,
+            size_bytes: r.bytes,
+            bitrate: r.average_bitrate,
+            prefetch_bytes_3s: r.prefetch_bytes_3s,
+            psnr: None,
+            ssim: None,
+        }
+    }
+}
+
 /// A packaged tier, verified and uploaded, about to go live.
 #[derive(Clone, Debug)]
 pub struct TierOutput {

@@ -4,6 +4,7 @@
 mod chunks;
 mod fidelity;
 mod hostile;
+mod instant;
 mod ladder;
 mod live_ingest;
 mod pipeline;
