@@ -729,6 +729,174 @@ async fn a_file_that_cannot_be_cut_into_chunks_goes_up_whole_over_tus(pool: PgPo
     app.stop().await;
 }
 
+/// Polls the video until `done` holds of it, for at most `secs`.
+async fn video_until(
+    app: &TestApp,
+    id: vtx_domain::VideoId,
+    secs: u64,
+    what: &str,
+    done: impl Fn(&vtx_domain::api::VideoView) -> bool,
+) -> vtx_domain::api::VideoView {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let v = app.client.video(id).await.unwrap();
+        if done(&v) {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {v:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_standard_input_is_published_at_once_as_it_is_then_replaced_by_the_ladder(pool: PgPool) {
+    // No worker at first: whatever plays right after completion is the upload itself.
+    let app = TestApp::spawn_with(
+        pool,
+        &[
+            ("VTX_INSTANT_PUBLISH", "true"),
+            ("VTX_SWAP_GRACE_SECS", "600"),
+        ],
+        vtx_tests::Services {
+            worker: false,
+            scheduler: true,
+        },
+    )
+    .await;
+    let clip = vtx_tests::gop_bframes(); // H.264 with closed GOPs of 1 s, B-frames, AAC
+    let source_frames = frames_of(&clip);
+    let chunks = vtx_tests::ts_chunks(&clip, 2.0);
+    let c = &app.client;
+    let up = c.create_upload().await.unwrap();
+    for (i, chunk) in chunks.iter().enumerate() {
+        c.put_chunk(up.id, i as u32, chunk.clone()).await.unwrap();
+    }
+    let done = c.complete(up.id, Some(chunks.len() as u32)).await.unwrap();
+
+    // Live when the completion answers: the instant tier, every frame, the audio, a cover.
+    let video = c.video(done.video_id).await.unwrap();
+    assert_eq!(video.state, "published", "{video:?}");
+    assert_eq!(video.live_tier.as_deref(), Some("instant"), "{video:?}");
+    assert_eq!(video.frames, Some(source_frames));
+    let playback = video.playback.clone().unwrap();
+    assert!(playback.cover.is_some());
+    let http = reqwest::Client::new();
+    let master_url = playback.hls.expect("an HLS master");
+    let master = vtx_tests::get_text(&http, &master_url).await;
+    assert!(master.contains(",mp4a.40.2\""), "{master}");
+    let variants: Vec<&str> = master
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    assert_eq!(variants, ["source/index.m3u8"], "{master}");
+    let base = &master_url[..master_url.rfind('/').unwrap() + 1];
+    let dir = tempfile::tempdir().unwrap();
+    let (frames, audio) =
+        vtx_tests::fetch_hls(&http, &format!("{base}{}", variants[0]), dir.path()).await;
+    assert_eq!(frames, source_frames);
+    assert!(audio > 0);
+
+    // Its MP4 comes from a worker's merge class, muxed from the same segments.
+    let muxer = vtx_tests::ChildGuard(app.spawn_process(
+        "instant-mux",
+        "worker",
+        &[("VTX_WORKER_QUEUES", "merge")],
+    ));
+    let video = video_until(
+        &app,
+        done.video_id,
+        60,
+        "no MP4 for the instant tier",
+        |v| v.playback.as_ref().is_some_and(|p| !p.mp4.is_empty()),
+    )
+    .await;
+    assert_eq!(video.live_tier.as_deref(), Some("instant"));
+    let mp4 = &video.playback.as_ref().unwrap().mp4[0];
+    assert_eq!(mp4.frames, source_frames);
+    let bytes = http
+        .get(&mp4.url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let file = dir.path().join("instant.mp4");
+    std::fs::write(&file, &bytes).unwrap();
+    assert_eq!(frames_of(&file), source_frames);
+    drop(muxer);
+
+    // Then the fast ladder replaces it through the same swap as any tier.
+    let _worker = vtx_tests::ChildGuard(app.spawn_worker_process("instant-ladder"));
+    let video = video_until(
+        &app,
+        done.video_id,
+        120,
+        "the ladder never replaced it",
+        |v| matches!(v.live_tier.as_deref(), Some("fast" | "high")),
+    )
+    .await;
+    let master = vtx_tests::get_text(&http, video.playback.unwrap().hls.as_deref().unwrap()).await;
+    assert!(
+        master.matches("#EXT-X-STREAM-INF").count() > 1,
+        "the ladder has several rungs: {master}"
+    );
+    let events: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM webhook_events WHERE video_id = $1 ORDER BY occurred_at",
+    )
+    .bind(done.video_id.as_uuid())
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    // Published once (the instant tier); every later tier is an upgrade.
+    assert_eq!(
+        events.first().map(String::as_str),
+        Some("video.published"),
+        "{events:?}"
+    );
+    assert!(
+        events.len() >= 2 && events[1..].iter().all(|e| e == "video.upgraded"),
+        "{events:?}"
+    );
+    app.stop().await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn an_input_above_the_instant_caps_is_not_published_early(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        &[
+            ("VTX_INSTANT_PUBLISH", "true"),
+            // The clip's ~1 Mb/s is over this cap: it is a high bitrate here.
+            ("VTX_INSTANT_MAX_BITRATE", "200000"),
+        ],
+        vtx_tests::Services {
+            worker: false,
+            scheduler: true,
+        },
+    )
+    .await;
+    let chunks = vtx_tests::ts_chunks(&vtx_tests::gop_bframes(), 2.0);
+    let c = &app.client;
+    let up = c.create_upload().await.unwrap();
+    for (i, chunk) in chunks.iter().enumerate() {
+        c.put_chunk(up.id, i as u32, chunk.clone()).await.unwrap();
+    }
+    let done = c.complete(up.id, Some(chunks.len() as u32)).await.unwrap();
+    let video = c.video(done.video_id).await.unwrap();
+    assert_eq!(video.state, "processing", "{video:?}");
+    assert_eq!(video.live_tier, None);
+    let remuxed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM upload_chunks WHERE upload_id = $1 AND instant IS NOT NULL",
+    )
+    .bind(up.id.as_uuid())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(remuxed, 0);
+    app.stop().await;
+}
+
 #[sqlx::test(migrations = "../migrations")]
 async fn chunks_are_transcoded_while_the_upload_arrives(pool: PgPool) {
     // A long grace keeps the fast tier's objects fetchable after the high tier replaces it.
@@ -1321,10 +1489,10 @@ async fn a_chunk_is_parsed_under_a_memory_limit_it_cannot_exceed() {
     let tight = Inspector::start(program.clone(), 2 << 20, limits.clone())
         .await
         .unwrap();
-    let err = tight.inspect(&chunk).await.unwrap_err();
+    let err = tight.inspect(&chunk, None).await.unwrap_err();
     assert_eq!(err.status, StatusCode::UNPROCESSABLE_ENTITY, "{err:?}");
     let roomy = Inspector::start(program, 512 << 20, limits).await.unwrap();
-    let info = roomy.inspect(&chunk).await.unwrap();
+    let (info, _) = roomy.inspect(&chunk, None).await.unwrap();
     assert_eq!(info.frames, 30);
 }
 
