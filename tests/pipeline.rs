@@ -421,7 +421,10 @@ async fn a_worker_consumes_only_the_classes_it_is_given(pool: PgPool) {
         Services::default(),
     )
     .await;
-    assert_eq!(app.worker.queues(), vec![queue::FAST_SLICES, queue::MERGE]);
+    assert_eq!(
+        app.worker.queues(),
+        vec![queue::FAST_SLICES, queue::FAST_MERGE, queue::MERGE]
+    );
     let broker = app.broker.get().await.unwrap();
     let until = std::time::Instant::now() + Duration::from_secs(10);
     while broker.queue_stats(queue::FAST_SLICES).await.unwrap().1 == 0 {
@@ -440,7 +443,10 @@ async fn a_worker_consumes_only_the_classes_it_is_given(pool: PgPool) {
         .fetch_all(&app.pool)
         .await
         .unwrap();
-    assert_eq!(registered, vec![queue::FAST_SLICES, queue::MERGE]);
+    assert_eq!(
+        registered,
+        vec![queue::FAST_SLICES, queue::FAST_MERGE, queue::MERGE]
+    );
     // This machine's FFmpeg has libx265 and libsvtav1: by default the extreme class is served.
     assert!(vtx_media::can_encode_tier(vtx_media::Tier::Extreme));
     app.stop().await;

@@ -16,13 +16,23 @@ pub mod queue {
     pub const HIGH_SLICES: &str = "slices.high";
     /// Extreme-tier slice encodes, lowest priority.
     pub const EXTREME_SLICES: &str = "slices.extreme";
-    /// Merges (packaging a tier once all its slices are done).
+    /// Merges that publish (the fast tier's, packaging it once all its slices are done): apart
+    /// from the others so that publishing never waits behind a long high-tier merge.
+    pub const FAST_MERGE: &str = "merge.fast";
+    /// The other merges (high and extreme tiers) and background muxes of MP4s.
     pub const MERGE: &str = "merge";
     /// Where messages go after too many deliveries.
     pub const DEAD: &str = "dead";
 
     /// Every work queue (the dead-letter queue is declared apart).
-    pub const WORK: [&str; 5] = [JOBS, FAST_SLICES, HIGH_SLICES, EXTREME_SLICES, MERGE];
+    pub const WORK: [&str; 6] = [
+        JOBS,
+        FAST_SLICES,
+        HIGH_SLICES,
+        EXTREME_SLICES,
+        FAST_MERGE,
+        MERGE,
+    ];
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +73,10 @@ impl Task {
                 tier: Tier::Extreme,
                 ..
             } => queue::EXTREME_SLICES,
+            Task::Merge {
+                tier: Tier::Instant | Tier::Fast,
+                ..
+            } => queue::FAST_MERGE,
             Task::Merge { .. } | Task::MuxChunks { .. } => queue::MERGE,
             // Publishing waits on it exactly as on a fast slice.
             Task::EncodeChunk { .. } => queue::FAST_SLICES,
@@ -112,6 +126,14 @@ mod tests {
             Task::Merge {
                 job_id: id,
                 tier: Tier::Fast
+            }
+            .queue(),
+            queue::FAST_MERGE
+        );
+        assert_eq!(
+            Task::Merge {
+                job_id: id,
+                tier: Tier::High
             }
             .queue(),
             queue::MERGE

@@ -199,10 +199,12 @@ impl Worker {
     /// software encoders do not open here (the extreme tier on an FFmpeg without libx265 or
     /// libsvtav1) is left to workers that can.
     pub fn queues(&self) -> Vec<&'static str> {
+        // The merge class consumes the publishing merges apart from the others.
         let classes = [
             ("fast", queue::FAST_SLICES, Some(Tier::Fast)),
             ("high", queue::HIGH_SLICES, Some(Tier::High)),
             ("extreme", queue::EXTREME_SLICES, Some(Tier::Extreme)),
+            ("merge", queue::FAST_MERGE, None),
             ("merge", queue::MERGE, None),
         ];
         classes
@@ -251,12 +253,16 @@ impl Worker {
         // merge (an extreme merge packages, then measures) takes up to three steps' worth.
         let timeout = self.inner.cfg.transcode_timeout;
         let allowance_of = |q: &str| {
-            let steps = if q == queue::MERGE { 3 } else { 1 };
+            let steps = if q == queue::MERGE || q == queue::FAST_MERGE {
+                3
+            } else {
+                1
+            };
             timeout * steps + Duration::from_secs(300)
         };
         let mut set = tokio::task::JoinSet::new();
         for q in queues {
-            let n = if q == queue::MERGE || q == queue::EXTREME_SLICES {
+            let n = if [queue::MERGE, queue::FAST_MERGE, queue::EXTREME_SLICES].contains(&q) {
                 1
             } else {
                 self.inner.cfg.concurrency

@@ -8,7 +8,7 @@ use sqlx::postgres::PgPool;
 use vtx_domain::messages::queue;
 use vtx_domain::{ChunkEncodeState, JobState, Lifecycle, SliceState, Tier, TierState, UploadState};
 
-/// (queue, age of its oldest waiting task) for the four work queues; zero when none waits.
+/// (queue, age of its oldest waiting task) for the five work queues; zero when none waits.
 /// A queued slice waits since its tier started encoding (when its messages went out); a chunk
 /// encode since its chunk arrived (while its upload is open); a merge since its tier's last
 /// slice was done. Work of ended jobs (a failed job leaves its slices queued) does not count;
@@ -34,15 +34,23 @@ pub async fn oldest_waiting(pool: &PgPool) -> sqlx::Result<Vec<(&'static str, Du
     .bind(UploadState::Open)
     .fetch_one(pool)
     .await?;
-    let merges: f64 = sqlx::query_scalar(
-        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(COALESCE(t.encoded_at, t.started_at))), 0)::float8
+    let merges: Vec<(bool, f64)> = sqlx::query_as(
+        "SELECT t.tier = $3,
+                COALESCE(EXTRACT(EPOCH FROM now() - min(COALESCE(t.encoded_at, t.started_at))), 0)::float8
          FROM job_tiers t JOIN jobs j ON j.id = t.job_id
-         WHERE t.state = $1 AND NOT (j.state = ANY($2))",
+         WHERE t.state = $1 AND NOT (j.state = ANY($2)) GROUP BY 1",
     )
     .bind(TierState::Merging)
     .bind(JobState::terminal())
-    .fetch_one(pool)
+    .bind(Tier::Fast)
+    .fetch_all(pool)
     .await?;
+    let merge_age = |fast: bool| {
+        merges
+            .iter()
+            .find(|(f, _)| *f == fast)
+            .map_or(0.0, |(_, age)| *age)
+    };
     let slice_age = |tier: Tier| {
         slices
             .iter()
@@ -54,6 +62,7 @@ pub async fn oldest_waiting(pool: &PgPool) -> sqlx::Result<Vec<(&'static str, Du
         (queue::FAST_SLICES, secs(slice_age(Tier::Fast).max(chunks))),
         (queue::HIGH_SLICES, secs(slice_age(Tier::High))),
         (queue::EXTREME_SLICES, secs(slice_age(Tier::Extreme))),
-        (queue::MERGE, secs(merges)),
+        (queue::FAST_MERGE, secs(merge_age(true))),
+        (queue::MERGE, secs(merge_age(false))),
     ])
 }
