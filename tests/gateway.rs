@@ -887,7 +887,7 @@ async fn an_input_above_the_instant_caps_is_not_published_early(pool: PgPool) {
     assert_eq!(video.state, "processing", "{video:?}");
     assert_eq!(video.live_tier, None);
     let remuxed: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM upload_chunks WHERE upload_id = $1 AND instant IS NOT NULL",
+        "SELECT count(*) FROM upload_chunks WHERE upload_id = $1 AND instant <> 'false'::jsonb",
     )
     .bind(up.id.as_uuid())
     .fetch_one(&app.pool)

@@ -174,4 +174,18 @@ pub(crate) enum Bench {
     /// Distributed pipeline on the local services (own temporary database, queues and bucket
     /// prefix; real worker processes): publish latency by clip length, 1 vs 2 workers.
     Pipeline,
+    /// Publish latency under a steady stream of live uploads at shares of the box's fast+high
+    /// capacity (measured first), per clip length; then full-speed uploads with and without
+    /// instant publish.
+    PublishLoad {
+        /// Seconds over which each stream's uploads start.
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+        /// Shares of the fast+high capacity, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [0.3, 0.6, 0.9])]
+        loads: Vec<f64>,
+        /// Clip lengths in seconds, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [15, 60, 300])]
+        lengths: Vec<u32>,
+    },
 }

@@ -73,6 +73,11 @@ async fn run() -> anyhow::Result<ExitCode> {
             gateway,
         } => return status(id, wait.then(|| Duration::from_secs(wait_timeout)), gateway).await,
         Command::Bench(Bench::Pipeline) => bench::pipeline().await,
+        Command::Bench(Bench::PublishLoad {
+            seconds,
+            loads,
+            lengths,
+        }) => bench::publish_load(seconds, loads, lengths).await,
         Command::Bench(Bench::Live { runs, long_runs }) => bench::live(runs, long_runs).await,
         Command::Bench(Bench::Extreme {
             inputs,
@@ -101,6 +106,10 @@ async fn run() -> anyhow::Result<ExitCode> {
             watermark,
             no_quality,
         } => {
+            anyhow::ensure!(
+                tier != vtx_media::Tier::Instant,
+                "the instant tier is the upload itself, not an encode: pick fast, high or extreme"
+            );
             let mut req = vtx_media::PipelineRequest::new(input, out);
             req.tier = tier;
             req.slice_seconds = slice_seconds;

@@ -114,9 +114,11 @@ impl Inspector {
     ) -> Result<(ChunkInfo, Option<Instant>), ApiError> {
         let limits =
             serde_json::to_string(&LimitsArg::from(&self.limits)).map_err(ApiError::internal)?;
-        let mut args: Vec<std::ffi::OsString> =
+        let check: Vec<std::ffi::OsString> =
             vec!["--limits".into(), limits.into(), path.as_os_str().into()];
+        let mut outcome = None;
         if let Some(req) = instant {
+            let mut args = check.clone();
             args.push("--instant".into());
             args.push(
                 serde_json::to_string(req.policy)
@@ -127,9 +129,24 @@ impl Inspector {
             if req.cover {
                 args.push("--cover".into());
             }
+            let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+            match self.run(&args).await.map_err(ApiError::internal)? {
+                verdict @ Outcome::Verdict(_) => outcome = Some(verdict),
+                // The remux (or the cover's decode) ended the child: the chunk itself is judged
+                // again without it, so that instant publish never refuses a good chunk.
+                other => tracing::warn!(
+                    ?other,
+                    "the chunk check died while remuxing; checking again without"
+                ),
+            }
         }
-        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-        let outcome = self.run(&args).await.map_err(ApiError::internal)?;
+        let outcome = match outcome {
+            Some(o) => o,
+            None => {
+                let args: Vec<&std::ffi::OsStr> = check.iter().map(|a| a.as_os_str()).collect();
+                self.run(&args).await.map_err(ApiError::internal)?
+            }
+        };
         let unprocessable = |code: &'static str, message: String| {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
         };
@@ -171,6 +188,8 @@ impl Inspector {
         let mut cmd = tokio::process::Command::new(&self.program);
         cmd.arg(SUBCOMMAND)
             .args(args)
+            // The child sees none of the gateway's settings (database, storage, token secrets).
+            .env_clear()
             // Every thread allocates from the one main arena: a second arena would reserve
             // 64 MiB of address space at once.
             .env("MALLOC_ARENA_MAX", "1")

@@ -17,9 +17,13 @@ use crate::{Deadline, Limits, MediaError, VideoCodec, probe};
 /// The one rendition of an instant tier.
 pub const SOURCE_RENDITION: &str = "source";
 
-/// H.264 profiles every player decodes (baseline, constrained baseline, main, extended, high:
-/// 8-bit 4:2:0); High 10, 4:2:2 and 4:4:4 are not.
-const PLAYABLE_H264_PROFILES: [i32; 4] = [66, 77, 88, 100];
+/// H.264 profiles every player decodes: constrained baseline (66 with FFmpeg's constrained
+/// flag, 578), baseline, main and high (8-bit 4:2:0). Extended, High 10, 4:2:2 and 4:4:4 are
+/// not decoded by browsers' media stacks.
+const PLAYABLE_H264_PROFILES: [i32; 4] = [66, 578, 77, 100];
+
+/// The highest frame rate published as it is (a 120 fps slow-motion clip is not).
+const MAX_FRAME_RATE: f64 = 60.0;
 
 /// Why the chunk at `path` cannot be published as it is, or `Ok` when it can.
 pub fn standard_chunk(
@@ -82,23 +86,58 @@ pub fn standard_chunk(
             policy.max_gop_seconds
         )));
     }
+    if v.frame_rate > MAX_FRAME_RATE {
+        return Ok(Err(format!("{:.0} frames per second", v.frame_rate)));
+    }
     let scan = scan_video(path, deadline)?;
     if !PLAYABLE_H264_PROFILES.contains(&scan.profile) {
         return Ok(Err(format!("H.264 profile {}", scan.profile)));
     }
-    if scan.open_gop {
-        return Ok(Err(
-            "open GOP (frames after a keyframe are shown before it)".into(),
-        ));
+    if scan.interlaced {
+        return Ok(Err("interlaced".into()));
+    }
+    if let Some(profile) = scan.audio_profile
+        && profile != AAC_LC
+    {
+        // The master playlist announces AAC-LC (mp4a.40.2).
+        return Ok(Err(format!(
+            "AAC profile {profile} (instant publish takes AAC-LC)"
+        )));
+    }
+    if let Some(why) = scan.not_independent {
+        return Ok(Err(why));
     }
     Ok(Ok(()))
 }
 
+/// FFmpeg's profile number of AAC-LC.
+const AAC_LC: i32 = 1;
+
 struct VideoScan {
     profile: i32,
-    /// A frame that follows a keyframe in decode order is shown before it: it refers to the
-    /// GOP before (an open GOP), so a player starting at that keyframe cannot show it.
-    open_gop: bool,
+    interlaced: bool,
+    /// The audio stream's profile, when the container says.
+    audio_profile: Option<i32>,
+    /// Why a player could not start at each keyframe: a keyframe that is not an IDR picture (a
+    /// recovery point, an intra refresh, an open GOP's I picture), a frame after a keyframe in
+    /// decode order shown before it (it refers to the GOP before), or a frame without a time.
+    not_independent: Option<String>,
+}
+
+/// Whether an H.264 access unit (Annex B, as MPEG-TS carries it) holds an IDR slice (NAL type 5).
+fn holds_idr(data: &[u8]) -> bool {
+    let mut i = 0;
+    while i + 3 < data.len() {
+        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
+            if data[i + 3] & 0x1f == 5 {
+                return true;
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    false
 }
 
 fn scan_video(path: &Path, deadline: Deadline) -> Result<VideoScan, MediaError> {
@@ -108,25 +147,51 @@ fn scan_video(path: &Path, deadline: Deadline) -> Result<VideoScan, MediaError> 
         .best(media::Type::Video)
         .ok_or(MediaError::NoVideoStream)?;
     let index = stream.index();
-    // SAFETY: reads a plain field of the stream's live parameters.
-    let profile = unsafe { (*stream.parameters().as_ptr()).profile };
+    // SAFETY: reads plain fields of the stream's live parameters.
+    let (profile, field_order) = unsafe {
+        let par = stream.parameters().as_ptr();
+        ((*par).profile, (*par).field_order)
+    };
+    use ffmpeg_next::ffi::AVFieldOrder;
+    let interlaced = !matches!(
+        field_order,
+        AVFieldOrder::AV_FIELD_PROGRESSIVE | AVFieldOrder::AV_FIELD_UNKNOWN
+    );
+    let audio_profile = ictx.streams().best(media::Type::Audio).and_then(|a| {
+        // SAFETY: as above.
+        let profile = unsafe { (*a.parameters().as_ptr()).profile };
+        (profile >= 0).then_some(profile)
+    });
     let mut last_key: Option<i64> = None;
-    let mut open_gop = false;
+    let mut not_independent = None;
     let mut p = Packet::empty();
-    while next_packet(&mut ictx, &mut p)? {
+    while not_independent.is_none() && next_packet(&mut ictx, &mut p)? {
         deadline.check()?;
         if p.stream() != index {
             continue;
         }
-        let Some(pts) = p.pts() else { continue };
+        let Some(pts) = p.pts() else {
+            not_independent = Some("a frame without a presentation time".into());
+            break;
+        };
         if p.is_key() {
+            if !p.data().is_some_and(holds_idr) {
+                not_independent = Some(
+                    "a keyframe that is not an IDR picture (recovery point, intra refresh or open GOP)"
+                        .into(),
+                );
+            }
             last_key = Some(last_key.map_or(pts, |k| k.max(pts)));
         } else if last_key.is_some_and(|k| pts < k) {
-            open_gop = true;
-            break;
+            not_independent = Some("open GOP (frames after a keyframe are shown before it)".into());
         }
     }
-    Ok(VideoScan { profile, open_gop })
+    Ok(VideoScan {
+        profile,
+        interlaced,
+        audio_profile,
+        not_independent,
+    })
 }
 
 /// Remuxes a standard chunk (see `standard_chunk`) into one HLS rendition, `SOURCE_RENDITION`,
@@ -186,4 +251,22 @@ pub fn remux_chunk(
         }],
         concealed_video_frames: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holds_idr;
+
+    #[test]
+    fn an_idr_slice_is_found_behind_any_start_code() {
+        // AUD, SPS, then an IDR slice behind a three-byte start code.
+        let idr = [
+            0, 0, 0, 1, 0x09, 0xf0, 0, 0, 0, 1, 0x67, 0x64, 0, 0, 1, 0x65, 0x88,
+        ];
+        assert!(holds_idr(&idr));
+        // A recovery point SEI and a non-IDR I slice: key to the demuxer, not an IDR.
+        let recovery = [0, 0, 0, 1, 0x06, 0x06, 0x01, 0xc4, 0, 0, 0, 1, 0x41, 0x9a];
+        assert!(!holds_idr(&recovery));
+        assert!(!holds_idr(&[]));
+    }
 }

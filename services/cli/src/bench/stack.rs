@@ -22,6 +22,11 @@ pub(super) struct BenchStack {
 
 impl BenchStack {
     pub(super) async fn start(tiers: &str) -> anyhow::Result<Self> {
+        Self::start_with(tiers, &[]).await
+    }
+
+    /// As `start`, with extra `VTX_*` settings (the worker processes get them too).
+    pub(super) async fn start_with(tiers: &str, settings: &[(&str, &str)]) -> anyhow::Result<Self> {
         use vtx_infra::Config;
         let base = Config::from_env()?;
         let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
@@ -34,7 +39,7 @@ impl BenchStack {
             Some((server, _)) => format!("{server}/{database}"),
             None => anyhow::bail!("VTX_DATABASE_URL has no database name"),
         };
-        let env: Vec<(String, String)> = vec![
+        let mut env: Vec<(String, String)> = vec![
             ("VTX_DATABASE_URL".into(), url),
             ("VTX_QUEUE_PREFIX".into(), format!("bench-{tag}")),
             ("VTX_S3_PREFIX".into(), format!("bench-{tag}/")),
@@ -46,6 +51,7 @@ impl BenchStack {
                 format!("bench-{}", uuid::Uuid::new_v4().simple()),
             ),
         ];
+        env.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let cfg = Config::from_lookup(|k| {
             env.iter()
                 .find(|(key, _)| key == k)

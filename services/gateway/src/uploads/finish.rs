@@ -114,6 +114,9 @@ pub(crate) async fn finish_upload(
         let instant = super::instant::publish(state, &mut tx, id, video, job).await?;
         tx.commit().await?;
         if instant {
+            // Counted as the workers count a tier going live: from the job's creation (here).
+            metrics::counter!("vtx_tiers_live_total", "tier" => "instant").increment(1);
+            metrics::histogram!("vtx_publish_seconds", "tier" => "instant").record(0.0);
             tracing::info!(upload_id = %id, video_id = %video, "published at once (instant tier)");
         }
         tracing::info!(upload_id = %id, video_id = %video, job_id = %job, bytes, "upload completed (live ingest)");

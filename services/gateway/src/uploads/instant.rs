@@ -36,10 +36,27 @@ pub(super) async fn target(state: &AppState, upload: UploadId) -> ApiResult<Opti
         .map(|(video, job)| Target { video, job }))
 }
 
-/// Stores what the check remuxed (and chunk 0's cover) into the instant tier. `None` when the
-/// chunk is not a standard input or its files could not be stored: then the upload is not
-/// published early, and nothing else changes.
+/// For a chunk just recorded: stores what its check remuxed (and chunk 0's cover) into the
+/// instant tier and records it with the chunk. A chunk that is not a standard input, or whose
+/// files cannot be stored, is recorded as such: then the upload is not published early, and
+/// nothing else changes.
 pub(super) async fn store_remux(
+    state: &AppState,
+    target: &Target,
+    upload: UploadId,
+    index: ChunkIndex,
+    outcome: Instant,
+    dir: &Path,
+) {
+    let encoded = stored(state, target, upload, index, outcome, dir).await;
+    if let Err(e) = db::set_chunk_instant(&state.pool, upload, index.get(), encoded.as_ref()).await
+    {
+        // Left unrecorded, the chunk rules the instant tier out at completion.
+        tracing::warn!(upload_id = %upload, index = index.get(), error = %e, "could not record a chunk's remux");
+    }
+}
+
+async fn stored(
     state: &AppState,
     target: &Target,
     upload: UploadId,
@@ -55,6 +72,21 @@ pub(super) async fn store_remux(
             return None;
         }
     };
+    // The names go into playlists: only what FFmpeg's HLS muxer writes is accepted.
+    let plain = |name: &str| {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    if !encoded
+        .renditions
+        .iter()
+        .all(|r| plain(&r.name) && plain(&r.init) && r.segments.iter().all(|s| plain(&s.uri)))
+    {
+        tracing::warn!(upload_id = %upload, index = index.get(), "a remux named files oddly: no instant publish");
+        return None;
+    }
     let dest = keys::chunk_hls(
         target.video,
         target.job,
@@ -102,41 +134,50 @@ pub(super) async fn publish(
     if state.instant.is_none() {
         return Ok(false);
     }
-    let Some(chunks) = db::instant_chunks(tx, upload).await? else {
-        return Ok(false);
+    let published = match db::instant_chunks(tx, upload).await? {
+        Some(chunks) => go_live(state, tx, &chunks, video, job).await?,
+        None => false,
     };
-    let packaged = match package_chunks(&chunks) {
+    if !published {
+        // Whatever chunks were remuxed will not be played.
+        db::forget_instant(tx, video, job).await?;
+    }
+    Ok(published)
+}
+
+async fn go_live(
+    state: &AppState,
+    tx: &mut Transaction<'static, Postgres>,
+    chunks: &[(u32, ChunkEncode)],
+    video: VideoId,
+    job: JobId,
+) -> ApiResult<bool> {
+    let packaged = match package_chunks(chunks) {
         Ok(p) => p,
         Err(e) => {
-            tracing::warn!(upload_id = %upload, error = %e, "the remuxed chunks do not make one stream: no instant publish");
+            tracing::warn!(%video, error = %e, "the remuxed chunks do not make one stream: no instant publish");
             return Ok(false);
         }
     };
     let dest = keys::tier_output(video, job, Tier::Instant);
     let mut renditions = Vec::new();
     for r in &packaged.renditions {
-        let rendition = NewRendition::hls(&dest, r);
-        state
-            .store
-            .put_bytes(
-                &rendition.object_key,
-                r.playlist.clone().into_bytes(),
-                content_type("index.m3u8"),
-            )
-            .await
-            .map_err(crate::ApiError::storage)?;
-        renditions.push(rendition);
+        renditions.push(NewRendition::hls(&dest, r));
     }
     let master = format!("{dest}hls/master.m3u8");
-    state
-        .store
-        .put_bytes(
-            &master,
-            packaged.master.into_bytes(),
-            content_type("master.m3u8"),
-        )
-        .await
-        .map_err(crate::ApiError::storage)?;
+    let mut files: Vec<(&str, Vec<u8>)> = renditions
+        .iter()
+        .zip(&packaged.renditions)
+        .map(|(n, r)| (n.object_key.as_str(), r.playlist.clone().into_bytes()))
+        .collect();
+    files.push((&master, packaged.master.clone().into_bytes()));
+    for (key, bytes) in files {
+        // Best effort: without its playlists the upload completes as without instant publish.
+        if let Err(e) = state.store.put_bytes(key, bytes, content_type(key)).await {
+            tracing::warn!(%video, error = %e, "could not store the instant tier's playlists");
+            return Ok(false);
+        }
+    }
     let output = TierOutput {
         renditions,
         hls_master_key: Some(master),

@@ -70,10 +70,8 @@ pub(super) async fn store_chunk(
         return again(existing, sha);
     }
     let target = instant::target(state, id).await?;
-    let remux_dir = match &target {
-        Some(_) => Some(tempfile::tempdir().map_err(ApiError::internal)?),
-        None => None,
-    };
+    // Without a scratch directory the chunk is checked as ever, only not remuxed.
+    let remux_dir = target.as_ref().and_then(|_| tempfile::tempdir().ok());
     let request = match (state.instant.as_ref(), remux_dir.as_ref()) {
         (Some(policy), Some(dir)) => Some(InstantRequest {
             policy,
@@ -83,12 +81,6 @@ pub(super) async fn store_chunk(
         _ => None,
     };
     let (info, remuxed) = check_chunk(state, copy, request).await?;
-    let instant = match (target, remuxed, remux_dir) {
-        (Some(target), Some(outcome), Some(dir)) => {
-            instant::store_remux(state, &target, id, index, outcome, dir.path()).await
-        }
-        _ => None,
-    };
     let stored_seconds = db::upload_seconds(&state.pool, id).await?;
     let limit = state.inspector.limits().max_duration.as_secs_f64();
     if stored_seconds + (info.end_seconds - info.start_seconds) > limit {
@@ -98,7 +90,6 @@ pub(super) async fn store_chunk(
         start_seconds: info.start_seconds,
         end_seconds: info.end_seconds,
         frames: info.frames as i32,
-        instant,
     };
     let caps = db::UploadCaps {
         max_bytes: state.limits.max_upload_bytes,
@@ -117,7 +108,14 @@ pub(super) async fn store_chunk(
     )
     .await?;
     match inserted {
-        Some(ChunkInsert::Stored) => Ok(ChunkStored::New(chunk_view(index, len, sha))),
+        Some(ChunkInsert::Stored) => {
+            // Only the attempt that was recorded stores its remux (so a refused or losing
+            // attempt leaves nothing behind).
+            if let (Some(target), Some(outcome), Some(dir)) = (target, remuxed, remux_dir) {
+                instant::store_remux(state, &target, id, index, outcome, dir.path()).await;
+            }
+            Ok(ChunkStored::New(chunk_view(index, len, sha)))
+        }
         Some(ChunkInsert::OverBytes) => Err(upload_too_large(state)),
         Some(ChunkInsert::OverSeconds) => Err(upload_too_long(limit)),
         Some(ChunkInsert::Existing(existing)) => again(existing, sha),

@@ -344,6 +344,9 @@ impl Config {
         if self.s3.bucket.is_empty() {
             bail!("VTX_S3_BUCKET must not be empty");
         }
+        if self.pipeline.tiers.contains(&vtx_domain::Tier::Instant) {
+            bail!("VTX_TIERS: the instant tier is not encoded; turn on VTX_INSTANT_PUBLISH");
+        }
         if self.uploads.max_chunk_bytes == 0 || self.uploads.max_chunks == 0 {
             bail!("upload limits must be positive");
         }

@@ -392,20 +392,59 @@ pub async fn publish_live_ingest(
 }
 
 /// The job and video an upload reserved, when its chunks can be remuxed into an instant tier:
-/// a live-ingest upload whose declared rotation is none (HLS players ignore a rotation).
+/// an open live-ingest upload whose declared rotation is none (HLS players ignore a rotation)
+/// and none of whose stored chunks was found not standard (one such chunk rules the tier out).
 pub async fn instant_target(
     pool: &PgPool,
     upload: UploadId,
 ) -> sqlx::Result<Option<(VideoId, JobId)>> {
     let row: Option<(Uuid, Uuid)> = sqlx::query_as(
-        "SELECT video_id, job_id FROM uploads
-         WHERE id = $1 AND video_id IS NOT NULL AND job_id IS NOT NULL
-           AND COALESCE(rotation, 0) % 360 = 0",
+        "SELECT u.video_id, u.job_id FROM uploads u
+         WHERE u.id = $1 AND u.video_id IS NOT NULL AND u.job_id IS NOT NULL
+           AND u.state = $2 AND COALESCE(u.rotation, 0) % 360 = 0
+           AND NOT EXISTS (SELECT 1 FROM upload_chunks c
+                           WHERE c.upload_id = u.id AND c.instant = 'false'::jsonb)",
     )
     .bind(upload.as_uuid())
+    .bind(UploadState::Open)
     .fetch_optional(pool)
     .await?;
     Ok(row.map(|(v, j)| (VideoId::from_uuid(v), JobId::from_uuid(j))))
+}
+
+/// Records what a stored chunk was remuxed into (its files are in the instant tier's objects),
+/// or (`None`) that it was not: `false`, which rules the upload's instant tier out.
+pub async fn set_chunk_instant(
+    pool: &PgPool,
+    upload: UploadId,
+    index: u32,
+    encoded: Option<&ChunkEncode>,
+) -> sqlx::Result<()> {
+    let value = match encoded {
+        Some(e) => serde_json::to_value(e).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+        None => serde_json::Value::Bool(false),
+    };
+    sqlx::query("UPDATE upload_chunks SET instant = $3 WHERE upload_id = $1 AND idx = $2")
+        .bind(upload.as_uuid())
+        .bind(index as i32)
+        .bind(Json(value))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Inside a completing transaction: the instant tier's objects of a video that is not published
+/// early (its chunks did not all qualify) are deleted.
+pub async fn forget_instant(
+    tx: &mut Transaction<'static, Postgres>,
+    video: VideoId,
+    job: JobId,
+) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO garbage (prefix, delete_after) VALUES ($1, now())")
+        .bind(vtx_domain::keys::tier_output(video, job, Tier::Instant))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// What an upload's chunks were remuxed into, in order, when every chunk was a standard
@@ -415,7 +454,11 @@ pub async fn instant_chunks(
     tx: &mut Transaction<'static, Postgres>,
     upload: UploadId,
 ) -> sqlx::Result<Option<Vec<(u32, ChunkEncode)>>> {
-    let rows: Vec<(i32, Option<Json<ChunkEncode>>, Option<ChunkEncodeState>)> = sqlx::query_as(
+    let rows: Vec<(
+        i32,
+        Option<Json<serde_json::Value>>,
+        Option<ChunkEncodeState>,
+    )> = sqlx::query_as(
         "SELECT idx, instant, encode_state FROM upload_chunks WHERE upload_id = $1 ORDER BY idx",
     )
     .bind(upload.as_uuid())
@@ -427,9 +470,14 @@ pub async fn instant_chunks(
     {
         return Ok(None);
     }
+    // A chunk not remuxed (`false`) or whose remux is still being stored (NULL) rules it out.
     Ok(rows
         .into_iter()
-        .map(|(i, e, _)| e.map(|Json(e)| (i.max(0) as u32, e)))
+        .map(|(i, e, _)| {
+            let Json(value) = e?;
+            let encoded: ChunkEncode = serde_json::from_value(value).ok()?;
+            Some((i.max(0) as u32, encoded))
+        })
         .collect())
 }
 

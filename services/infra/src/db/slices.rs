@@ -234,7 +234,8 @@ pub async fn fail_tier(
     tx.commit().await
 }
 
-/// Fails a job (and its video if not yet published) inside a transaction.
+/// Fails a job (and its video if not yet published, or published only as the instant tier)
+/// inside a transaction.
 pub(crate) async fn fail_job_in(
     tx: &mut Transaction<'static, Postgres>,
     job: JobId,
@@ -265,9 +266,38 @@ pub(crate) async fn fail_job_in(
     .execute(&mut **tx)
     .await?
     .rows_affected();
-    if failed == 1 {
+    // What is live may be only the instant tier: the upload as it came, never decoded. When no
+    // encode of it succeeded (a damaged source, say), that provisional publication is withdrawn:
+    // the video fails as it would have without instant publish. This is the one way a published
+    // video fails (`VideoState` allows no published -> failed move otherwise).
+    let withdrawn = sqlx::query(
+        "UPDATE videos SET state = $4, error_code = $2, error_message = $3, live_tier = NULL,
+                live_job_id = NULL, hls_master_key = NULL, cover_key = NULL, updated_at = now()
+         WHERE id = $1 AND state = $5 AND live_tier = $6 AND live_job_id = $7",
+    )
+    .bind(video_id)
+    .bind(code.as_str())
+    .bind(message)
+    .bind(VideoState::Failed)
+    .bind(VideoState::Published)
+    .bind(Tier::Instant)
+    .bind(job.as_uuid())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if failed + withdrawn == 1 {
         let video = Some(VideoId::from_uuid(video_id));
         super::webhooks::record_event(tx, EventType::VideoFailed, video, None).await?;
+    }
+    if withdrawn == 1 {
+        sqlx::query("INSERT INTO garbage (prefix, delete_after) VALUES ($1, now())")
+            .bind(keys::tier_output(
+                VideoId::from_uuid(video_id),
+                job,
+                Tier::Instant,
+            ))
+            .execute(&mut **tx)
+            .await?;
     }
     sqlx::query("INSERT INTO garbage (prefix, delete_after) VALUES ($1, now())")
         .bind(keys::work(job))

@@ -212,8 +212,6 @@ pub struct ChunkMedia {
     pub start_seconds: f64,
     pub end_seconds: f64,
     pub frames: i32,
-    /// The chunk remuxed as it is into the instant tier (a standard input), if it was.
-    pub instant: Option<vtx_domain::live_ingest::ChunkEncode>,
 }
 
 pub enum ChunkInsert {
@@ -304,8 +302,8 @@ pub async fn insert_chunk(
     let inserted = sqlx::query(
         "INSERT INTO upload_chunks
              (upload_id, idx, size_bytes, sha256, object_key, start_seconds, end_seconds, frames,
-              encode_state, instant)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+              encode_state)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT (upload_id, idx) DO NOTHING",
     )
     .bind(id.as_uuid())
@@ -317,11 +315,6 @@ pub async fn insert_chunk(
     .bind(media.map(|m| m.end_seconds))
     .bind(media.map(|m| m.frames))
     .bind(encode_state)
-    .bind(
-        media
-            .and_then(|m| m.instant.as_ref())
-            .map(sqlx::types::Json),
-    )
     .execute(&mut *tx)
     .await?
     .rows_affected();
