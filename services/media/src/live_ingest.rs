@@ -12,7 +12,7 @@ use crate::encoder::Tier;
 use crate::merge::{EncodedSlice, MergeRequest, merge_rendition};
 use crate::pipeline::{EncodeOptions, plan_outputs};
 use crate::transcode::{RenditionOutput, TranscodeRequest, transcode_ladder};
-use crate::{Deadline, Limits, MediaError, probe};
+use crate::{Deadline, Limits, MediaError, VideoCodec, probe};
 
 /// Where `encode_chunk` puts rendition `name`'s HLS files (init, segments, playlist).
 pub fn chunk_hls_dir(out_dir: &Path, name: &str) -> std::path::PathBuf {
@@ -63,38 +63,17 @@ pub fn encode_chunk(
     let reports = transcode_ladder(&request)?;
     let mut renditions = Vec::new();
     for ((out, report), name) in outputs.iter().zip(&reports).zip(&names) {
-        let hls_dir = chunk_hls_dir(out_dir, name);
-        let merged = merge_rendition(&MergeRequest {
-            slices: vec![EncodedSlice {
-                path: out.path.clone(),
-                offset: v.start_pts,
-                offset_tb: v.time_base,
-            }],
-            // The chunk's own audio, on the upload's clock like the video.
-            audio: p.audio.is_some().then(|| input.to_path_buf()),
-            audio_offset: 0,
-            codec: out.codec,
-            frame_rate: v.frame_rate_q,
-            mp4: out_dir.join(format!("{name}.mp4")),
-            hls_dir: Some(hls_dir.clone()),
-            segment_seconds: 2.0,
-            keep_timestamps: true,
-            deadline,
-        })?;
+        // The encode starts at 0: it goes back onto the upload's clock.
+        let video = EncodedSlice {
+            path: out.path.clone(),
+            offset: v.start_pts,
+            offset_tb: v.time_base,
+        };
+        let size = (report.width, report.height);
+        renditions.push(package_chunk_rendition(
+            input, &p, video, out.codec, name, size, out_dir, deadline,
+        )?);
         let _ = std::fs::remove_file(&out.path);
-        let (init, segments) = read_playlist(&hls_dir.join("index.m3u8"))?;
-        renditions.push(ChunkRendition {
-            name: name.clone(),
-            codec: out.codec.label().to_string(),
-            codec_string: merged.codec_string,
-            width: report.width,
-            height: report.height,
-            frames: merged.frames,
-            duration_seconds: merged.duration_seconds,
-            init_bytes: std::fs::metadata(hls_dir.join(&init))?.len(),
-            init,
-            segments,
-        });
     }
     Ok(ChunkEncode {
         time_base: v.time_base,
@@ -107,6 +86,48 @@ pub fn encode_chunk(
         has_audio: p.audio.is_some(),
         renditions,
         concealed_video_frames: reports.first().map_or(0, |r| r.concealed.video_frames),
+    })
+}
+
+/// Packages one video track of a chunk (an encode of it, or the chunk itself) with the chunk's
+/// own audio, both on the upload's clock, as rendition `name`: HLS files under
+/// `chunk_hls_dir(out_dir, name)` and `{name}.mp4`. `p` is the chunk's probe.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn package_chunk_rendition(
+    input: &Path,
+    p: &crate::Probe,
+    video: EncodedSlice,
+    codec: VideoCodec,
+    name: &str,
+    (width, height): (u32, u32),
+    out_dir: &Path,
+    deadline: Deadline,
+) -> Result<ChunkRendition, MediaError> {
+    let hls_dir = chunk_hls_dir(out_dir, name);
+    let merged = merge_rendition(&MergeRequest {
+        slices: vec![video],
+        audio: p.audio.is_some().then(|| input.to_path_buf()),
+        audio_offset: 0,
+        codec,
+        frame_rate: p.video.frame_rate_q,
+        mp4: out_dir.join(format!("{name}.mp4")),
+        hls_dir: Some(hls_dir.clone()),
+        segment_seconds: 2.0,
+        keep_timestamps: true,
+        deadline,
+    })?;
+    let (init, segments) = read_playlist(&hls_dir.join("index.m3u8"))?;
+    Ok(ChunkRendition {
+        name: name.to_string(),
+        codec: codec.label().to_string(),
+        codec_string: merged.codec_string,
+        width,
+        height,
+        frames: merged.frames,
+        duration_seconds: merged.duration_seconds,
+        init_bytes: std::fs::metadata(hls_dir.join(&init))?.len(),
+        init,
+        segments,
     })
 }
 

@@ -7,10 +7,10 @@
 use std::path::Path;
 
 use ffmpeg_next::{Packet, media};
-use vtx_domain::live_ingest::{ChunkEncode, ChunkRendition, InstantPolicy};
+use vtx_domain::live_ingest::{ChunkEncode, InstantPolicy};
 
-use crate::live_ingest::{chunk_hls_dir, read_playlist};
-use crate::merge::{EncodedSlice, MergeRequest, merge_rendition};
+use crate::live_ingest::package_chunk_rendition;
+use crate::merge::EncodedSlice;
 use crate::probe::{next_packet, open_input};
 use crate::{Deadline, Limits, MediaError, VideoCodec, probe};
 
@@ -207,27 +207,25 @@ pub fn remux_chunk(
     std::fs::create_dir_all(out_dir)?;
     let p = probe(input, limits, deadline)?;
     let v = &p.video;
-    let hls_dir = chunk_hls_dir(out_dir, SOURCE_RENDITION);
-    let mp4 = out_dir.join(format!("{SOURCE_RENDITION}.mp4"));
-    let merged = merge_rendition(&MergeRequest {
-        // The chunk's packets keep their own times: no offset.
-        slices: vec![EncodedSlice {
-            path: input.to_path_buf(),
-            offset: 0,
-            offset_tb: v.time_base,
-        }],
-        audio: p.audio.is_some().then(|| input.to_path_buf()),
-        audio_offset: 0,
-        codec: VideoCodec::H264,
-        frame_rate: v.frame_rate_q,
-        mp4: mp4.clone(),
-        hls_dir: Some(hls_dir.clone()),
-        segment_seconds: 2.0,
-        keep_timestamps: true,
+    // The chunk's packets keep their own times: no offset.
+    let video = EncodedSlice {
+        path: input.to_path_buf(),
+        offset: 0,
+        offset_tb: v.time_base,
+    };
+    let size = (v.display_width, v.display_height);
+    let rendition = package_chunk_rendition(
+        input,
+        &p,
+        video,
+        VideoCodec::H264,
+        SOURCE_RENDITION,
+        size,
+        out_dir,
         deadline,
-    })?;
-    let _ = std::fs::remove_file(&mp4);
-    let (init, segments) = read_playlist(&hls_dir.join("index.m3u8"))?;
+    )?;
+    // Only the HLS files are used (the tier's MP4 is muxed from them).
+    let _ = std::fs::remove_file(out_dir.join(format!("{SOURCE_RENDITION}.mp4")));
     Ok(ChunkEncode {
         time_base: v.time_base,
         start: v.start_pts,
@@ -237,18 +235,7 @@ pub fn remux_chunk(
         display_width: v.display_width,
         display_height: v.display_height,
         has_audio: p.audio.is_some(),
-        renditions: vec![ChunkRendition {
-            name: SOURCE_RENDITION.to_string(),
-            codec: VideoCodec::H264.label().to_string(),
-            codec_string: merged.codec_string,
-            width: v.display_width,
-            height: v.display_height,
-            frames: merged.frames,
-            duration_seconds: merged.duration_seconds,
-            init_bytes: std::fs::metadata(hls_dir.join(&init))?.len(),
-            init,
-            segments,
-        }],
+        renditions: vec![rendition],
         concealed_video_frames: 0,
     })
 }

@@ -35,10 +35,17 @@ fn verdict(path: &Path, policy: &InstantPolicy) -> Result<(), String> {
 
 #[test]
 fn standard_chunks_remuxed_as_they_are_play_as_one_stream_with_every_frame() {
-    let src = gop_bframes(); // H.264 High, closed GOPs of 1 s, B-frames, AAC
+    // H.264 High, closed GOPs of 1 s, B-frames, AAC.
+    remuxed_chunks_play_like_the_source(&gop_bframes(), 4);
+    // A phone's variable frame rate: every frame keeps its own time.
+    remuxed_chunks_play_like_the_source(&vtx_testkit::recordings::vfr_phone(), 1);
+}
+
+fn remuxed_chunks_play_like_the_source(src: &Path, min_chunks: usize) {
+    let src = src.to_path_buf();
     let dir = tempfile::tempdir().unwrap();
     let chunks = cut_chunks(&src, dir.path(), 2.0, Deadline::none()).unwrap();
-    assert!(chunks.len() >= 4);
+    assert!(chunks.len() >= min_chunks, "{} chunks", chunks.len());
     let policy = InstantPolicy::default();
     let mut remuxed: Vec<(u32, ChunkEncode)> = Vec::new();
     for c in &chunks {
@@ -191,6 +198,21 @@ fn open_gops_hevc_4k_and_high_bitrates_are_not_standard() {
     );
     let why = verdict(&high_rate, &policy).unwrap_err();
     assert!(why.contains("above the cap"), "{why}");
+
+    // 29.97 fps with MP3 audio (as some cameras record): players expect AAC in HLS.
+    let ntsc = derived(
+        "instant-ntsc-mp3.ts",
+        &[
+            "-i",
+            vtx_testkit::recordings::ntsc_mp3().to_str().unwrap(),
+            "-c",
+            "copy",
+            "-f",
+            "mpegts",
+        ],
+    );
+    let why = verdict(&ntsc, &policy).unwrap_err();
+    assert!(why.contains("mp3"), "{why}");
 
     // And the same standard chunk passes under the default policy but not under a low cap.
     let dir = tempfile::tempdir().unwrap();
