@@ -16,6 +16,11 @@ pub struct Rung {
     pub height: u32,
     /// Peak video bitrate for this rung, bits per second.
     pub max_bitrate: u32,
+    /// The peak is the source's bitrate (below the rung's standard peak): the encoders then
+    /// hold the average to it too (a buffer of one second at the peak, started half full), so
+    /// that even a short rendition is not larger than its source.
+    #[serde(default)]
+    pub capped_by_source: bool,
 }
 
 /// Standard short-side sizes and their peak bitrates (H.264).
@@ -26,6 +31,75 @@ pub const STANDARD_RUNGS: [(u32, u32); 5] = [
     (720, 2_800_000),
     (1080, 5_000_000),
 ];
+
+/// What a source's own bitrate allows its ladder: no rendition may peak above `factor` times
+/// the source's video bitrate (a rung's own peak still caps it when the source is above it),
+/// and a rung whose peak would then be at least `min_ratio` of the next rung's is dropped (it
+/// would cost nearly as many bits as the larger picture). The largest rung is always kept.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LadderLimits {
+    /// The source's video bits per second; `None`: no cap from the source.
+    pub source_bitrate: Option<u64>,
+    pub factor: f64,
+    /// 0 never drops a rung.
+    pub min_ratio: f64,
+}
+
+impl Default for LadderLimits {
+    /// No cap from the source (plans made before the source's bitrate was recorded).
+    fn default() -> Self {
+        Self {
+            source_bitrate: None,
+            factor: DEFAULT_BITRATE_FACTOR,
+            min_ratio: 0.0,
+        }
+    }
+}
+
+/// `VTX_MAX_BITRATE_FACTOR`'s default: no rendition above the source's bitrate.
+pub const DEFAULT_BITRATE_FACTOR: f64 = 1.0;
+/// `VTX_RUNG_MIN_RATIO`'s default: a rung within 15% of the next one's peak is dropped.
+pub const DEFAULT_RUNG_MIN_RATIO: f64 = 0.85;
+
+impl LadderLimits {
+    /// Caps from a source of `bitrate` bits per second, with the default factor and ratio.
+    pub fn for_source(bitrate: u64) -> Self {
+        Self {
+            source_bitrate: (bitrate > 0).then_some(bitrate),
+            factor: DEFAULT_BITRATE_FACTOR,
+            min_ratio: DEFAULT_RUNG_MIN_RATIO,
+        }
+    }
+}
+
+/// The ladder for a source of `width` x `height` under `limits` (see `LadderLimits`).
+pub fn plan_ladder_within(width: u32, height: u32, limits: &LadderLimits) -> Vec<Rung> {
+    let mut rungs = plan_ladder(width, height);
+    if let Some(source) = limits.source_bitrate {
+        let cap = (source as f64 * limits.factor).max(1.0);
+        for r in &mut rungs {
+            if cap < f64::from(r.max_bitrate) {
+                r.max_bitrate = cap as u32;
+                r.capped_by_source = true;
+            }
+        }
+    }
+    if limits.min_ratio > 0.0 {
+        // From the top down: a rung is compared with the next one kept above it.
+        let mut kept: Vec<Rung> = Vec::with_capacity(rungs.len());
+        for r in rungs.into_iter().rev() {
+            let close = kept.last().is_some_and(|above: &Rung| {
+                f64::from(r.max_bitrate) >= limits.min_ratio * f64::from(above.max_bitrate)
+            });
+            if !close {
+                kept.push(r);
+            }
+        }
+        kept.reverse();
+        rungs = kept;
+    }
+    rungs
+}
 
 /// Plans the ladder for a source of `width` x `height` (display size, rotation applied).
 /// Returns rungs from smallest to largest; never empty for a non-empty source.
@@ -67,6 +141,7 @@ fn rung_for(width: u32, height: u32, short_target: u32, max_bitrate: u32) -> Run
         width: w,
         height: h,
         max_bitrate,
+        capped_by_source: false,
     }
 }
 
@@ -122,6 +197,39 @@ mod tests {
     #[test]
     fn tiny_source_gets_one_rung_at_its_own_size() {
         assert_eq!(sizes(176, 144), vec![("144p".into(), 176, 144)]);
+    }
+
+    #[test]
+    fn a_low_bitrate_source_caps_every_rung_and_loses_the_rungs_it_makes_pointless() {
+        // 720p at 1 Mb/s: 480p (1.4 Mb/s peak) and 720p (2.8) are both capped at 1 Mb/s, so
+        // 480p would cost as much as 720p and is dropped; 360p (0.8) and 240p (0.4) stay.
+        let ladder = plan_ladder_within(1280, 720, &LadderLimits::for_source(1_000_000));
+        let got: Vec<(String, u32)> = ladder
+            .into_iter()
+            .map(|r| (r.name, r.max_bitrate))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("240p".into(), 400_000),
+                ("360p".into(), 800_000),
+                ("720p".into(), 1_000_000),
+            ]
+        );
+        // A source above every peak keeps the standard ladder; no limits, no change.
+        let rich = plan_ladder_within(1280, 720, &LadderLimits::for_source(20_000_000));
+        assert_eq!(rich, plan_ladder(1280, 720));
+        assert_eq!(
+            plan_ladder_within(1280, 720, &LadderLimits::default()),
+            plan_ladder(1280, 720)
+        );
+        // A factor above 1 lets renditions go that far above the source.
+        let loose = LadderLimits {
+            factor: 2.0,
+            ..LadderLimits::for_source(1_000_000)
+        };
+        let top = plan_ladder_within(1280, 720, &loose).pop().unwrap();
+        assert_eq!(top.max_bitrate, 2_000_000);
     }
 
     #[test]

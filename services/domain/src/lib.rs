@@ -23,7 +23,7 @@ pub mod webhooks;
 
 pub use error_code::ErrorCode;
 pub use ids::{ChunkIndex, JobId, UploadId, VideoId};
-pub use ladder::{Rung, plan_ladder};
+pub use ladder::{LadderLimits, Rung, plan_ladder, plan_ladder_within};
 pub use messages::Task;
 pub use plan::{Container, JobPlan, Tier};
 pub use slicing::{Grid, SliceWindow, plan_slices, plan_slices_on_grid, slice_seconds_for};

@@ -83,6 +83,10 @@ pub struct JobPlan {
     #[serde(default)]
     pub audio_lead: i64,
     pub slices: Vec<SliceWindow>,
+    /// What the source's bitrate allows its ladder (every tier's rungs come from it). Plans made
+    /// before it was recorded have no cap from the source.
+    #[serde(default)]
+    pub ladder: crate::LadderLimits,
 }
 
 impl JobPlan {
@@ -116,6 +120,7 @@ mod tests {
             duration_seconds: 9.7,
             has_audio: true,
             audio_lead: 0,
+            ladder: Default::default(),
             slices: vec![
                 SliceWindow {
                     index: 0,

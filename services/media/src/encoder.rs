@@ -59,12 +59,20 @@ impl VideoCodec {
 pub(crate) fn encoder_options(
     codec: VideoCodec,
     tier: Tier,
-    max_bitrate: u32,
+    rung: &vtx_domain::Rung,
     gop: u32,
 ) -> Dictionary<'static> {
     let mut o = Dictionary::new();
+    let max_bitrate = rung.max_bitrate;
     let maxrate = max_bitrate.to_string();
-    let bufsize = (u64::from(max_bitrate) * 2).to_string();
+    // Two seconds of buffer at the peak; one, started half full, where the peak is the source's
+    // own rate, so that the average of a clip of a few seconds stays under it too.
+    let (buffer_seconds, vbv_init) = if rung.capped_by_source {
+        (1, ":vbv-init=0.5")
+    } else {
+        (2, "")
+    };
+    let bufsize = (u64::from(max_bitrate) * buffer_seconds).to_string();
     match codec {
         VideoCodec::H264 => {
             o.set(
@@ -81,7 +89,7 @@ pub(crate) fn encoder_options(
             o.set("bufsize", &bufsize);
             o.set(
                 "x264-params",
-                &format!("keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0"),
+                &format!("keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0{vbv_init}"),
             );
         }
         VideoCodec::Hevc => {
@@ -98,10 +106,10 @@ pub(crate) fn encoder_options(
             o.set(
                 "x265-params",
                 &format!(
-                    "keyint={}:min-keyint={gop}:scenecut=0:open-gop=0:vbv-maxrate={}:vbv-bufsize={}:log-level=error",
+                    "keyint={}:min-keyint={gop}:scenecut=0:open-gop=0:vbv-maxrate={}:vbv-bufsize={}:log-level=error{vbv_init}",
                     gop * 2,
                     max_bitrate / 1000,
-                    max_bitrate / 500
+                    u64::from(max_bitrate) * buffer_seconds / 1000
                 ),
             );
         }

@@ -42,7 +42,13 @@ pub fn encode_chunk(
     } else {
         (rotation % 360, (v.display_width, v.display_height))
     };
-    let (outputs, names): (Vec<RenditionOutput>, Vec<String>) = plan_outputs(tier, dw, dh)
+    // Capped at the chunk's own bitrate; no rung is dropped (every chunk of an upload must
+    // have the same renditions, and a chunk does not know the others' bitrates).
+    let limits = vtx_domain::LadderLimits {
+        min_ratio: 0.0,
+        ..vtx_domain::LadderLimits::for_source(v.bitrate)
+    };
+    let (outputs, names): (Vec<RenditionOutput>, Vec<String>) = plan_outputs(tier, dw, dh, &limits)
         .into_iter()
         .map(|(rung, codec, name)| {
             let out = RenditionOutput {

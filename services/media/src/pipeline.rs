@@ -227,7 +227,12 @@ fn run_inner(
         .map_err(MediaError::CorruptStream)?;
 
     report(req, Stage::Merge, 0, 1);
-    for (_, _, name) in plan_outputs(req.tier, plan.display_width, plan.display_height) {
+    for (_, _, name) in plan_outputs(
+        req.tier,
+        plan.display_width,
+        plan.display_height,
+        &plan.ladder,
+    ) {
         written.push(req.out_dir.join(format!("{name}.mp4")));
     }
     written.extend([req.out_dir.join("hls"), req.out_dir.join("cover.jpg")]);

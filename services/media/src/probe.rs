@@ -51,6 +51,9 @@ pub struct VideoInfo {
     pub frame_rate_q: (i32, i32),
     /// Frames counted from packets: exact for every codec vtx accepts (one frame per packet).
     pub frames: u64,
+    /// Average bits per second of the shown frames' packets.
+    #[serde(default)]
+    pub bitrate: u64,
     /// From the first frame's start to the last frame's end.
     pub duration_seconds: f64,
     /// The GOP index: every keyframe, in decode order, read from packets without decoding
@@ -179,6 +182,7 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
     let mut video_span = Span::new(nominal_frame);
     let mut audio_span = Span::new(0);
     let mut frames = 0u64;
+    let mut video_bytes = 0u64;
     let mut hidden = 0u64;
     let mut keyframes = Vec::new();
     let mut pts_list = Vec::new();
@@ -216,6 +220,7 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
                 continue;
             }
             frames += 1;
+            video_bytes += packet.size() as u64;
             if let (Some(pts), Some(dts)) = (packet.pts(), packet.dts()) {
                 reordered |= pts != dts && !pts_list.is_empty();
             }
@@ -300,6 +305,11 @@ pub fn probe(path: &Path, limits: &Limits, deadline: Deadline) -> Result<Probe, 
             frame_rate_q: (frame_rate_q.numerator(), frame_rate_q.denominator()),
             frames,
             duration_seconds: video_seconds,
+            bitrate: if video_seconds > 0.0 {
+                (video_bytes as f64 * 8.0 / video_seconds) as u64
+            } else {
+                0
+            },
             keyframes,
         },
         audio,

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use vtx_domain::{Grid, JobPlan, Rung, plan_ladder, plan_slices_on_grid};
+use vtx_domain::{Grid, JobPlan, LadderLimits, Rung, plan_ladder_within, plan_slices_on_grid};
 
 use crate::conceal::DamagePolicy;
 use crate::encoder::{Tier, VideoCodec, tier_codecs};
@@ -18,13 +18,15 @@ use crate::{Deadline, Limits, MediaError, Probe, encode_audio, probe, write_cove
 
 use crate::pipeline::*;
 
-/// The renditions of a tier: every codec of the tier times every rung of the ladder.
+/// The renditions of a tier: every codec of the tier times every rung of the ladder the
+/// source's size and bitrate allow (`LadderLimits`).
 pub fn plan_outputs(
     tier: Tier,
     display_width: u32,
     display_height: u32,
+    limits: &LadderLimits,
 ) -> Vec<(Rung, VideoCodec, String)> {
-    let ladder = plan_ladder(display_width, display_height);
+    let ladder = plan_ladder_within(display_width, display_height, limits);
     tier_codecs(tier)
         .iter()
         .flat_map(|&codec| {
@@ -75,6 +77,7 @@ pub fn plan_job(probe: &Probe, slice_seconds: f64) -> JobPlan {
                 let video_start = v.start_pts as f64 * f64::from(tb.0) / f64::from(tb.1);
                 ((video_start - audio_start).max(0.0) * ticks_per_second).round() as i64
             }),
+        ladder: LadderLimits::for_source(v.bitrate),
         // Cuts prefer source keyframes on the 2 s output grid (see `encode_slice`).
         slices: plan_slices_on_grid(
             &keys,
@@ -228,14 +231,15 @@ pub fn encode_slice(
         .get(index as usize)
         .ok_or_else(|| MediaError::CorruptStream(format!("no slice {index} in the plan")))?;
     let (start, end) = plan.window_in_slice(w);
-    let outputs: Vec<RenditionOutput> = plan_outputs(tier, plan.display_width, plan.display_height)
-        .into_iter()
-        .map(|(rung, codec, name)| RenditionOutput {
-            path: encoded_slice_path(out_dir, index, &name),
-            rung,
-            codec,
-        })
-        .collect();
+    let outputs: Vec<RenditionOutput> =
+        plan_outputs(tier, plan.display_width, plan.display_height, &plan.ladder)
+            .into_iter()
+            .map(|(rung, codec, name)| RenditionOutput {
+                path: encoded_slice_path(out_dir, index, &name),
+                rung,
+                codec,
+            })
+            .collect();
     let paths = outputs.iter().map(|o| o.path.clone()).collect();
     let request = TranscodeRequest {
         window: Some(Window {
@@ -277,7 +281,7 @@ pub fn package(
 ) -> Result<Packaged, MediaError> {
     crate::init();
     std::fs::create_dir_all(out_dir)?;
-    let outputs = plan_outputs(tier, plan.display_width, plan.display_height);
+    let outputs = plan_outputs(tier, plan.display_width, plan.display_height, &plan.ladder);
     let hls_root = out_dir.join("hls");
     let fps = f64::from(plan.frame_rate.0) / f64::from(plan.frame_rate.1);
     let mut renditions = Vec::new();

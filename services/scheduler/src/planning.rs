@@ -90,6 +90,9 @@ impl LeasedTask for PlanTask<'_> {
         {
             Ok(mut planned) => {
                 apply_declared_rotation(&mut planned.plan, claim.source.declared_rotation);
+                let pipeline = &self.scheduler.inner.pipeline;
+                planned.plan.ladder.factor = pipeline.max_bitrate_factor;
+                planned.plan.ladder.min_ratio = pipeline.rung_min_ratio;
                 planned.started = started;
                 Ok(planned)
             }

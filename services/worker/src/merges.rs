@@ -51,7 +51,9 @@ impl Worker {
         std::fs::create_dir_all(&encoded)?;
         let plan = &ctx.plan;
         let prefix = keys::encoded(job, tier);
-        for (_, _, name) in plan_outputs(tier, plan.display_width, plan.display_height) {
+        for (_, _, name) in
+            plan_outputs(tier, plan.display_width, plan.display_height, &plan.ladder)
+        {
             for w in &plan.slices {
                 let path = encoded_slice_path(&encoded, w.index, &name);
                 let file = path

@@ -111,6 +111,12 @@ pub struct PipelineConfig {
     /// `InstantPolicy`) is published at completion as the upload itself, remuxed into one HLS
     /// rendition without re-encoding; the fast ladder then replaces it.
     pub instant: Option<vtx_domain::live_ingest::InstantPolicy>,
+    /// `VTX_MAX_BITRATE_FACTOR` (1.0): no rendition peaks above this many times the source's
+    /// video bitrate (a rung's own peak caps it when the source is above that);
+    /// `VTX_RUNG_MIN_RATIO` (0.85): a rung whose capped peak is at least this share of the next
+    /// rung's is dropped (0 keeps every rung).
+    pub max_bitrate_factor: f64,
+    pub rung_min_ratio: f64,
 }
 
 /// PEM certificates (a private CA, a self-signed endpoint) that outbound TLS trusts besides
@@ -292,6 +298,14 @@ impl Config {
                 // The setting's earlier name still works.
                 live_ingest: env
                     .parse("VTX_LIVE_INGEST", env.parse("VTX_PIPELINE_UPLOADS", true)?)?,
+                max_bitrate_factor: env.parse(
+                    "VTX_MAX_BITRATE_FACTOR",
+                    vtx_domain::ladder::DEFAULT_BITRATE_FACTOR,
+                )?,
+                rung_min_ratio: env.parse(
+                    "VTX_RUNG_MIN_RATIO",
+                    vtx_domain::ladder::DEFAULT_RUNG_MIN_RATIO,
+                )?,
                 instant: if env.parse("VTX_INSTANT_PUBLISH", false)? {
                     let d = vtx_domain::live_ingest::InstantPolicy::default();
                     Some(vtx_domain::live_ingest::InstantPolicy {

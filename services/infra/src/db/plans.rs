@@ -175,6 +175,7 @@ mod tests {
             duration_seconds: 20.0,
             has_audio: false,
             audio_lead: 0,
+            ladder: Default::default(),
             slices: vec![
                 w(0, 0, 4000),
                 w(1, 4000, 10_000),

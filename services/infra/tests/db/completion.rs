@@ -32,6 +32,7 @@ async fn planned_job(pool: &PgPool, slices: u32) -> JobId {
         duration_seconds: f64::from(slices),
         has_audio: false,
         audio_lead: 0,
+        ladder: Default::default(),
         slices: (0..slices)
             .map(|i| SliceWindow {
                 index: i,

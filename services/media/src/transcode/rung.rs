@@ -71,7 +71,7 @@ impl VideoOut {
                 if let (Some(name), Some(Err(e))) = (preferred, other) {
                     tracing::warn!(encoder = name, error = %e, "encoder failed to open; falling back to {default_name}");
                 }
-                let mut opts = encoder_options(out.codec, req.tier, out.rung.max_bitrate, gop);
+                let mut opts = encoder_options(out.codec, req.tier, &out.rung, gop);
                 if let Some(crf) = req.crf {
                     opts.set("crf", &crf.to_string());
                 }

@@ -220,6 +220,7 @@ fn every_codec_stays_under_its_rungs_peak_rate() {
         width: 176,
         height: 144,
         max_bitrate: cap,
+        capped_by_source: false,
     };
     for (tier, codecs) in [
         (Tier::Fast, &[VideoCodec::H264][..]),
@@ -242,6 +243,70 @@ fn every_codec_stays_under_its_rungs_peak_rate() {
                 "{:?}: {} b/s against a cap of {cap}",
                 r.codec,
                 r.bitrate
+            );
+        }
+    }
+}
+
+#[test]
+fn no_rendition_peaks_above_a_low_bitrate_source() {
+    // 720p at about 500 kb/s: the standard 480p and 720p peaks (1.4 and 2.8 Mb/s) are far above
+    // what the source holds; re-encoding must not make any rendition larger than the source.
+    let src = vtx_testkit::derived(
+        "low-bitrate-720p.mp4",
+        &[
+            "-i",
+            media("bigbuckbunny.mp4").to_str().unwrap(),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-b:v",
+            "500k",
+            "-maxrate",
+            "500k",
+            "-bufsize",
+            "1000k",
+            "-g",
+            "25",
+            "-c:a",
+            "copy",
+        ],
+    );
+    let source = vtx_media::probe(
+        &src,
+        &vtx_media::Limits::default(),
+        vtx_media::Deadline::none(),
+    )
+    .unwrap();
+    let source_rate = source.video.bitrate;
+    assert!(source_rate < 700_000, "{source_rate}");
+    for tier in [Tier::Fast, Tier::High] {
+        let out = tempfile::tempdir().unwrap();
+        let mut req = vtx_media::PipelineRequest::new(&src, out.path());
+        req.tier = tier;
+        req.slice_seconds = 0.0;
+        req.quality = false;
+        let m = vtx_media::run_pipeline(&req).unwrap();
+        // Rungs within 15% of the next one's capped peak are gone: 480p (capped at the source's
+        // rate, like 720p) costs as much as 720p.
+        let names: Vec<&str> = m.renditions.iter().map(|r| r.name.as_str()).collect();
+        assert!(!names.contains(&"480p"), "{tier:?}: {names:?}");
+        assert!(names.contains(&"720p"), "{tier:?}: {names:?}");
+        for r in &m.renditions {
+            let video = vtx_media::probe(
+                &out.path().join(&r.file),
+                &vtx_media::Limits::default(),
+                vtx_media::Deadline::none(),
+            )
+            .unwrap()
+            .video
+            .bitrate;
+            // The VBV allows a short excess over a 5 s clip; the average stays at the cap.
+            assert!(
+                video <= source_rate * 21 / 20,
+                "{tier:?} {}: {video} b/s from a {source_rate} b/s source",
+                r.name
             );
         }
     }
