@@ -16,6 +16,7 @@ pub mod live_ingest;
 pub mod messages;
 pub mod plan;
 pub mod playback;
+pub mod quality;
 pub mod slicing;
 pub mod state;
 mod text;
@@ -26,6 +27,7 @@ pub use ids::{ChunkIndex, JobId, UploadId, VideoId};
 pub use ladder::{LadderLimits, Rung, plan_ladder, plan_ladder_within};
 pub use messages::Task;
 pub use plan::{Container, JobPlan, Tier};
+pub use quality::QualityTarget;
 pub use slicing::{Grid, SliceWindow, plan_slices, plan_slices_on_grid, slice_seconds_for};
 pub use state::{
     ChunkEncodeState, DeliveryState, ExtremeState, JobKind, JobState, Lifecycle, SliceState,

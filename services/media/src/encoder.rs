@@ -43,6 +43,24 @@ impl VideoCodec {
         }
     }
 
+    /// The constant-quality value `tier` encodes at when no per-title search chose one.
+    pub fn default_crf(self, tier: Tier) -> f32 {
+        match (self, tier) {
+            (VideoCodec::H264, Tier::Instant | Tier::Fast) => 23.0,
+            (VideoCodec::H264, _) => 21.0,
+            (VideoCodec::Hevc, _) => 24.0,
+            (VideoCodec::Av1, _) => 32.0,
+        }
+    }
+
+    /// The constant-quality values a per-title search may choose from.
+    pub fn crf_range(self) -> (f32, f32) {
+        match self {
+            VideoCodec::H264 | VideoCodec::Hevc => (12.0, 38.0),
+            VideoCodec::Av1 => (16.0, 55.0),
+        }
+    }
+
     /// Short name used in file names and manifests.
     pub fn label(self) -> &'static str {
         match self {
@@ -84,7 +102,7 @@ pub(crate) fn encoder_options(
                 },
             );
             o.set("profile", "high");
-            o.set("crf", if tier == Tier::Fast { "23" } else { "21" });
+            o.set("crf", &codec.default_crf(tier).to_string());
             o.set("maxrate", &maxrate);
             o.set("bufsize", &bufsize);
             o.set(
@@ -101,7 +119,7 @@ pub(crate) fn encoder_options(
                     "medium"
                 },
             );
-            o.set("crf", "24");
+            o.set("crf", &codec.default_crf(tier).to_string());
             o.set("forced-idr", "1");
             o.set(
                 "x265-params",
@@ -115,7 +133,7 @@ pub(crate) fn encoder_options(
         }
         VideoCodec::Av1 => {
             o.set("preset", if tier == Tier::Extreme { "4" } else { "8" });
-            o.set("crf", "32");
+            o.set("crf", &codec.default_crf(tier).to_string());
             // Capped CRF: the rung's peak rate, as x264's and x265's VBV caps give the others.
             o.set("svtav1-params", &format!("mbr={}", max_bitrate / 1000));
         }

@@ -16,6 +16,7 @@ mod input;
 mod live_ingest;
 mod merge;
 mod passthrough;
+pub mod per_title;
 mod pipeline;
 mod priority;
 mod probe;
@@ -47,7 +48,7 @@ pub use pipeline::{
 };
 pub use priority::{CpuClass, DEFERRED, LOWEST, spawn_in_class, spawn_low_priority};
 pub use probe::{AudioInfo, Keyframe, Probe, VideoInfo, probe};
-pub use quality::{Quality, measure};
+pub use quality::{Quality, measure, measure_window};
 pub use split::{SliceFile, split_video};
 pub use transcode::{
     FrameProgress, RenditionOutput, RenditionReport, TranscodeRequest, Window, can_encode_tier,

@@ -55,6 +55,7 @@ pub fn encode_chunk(
                 path: out_dir.join(format!("enc-{name}.mp4")),
                 rung,
                 codec,
+                crf: None,
             };
             (out, name)
         })

@@ -53,6 +53,10 @@ pub struct PipelineRequest {
     pub quality: bool,
     /// How much damage is concealed before the source is refused.
     pub damage: DamagePolicy,
+    /// Per-title rate factors for the high and extreme tiers (`EncodeOptions`).
+    pub quality_target: Option<vtx_domain::QualityTarget>,
+    /// No rendition peaks above this times the source's video bitrate (`LadderLimits`).
+    pub max_bitrate_factor: f64,
     pub deadline: Deadline,
     pub progress: Option<ProgressFn>,
 }
@@ -71,6 +75,8 @@ impl PipelineRequest {
             hls: true,
             quality: true,
             damage: DamagePolicy::default(),
+            quality_target: None,
+            max_bitrate_factor: vtx_domain::ladder::DEFAULT_BITRATE_FACTOR,
             deadline: Deadline::none(),
             progress: None,
         }
@@ -146,7 +152,7 @@ fn run_inner(
     report(req, Stage::Probe, 0, 1);
     report(req, Stage::Split, 0, 1);
     let fixed = req.slice_seconds;
-    let prepared = prepare(
+    let mut prepared = prepare(
         &req.input,
         work,
         &|_| fixed,
@@ -154,6 +160,7 @@ fn run_inner(
         req.damage,
         req.deadline,
     )?;
+    prepared.plan.ladder.factor = req.max_bitrate_factor;
     let plan = &prepared.plan;
     report(req, Stage::Split, 1, 1);
 
@@ -192,6 +199,7 @@ fn run_inner(
                         progress: Some(progress),
                         h264_encoder: None,
                         damage: req.damage,
+                        quality_target: req.quality_target,
                     };
                     match encode_slice(
                         &slice.path,

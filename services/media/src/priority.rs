@@ -232,6 +232,7 @@ mod tests {
                 rung,
                 codec: VideoCodec::Av1,
                 path: dir.path().join("av1.mp4"),
+                crf: None,
             }],
             Tier::Extreme,
         );

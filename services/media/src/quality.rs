@@ -1,15 +1,16 @@
-//! Objective quality of outputs against their source: PSNR and SSIM on the luma plane, the
-//! source scaled to each output's size. One decode of the source serves every output.
+//! Objective quality of outputs against their source: PSNR and SSIM on the luma plane, by
+//! FFmpeg's own `psnr` and `ssim` filters, the source scaled to each output's size. One decode
+//! of the source serves every output.
 
 use std::path::{Path, PathBuf};
 
-use ffmpeg_next::{format, frame, media, software::scaling};
+use ffmpeg_next::{Rational, Rescale, filter, format, frame, media};
 use serde::{Deserialize, Serialize};
 
 use crate::conceal::VideoConcealer;
 use crate::probe::is_discarded;
 use crate::probe::open_input;
-use crate::transcode::PostDecode;
+use crate::transcode::{PostDecode, Window};
 use crate::{Deadline, MediaError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -21,21 +22,21 @@ pub struct Quality {
     pub frames: u64,
 }
 
-/// Decodes one file's video, frame by frame, converted to gray at a fixed size.
-struct GrayFrames {
+/// Decodes one file's video, frame by frame, as shown (lost frames concealed, rotation applied).
+struct DecodedFrames {
     ictx: format::context::Input,
     stream: usize,
     decoder: ffmpeg_next::decoder::Video,
     post: Option<PostDecode>,
-    scaler: Option<scaling::Context>,
-    size: Option<(u32, u32)>,
     queue: std::collections::VecDeque<frame::Video>,
     eof: bool,
     concealer: VideoConcealer,
+    /// Only frames shown in `[start, end)` (stream time base), as a windowed transcode keeps.
+    window: Option<(i64, i64)>,
 }
 
-impl GrayFrames {
-    fn open(path: &Path, rotation: u32) -> Result<Self, MediaError> {
+impl DecodedFrames {
+    fn open(path: &Path, rotation: u32, window: Option<Window>) -> Result<Self, MediaError> {
         let ictx = open_input(path)?;
         let s = ictx
             .streams()
@@ -52,24 +53,36 @@ impl GrayFrames {
             })
             .map_err(|e| MediaError::UnsupportedCodec(format!("video decoder: {e}")))?;
         let post = PostDecode::new(&decoder, tb, rotation, None)?;
+        let window = window.map(|w| {
+            let wtb = Rational(w.time_base.0, w.time_base.1);
+            (w.start.rescale(wtb, tb), w.end.rescale(wtb, tb))
+        });
         Ok(Self {
             ictx,
             stream,
             decoder,
             post,
-            scaler: None,
-            size: None,
             queue: Default::default(),
             eof: false,
             concealer: VideoConcealer::default(),
+            window,
         })
     }
 
-    /// Next decoded frame, rotation applied.
+    /// Next decoded frame (inside the window), rotation applied.
     fn next_raw(&mut self) -> Result<Option<frame::Video>, MediaError> {
         loop {
             if let Some(f) = self.queue.pop_front() {
-                return Ok(Some(f));
+                match (self.window, f.pts()) {
+                    (Some((start, _)), Some(pts)) if pts < start => continue,
+                    (Some((_, end)), Some(pts)) if pts >= end => {
+                        // Frames come in presentation order: the window is over.
+                        self.queue.clear();
+                        self.eof = true;
+                        return Ok(None);
+                    }
+                    _ => return Ok(Some(f)),
+                }
             }
             if self.eof {
                 return Ok(None);
@@ -122,185 +135,198 @@ impl GrayFrames {
         }
         Ok(())
     }
+}
 
-    /// Next frame as gray bytes at `size` (or its own size when `None`).
-    fn next_gray(
-        &mut self,
-        size: Option<(u32, u32)>,
-    ) -> Result<Option<(Vec<u8>, u32, u32)>, MediaError> {
-        let Some(f) = self.next_raw()? else {
-            return Ok(None);
+/// One output's comparison: FFmpeg's `psnr` and `ssim` filters on the luma plane, the source
+/// scaled (bicubic) to the output's size. Frames pair up in order (both get the same counter
+/// as timestamp), as the renditions keep every source frame.
+struct Comparison {
+    graph: filter::Graph,
+    pts: i64,
+    mse_sum: f64,
+    ssim_sum: f64,
+    frames: u64,
+}
+
+impl Comparison {
+    fn new(reference: &frame::Video, distorted: &frame::Video) -> Result<Self, MediaError> {
+        let buffer = |f: &frame::Video| {
+            format!(
+                "video_size={}x{}:pix_fmt={}:time_base=1/25:pixel_aspect=1/1",
+                f.width(),
+                f.height(),
+                ffmpeg_next::ffi::AVPixelFormat::from(f.format()) as i32,
+            )
         };
-        let (w, h) = size.unwrap_or((f.width(), f.height()));
-        if self.size != Some((w, h))
-            || self
-                .scaler
-                .as_ref()
-                .is_none_or(|s| s.input().format != f.format())
+        let mut graph = filter::Graph::new();
+        let find = |name| {
+            filter::find(name).ok_or(MediaError::UnsupportedCodec(format!("no {name} filter")))
+        };
+        let source = find("buffer")?;
+        graph
+            .add(&source, "dist", &buffer(distorted))
+            .and_then(|_| graph.add(&source, "ref", &buffer(reference)))
+            .map_err(MediaError::ffmpeg("creating the quality sources"))?;
+        graph
+            .add(&find("buffersink")?, "out", "")
+            .map_err(MediaError::ffmpeg("creating the quality sink"))?;
+        let spec = format!(
+            "[dist]format=gray[d];[ref]scale={}:{}:flags=bicubic,format=gray,split[r1][r2];\
+             [d][r1]psnr[p];[p][r2]ssim[out]",
+            distorted.width(),
+            distorted.height()
+        );
+        graph
+            .output("dist", 0)
+            .and_then(|p| p.output("ref", 0))
+            .and_then(|p| p.input("out", 0))
+            .and_then(|p| p.parse(&spec))
+            .map_err(MediaError::ffmpeg("building the quality graph"))?;
+        graph
+            .validate()
+            .map_err(MediaError::ffmpeg("validating the quality graph"))?;
+        Ok(Self {
+            graph,
+            pts: 0,
+            mse_sum: 0.0,
+            ssim_sum: 0.0,
+            frames: 0,
+        })
+    }
+
+    /// Feeds one pair; `reference` is left as it is (the graph takes a new reference to it).
+    fn push(
+        &mut self,
+        reference: &frame::Video,
+        mut distorted: frame::Video,
+    ) -> Result<(), MediaError> {
+        let mut reference = new_ref(reference)?;
+        reference.set_pts(Some(self.pts));
+        distorted.set_pts(Some(self.pts));
+        self.pts += 1;
+        for (name, f) in [("ref", &reference), ("dist", &distorted)] {
+            self.graph
+                .get(name)
+                .expect("added in new")
+                .source()
+                .add(f)
+                .map_err(MediaError::ffmpeg("comparing frames"))?;
+        }
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Result<(), MediaError> {
+        let mut f = frame::Video::empty();
+        while self
+            .graph
+            .get("out")
+            .expect("added in new")
+            .sink()
+            .frame(&mut f)
+            .is_ok()
         {
-            self.scaler = Some(
-                scaling::Context::get(
-                    f.format(),
-                    f.width(),
-                    f.height(),
-                    format::Pixel::GRAY8,
-                    w,
-                    h,
-                    scaling::Flags::BICUBIC,
-                )
-                .map_err(MediaError::ffmpeg("creating a scaler"))?,
-            );
-            self.size = Some((w, h));
+            let meta = f.metadata();
+            let value = |key: &str| meta.get(key).and_then(|v| v.parse::<f64>().ok());
+            let (Some(mse), Some(ssim)) = (value("lavfi.psnr.mse.y"), value("lavfi.ssim.Y")) else {
+                return Err(MediaError::CorruptStream(
+                    "the quality filters reported no score".into(),
+                ));
+            };
+            self.mse_sum += mse;
+            self.ssim_sum += ssim;
+            self.frames += 1;
         }
-        let mut g = frame::Video::empty();
-        self.scaler
-            .as_mut()
-            .expect("set above")
-            .run(&f, &mut g)
-            .map_err(MediaError::ffmpeg("scaling"))?;
-        let stride = g.stride(0);
-        let data = g.data(0);
-        let mut out = Vec::with_capacity((w * h) as usize);
-        for y in 0..h as usize {
-            out.extend_from_slice(&data[y * stride..y * stride + w as usize]);
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Quality, MediaError> {
+        for name in ["ref", "dist"] {
+            self.graph
+                .get(name)
+                .expect("added in new")
+                .source()
+                .flush()
+                .map_err(MediaError::ffmpeg("flushing the quality graph"))?;
         }
-        Ok(Some((out, w, h)))
+        self.drain()?;
+        let n = self.frames.max(1) as f64;
+        let m = self.mse_sum / n;
+        Ok(Quality {
+            psnr: if m <= 1e-10 {
+                100.0
+            } else {
+                (10.0 * (255.0f64 * 255.0 / m).log10()).min(100.0)
+            },
+            ssim: self.ssim_sum / n,
+            frames: self.frames,
+        })
     }
 }
 
-/// PSNR and SSIM of each output against `source` (rotation: as applied when encoding).
+/// PSNR and SSIM of each output against `source` (rotation: as applied when encoding), by
+/// FFmpeg's `psnr` and `ssim` filters, so the numbers compare with every other FFmpeg-based
+/// tool's. PSNR is from the mean squared error over all frames (as FFmpeg's average).
 pub fn measure(
     source: &Path,
     rotation: u32,
     outputs: &[PathBuf],
     deadline: Deadline,
 ) -> Result<Vec<Quality>, MediaError> {
+    measure_window(source, None, rotation, outputs, deadline)
+}
+
+/// As `measure`, against the frames of `source` shown inside `window` only (outputs of a
+/// windowed transcode).
+pub fn measure_window(
+    source: &Path,
+    window: Option<Window>,
+    rotation: u32,
+    outputs: &[PathBuf],
+    deadline: Deadline,
+) -> Result<Vec<Quality>, MediaError> {
     crate::init();
-    let mut src = GrayFrames::open(source, rotation)?;
+    let mut src = DecodedFrames::open(source, rotation, window)?;
     let mut outs = outputs
         .iter()
-        .map(|p| GrayFrames::open(p, 0))
+        .map(|p| DecodedFrames::open(p, 0, None))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut acc = vec![(0f64, 0f64, 0u64); outs.len()];
+    let mut comparisons: Vec<Option<Comparison>> = outs.iter().map(|_| None).collect();
     loop {
         deadline.check()?;
         let Some(reference) = src.next_raw()? else {
             break;
         };
-        for (o, a) in outs.iter_mut().zip(acc.iter_mut()) {
-            let Some((dist, w, h)) = o.next_gray(None)? else {
+        for (o, c) in outs.iter_mut().zip(comparisons.iter_mut()) {
+            let Some(dist) = o.next_raw()? else {
                 continue;
             };
-            let refg = to_gray(&reference, w, h)?;
-            a.0 += mse(&refg, &dist);
-            a.1 += ssim(&refg, &dist, w as usize, h as usize);
-            a.2 += 1;
+            if c.is_none() {
+                *c = Some(Comparison::new(&reference, &dist)?);
+            }
+            c.as_mut().expect("set above").push(&reference, dist)?;
         }
     }
-    Ok(acc
+    comparisons
         .into_iter()
-        .map(|(mse_sum, ssim_sum, n)| {
-            let n_f = n.max(1) as f64;
-            let m = mse_sum / n_f;
-            Quality {
-                psnr: if m <= 1e-10 {
-                    100.0
-                } else {
-                    (10.0 * (255.0f64 * 255.0 / m).log10()).min(100.0)
-                },
-                ssim: ssim_sum / n_f,
-                frames: n,
-            }
+        .map(|c| match c {
+            Some(c) => c.finish(),
+            None => Ok(Quality {
+                psnr: 0.0,
+                ssim: 0.0,
+                frames: 0,
+            }),
         })
-        .collect())
+        .collect()
 }
 
-fn to_gray(f: &frame::Video, w: u32, h: u32) -> Result<Vec<u8>, MediaError> {
-    let mut s = scaling::Context::get(
-        f.format(),
-        f.width(),
-        f.height(),
-        format::Pixel::GRAY8,
-        w,
-        h,
-        scaling::Flags::BICUBIC,
-    )
-    .map_err(MediaError::ffmpeg("creating a scaler"))?;
-    let mut g = frame::Video::empty();
-    s.run(f, &mut g).map_err(MediaError::ffmpeg("scaling"))?;
-    let stride = g.stride(0);
-    let data = g.data(0);
-    let mut out = Vec::with_capacity((w * h) as usize);
-    for y in 0..h as usize {
-        out.extend_from_slice(&data[y * stride..y * stride + w as usize]);
-    }
-    Ok(out)
-}
-
-fn mse(a: &[u8], b: &[u8]) -> f64 {
-    let sum: u64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| (i32::from(x) - i32::from(y)).pow(2) as u64)
-        .sum();
-    sum as f64 / a.len().max(1) as f64
-}
-
-/// Mean SSIM over 8x8 windows at a stride of 4.
-fn ssim(a: &[u8], b: &[u8], w: usize, h: usize) -> f64 {
-    const C1: f64 = (0.01 * 255.0) * (0.01 * 255.0);
-    const C2: f64 = (0.03 * 255.0) * (0.03 * 255.0);
-    if w < 8 || h < 8 {
-        return if a == b { 1.0 } else { 0.0 };
-    }
-    let (mut total, mut count) = (0f64, 0u64);
-    for y in (0..=h - 8).step_by(4) {
-        for x in (0..=w - 8).step_by(4) {
-            let (mut sa, mut sb, mut saa, mut sbb, mut sab) = (0u64, 0u64, 0u64, 0u64, 0u64);
-            for yy in y..y + 8 {
-                let row = yy * w;
-                for xx in x..x + 8 {
-                    let (p, q) = (u64::from(a[row + xx]), u64::from(b[row + xx]));
-                    sa += p;
-                    sb += q;
-                    saa += p * p;
-                    sbb += q * q;
-                    sab += p * q;
-                }
-            }
-            let n = 64.0;
-            let (ma, mb) = (sa as f64 / n, sb as f64 / n);
-            let va = saa as f64 / n - ma * ma;
-            let vb = sbb as f64 / n - mb * mb;
-            let cov = sab as f64 / n - ma * mb;
-            total += ((2.0 * ma * mb + C1) * (2.0 * cov + C2))
-                / ((ma * ma + mb * mb + C1) * (va + vb + C2));
-            count += 1;
-        }
-    }
-    total / count as f64
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn identical_planes_are_perfect() {
-        let a: Vec<u8> = (0..64 * 64).map(|i| (i * 7 % 251) as u8).collect();
-        assert_eq!(mse(&a, &a), 0.0);
-        assert!((ssim(&a, &a, 64, 64) - 1.0).abs() < 1e-12);
-    }
-
-    #[test]
-    fn noise_lowers_both() {
-        let a: Vec<u8> = (0..64 * 64).map(|i| (i * 7 % 251) as u8).collect();
-        let b: Vec<u8> = a
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| v.saturating_add((i % 5) as u8 * 3))
-            .collect();
-        assert!(mse(&a, &b) > 0.0);
-        assert!(ssim(&a, &b, 64, 64) < 1.0);
+/// A new reference to `f`'s buffers (no copy): the filter graph takes ownership of what it is
+/// given, and one source frame feeds every output's comparison.
+fn new_ref(f: &frame::Video) -> Result<frame::Video, MediaError> {
+    let mut r = frame::Video::empty();
+    match unsafe { ffmpeg_next::ffi::av_frame_ref(r.as_mut_ptr(), f.as_ptr()) } {
+        0 => Ok(r),
+        e => Err(MediaError::ffmpeg("referencing a frame")(
+            ffmpeg_next::Error::from(e),
+        )),
     }
 }

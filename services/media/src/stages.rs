@@ -4,12 +4,15 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use vtx_domain::{Grid, JobPlan, LadderLimits, Rung, plan_ladder_within, plan_slices_on_grid};
+use vtx_domain::{
+    Grid, JobPlan, LadderLimits, QualityTarget, Rung, plan_ladder_within, plan_slices_on_grid,
+};
 
 use crate::conceal::DamagePolicy;
 use crate::encoder::{Tier, VideoCodec, tier_codecs};
 use crate::hls::{Variant, master_playlist, playlist_bitrates};
 use crate::merge::{EncodedSlice, MergeRequest, merge_rendition};
+use crate::per_title::{Choice, Search, choose_crfs};
 use crate::split::{SliceFile, split_video};
 use crate::transcode::{
     FrameProgress, RenditionOutput, TranscodeRequest, Window, transcode_ladder,
@@ -173,6 +176,9 @@ pub struct EncodeOptions {
     pub h264_encoder: Option<String>,
     /// How much damage is concealed before the source is refused.
     pub damage: DamagePolicy,
+    /// The high and extreme tiers choose each rendition's rate factor per slice to reach this
+    /// (`per_title`); `None`: the tier's fixed rate factor (quality first).
+    pub quality_target: Option<QualityTarget>,
 }
 
 impl EncodeOptions {
@@ -213,6 +219,8 @@ pub struct SliceEncode {
     pub paths: Vec<PathBuf>,
     /// Frames of the slice's window that could not be decoded and were concealed.
     pub concealed_video_frames: u64,
+    /// The rate factor chosen for each rendition (name) when a quality target was set.
+    pub per_title: Vec<(String, Choice)>,
 }
 
 /// Stage 2: encodes slice `index` (its file as `split_video` wrote it) into every rendition of
@@ -231,22 +239,47 @@ pub fn encode_slice(
         .get(index as usize)
         .ok_or_else(|| MediaError::CorruptStream(format!("no slice {index} in the plan")))?;
     let (start, end) = plan.window_in_slice(w);
-    let outputs: Vec<RenditionOutput> =
+    let mut outputs: Vec<RenditionOutput> =
         plan_outputs(tier, plan.display_width, plan.display_height, &plan.ladder)
             .into_iter()
             .map(|(rung, codec, name)| RenditionOutput {
                 path: encoded_slice_path(out_dir, index, &name),
                 rung,
                 codec,
+                crf: None,
             })
             .collect();
     let paths = outputs.iter().map(|o| o.path.clone()).collect();
+    let window = Window {
+        start,
+        end,
+        time_base: plan.time_base,
+    };
+    let mut per_title = Vec::new();
+    if let Some(target) = options.quality_target.filter(|_| tier != Tier::Fast) {
+        let scratch = out_dir.join(format!(".vtx-work-per-title-{index}"));
+        let chosen = choose_crfs(
+            &Search {
+                input: slice_file,
+                window,
+                frame_rate: plan.frame_rate,
+                rotation: plan.rotation,
+                tier,
+                target,
+                threads: options.threads,
+                scratch: &scratch,
+                deadline,
+            },
+            &outputs,
+        );
+        let _ = std::fs::remove_dir_all(&scratch);
+        for (o, c) in outputs.iter_mut().zip(chosen?) {
+            o.crf = Some(c.crf);
+            per_title.push((o.rung.name.clone() + "-" + o.codec.label(), c));
+        }
+    }
     let request = TranscodeRequest {
-        window: Some(Window {
-            start,
-            end,
-            time_base: plan.time_base,
-        }),
+        window: Some(window),
         timeline_offset: plan.offset_of(w),
         frame_rate: Some(plan.frame_rate),
         rotation: plan.rotation,
@@ -256,6 +289,7 @@ pub fn encode_slice(
     Ok(SliceEncode {
         paths,
         concealed_video_frames: reports.first().map_or(0, |r| r.concealed.video_frames),
+        per_title,
     })
 }
 

@@ -47,6 +47,7 @@ impl Worker {
         let options = EncodeOptions {
             h264_encoder: self.preferred_h264(),
             damage: inner.cfg.damage,
+            quality_target: inner.cfg.quality_target,
             ..EncodeOptions::default()
         };
         let span = tracing::Span::current();
@@ -64,6 +65,16 @@ impl Worker {
         };
         // Fast work first: high encodes yield to it, extreme ones take only what is left.
         let done = run_in(cpu_class(tier), timeout, work).await?;
+        for (name, choice) in &done.per_title {
+            tracing::info!(
+                slice = index,
+                rendition = %name,
+                crf = choice.crf,
+                target = choice.target,
+                tries = choice.probes.len(),
+                "per-title rate factor"
+            );
+        }
         let prefix = keys::encoded(job, tier);
         for f in done.paths {
             let name = f

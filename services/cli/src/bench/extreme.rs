@@ -96,6 +96,7 @@ pub fn extreme(inputs: Vec<PathBuf>, priority_only: bool) -> anyhow::Result<()> 
                         rung: rung.clone(),
                         codec,
                         path: path.clone(),
+                        crf: None,
                     }],
                     tier,
                 );
@@ -160,6 +161,7 @@ fn fast_beside_extreme(input: &Path, dir: &Path) -> anyhow::Result<()> {
                 rung: r.clone(),
                 codec: VideoCodec::H264,
                 path: dir.join(format!("beside-fast-{}.mp4", r.name)),
+                crf: None,
             })
             .collect();
         let mut r = TranscodeRequest::new(input, outputs, Tier::Fast);
@@ -190,6 +192,7 @@ fn fast_beside_extreme(input: &Path, dir: &Path) -> anyhow::Result<()> {
                     rung: top.clone(),
                     codec,
                     path: dir.join(format!("beside-extreme-{}.mp4", codec.label())),
+                    crf: None,
                 })
                 .collect(),
             Tier::Extreme,

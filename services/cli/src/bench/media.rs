@@ -82,6 +82,7 @@ pub fn media(input: Option<PathBuf>, jobs: usize) -> anyhow::Result<()> {
                 rung: r.clone(),
                 codec: VideoCodec::H264,
                 path: dir.join(format!("{tag}-{}.mp4", r.name)),
+                crf: None,
             })
             .collect()
     };

@@ -205,6 +205,10 @@ pub struct WorkerConfig {
     /// source are concealed up to this share of its frames and this long a run; beyond, the
     /// source fails as `corrupt-stream`.
     pub damage: vtx_domain::damage::DamagePolicy,
+    /// `VTX_QUALITY_TARGET`: what the high and extreme tiers' per-title search aims at: `fast`
+    /// (the fast tier's quality with fewer bits; the default), `psnr:DB`, `ssim:VALUE`, or `off`
+    /// (each tier's fixed rate factor: quality first).
+    pub quality_target: Option<vtx_domain::QualityTarget>,
 }
 
 impl Config {
@@ -278,6 +282,13 @@ impl Config {
                 damage: vtx_domain::damage::DamagePolicy {
                     max_share: env.parse("VTX_DAMAGE_MAX_SHARE", 0.01)?,
                     max_run_seconds: env.parse("VTX_DAMAGE_MAX_RUN_SECS", 1.0)?,
+                },
+                quality_target: match env.string("VTX_QUALITY_TARGET", "fast").as_str() {
+                    "off" => None,
+                    t => Some(
+                        t.parse()
+                            .map_err(|e| anyhow::anyhow!("VTX_QUALITY_TARGET={e}"))?,
+                    ),
                 },
             },
             pipeline: PipelineConfig {

@@ -35,6 +35,9 @@ pub struct RenditionOutput {
     pub rung: Rung,
     pub codec: VideoCodec,
     pub path: PathBuf,
+    /// Constant-quality value for this output (chosen per title, see `per_title`); `None`: the
+    /// request's `crf`, else the tier's.
+    pub crf: Option<f32>,
 }
 
 /// A presentation-time window `[start, end)` in `time_base` units.

@@ -72,8 +72,8 @@ impl VideoOut {
                     tracing::warn!(encoder = name, error = %e, "encoder failed to open; falling back to {default_name}");
                 }
                 let mut opts = encoder_options(out.codec, req.tier, &out.rung, gop);
-                if let Some(crf) = req.crf {
-                    opts.set("crf", &crf.to_string());
+                if let Some(crf) = out.crf.or(req.crf.map(|c| c as f32)) {
+                    opts.set("crf", &format!("{crf:.2}"));
                 }
                 let (codec, encoder) = open_encoder(default_name, &settings, opts, None)?;
                 (codec, encoder, None)

@@ -8,4 +8,5 @@ mod instant;
 mod ladder;
 mod live_ingest;
 mod pipeline;
+mod quality;
 mod support;

@@ -63,8 +63,19 @@ fn assert_frames_and_sync(m: &Manifest, out: &Path) {
 fn slices_merged_keep_the_frames_of_a_monolithic_encode() {
     let input = gop_bframes();
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let sliced = run(&input, a.path(), 3.0, Tier::Fast).unwrap();
-    let whole = run(&input, b.path(), 0.0, Tier::Fast).unwrap();
+    // Rungs at their standard peaks: a rung capped at the source's own rate (360p here, from a
+    // 0.7 Mb/s source) has a tight buffer, and each slice leaves part of it unspent, so a sliced
+    // encode of such a rung spends ~9% fewer bits than a monolithic one (docs/architecture.md,
+    // "Never inflate"); `ladder::` covers capped rungs.
+    let run = |out: &Path, slice_seconds| {
+        let mut req = PipelineRequest::new(&input, out);
+        req.slice_seconds = slice_seconds;
+        req.jobs = 2;
+        req.max_bitrate_factor = 4.0;
+        run_pipeline(&req)
+    };
+    let sliced = run(a.path(), 3.0).unwrap();
+    let whole = run(b.path(), 0.0).unwrap();
     assert!(sliced.source.video.reordered, "the fixture has B-frames");
     assert!(sliced.slices >= 3, "{} slices", sliced.slices);
     assert_eq!(whole.slices, 1);
@@ -445,8 +456,24 @@ fn anamorphic_source_gets_square_pixels() {
     let out = tempfile::tempdir().unwrap();
     let m = run(&input, out.path(), 4.0, Tier::Fast).unwrap();
     assert_frames_and_sync(&m, out.path());
+    // Square pixels at the display size; 240p (564x240) too, unless the source's low bitrate
+    // makes it pointless beside 272p (never inflate).
     let sizes: Vec<(u32, u32)> = m.renditions.iter().map(|r| (r.width, r.height)).collect();
-    assert_eq!(sizes, vec![(564, 240), (640, 272)]);
+    assert_eq!(sizes.last(), Some(&(640, 272)), "{sizes:?}");
+    for r in &m.renditions {
+        let got = probe(
+            &out.path().join(&r.file),
+            &Limits::default(),
+            Deadline::none(),
+        )
+        .unwrap();
+        assert_eq!(
+            got.video.display_width, got.video.width,
+            "{}: square pixels",
+            r.name
+        );
+        assert_eq!((got.video.width, got.video.height), (r.width, r.height));
+    }
 }
 
 #[test]
@@ -475,6 +502,7 @@ fn gpu_encoders_count_only_when_they_open_and_workers_fall_back_to_libx264() {
                 path: dir.path().join(format!("{}.mp4", rung.name)),
                 codec: VideoCodec::H264,
                 rung,
+                crf: None,
             })
             .collect();
         let mut req = vtx_media::TranscodeRequest::new(&src, outputs, Tier::Fast);

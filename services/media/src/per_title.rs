@@ -1,0 +1,321 @@
+//! Per-title rate factors: each rendition's constant-quality value is chosen for the frames it
+//! will encode, from a few encodes of a short sample, so that it reaches a target quality with
+//! as few bits as it takes (as ab-av1's crf search and Av1an's target quality do). Workers run
+//! it on the slice they encode, so every slice gets the rate factor its own content needs and
+//! all of a video's slices land at one quality.
+//!
+//! The search: the tier's default rate factor, then one a step away towards the target, then
+//! the value where the line through both meets the target; one more encode there when that
+//! value lies outside the two tried, and the line through the two nearest results decides.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use vtx_domain::QualityTarget;
+
+use crate::encoder::{Tier, VideoCodec};
+use crate::quality::{Quality, measure_window};
+use crate::transcode::{RenditionOutput, TranscodeRequest, Window, transcode_ladder};
+use crate::{Deadline, MediaError};
+
+/// Seconds of the slice the sample encodes cover (its middle; the whole slice when shorter).
+pub const SAMPLE_SECONDS: f64 = 2.0;
+/// The second try's distance from the first, in rate-factor steps.
+const STEP: f32 = 6.0;
+
+/// What to search for.
+pub struct Search<'a> {
+    pub input: &'a Path,
+    /// The frames that will be encoded (a slice); the sample is taken inside.
+    pub window: Window,
+    pub frame_rate: (i32, i32),
+    pub rotation: u32,
+    pub tier: Tier,
+    pub target: QualityTarget,
+    pub threads: Option<usize>,
+    /// Sample encodes and their measurements go here (removed afterwards).
+    pub scratch: &'a Path,
+    pub deadline: Deadline,
+}
+
+/// One sample encode.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Probe {
+    pub crf: f32,
+    /// On the target's scale (PSNR dB, or SSIM as dB: -10 log10(1 - SSIM)).
+    pub score: f64,
+    pub bitrate: u64,
+}
+
+/// The rate factor chosen for one output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    pub crf: f32,
+    /// The target on the score's scale (for `FastTier`, what the fast tier reached).
+    pub target: f64,
+    pub probes: Vec<Probe>,
+}
+
+/// The score `target` is judged on.
+fn score(target: QualityTarget, q: &Quality) -> f64 {
+    match target {
+        QualityTarget::FastTier | QualityTarget::Psnr(_) => q.psnr,
+        QualityTarget::Ssim(_) => ssim_db(q.ssim),
+    }
+}
+
+fn ssim_db(ssim: f64) -> f64 {
+    -10.0 * (1.0 - ssim).max(1e-10).log10()
+}
+
+/// Chooses a rate factor for each of `outputs` (their rungs and codecs; paths unused).
+pub fn choose_crfs(s: &Search, outputs: &[RenditionOutput]) -> Result<Vec<Choice>, MediaError> {
+    std::fs::create_dir_all(s.scratch)?;
+    let sample = sample_window(s.window, s.frame_rate);
+    let targets: Vec<f64> = match s.target {
+        QualityTarget::Psnr(db) => vec![db; outputs.len()],
+        QualityTarget::Ssim(v) => vec![ssim_db(v); outputs.len()],
+        QualityTarget::FastTier => {
+            // What the fast tier reaches on the same frames at each rung.
+            let fast: Vec<RenditionOutput> = outputs
+                .iter()
+                .map(|o| RenditionOutput {
+                    codec: VideoCodec::H264,
+                    crf: None,
+                    ..o.clone()
+                })
+                .collect();
+            let (q, _) = encode_sample(s, sample, Tier::Fast, &fast, "fast")?;
+            q.iter().map(|q| score(s.target, q)).collect()
+        }
+    };
+    let mut probes: Vec<Vec<Probe>> = vec![Vec::new(); outputs.len()];
+    let first: Vec<f32> = outputs
+        .iter()
+        .map(|o| o.codec.default_crf(s.tier))
+        .collect();
+    try_crfs(s, sample, outputs, &first, &mut probes, "a")?;
+    let second: Vec<f32> = outputs
+        .iter()
+        .zip(&probes)
+        .zip(&targets)
+        .map(|((o, p), &t)| {
+            let towards = if p[0].score > t { STEP } else { -STEP };
+            clamp(o.codec, p[0].crf + towards)
+        })
+        .collect();
+    try_crfs(s, sample, outputs, &second, &mut probes, "b")?;
+    // A third try where the line through the first two leaves the range they span.
+    let guesses: Vec<f32> = outputs
+        .iter()
+        .zip(&probes)
+        .zip(&targets)
+        .map(|((o, p), &t)| clamp(o.codec, interpolate(p, t)))
+        .collect();
+    let outside: Vec<usize> = (0..outputs.len())
+        .filter(|&i| {
+            let (lo, hi) = span(&probes[i]);
+            (guesses[i] < lo - 0.5 || guesses[i] > hi + 0.5)
+                && !probes[i].iter().any(|p| p.crf == guesses[i])
+        })
+        .collect();
+    if !outside.is_empty() {
+        let subset: Vec<RenditionOutput> = outside.iter().map(|&i| outputs[i].clone()).collect();
+        let crfs: Vec<f32> = outside.iter().map(|&i| guesses[i]).collect();
+        let mut extra = vec![Vec::new(); subset.len()];
+        try_crfs(s, sample, &subset, &crfs, &mut extra, "c")?;
+        for (&i, p) in outside.iter().zip(extra) {
+            probes[i].extend(p);
+        }
+    }
+    Ok(outputs
+        .iter()
+        .zip(probes)
+        .zip(targets)
+        .map(|((o, probes), target)| {
+            let crf = clamp(o.codec, interpolate(&nearest_two(&probes, target), target));
+            let crf = if o.codec == VideoCodec::Av1 {
+                crf.round() // SVT-AV1 takes whole values only
+            } else {
+                (crf * 4.0).round() / 4.0
+            };
+            Choice {
+                crf,
+                target,
+                probes,
+            }
+        })
+        .collect())
+}
+
+/// The middle `SAMPLE_SECONDS` of `w` (all of it when shorter).
+fn sample_window(w: Window, frame_rate: (i32, i32)) -> Window {
+    let ticks_per_second = f64::from(w.time_base.1) / f64::from(w.time_base.0);
+    let len = (SAMPLE_SECONDS * ticks_per_second).round() as i64;
+    // At least a second's worth of frames beyond the sample, or it is not worth cutting.
+    let frame = (f64::from(frame_rate.1) / f64::from(frame_rate.0).max(1.0) * ticks_per_second)
+        .round() as i64;
+    if w.end - w.start <= len + frame.max(1) {
+        return w;
+    }
+    let start = w.start + (w.end - w.start - len) / 2;
+    Window {
+        start,
+        end: start + len,
+        ..w
+    }
+}
+
+/// Encodes the sample into every output at `crfs`, measures, and adds one probe per output.
+fn try_crfs(
+    s: &Search,
+    sample: Window,
+    outputs: &[RenditionOutput],
+    crfs: &[f32],
+    probes: &mut [Vec<Probe>],
+    round: &str,
+) -> Result<(), MediaError> {
+    let with_crfs: Vec<RenditionOutput> = outputs
+        .iter()
+        .zip(crfs)
+        .map(|(o, &crf)| RenditionOutput {
+            crf: Some(crf),
+            ..o.clone()
+        })
+        .collect();
+    let (quality, bitrates) = encode_sample(s, sample, s.tier, &with_crfs, round)?;
+    for (((p, q), &crf), bitrate) in probes.iter_mut().zip(&quality).zip(crfs).zip(bitrates) {
+        p.push(Probe {
+            crf,
+            score: score(s.target, q),
+            bitrate,
+        });
+    }
+    Ok(())
+}
+
+fn encode_sample(
+    s: &Search,
+    sample: Window,
+    tier: Tier,
+    outputs: &[RenditionOutput],
+    round: &str,
+) -> Result<(Vec<Quality>, Vec<u64>), MediaError> {
+    let outputs: Vec<RenditionOutput> = outputs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| RenditionOutput {
+            path: s.scratch.join(format!("sample-{round}-{i}.mp4")),
+            ..o.clone()
+        })
+        .collect();
+    let paths: Vec<PathBuf> = outputs.iter().map(|o| o.path.clone()).collect();
+    let mut req = TranscodeRequest::new(s.input, outputs, tier);
+    req.window = Some(sample);
+    req.frame_rate = Some(s.frame_rate);
+    req.rotation = s.rotation;
+    req.audio = false;
+    req.threads = s.threads;
+    req.deadline = s.deadline;
+    let result = transcode_ladder(&req).and_then(|reports| {
+        let q = measure_window(s.input, Some(sample), s.rotation, &paths, s.deadline)?;
+        Ok((q, reports.iter().map(|r| r.bitrate).collect()))
+    });
+    for p in &paths {
+        let _ = std::fs::remove_file(p);
+    }
+    result
+}
+
+fn clamp(codec: VideoCodec, crf: f32) -> f32 {
+    let (lo, hi) = codec.crf_range();
+    if crf.is_nan() { lo } else { crf.clamp(lo, hi) }
+}
+
+fn span(probes: &[Probe]) -> (f32, f32) {
+    probes.iter().fold((f32::MAX, f32::MIN), |(lo, hi), p| {
+        (lo.min(p.crf), hi.max(p.crf))
+    })
+}
+
+/// The two probes to interpolate between: the closest on each side of the target when it is
+/// bracketed, else the two closest to it.
+fn nearest_two(probes: &[Probe], target: f64) -> Vec<Probe> {
+    let above = probes
+        .iter()
+        .filter(|p| p.score >= target)
+        .min_by(|a, b| a.score.total_cmp(&b.score));
+    let below = probes
+        .iter()
+        .filter(|p| p.score < target)
+        .max_by(|a, b| a.score.total_cmp(&b.score));
+    if let (Some(a), Some(b)) = (above, below) {
+        return vec![*a, *b];
+    }
+    let mut sorted = probes.to_vec();
+    sorted.sort_by(|a, b| {
+        (a.score - target)
+            .abs()
+            .total_cmp(&(b.score - target).abs())
+    });
+    sorted.truncate(2);
+    sorted
+}
+
+/// The rate factor where the line through the first two probes reaches `target` (quality falls
+/// about linearly with the rate factor, in dB). One probe, or a flat line: that probe's.
+fn interpolate(probes: &[Probe], target: f64) -> f32 {
+    match probes {
+        [a, b, ..] if (a.score - b.score).abs() > 1e-6 && a.crf != b.crf => {
+            let slope = (b.score - a.score) / f64::from(b.crf - a.crf);
+            (f64::from(a.crf) + (target - a.score) / slope) as f32
+        }
+        [a, ..] => a.crf,
+        [] => f32::NAN,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(crf: f32, score: f64) -> Probe {
+        Probe {
+            crf,
+            score,
+            bitrate: 0,
+        }
+    }
+
+    #[test]
+    fn the_line_through_two_tries_meets_the_target() {
+        let p = [probe(21.0, 42.0), probe(27.0, 39.0)];
+        assert!((interpolate(&p, 40.0) - 25.0).abs() < 1e-4);
+        // Outside the span: extrapolated, then clamped by the caller.
+        assert!((interpolate(&p, 44.0) - 17.0).abs() < 1e-4);
+        assert_eq!(interpolate(&[probe(21.0, 42.0)], 40.0), 21.0);
+        assert_eq!(clamp(VideoCodec::H264, 80.0), 38.0);
+    }
+
+    #[test]
+    fn the_bracketing_tries_are_preferred() {
+        let p = [probe(21.0, 42.0), probe(27.0, 39.0), probe(25.0, 40.2)];
+        let two = nearest_two(&p, 40.0);
+        assert_eq!(
+            two.iter().map(|p| p.crf).collect::<Vec<_>>(),
+            vec![25.0, 27.0]
+        );
+        let w = Window {
+            start: 0,
+            end: 10 * 90_000,
+            time_base: (1, 90_000),
+        };
+        let s = sample_window(w, (30, 1));
+        assert_eq!((s.start, s.end), (4 * 90_000, 6 * 90_000));
+        let short = Window {
+            end: 2 * 90_000,
+            ..w
+        };
+        assert_eq!(sample_window(short, (30, 1)), short);
+    }
+}
