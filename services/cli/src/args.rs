@@ -132,6 +132,18 @@ pub(crate) enum Bench {
         #[arg(long, default_value_t = 5)]
         chunks: usize,
     },
+    /// The high tier against the fast tier (BD-rate, operating points) and per-title rate
+    /// factors against fixed ones at equal quality.
+    Quality {
+        /// Clips to measure (default: the shared clips, camera clips included).
+        inputs: Vec<PathBuf>,
+        /// Longer clips are cut to their first this many seconds.
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// The PSNR target of the per-title comparison.
+        #[arg(long, default_value_t = 38.0)]
+        target_psnr: f64,
+    },
     /// Bitrate saving of the extreme tier (HEVC, AV1) against the high tier at equal quality.
     Extreme {
         /// Clips to measure (default: the shared clips).

@@ -79,6 +79,14 @@ async fn run() -> anyhow::Result<ExitCode> {
             lengths,
         }) => bench::publish_load(seconds, loads, lengths).await,
         Command::Bench(Bench::Live { runs, long_runs }) => bench::live(runs, long_runs).await,
+        Command::Bench(Bench::Quality {
+            inputs,
+            seconds,
+            target_psnr,
+        }) => {
+            tokio::task::spawn_blocking(move || bench::quality(inputs, seconds, target_psnr))
+                .await?
+        }
         Command::Bench(Bench::Extreme {
             inputs,
             priority_only,

@@ -1,6 +1,7 @@
 //! `vtx bench extreme`: HEVC and AV1 against the high tier (BD-rate), and the fast tier
 //! beside extreme encodes.
 
+use super::bd_rate::bd_saving;
 use super::*;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -10,41 +11,6 @@ use vtx_domain::plan_ladder;
 use vtx_media::{
     Deadline, Limits, RenditionOutput, Tier, TranscodeRequest, VideoCodec, probe, transcode_ladder,
 };
-
-/// Bjøntegaard's delta rate with piecewise-linear interpolation: the mean difference of log
-/// bitrate between two rate-quality curves over the quality range both cover, as the fraction
-/// of the anchor's bitrate `test` saves at equal quality. Points are (bits/s, quality).
-fn bd_saving(anchor: &[(f64, f64)], test: &[(f64, f64)]) -> Option<f64> {
-    let curve = |pts: &[(f64, f64)]| {
-        let mut c: Vec<(f64, f64)> = pts.iter().map(|&(r, q)| (q, r.ln())).collect();
-        c.sort_by(|a, b| a.0.total_cmp(&b.0));
-        c
-    };
-    let (a, t) = (curve(anchor), curve(test));
-    let lo = a.first()?.0.max(t.first()?.0);
-    let hi = a.last()?.0.min(t.last()?.0);
-    if hi <= lo {
-        return None;
-    }
-    let at = |c: &[(f64, f64)], q: f64| {
-        let i = c.partition_point(|p| p.0 < q).clamp(1, c.len() - 1);
-        let ((q0, r0), (q1, r1)) = (c[i - 1], c[i]);
-        if (q1 - q0).abs() < 1e-12 {
-            r0
-        } else {
-            r0 + (r1 - r0) * (q - q0) / (q1 - q0)
-        }
-    };
-    let n = 200;
-    let mean = (0..=n)
-        .map(|k| {
-            let q = lo + (hi - lo) * k as f64 / n as f64;
-            at(&t, q) - at(&a, q)
-        })
-        .sum::<f64>()
-        / f64::from(n + 1);
-    Some(1.0 - mean.exp())
-}
 
 /// One encode of a rate-quality curve: (crf, bits/s, PSNR, SSIM).
 type Point = (u32, f64, f64, f64);
@@ -254,17 +220,4 @@ fn fast_beside_extreme(input: &Path, dir: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::bd_saving;
-
-    #[test]
-    fn bd_saving_of_a_curve_at_half_the_rate_is_half() {
-        let anchor = [(1000.0, 30.0), (2000.0, 33.0), (4000.0, 36.0)];
-        let half: Vec<(f64, f64)> = anchor.iter().map(|&(r, q)| (r / 2.0, q)).collect();
-        assert!((bd_saving(&anchor, &half).unwrap() - 0.5).abs() < 1e-9);
-        assert!(bd_saving(&anchor, &[(1.0, 40.0), (2.0, 41.0)]).is_none());
-    }
 }

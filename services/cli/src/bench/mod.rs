@@ -2,12 +2,14 @@
 //! commands live in docs/benchmarks.md. Shared here: cost measurement, the ffmpeg command line,
 //! the clips benches derive, child-process bookkeeping.
 
+mod bd_rate;
 mod extreme;
 mod hotness;
 mod live;
 mod media;
 mod pipeline;
 mod publish_load;
+mod quality;
 mod stack;
 mod status;
 mod uploads;
@@ -18,6 +20,7 @@ pub use live::live;
 pub use media::media;
 pub use pipeline::pipeline;
 pub use publish_load::publish_load;
+pub use quality::quality;
 use stack::BenchStack;
 pub use status::status;
 pub use uploads::uploads;
