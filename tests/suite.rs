@@ -3,6 +3,7 @@
 
 mod browser;
 mod e2e;
+mod experiments;
 mod fidelity;
 mod gateway;
 mod hotness;

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod damage;
 pub mod error_code;
+pub mod experiments;
 pub mod hls;
 pub mod hotness;
 pub mod ids;

@@ -87,6 +87,11 @@ pub struct JobPlan {
     /// before it was recorded have no cap from the source.
     #[serde(default)]
     pub ladder: crate::LadderLimits,
+    /// The encoder profile an experiment's arm (or a stopped experiment's winner) gave this
+    /// video: what the high and extreme tiers' per-title search aims at. `None`: the workers'
+    /// `VTX_QUALITY_TARGET`.
+    #[serde(default)]
+    pub profile: Option<crate::experiments::ProfileTarget>,
 }
 
 impl JobPlan {
@@ -121,6 +126,7 @@ mod tests {
             has_audio: true,
             audio_lead: 0,
             ladder: Default::default(),
+            profile: None,
             slices: vec![
                 SliceWindow {
                     index: 0,

@@ -9,6 +9,7 @@ mod cors;
 mod error;
 mod etag;
 mod events;
+mod experiments;
 mod grants;
 mod health;
 pub mod inspect;
@@ -337,6 +338,11 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::create, webhooks::list))
         .routes(routes!(webhooks::show, webhooks::update, webhooks::delete))
         .routes(routes!(webhooks::deliveries))
+        .routes(routes!(experiments::create))
+        .routes(routes!(experiments::report))
+        .routes(routes!(experiments::stop))
+        .routes(routes!(experiments::assignment))
+        .routes(routes!(experiments::report_plays))
 }
 
 fn tus_routes() -> OpenApiRouter<AppState> {

@@ -31,6 +31,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         (name = "media", description = "Playback objects (no credentials; CORS for any origin)."),
         (name = "plays", description = "Play counts and the most played videos."),
         (name = "webhooks", description = "Signed event deliveries (Standard Webhooks)."),
+        (name = "experiments", description = "A/B experiments on encoder profiles and delivery rules, judged by what players report."),
         (name = "health", description = "Probes."),
     )
 )]

@@ -44,6 +44,11 @@ impl PlayCounter {
         }
     }
 
+    /// Most events one request may carry.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
     fn add(&self, plays: impl IntoIterator<Item = (Uuid, i64)>) -> bool {
         let mut counts = self.counts.lock().expect("play counter lock");
         for key in plays {

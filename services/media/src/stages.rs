@@ -81,6 +81,7 @@ pub fn plan_job(probe: &Probe, slice_seconds: f64) -> JobPlan {
                 ((video_start - audio_start).max(0.0) * ticks_per_second).round() as i64
             }),
         ladder: LadderLimits::for_source(v.bitrate),
+        profile: None,
         // Cuts prefer source keyframes on the 2 s output grid (see `encode_slice`).
         slices: plan_slices_on_grid(
             &keys,
@@ -256,7 +257,11 @@ pub fn encode_slice(
         time_base: plan.time_base,
     };
     let mut per_title = Vec::new();
-    if let Some(target) = options.quality_target.filter(|_| tier != Tier::Fast) {
+    let target = match plan.profile {
+        Some(profile) => profile.target(),
+        None => options.quality_target,
+    };
+    if let Some(target) = target.filter(|_| tier != Tier::Fast) {
         let scratch = out_dir.join(format!(".vtx-work-per-title-{index}"));
         let chosen = choose_crfs(
             &Search {

@@ -32,6 +32,8 @@ pub(crate) struct Planned {
     audio_key: Option<String>,
     concealed_audio_frames: u64,
     started: std::time::Instant,
+    /// The experiment and arm the video was assigned to, recorded with the plan.
+    arm: Option<(uuid::Uuid, String)>,
 }
 
 impl LeasedTask for PlanTask<'_> {
@@ -93,6 +95,12 @@ impl LeasedTask for PlanTask<'_> {
                 let pipeline = &self.scheduler.inner.pipeline;
                 planned.plan.ladder.factor = pipeline.max_bitrate_factor;
                 planned.plan.ladder.min_ratio = pipeline.rung_min_ratio;
+                let (profile, arm) =
+                    db::experiments::profile_for(&self.scheduler.inner.pool, claim.source.video)
+                        .await
+                        .map_err(|e| Failure::Retryable(e.to_string()))?;
+                planned.plan.profile = profile;
+                planned.arm = arm;
                 planned.started = started;
                 Ok(planned)
             }
@@ -120,6 +128,10 @@ impl LeasedTask for PlanTask<'_> {
             &claim.tiers,
         )
         .await?;
+        if let Some((experiment, arm)) = &planned.arm {
+            db::experiments::assign_video(&inner.pool, *experiment, claim.source.video, arm)
+                .await?;
+        }
         if let Some((upload, _)) = &claim.chunks
             && let Err(e) = db::forget_chunks(&inner.pool, *upload).await
         {
@@ -220,6 +232,7 @@ impl Scheduler {
             audio_key,
             concealed_audio_frames: prepared.concealed_audio_frames,
             started: std::time::Instant::now(),
+            arm: None,
         })
     }
 }

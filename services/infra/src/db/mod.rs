@@ -10,6 +10,7 @@ use crate::config::Config;
 
 // One module per aggregate; callers use `db::` and see them all.
 pub mod backlog;
+pub mod experiments;
 pub mod garbage;
 pub mod hotness;
 pub mod jobs;

@@ -176,6 +176,7 @@ mod tests {
             has_audio: false,
             audio_lead: 0,
             ladder: Default::default(),
+            profile: None,
             slices: vec![
                 w(0, 0, 4000),
                 w(1, 4000, 10_000),

@@ -33,6 +33,7 @@ async fn planned_job(pool: &PgPool, slices: u32) -> JobId {
         has_audio: false,
         audio_lead: 0,
         ladder: Default::default(),
+        profile: None,
         slices: (0..slices)
             .map(|i| SliceWindow {
                 index: i,
