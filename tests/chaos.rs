@@ -158,8 +158,13 @@ async fn jobs_survive_a_killed_worker_and_restarts_of_rabbitmq_and_postgresql(po
     ];
     let clip = looped("bikes.mp4", 3);
     let source = probe(&clip, &Limits::default(), Deadline::none()).unwrap();
-    let rungs =
-        vtx_domain::plan_ladder(source.video.display_width, source.video.display_height).len();
+    // The ladder the source's size and bitrate allow (never inflate drops bikes' 240p).
+    let rungs = vtx_domain::plan_ladder_within(
+        source.video.display_width,
+        source.video.display_height,
+        &vtx_domain::LadderLimits::for_source(source.video.bitrate),
+    )
+    .len();
     let client = app.client.clone();
 
     // 1. kill -9 the worker holding a high-tier slice.
@@ -405,8 +410,13 @@ async fn a_worker_cut_off_the_network_mid_slice_is_replaced_by_another_host(pool
 
     let clip = looped("bikes.mp4", 3);
     let source = probe(&clip, &Limits::default(), Deadline::none()).unwrap();
-    let rungs =
-        vtx_domain::plan_ladder(source.video.display_width, source.video.display_height).len();
+    // The ladder the source's size and bitrate allow (never inflate drops bikes' 240p).
+    let rungs = vtx_domain::plan_ladder_within(
+        source.video.display_width,
+        source.video.display_height,
+        &vtx_domain::LadderLimits::for_source(source.video.bitrate),
+    )
+    .len();
     // A high-tier slice is running on one of the workers: cut that worker's host off.
     let (job, victim) =
         upload_until_a_worker_holds_a_slice(&app.pool, &client, &clip, &workers).await;

@@ -215,9 +215,14 @@ async fn an_experiment_reports_exactly_what_players_reported(pool: PgPool) {
         ] {
             let rank = (m as f64 * q).ceil() as usize;
             close(got.value, x.first_frames[rank - 1], "quantile");
+            // The textbook ranks: round(mq -+ z sqrt(mq(1-q))), the upper one plus 1.
             let spread = 1.959_963_984_540_054 * (m as f64 * q * (1.0 - q)).sqrt();
-            let lo = ((m as f64 * q - spread).floor() as usize).clamp(1, m);
-            let hi = (((m as f64 * q + spread).ceil() + 1.0) as usize).clamp(1, m);
+            let lo = (m as f64 * q - spread).round() as usize;
+            let hi = (m as f64 * q + 1.0 + spread).round() as usize;
+            assert!(
+                lo >= 1 && hi <= m,
+                "{m} values give a 95% interval for p{q}"
+            );
             close(got.low, x.first_frames[lo - 1], "quantile low");
             close(got.high, x.first_frames[hi - 1], "quantile high");
         }

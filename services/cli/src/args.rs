@@ -151,6 +151,12 @@ pub(crate) enum Bench {
         /// Skip the rate-quality curves: only time the fast tier beside extreme encodes.
         #[arg(long)]
         priority_only: bool,
+        /// Cut longer clips to their first this many seconds (0: whole clips).
+        #[arg(long, default_value_t = 0.0)]
+        seconds: f64,
+        /// Only the curves and per-title rows: skip timing the fast tier beside extreme encodes.
+        #[arg(long)]
+        curves_only: bool,
     },
     /// Play ingest on one gateway process, and the top-x query over synthetic history.
     /// The status API under fixed request rates: latency percentiles per rate.

@@ -90,7 +90,14 @@ async fn run() -> anyhow::Result<ExitCode> {
         Command::Bench(Bench::Extreme {
             inputs,
             priority_only,
-        }) => tokio::task::spawn_blocking(move || bench::extreme(inputs, priority_only)).await?,
+            seconds,
+            curves_only,
+        }) => {
+            tokio::task::spawn_blocking(move || {
+                bench::extreme(inputs, priority_only, seconds, curves_only)
+            })
+            .await?
+        }
         Command::Bench(Bench::Hotness {
             seconds,
             batch,

@@ -219,20 +219,22 @@ pub fn mean(n: u64, sum: f64, sum_squares: f64) -> Mean {
     }
 }
 
-/// The 1-based ranks, in the `n` sorted values, that bound a 95% interval for the `p` quantile
-/// (distribution-free, from the binomial's normal approximation), clamped to 1..=n; and the
-/// rank of the quantile itself (nearest rank).
-pub fn quantile_ranks(n: u64, p: f64) -> Option<(u64, u64, u64)> {
+/// The 1-based ranks, in the `n` sorted values, of a 95% interval for the `p` quantile
+/// (distribution-free: round(np - z sqrt(np(1-p))) and round(np + 1 + z sqrt(np(1-p))), from the
+/// binomial's normal approximation), and of the quantile itself (nearest rank). A bound beyond
+/// the sample (too few values for a 95% interval there) is `None`.
+pub fn quantile_ranks(n: u64, p: f64) -> Option<(Option<u64>, u64, Option<u64>)> {
     if n == 0 {
         return None;
     }
     let nf = n as f64;
     let spread = Z95 * (nf * p * (1.0 - p)).sqrt();
-    let clamp = |r: f64| (r as u64).clamp(1, n);
+    let low = (nf * p - spread).round();
+    let high = (nf * p + 1.0 + spread).round();
     Some((
-        clamp((nf * p - spread).floor()),
-        clamp((nf * p).ceil()),
-        clamp((nf * p + spread).ceil() + 1.0),
+        (low >= 1.0).then_some(low as u64),
+        ((nf * p).ceil() as u64).clamp(1, n),
+        (high <= nf).then_some(high as u64),
     ))
 }
 
@@ -312,8 +314,10 @@ mod tests {
         let m = mean(5, 15.0, 55.0);
         assert!((m.low.unwrap() - (3.0 - 1.3859)).abs() < 1e-3, "{m:?}");
         // Median of 100: ranks 40 and 61 bound it; the median is rank 50.
-        assert_eq!(quantile_ranks(100, 0.5), Some((40, 50, 61)));
-        assert_eq!(quantile_ranks(1, 0.95), Some((1, 1, 1)));
+        assert_eq!(quantile_ranks(100, 0.5), Some((Some(40), 50, Some(61))));
+        // p95 of 100: rank 95, interval 91 to 100.
+        assert_eq!(quantile_ranks(100, 0.95), Some((Some(91), 95, Some(100))));
+        assert_eq!(quantile_ranks(1, 0.95), Some((Some(1), 1, None)));
     }
 
     #[test]

@@ -67,8 +67,11 @@ pub async fn create(
     Json(req): Json<NewExperiment>,
 ) -> ApiResult<(StatusCode, Json<ExperimentView>)> {
     caller.require_service()?;
-    if req.name.is_empty() || req.name.len() > ex::MAX_NAME_LEN {
-        return Err(invalid("name is 1-64 bytes"));
+    if req.name.is_empty()
+        || req.name.len() > ex::MAX_NAME_LEN
+        || req.name.chars().any(char::is_control)
+    {
+        return Err(invalid("name is 1-64 bytes, without control characters"));
     }
     ex::check_arms(req.unit, &req.arms).map_err(invalid)?;
     let effective = req.effective_play_seconds.unwrap_or(3.0);
@@ -108,13 +111,15 @@ async fn arm_reports(state: &AppState, row: &ExperimentRow) -> ApiResult<Vec<Arm
         let p = plays.get(&arm.name).cloned().unwrap_or_default();
         let n = p.plays.max(0) as u64;
         let ff = p.first_frames.max(0) as u64;
-        let ranks: Vec<(u64, u64, u64)> = [0.5, 0.95]
+        let ranks: Vec<(Option<u64>, u64, Option<u64>)> = [0.5, 0.95]
             .iter()
             .filter_map(|&q| ex::quantile_ranks(ff, q))
             .collect();
         let wanted: Vec<i64> = ranks
             .iter()
-            .flat_map(|&(a, b, c)| [a as i64, b as i64, c as i64])
+            .flat_map(|&(a, b, c)| [a, Some(b), c])
+            .flatten()
+            .map(|r| r as i64)
             .collect();
         let values: HashMap<i64, f64> = if wanted.is_empty() {
             HashMap::new()
@@ -130,8 +135,8 @@ async fn arm_reports(state: &AppState, row: &ExperimentRow) -> ApiResult<Vec<Arm
             Quantile {
                 n: ff,
                 value: r.and_then(|r| at(r.1)),
-                low: r.and_then(|r| at(r.0)),
-                high: r.and_then(|r| at(r.2)),
+                low: r.and_then(|r| r.0).and_then(at),
+                high: r.and_then(|r| r.2).and_then(at),
             }
         };
         let (videos, psnr, ssim) = quality.get(&arm.name).copied().unwrap_or((0, None, None));

@@ -110,7 +110,7 @@ pub fn choose_crfs(s: &Search, outputs: &[RenditionOutput]) -> Result<Vec<Choice
         .iter()
         .zip(&probes)
         .zip(&targets)
-        .map(|((o, p), &t)| clamp(o.codec, interpolate(p, t)))
+        .map(|((o, p), &t)| clamp(o.codec, decide(p, t)))
         .collect();
     let outside: Vec<usize> = (0..outputs.len())
         .filter(|&i| {
@@ -133,7 +133,7 @@ pub fn choose_crfs(s: &Search, outputs: &[RenditionOutput]) -> Result<Vec<Choice
         .zip(probes)
         .zip(targets)
         .map(|((o, probes), target)| {
-            let crf = clamp(o.codec, interpolate(&nearest_two(&probes, target), target));
+            let crf = clamp(o.codec, decide(&probes, target));
             let crf = if o.codec == VideoCodec::Av1 {
                 crf.round() // SVT-AV1 takes whole values only
             } else {
@@ -262,17 +262,33 @@ fn nearest_two(probes: &[Probe], target: f64) -> Vec<Probe> {
     sorted
 }
 
-/// The rate factor where the line through the first two probes reaches `target` (quality falls
-/// about linearly with the rate factor, in dB). One probe, or a flat line: that probe's.
-fn interpolate(probes: &[Probe], target: f64) -> f32 {
-    match probes {
-        [a, b, ..] if (a.score - b.score).abs() > 1e-6 && a.crf != b.crf => {
-            let slope = (b.score - a.score) / f64::from(b.crf - a.crf);
-            (f64::from(a.crf) + (target - a.score) / slope) as f32
-        }
-        [a, ..] => a.crf,
-        [] => f32::NAN,
+/// The rate factor to use: where the line through the two probes nearest the target meets it
+/// (quality falls about linearly with the rate factor, in dB). When the probes do not show
+/// quality falling as the rate factor rises (a flat stretch, noise, or a rate cap that holds
+/// every try down), no line is trusted: the highest rate factor that met the target, else the
+/// lowest one tried.
+fn decide(probes: &[Probe], target: f64) -> f32 {
+    if let [a, b] = nearest_two(probes, target)[..]
+        && let Some(crf) = interpolate(a, b, target)
+    {
+        return crf;
     }
+    probes
+        .iter()
+        .filter(|p| p.score >= target)
+        .map(|p| p.crf)
+        .fold(None, |m: Option<f32>, c| Some(m.map_or(c, |m| m.max(c))))
+        .or_else(|| probes.iter().map(|p| p.crf).reduce(f32::min))
+        .unwrap_or(f32::NAN)
+}
+
+/// Where the line through `a` and `b` reaches `target`, if quality falls along it.
+fn interpolate(a: Probe, b: Probe, target: f64) -> Option<f32> {
+    if a.crf == b.crf {
+        return None;
+    }
+    let slope = (b.score - a.score) / f64::from(b.crf - a.crf);
+    (slope < -1e-3).then(|| (f64::from(a.crf) + (target - a.score) / slope) as f32)
 }
 
 #[cfg(test)]
@@ -290,11 +306,15 @@ mod tests {
     #[test]
     fn the_line_through_two_tries_meets_the_target() {
         let p = [probe(21.0, 42.0), probe(27.0, 39.0)];
-        assert!((interpolate(&p, 40.0) - 25.0).abs() < 1e-4);
+        assert!((decide(&p, 40.0) - 25.0).abs() < 1e-4);
         // Outside the span: extrapolated, then clamped by the caller.
-        assert!((interpolate(&p, 44.0) - 17.0).abs() < 1e-4);
-        assert_eq!(interpolate(&[probe(21.0, 42.0)], 40.0), 21.0);
+        assert!((decide(&p, 44.0) - 17.0).abs() < 1e-4);
+        assert_eq!(decide(&[probe(21.0, 42.0)], 40.0), 21.0);
         assert_eq!(clamp(VideoCodec::H264, 80.0), 38.0);
+        // Quality not falling with the rate factor (noise, a rate cap): no line is trusted.
+        let flat = [probe(21.0, 40.0), probe(15.0, 39.99)];
+        assert_eq!(decide(&flat, 41.0), 15.0, "unreachable: the lowest tried");
+        assert_eq!(decide(&flat, 39.0), 21.0, "met by both: the highest");
     }
 
     #[test]

@@ -137,8 +137,9 @@ impl DecodedFrames {
     }
 }
 
-/// One output's comparison: FFmpeg's `psnr` and `ssim` filters on the luma plane, the source
-/// scaled (bicubic) to the output's size. Frames pair up in order (both get the same counter
+/// One output's comparison: FFmpeg's `psnr` and `ssim` filters on the luma plane as stored
+/// (8-bit, its own range: `extractplanes`, not a conversion to gray, which would stretch a
+/// limited-range Y and read ~1.3 dB low), the source scaled (bicubic) to the output's size. Frames pair up in order (both get the same counter
 /// as timestamp), as the renditions keep every source frame.
 struct Comparison {
     graph: filter::Graph,
@@ -171,7 +172,8 @@ impl Comparison {
             .add(&find("buffersink")?, "out", "")
             .map_err(MediaError::ffmpeg("creating the quality sink"))?;
         let spec = format!(
-            "[dist]format=gray[d];[ref]scale={}:{}:flags=bicubic,format=gray,split[r1][r2];\
+            "[dist]format=yuv420p,extractplanes=y[d];\
+             [ref]scale={}:{}:flags=bicubic,format=yuv420p,extractplanes=y,split[r1][r2];\
              [d][r1]psnr[p];[p][r2]ssim[out]",
             distorted.width(),
             distorted.height()

@@ -261,8 +261,15 @@ pub fn encode_slice(
         Some(profile) => profile.target(),
         None => options.quality_target,
     };
-    if let Some(target) = target.filter(|_| tier != Tier::Fast) {
+    // A GPU H.264 encoder takes no rate factor: its outputs are not searched.
+    let searched: Vec<usize> = (0..outputs.len())
+        .filter(|&i| options.h264_encoder.is_none() || outputs[i].codec != VideoCodec::H264)
+        .collect();
+    if let Some(target) = target.filter(|_| matches!(tier, Tier::High | Tier::Extreme))
+        && !searched.is_empty()
+    {
         let scratch = out_dir.join(format!(".vtx-work-per-title-{index}"));
+        let subset: Vec<RenditionOutput> = searched.iter().map(|&i| outputs[i].clone()).collect();
         let chosen = choose_crfs(
             &Search {
                 input: slice_file,
@@ -275,12 +282,19 @@ pub fn encode_slice(
                 scratch: &scratch,
                 deadline,
             },
-            &outputs,
+            &subset,
         );
         let _ = std::fs::remove_dir_all(&scratch);
-        for (o, c) in outputs.iter_mut().zip(chosen?) {
-            o.crf = Some(c.crf);
-            per_title.push((o.rung.name.clone() + "-" + o.codec.label(), c));
+        match chosen {
+            Ok(chosen) => {
+                for (&i, c) in searched.iter().zip(chosen) {
+                    let o = &mut outputs[i];
+                    o.crf = Some(c.crf);
+                    per_title.push((o.rung.name.clone() + "-" + o.codec.label(), c));
+                }
+            }
+            // The slice still encodes, at the tier's fixed rate factors.
+            Err(e) => tracing::warn!(slice = index, error = %e, "per-title search failed"),
         }
     }
     let request = TranscodeRequest {

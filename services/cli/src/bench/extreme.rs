@@ -19,7 +19,12 @@ type Point = (u32, f64, f64, f64);
 /// Each clip's top rung is encoded at four quality settings per codec (H.264 at the high
 /// tier's preset, HEVC and AV1 at the extreme tier's), measured against the source (PSNR and
 /// SSIM), and the rate-quality curves compared (Bjøntegaard delta rate).
-pub fn extreme(inputs: Vec<PathBuf>, priority_only: bool) -> anyhow::Result<()> {
+pub fn extreme(
+    inputs: Vec<PathBuf>,
+    priority_only: bool,
+    seconds: f64,
+    curves_only: bool,
+) -> anyhow::Result<()> {
     vtx_media::init();
     let inputs = if inputs.is_empty() {
         ["bigbuckbunny.mp4", "carphone_pristine.mp4", "bikes.mp4"]
@@ -37,7 +42,9 @@ pub fn extreme(inputs: Vec<PathBuf>, priority_only: bool) -> anyhow::Result<()> 
         "| clip | rung | codec | points: crf kbps PSNR SSIM | saving at equal PSNR | saving at equal SSIM |"
     );
     println!("| --- | --- | --- | --- | ---: | ---: |");
+    let mut per_title_rows = Vec::new();
     for input in &inputs {
+        let input = &first_seconds(input, seconds, scratch.path())?;
         let p = probe(input, &Limits::default(), Deadline::none())?;
         let rung = plan_ladder(p.video.display_width, p.video.display_height)
             .pop()
@@ -76,6 +83,7 @@ pub fn extreme(inputs: Vec<PathBuf>, priority_only: bool) -> anyhow::Result<()> 
             }
             curves.push((codec, points));
         }
+        per_title_rows.push(per_title_row(input, &p, &rung, &name, scratch.path())?);
         let anchor = curves[0].1.clone();
         for (codec, points) in &curves {
             let psnr =
@@ -106,8 +114,110 @@ pub fn extreme(inputs: Vec<PathBuf>, priority_only: bool) -> anyhow::Result<()> 
             );
         }
     }
-    fast_beside_extreme(&inputs[0], scratch.path())?;
+    println!();
+    println!(
+        "### Per-title on every codec: each reaches the fast tier's PSNR (`VTX_QUALITY_TARGET=fast`)"
+    );
+    println!();
+    println!(
+        "| clip | fast tier PSNR | H.264 high: crf kbps PSNR | HEVC: crf kbps PSNR, saving | AV1: crf kbps PSNR, saving |"
+    );
+    println!("| --- | ---: | --- | --- | --- |");
+    for row in per_title_rows {
+        println!("{row}");
+    }
+    if !curves_only {
+        fast_beside_extreme(&inputs[0], scratch.path())?;
+    }
     Ok(())
+}
+
+/// Per-title (target: the fast tier's quality) for the high tier's H.264 and the extreme
+/// tier's HEVC and AV1 on the whole clip, each encoded at its chosen rate factor and measured.
+fn per_title_row(
+    input: &Path,
+    p: &vtx_media::Probe,
+    rung: &vtx_domain::Rung,
+    name: &str,
+    dir: &Path,
+) -> anyhow::Result<String> {
+    use vtx_media::per_title::{Search, choose_crfs};
+    let v = &p.video;
+    let window = vtx_media::Window {
+        start: v.start_pts,
+        end: v.end_pts + 1,
+        time_base: v.time_base,
+    };
+    let mut cells = Vec::new();
+    let mut target = 0.0;
+    let mut anchor = 0.0;
+    for (tier, codec) in [
+        (Tier::High, VideoCodec::H264),
+        (Tier::Extreme, VideoCodec::Hevc),
+        (Tier::Extreme, VideoCodec::Av1),
+    ] {
+        let output = RenditionOutput {
+            rung: rung.clone(),
+            codec,
+            path: dir.join(format!("{name}-pt-{}.mp4", codec.label())),
+            crf: None,
+        };
+        let choice = choose_crfs(
+            &Search {
+                input,
+                window,
+                frame_rate: v.frame_rate_q,
+                rotation: v.rotation,
+                tier,
+                target: vtx_domain::QualityTarget::FastTier,
+                threads: None,
+                scratch: &dir.join("per-title"),
+                deadline: Deadline::none(),
+            },
+            std::slice::from_ref(&output),
+        )?
+        .remove(0);
+        target = choice.target;
+        let mut req = TranscodeRequest::new(
+            input,
+            vec![RenditionOutput {
+                crf: Some(choice.crf),
+                ..output.clone()
+            }],
+            tier,
+        );
+        req.audio = false;
+        req.rotation = v.rotation;
+        let rate = transcode_ladder(&req)?[0].bitrate as f64;
+        let q = vtx_media::measure(
+            input,
+            v.rotation,
+            std::slice::from_ref(&output.path),
+            Deadline::none(),
+        )?;
+        let _ = std::fs::remove_file(&output.path);
+        if codec == VideoCodec::H264 {
+            anchor = rate;
+            cells.push(format!(
+                "{} {:.0} {:.2}",
+                choice.crf,
+                rate / 1000.0,
+                q[0].psnr
+            ));
+        } else {
+            cells.push(format!(
+                "{} {:.0} {:.2}, {:.1}%",
+                choice.crf,
+                rate / 1000.0,
+                q[0].psnr,
+                (1.0 - rate / anchor) * 100.0
+            ));
+        }
+    }
+    Ok(format!(
+        "| {name} | {target:.2} (sample) | {} |",
+        cells.join(" | ")
+    ))
 }
 
 /// The fast tier's ladder of `input`, timed alone, beside extreme encodes at the normal

@@ -124,6 +124,34 @@ fn phone_like_bbb(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
+/// The first `seconds` of `input` (video only, stream-copied) in `dir`; `input` itself when it
+/// is not much longer (or `seconds` is 0).
+fn first_seconds(input: &Path, seconds: f64, dir: &Path) -> anyhow::Result<PathBuf> {
+    let full = vtx_media::probe(
+        input,
+        &vtx_media::Limits::default(),
+        vtx_media::Deadline::none(),
+    )?;
+    if seconds <= 0.0 || full.video.duration_seconds <= seconds + 1.0 {
+        return Ok(input.to_path_buf());
+    }
+    let stem = input
+        .file_stem()
+        .map_or("clip".into(), |s| s.to_string_lossy());
+    let cut = dir.join(format!("{stem}-{seconds}s.mp4"));
+    ffmpeg(&[
+        "-i".into(),
+        input.to_string_lossy().into_owned(),
+        "-t".into(),
+        seconds.to_string(),
+        "-an".into(),
+        "-c".into(),
+        "copy".into(),
+        cut.to_string_lossy().into_owned(),
+    ])?;
+    Ok(cut)
+}
+
 /// `clip` played `loops` times over, without re-encoding.
 fn loop_clip(clip: &Path, dir: &Path, loops: u32) -> anyhow::Result<PathBuf> {
     let stem = clip

@@ -145,24 +145,7 @@ pub fn quality(inputs: Vec<PathBuf>, seconds: f64, target_psnr: f64) -> anyhow::
         let name = input
             .file_stem()
             .map_or("clip".into(), |n| n.to_string_lossy().into_owned());
-        // Long clips: the first `seconds`, stream-copied.
-        let full = probe(&input, &Limits::default(), Deadline::none())?;
-        let path = if full.video.duration_seconds > seconds + 1.0 {
-            let cut = scratch.path().join(format!("{name}-{seconds}s.mp4"));
-            ffmpeg(&[
-                "-i".into(),
-                input.to_string_lossy().into_owned(),
-                "-t".into(),
-                seconds.to_string(),
-                "-an".into(),
-                "-c".into(),
-                "copy".into(),
-                cut.to_string_lossy().into_owned(),
-            ])?;
-            cut
-        } else {
-            input.clone()
-        };
+        let path = first_seconds(&input, seconds, scratch.path())?;
         let p = probe(&path, &Limits::default(), Deadline::none())?;
         let v = &p.video;
         let rung = plan_ladder(v.display_width, v.display_height)

@@ -369,6 +369,13 @@ impl Config {
         if self.s3.bucket.is_empty() {
             bail!("VTX_S3_BUCKET must not be empty");
         }
+        let factor = self.pipeline.max_bitrate_factor;
+        if !(factor.is_finite() && factor > 0.0) {
+            bail!("VTX_MAX_BITRATE_FACTOR must be a number above 0 (1.0: never above the source)");
+        }
+        if !(0.0..1.0).contains(&self.pipeline.rung_min_ratio) {
+            bail!("VTX_RUNG_MIN_RATIO must be at least 0 and below 1 (0 keeps every rung)");
+        }
         if self.pipeline.tiers.contains(&vtx_domain::Tier::Instant) {
             bail!("VTX_TIERS: the instant tier is not encoded; turn on VTX_INSTANT_PUBLISH");
         }

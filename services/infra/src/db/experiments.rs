@@ -255,15 +255,20 @@ pub async fn first_frame_at_ranks(
     .await
 }
 
-/// Per arm: videos assigned, and the mean PSNR and SSIM of their measured renditions.
+/// Per arm: videos assigned, and the mean over those videos of their measured high and extreme
+/// renditions' PSNR and SSIM (the tiers an encoder profile changes; each video counts once).
 pub async fn arm_quality(
     pool: &PgPool,
     experiment: Uuid,
 ) -> sqlx::Result<Vec<(String, i64, Option<f64>, Option<f64>)>> {
     sqlx::query_as(
-        "SELECT e.arm, count(DISTINCT e.video_id), avg(r.psnr), avg(r.ssim)
-         FROM experiment_videos e LEFT JOIN renditions r ON r.video_id = e.video_id
-         WHERE e.experiment_id = $1 GROUP BY e.arm",
+        "SELECT arm, count(*), avg(psnr), avg(ssim) FROM (
+             SELECT e.arm, e.video_id, avg(r.psnr) AS psnr, avg(r.ssim) AS ssim
+             FROM experiment_videos e
+             LEFT JOIN renditions r ON r.video_id = e.video_id
+                  AND r.tier IN ('high', 'extreme') AND r.container = 'mp4'
+             WHERE e.experiment_id = $1 GROUP BY e.arm, e.video_id
+         ) per_video GROUP BY arm",
     )
     .bind(experiment)
     .fetch_all(pool)

@@ -139,10 +139,26 @@ pub struct RenditionReport {
     pub concealed: Concealed,
 }
 
+/// Held by a transcode with AV1 outputs (see `transcode_ladder`).
+static AV1_TRANSCODES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs the ladder transcode. On any error every output file is removed, so a failure never
 /// leaves a half-written rendition behind.
 pub fn transcode_ladder(req: &TranscodeRequest) -> Result<Vec<RenditionReport>, MediaError> {
     crate::init();
+    // SVT-AV1 1.4.1 crashes a process where one AV1 encoder closes while another is still
+    // encoding (seen as a SIGSEGV once per-title searches made short AV1 encodes frequent; see
+    // `OpenEncoder` for the table it shares): transcodes with AV1 outputs run one at a time per
+    // process. One transcode may hold several AV1 encoders (one per rung).
+    let _av1 = req
+        .outputs
+        .iter()
+        .any(|o| o.codec == VideoCodec::Av1)
+        .then(|| {
+            AV1_TRANSCODES
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        });
     let result = run(req);
     if result.is_err() {
         for o in &req.outputs {

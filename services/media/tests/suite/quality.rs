@@ -11,11 +11,12 @@ use vtx_media::{
 };
 use vtx_testkit::{derived, media};
 
-/// The `ffmpeg` command line's PSNR (average, luma) and SSIM (luma) of `dist` against `reference`
-/// scaled to its size.
+/// The `ffmpeg` command line's PSNR and SSIM of the luma plane ("PSNR y", "SSIM Y") of `dist`
+/// against `reference` scaled to its size, as the usual command measures them.
 fn cli_quality(dist: &Path, reference: &Path, width: u32, height: u32) -> (f64, f64) {
     let graph = format!(
-        "[0:v]format=gray,split[d1][d2];[1:v]scale={width}:{height}:flags=bicubic,format=gray,split[r1][r2];\
+        "[0:v]format=yuv420p,split[d1][d2];\
+         [1:v]scale={width}:{height}:flags=bicubic,format=yuv420p,split[r1][r2];\
          [d1][r1]psnr;[d2][r2]ssim"
     );
     let out = Command::new("ffmpeg")
