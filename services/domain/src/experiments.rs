@@ -248,10 +248,17 @@ pub struct Quantile {
     pub high: Option<f64>,
 }
 
+/// Plays every arm needs before a winner is picked for the caller.
+pub const MIN_PLAYS_TO_PICK: u64 = 30;
+
 /// The arm a stopped experiment keeps when none is named: the one that delivers the fewest
 /// bytes per play among those not significantly worse than the best arm on failure rate and
 /// effective-play rate (95% intervals that do not overlap).
 pub fn pick_winner(arms: &[(String, Mean, Rate, Rate)]) -> Option<String> {
+    // Too few plays in any arm and every interval is too wide to rule anything out.
+    if arms.iter().any(|a| a.1.n < MIN_PLAYS_TO_PICK) {
+        return None;
+    }
     let best_failure = arms
         .iter()
         .filter_map(|a| a.2.high)

@@ -239,7 +239,10 @@ pub async fn stop(
             ex::pick_winner(&stats).ok_or_else(|| {
                 ApiError::conflict(
                     "experiment-undecided",
-                    "no plays reported yet: name the winner",
+                    format!(
+                        "fewer than {} plays in an arm: name the winner",
+                        ex::MIN_PLAYS_TO_PICK
+                    ),
                 )
             })?
         }

@@ -24,7 +24,7 @@ pub(crate) fn is_concealed(f: &frame::Video) -> bool {
 }
 
 /// A new reference to `f`'s picture (no pixels copied), with its own properties.
-fn frame_ref(f: &frame::Video) -> Result<frame::Video, MediaError> {
+pub(crate) fn frame_ref(f: &frame::Video) -> Result<frame::Video, MediaError> {
     let mut r = frame::Video::empty();
     // SAFETY: `r` is freshly allocated and clean, as av_frame_ref requires; `f` is live.
     let ret = unsafe { ffmpeg_next::ffi::av_frame_ref(r.as_mut_ptr(), f.as_ptr()) };

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use ffmpeg_next::{Rational, Rescale, filter, format, frame, media};
 use serde::{Deserialize, Serialize};
 
-use crate::conceal::VideoConcealer;
+use crate::conceal::{VideoConcealer, frame_ref};
 use crate::probe::is_discarded;
 use crate::probe::open_input;
 use crate::transcode::{PostDecode, Window};
@@ -202,7 +202,8 @@ impl Comparison {
         reference: &frame::Video,
         mut distorted: frame::Video,
     ) -> Result<(), MediaError> {
-        let mut reference = new_ref(reference)?;
+        // The graph takes ownership of what it is given; the source frame feeds every output's.
+        let mut reference = frame_ref(reference)?;
         reference.set_pts(Some(self.pts));
         distorted.set_pts(Some(self.pts));
         self.pts += 1;
@@ -319,16 +320,4 @@ pub fn measure_window(
             }),
         })
         .collect()
-}
-
-/// A new reference to `f`'s buffers (no copy): the filter graph takes ownership of what it is
-/// given, and one source frame feeds every output's comparison.
-fn new_ref(f: &frame::Video) -> Result<frame::Video, MediaError> {
-    let mut r = frame::Video::empty();
-    match unsafe { ffmpeg_next::ffi::av_frame_ref(r.as_mut_ptr(), f.as_ptr()) } {
-        0 => Ok(r),
-        e => Err(MediaError::ffmpeg("referencing a frame")(
-            ffmpeg_next::Error::from(e),
-        )),
-    }
 }
