@@ -265,7 +265,7 @@ async fn a_video_experiment_encodes_each_video_as_its_arm_and_the_winner_stays(p
             "name": "fixed rate factors against per-title",
             "unit": "video",
             "arms": [
-                {"name": "fixed", "weight": 1, "quality_target": "off"},
+                {"name": "fixed", "weight": 1, "quality_target": "off", "psychovisual": true},
                 {"name": "psnr42", "weight": 1, "quality_target": "psnr:42"}
             ]
         }),
@@ -302,8 +302,8 @@ async fn a_video_experiment_encodes_each_video_as_its_arm_and_the_winner_stays(p
     .json()
     .await
     .unwrap();
-    let (arm, profile): (String, Value) = sqlx::query_as(
-        "SELECT e.arm, j.plan->'profile' FROM experiment_videos e
+    let (arm, profile, psychovisual): (String, Value, Value) = sqlx::query_as(
+        "SELECT e.arm, j.plan->'profile', j.plan->'psychovisual' FROM experiment_videos e
          JOIN jobs j ON j.video_id = e.video_id WHERE e.video_id = $1",
     )
     .bind(done.video_id.as_uuid())
@@ -317,6 +317,9 @@ async fn a_video_experiment_encodes_each_video_as_its_arm_and_the_winner_stays(p
         json!({"Target": {"metric": "psnr", "value": 42.0}})
     };
     assert_eq!(profile, want, "the plan carries the arm's profile");
+    let want = if arm == "fixed" { json!(true) } else { json!(null) };
+    assert_eq!(psychovisual, want, "and its psychovisual setting");
+    assert_eq!(a["psychovisual"], want);
     let r: Value = post(
         &app,
         "/v1/playback-reports",

@@ -14,6 +14,8 @@
 #   - Debian's chromium, and tus-js-client, hls.js and playwright-core from npm under .vtx/web
 #   - the Kubernetes manifests' validators: kubectl (kustomize), kubernetes-validate, KEDA's and
 #     the Prometheus Operator's schemas (npm), promtool (Debian's prometheus package), in .vtx
+#   - Netflix's `vmaf` tool (libvmaf 2.3.1, for `vtx bench quality` and `vtx bench extreme`),
+#     built under .vtx/vmaf from the libvmaf source the crates.io crate libvmaf-sys vendors
 #
 # Works as root or through sudo. No systemd needed.
 set -euo pipefail
@@ -44,7 +46,7 @@ wait_port() { # port seconds name
 # --- Debian packages --------------------------------------------------------------------------
 PACKAGES=(libavcodec-dev libavformat-dev libavfilter-dev libswscale-dev libswresample-dev
           libavdevice-dev libavutil-dev ffmpeg clang libclang-dev pkg-config
-          postgresql rabbitmq-server chromium)
+          postgresql rabbitmq-server chromium nasm xxd)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -201,6 +203,30 @@ if ! "$STATE/prometheus/usr/bin/promtool" --version >/dev/null 2>&1; then
      { as_root apt-get update -qq && apt-get download -qq prometheus >/dev/null; })
   mkdir -p "$STATE/prometheus"
   dpkg-deb -x "$tmp"/prometheus_*.deb "$STATE/prometheus"
+  rm -rf "$tmp"
+fi
+
+# VMAF: Debian 12's FFmpeg has no libvmaf and Debian packages none; the crates.io crate
+# libvmaf-sys 0.4.4 vendors Netflix's libvmaf 2.3.1 and its models. Built static with meson and
+# ninja (PyPI) and nasm (Debian), its integer models built in: `vmaf --model version=vmaf_v0.6.1`.
+LIBVMAF_SYS_VERSION="0.4.4"
+if ! "$STATE/vmaf/bin/vmaf" --version >/dev/null 2>&1; then
+  log "building the vmaf tool (libvmaf from the crate libvmaf-sys $LIBVMAF_SYS_VERSION) into $STATE/vmaf"
+  "$STATE/py/bin/pip" install --quiet --disable-pip-version-check "meson==1.12.1" "ninja==1.13.2"
+  tmp="$(mktemp -d)"
+  cargo new --quiet --vcs none "$tmp/fetch"
+  echo "libvmaf-sys = { version = \"=$LIBVMAF_SYS_VERSION\", default-features = false }" >> "$tmp/fetch/Cargo.toml"
+  cargo fetch --quiet --manifest-path "$tmp/fetch/Cargo.toml"
+  crate="$(ls "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/libvmaf-sys-$LIBVMAF_SYS_VERSION.crate | head -n 1)"
+  tar xzf "$crate" -C "$tmp"
+  src="$tmp/libvmaf-sys-$LIBVMAF_SYS_VERSION/vmaf"
+  PATH="$STATE/py/bin:$PATH" meson setup "$tmp/build" "$src/libvmaf" --buildtype=release \
+    --default-library=static -Dbuilt_in_models=true -Denable_tests=false -Denable_docs=false \
+    --prefix="$STATE/vmaf" >/dev/null
+  PATH="$STATE/py/bin:$PATH" ninja -C "$tmp/build" -j 2 install >/dev/null
+  mkdir -p "$STATE/vmaf/model"
+  cp -r "$src/model/." "$STATE/vmaf/model/"
+  cp "$src/LICENSE" "$STATE/vmaf/LICENSE.vmaf"
   rm -rf "$tmp"
 fi
 

@@ -45,9 +45,35 @@ pub struct Arm {
     /// `fast`, `psnr:DB`, `ssim:VALUE` or `off` (fixed rate factors). Absent: the deployment's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality_target: Option<String>,
+    /// Encoder profile (video experiments): x264's and x265's psychovisual rate-distortion in
+    /// the high and extreme tiers (detail that looks sharper, paid in bits and in PSNR/SSIM).
+    /// Absent: the deployment's `VTX_PSYCHOVISUAL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psychovisual: Option<bool>,
     /// Delivery rule (viewer experiments): the player picks no rendition taller than this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_height: Option<u32>,
+}
+
+impl Arm {
+    /// What this arm changes in the high and extreme tiers' encodes.
+    pub fn encoder_profile(&self) -> EncoderProfile {
+        EncoderProfile {
+            target: self
+                .quality_target
+                .as_deref()
+                .and_then(|t| ProfileTarget::parse(t).ok()),
+            psychovisual: self.psychovisual,
+        }
+    }
+}
+
+/// An encoder profile: what the high and extreme tiers aim at, and how. `None` fields leave the
+/// workers' settings (`VTX_QUALITY_TARGET`, `VTX_PSYCHOVISUAL`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EncoderProfile {
+    pub target: Option<ProfileTarget>,
+    pub psychovisual: Option<bool>,
 }
 
 /// What an arm's encoder profile asks of the high and extreme tiers.
@@ -110,9 +136,12 @@ pub fn check_arms(unit: Unit, arms: &[Arm]) -> Result<(), String> {
         }
         match unit {
             Unit::Video if a.max_height.is_some() => {
-                return Err("a video experiment compares encoder profiles (quality_target)".into());
+                return Err(
+                    "a video experiment compares encoder profiles (quality_target, psychovisual)"
+                        .into(),
+                );
             }
-            Unit::Viewer if a.quality_target.is_some() => {
+            Unit::Viewer if a.quality_target.is_some() || a.psychovisual.is_some() => {
                 return Err("a viewer experiment compares delivery rules (max_height)".into());
             }
             _ => {}
@@ -284,6 +313,7 @@ mod tests {
             name: name.into(),
             weight,
             quality_target: None,
+            psychovisual: None,
             max_height: None,
         }
     }
@@ -339,6 +369,17 @@ mod tests {
         let mut c = arm("c", 1);
         c.quality_target = Some("vmaf:90".into());
         assert!(check_arms(Unit::Video, &[arm("a", 1), c]).is_err());
+        let mut d = arm("d", 1);
+        d.psychovisual = Some(true);
+        assert!(check_arms(Unit::Video, &[arm("a", 1), d.clone()]).is_ok());
+        assert_eq!(
+            d.encoder_profile(),
+            EncoderProfile {
+                target: None,
+                psychovisual: Some(true)
+            }
+        );
+        assert!(check_arms(Unit::Viewer, &[arm("a", 1), d]).is_err());
     }
 }
 
@@ -416,6 +457,7 @@ pub struct Assignment {
     pub experiment_id: String,
     pub arm: String,
     pub quality_target: Option<String>,
+    pub psychovisual: Option<bool>,
     pub max_height: Option<u32>,
 }
 

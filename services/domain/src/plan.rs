@@ -92,6 +92,9 @@ pub struct JobPlan {
     /// `VTX_QUALITY_TARGET`.
     #[serde(default)]
     pub profile: Option<crate::experiments::ProfileTarget>,
+    /// The same profile's psychovisual setting. `None`: the workers' `VTX_PSYCHOVISUAL`.
+    #[serde(default)]
+    pub psychovisual: Option<bool>,
 }
 
 impl JobPlan {
@@ -127,6 +130,7 @@ mod tests {
             audio_lead: 0,
             ladder: Default::default(),
             profile: None,
+            psychovisual: None,
             slices: vec![
                 SliceWindow {
                     index: 0,

@@ -294,6 +294,7 @@ pub async fn assignment(
         experiment_id: row.id.to_string(),
         arm: arm.name.clone(),
         quality_target: arm.quality_target.clone(),
+        psychovisual: arm.psychovisual,
         max_height: arm.max_height,
     }))
 }

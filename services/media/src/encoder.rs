@@ -74,12 +74,21 @@ impl VideoCodec {
 /// Encoder options for `codec` at `tier`, capped at `max_bitrate`, with closed GOPs. Keyframes
 /// are forced by the caller on a timeline grid shared by rungs and slices (forced frames become
 /// IDR); the encoder's own interval is only a backstop at twice the GOP.
+///
+/// Without `psychovisual`, the high and extreme tiers switch off x264's psy-rd and x265's
+/// psy-rd and psy-rdoq. Those spend bits on texture that looks sharp but is not the source's
+/// (PSNR and SSIM count it as error). The fast tier's x264 veryfast has them in name only:
+/// its sub-pixel refinement (subme 2) is below the rate-distortion modes psy-rd acts in, and
+/// its output with `psy=0` is the same to 0.2% of the bytes. So off, the slower tiers aim at
+/// the look viewers already accept from the fast tier, with fewer bits.
 pub(crate) fn encoder_options(
     codec: VideoCodec,
     tier: Tier,
     rung: &vtx_domain::Rung,
     gop: u32,
+    psychovisual: bool,
 ) -> Dictionary<'static> {
+    let psy_off = !psychovisual && matches!(tier, Tier::High | Tier::Extreme);
     let mut o = Dictionary::new();
     let max_bitrate = rung.max_bitrate;
     let maxrate = max_bitrate.to_string();
@@ -107,7 +116,10 @@ pub(crate) fn encoder_options(
             o.set("bufsize", &bufsize);
             o.set(
                 "x264-params",
-                &format!("keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0{vbv_init}"),
+                &format!(
+                    "keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0{vbv_init}{}",
+                    if psy_off { ":psy=0" } else { "" }
+                ),
             );
         }
         VideoCodec::Hevc => {
@@ -124,10 +136,11 @@ pub(crate) fn encoder_options(
             o.set(
                 "x265-params",
                 &format!(
-                    "keyint={}:min-keyint={gop}:scenecut=0:open-gop=0:vbv-maxrate={}:vbv-bufsize={}:log-level=error{vbv_init}",
+                    "keyint={}:min-keyint={gop}:scenecut=0:open-gop=0:vbv-maxrate={}:vbv-bufsize={}:log-level=error{vbv_init}{}",
                     gop * 2,
                     max_bitrate / 1000,
-                    u64::from(max_bitrate) * buffer_seconds / 1000
+                    u64::from(max_bitrate) * buffer_seconds / 1000,
+                    if psy_off { ":psy-rd=0:psy-rdoq=0" } else { "" }
                 ),
             );
         }
@@ -215,6 +228,27 @@ fn av1c_string(d: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn psychovisual_tuning_is_off_in_the_slower_tiers_unless_asked_for() {
+        let rung = vtx_domain::plan_ladder(1280, 720).pop().unwrap();
+        let params = |codec: VideoCodec, tier, psy| {
+            let key = match codec {
+                VideoCodec::H264 => "x264-params",
+                _ => "x265-params",
+            };
+            encoder_options(codec, tier, &rung, 60, psy)
+                .get(key)
+                .unwrap()
+                .to_string()
+        };
+        assert!(params(VideoCodec::H264, Tier::High, false).ends_with(":psy=0"));
+        assert!(!params(VideoCodec::H264, Tier::High, true).contains("psy"));
+        // The fast tier keeps x264's defaults: at veryfast psy-rd barely acts.
+        assert!(!params(VideoCodec::H264, Tier::Fast, false).contains("psy"));
+        assert!(params(VideoCodec::Hevc, Tier::Extreme, false).ends_with(":psy-rd=0:psy-rdoq=0"));
+        assert!(!params(VideoCodec::Hevc, Tier::Extreme, true).contains("psy"));
+    }
 
     #[test]
     fn avc_string_from_avcc() {

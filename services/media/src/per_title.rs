@@ -32,6 +32,8 @@ pub struct Search<'a> {
     pub rotation: u32,
     pub tier: Tier,
     pub target: QualityTarget,
+    /// The encodes' psychovisual setting (`TranscodeRequest::psychovisual`).
+    pub psychovisual: bool,
     pub threads: Option<usize>,
     /// Sample encodes and their measurements go here (removed afterwards).
     pub scratch: &'a Path,
@@ -215,6 +217,7 @@ fn encode_sample(
     req.frame_rate = Some(s.frame_rate);
     req.rotation = s.rotation;
     req.audio = false;
+    req.psychovisual = s.psychovisual;
     req.threads = s.threads;
     req.deadline = s.deadline;
     let result = transcode_ladder(&req).and_then(|reports| {

@@ -55,6 +55,7 @@ pub struct PipelineRequest {
     pub damage: DamagePolicy,
     /// Per-title rate factors for the high and extreme tiers (`EncodeOptions`).
     pub quality_target: Option<vtx_domain::QualityTarget>,
+    pub psychovisual: bool,
     /// No rendition peaks above this times the source's video bitrate (`LadderLimits`).
     pub max_bitrate_factor: f64,
     pub deadline: Deadline,
@@ -76,6 +77,7 @@ impl PipelineRequest {
             quality: true,
             damage: DamagePolicy::default(),
             quality_target: None,
+            psychovisual: false,
             max_bitrate_factor: vtx_domain::ladder::DEFAULT_BITRATE_FACTOR,
             deadline: Deadline::none(),
             progress: None,
@@ -200,6 +202,7 @@ fn run_inner(
                         h264_encoder: None,
                         damage: req.damage,
                         quality_target: req.quality_target,
+                        psychovisual: req.psychovisual,
                     };
                     match encode_slice(
                         &slice.path,

@@ -82,6 +82,7 @@ pub fn plan_job(probe: &Probe, slice_seconds: f64) -> JobPlan {
             }),
         ladder: LadderLimits::for_source(v.bitrate),
         profile: None,
+        psychovisual: None,
         // Cuts prefer source keyframes on the 2 s output grid (see `encode_slice`).
         slices: plan_slices_on_grid(
             &keys,
@@ -180,6 +181,8 @@ pub struct EncodeOptions {
     /// The high and extreme tiers choose each rendition's rate factor per slice to reach this
     /// (`per_title`); `None`: the tier's fixed rate factor (quality first).
     pub quality_target: Option<QualityTarget>,
+    /// `TranscodeRequest::psychovisual` (a plan's own setting, from an experiment, wins).
+    pub psychovisual: bool,
 }
 
 impl EncodeOptions {
@@ -206,6 +209,7 @@ impl EncodeOptions {
             threads: self.threads,
             h264_encoder: self.h264_encoder.clone(),
             crf: None,
+            psychovisual: self.psychovisual,
             damage: self.damage,
             deadline,
             progress: self.progress.clone(),
@@ -257,6 +261,7 @@ pub fn encode_slice(
         time_base: plan.time_base,
     };
     let mut per_title = Vec::new();
+    let psychovisual = plan.psychovisual.unwrap_or(options.psychovisual);
     let target = match plan.profile {
         Some(profile) => profile.target(),
         None => options.quality_target,
@@ -278,6 +283,7 @@ pub fn encode_slice(
                 rotation: plan.rotation,
                 tier,
                 target,
+                psychovisual,
                 threads: options.threads,
                 scratch: &scratch,
                 deadline,
@@ -302,6 +308,7 @@ pub fn encode_slice(
         timeline_offset: plan.offset_of(w),
         frame_rate: Some(plan.frame_rate),
         rotation: plan.rotation,
+        psychovisual,
         ..options.video_request(slice_file, outputs, tier, deadline)
     };
     let reports = transcode_ladder(&request)?;

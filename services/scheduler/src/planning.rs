@@ -99,7 +99,8 @@ impl LeasedTask for PlanTask<'_> {
                     db::experiments::profile_for(&self.scheduler.inner.pool, claim.source.video)
                         .await
                         .map_err(|e| Failure::Retryable(e.to_string()))?;
-                planned.plan.profile = profile;
+                planned.plan.profile = profile.target;
+                planned.plan.psychovisual = profile.psychovisual;
                 planned.arm = arm;
                 planned.started = started;
                 Ok(planned)

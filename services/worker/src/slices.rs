@@ -48,6 +48,7 @@ impl Worker {
             h264_encoder: self.preferred_h264(),
             damage: inner.cfg.damage,
             quality_target: inner.cfg.quality_target,
+            psychovisual: inner.cfg.psychovisual,
             ..EncodeOptions::default()
         };
         let span = tracing::Span::current();

@@ -2,6 +2,7 @@
 //! beside extreme encodes.
 
 use super::bd_rate::bd_saving;
+use super::titled::{Encoding, Measured};
 use super::*;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -12,13 +13,11 @@ use vtx_media::{
     Deadline, Limits, RenditionOutput, Tier, TranscodeRequest, VideoCodec, probe, transcode_ladder,
 };
 
-/// One encode of a rate-quality curve: (crf, bits/s, PSNR, SSIM).
-type Point = (u32, f64, f64, f64);
-
 /// `vtx bench extreme`: what the extreme tier saves against the high tier at equal quality.
 /// Each clip's top rung is encoded at four quality settings per codec (H.264 at the high
-/// tier's preset, HEVC and AV1 at the extreme tier's), measured against the source (PSNR and
-/// SSIM), and the rate-quality curves compared (Bjøntegaard delta rate).
+/// tier's preset, HEVC and AV1 at the extreme tier's, all with the tiers' default settings),
+/// measured against the source (PSNR, SSIM, and VMAF where the tool is built), and the
+/// rate-quality curves compared (Bjøntegaard delta rate).
 pub fn extreme(
     inputs: Vec<PathBuf>,
     priority_only: bool,
@@ -39,78 +38,76 @@ pub fn extreme(
         return fast_beside_extreme(&inputs[0], scratch.path());
     }
     println!(
-        "| clip | rung | codec | points: crf kbps PSNR SSIM | saving at equal PSNR | saving at equal SSIM |"
+        "| clip | rung | codec | points: crf kbps PSNR SSIM VMAF | saving at equal PSNR | at equal SSIM | at equal VMAF |"
     );
-    println!("| --- | --- | --- | --- | ---: | ---: |");
+    println!("| --- | --- | --- | --- | ---: | ---: | ---: |");
     let mut per_title_rows = Vec::new();
     for input in &inputs {
         let input = &first_seconds(input, seconds, scratch.path())?;
-        let p = probe(input, &Limits::default(), Deadline::none())?;
-        let rung = plan_ladder(p.video.display_width, p.video.display_height)
+        let video = probe(input, &Limits::default(), Deadline::none())?.video;
+        let rung = plan_ladder(video.display_width, video.display_height)
             .pop()
             .context("no rung")?;
         let name = input
             .file_name()
             .map_or("clip".into(), |n| n.to_string_lossy().into_owned());
-        let mut curves: Vec<(VideoCodec, Vec<Point>)> = Vec::new();
+        let e = Encoding {
+            input,
+            video: &video,
+            rung: &rung,
+            psychovisual: false,
+            threads: None,
+            dir: scratch.path(),
+        };
+        let mut curves: Vec<(VideoCodec, Vec<(f32, Measured)>)> = Vec::new();
         for (codec, tier, crfs) in [
-            (VideoCodec::H264, Tier::High, [17u32, 21, 25, 29]),
-            (VideoCodec::Hevc, Tier::Extreme, [20, 24, 28, 32]),
-            (VideoCodec::Av1, Tier::Extreme, [24, 30, 36, 42]),
+            (VideoCodec::H264, Tier::High, [17.0, 21.0, 25.0, 29.0]),
+            (VideoCodec::Hevc, Tier::Extreme, [20.0, 24.0, 28.0, 32.0]),
+            (VideoCodec::Av1, Tier::Extreme, [24.0, 30.0, 36.0, 42.0]),
         ] {
             let mut points = Vec::new();
             for crf in crfs {
-                let path = scratch
-                    .path()
-                    .join(format!("{name}-{}-{crf}.mp4", codec.label()));
-                let mut req = TranscodeRequest::new(
-                    input,
-                    vec![RenditionOutput {
-                        rung: rung.clone(),
-                        codec,
-                        path: path.clone(),
-                        crf: None,
-                    }],
-                    tier,
-                );
-                req.audio = false;
-                req.crf = Some(crf);
-                req.rotation = p.video.rotation;
-                let report = transcode_ladder(&req)?;
-                let r = report.first().context("no report")?;
-                let q = vtx_media::measure(input, p.video.rotation, &[path], Deadline::none())?;
-                points.push((crf, r.bitrate as f64, q[0].psnr, q[0].ssim));
+                let req = e.request(codec, tier, Some(crf), &format!("{}-{crf}.mp4", codec.label()));
+                points.push((crf, e.run(&req)?));
             }
             curves.push((codec, points));
         }
-        per_title_rows.push(per_title_row(input, &p, &rung, &name, scratch.path())?);
+        per_title_rows.push(per_title_row(&e, &name)?);
         let anchor = curves[0].1.clone();
         for (codec, points) in &curves {
-            let psnr =
-                |c: &[(u32, f64, f64, f64)]| c.iter().map(|p| (p.1, p.2)).collect::<Vec<_>>();
-            let ssim =
-                |c: &[(u32, f64, f64, f64)]| c.iter().map(|p| (p.1, p.3)).collect::<Vec<_>>();
-            let fmt = |s: Option<f64>| s.map_or("n/a".into(), |s| format!("{:.1}%", s * 100.0));
-            let (sp, ss) = if *codec == VideoCodec::H264 {
-                ("anchor".to_string(), "anchor".to_string())
-            } else {
-                (
-                    fmt(bd_saving(&psnr(&anchor), &psnr(points))),
-                    fmt(bd_saving(&ssim(&anchor), &ssim(points))),
-                )
+            let on = |c: &[(f32, Measured)], q: fn(&Measured) -> Option<f64>| {
+                c.iter()
+                    .map(|(_, m)| Some((m.rate, q(m)?)))
+                    .collect::<Option<Vec<_>>>()
             };
+            let metrics: [fn(&Measured) -> Option<f64>; 3] =
+                [|m| Some(m.psnr), |m| Some(m.ssim), |m| m.vmaf];
+            let cells: Vec<String> = metrics
+                .iter()
+                .map(|&q| {
+                    if *codec == VideoCodec::H264 {
+                        return "anchor".to_string();
+                    }
+                    let saving = || bd_saving(&on(&anchor, q)?, &on(points, q)?);
+                    saving().map_or("n/a".into(), |s| format!("{:.1}%", s * 100.0))
+                })
+                .collect();
             println!(
-                "| {name} | {} | {} | {} | {sp} | {ss} |",
+                "| {name} | {} | {} | {} | {} |",
                 rung.name,
                 codec.label(),
                 points
                     .iter()
-                    .map(|(crf, kbps, psnr, ssim)| format!(
-                        "{crf}: {:.0} {psnr:.2} {ssim:.4}",
-                        kbps / 1000.0
+                    .map(|(crf, m)| format!(
+                        "{crf}: {:.0} {:.2} {:.4} {}",
+                        m.rate / 1000.0,
+                        m.psnr,
+                        m.ssim,
+                        m.vmaf.map_or("-".into(), |v| format!("{v:.2}"))
                     ))
                     .collect::<Vec<_>>()
-                    .join("; ")
+                    .join("; "),
+                cells.join(" | ")
             );
         }
     }
@@ -134,20 +131,7 @@ pub fn extreme(
 
 /// Per-title (target: the fast tier's quality) for the high tier's H.264 and the extreme
 /// tier's HEVC and AV1 on the whole clip, each encoded at its chosen rate factor and measured.
-fn per_title_row(
-    input: &Path,
-    p: &vtx_media::Probe,
-    rung: &vtx_domain::Rung,
-    name: &str,
-    dir: &Path,
-) -> anyhow::Result<String> {
-    use vtx_media::per_title::{Search, choose_crfs};
-    let v = &p.video;
-    let window = vtx_media::Window {
-        start: v.start_pts,
-        end: v.end_pts + 1,
-        time_base: v.time_base,
-    };
+fn per_title_row(e: &Encoding, name: &str) -> anyhow::Result<String> {
     let mut cells = Vec::new();
     let mut target = 0.0;
     let mut anchor = 0.0;
@@ -156,62 +140,14 @@ fn per_title_row(
         (Tier::Extreme, VideoCodec::Hevc),
         (Tier::Extreme, VideoCodec::Av1),
     ] {
-        let output = RenditionOutput {
-            rung: rung.clone(),
-            codec,
-            path: dir.join(format!("{name}-pt-{}.mp4", codec.label())),
-            crf: None,
-        };
-        let choice = choose_crfs(
-            &Search {
-                input,
-                window,
-                frame_rate: v.frame_rate_q,
-                rotation: v.rotation,
-                tier,
-                target: vtx_domain::QualityTarget::FastTier,
-                threads: None,
-                scratch: &dir.join("per-title"),
-                deadline: Deadline::none(),
-            },
-            std::slice::from_ref(&output),
-        )?
-        .remove(0);
-        target = choice.target;
-        let mut req = TranscodeRequest::new(
-            input,
-            vec![RenditionOutput {
-                crf: Some(choice.crf),
-                ..output.clone()
-            }],
-            tier,
-        );
-        req.audio = false;
-        req.rotation = v.rotation;
-        let rate = transcode_ladder(&req)?[0].bitrate as f64;
-        let q = vtx_media::measure(
-            input,
-            v.rotation,
-            std::slice::from_ref(&output.path),
-            Deadline::none(),
-        )?;
-        let _ = std::fs::remove_file(&output.path);
+        let t = e.per_title(codec, tier, vtx_domain::QualityTarget::FastTier)?;
+        target = t.target;
+        let cell = format!("{} {:.0} {:.2}", t.crf, t.m.rate / 1000.0, t.m.psnr);
         if codec == VideoCodec::H264 {
-            anchor = rate;
-            cells.push(format!(
-                "{} {:.0} {:.2}",
-                choice.crf,
-                rate / 1000.0,
-                q[0].psnr
-            ));
+            anchor = t.m.rate;
+            cells.push(cell);
         } else {
-            cells.push(format!(
-                "{} {:.0} {:.2}, {:.1}%",
-                choice.crf,
-                rate / 1000.0,
-                q[0].psnr,
-                (1.0 - rate / anchor) * 100.0
-            ));
+            cells.push(format!("{cell}, {:.1}%", (1.0 - t.m.rate / anchor) * 100.0));
         }
     }
     Ok(format!(

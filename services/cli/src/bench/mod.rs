@@ -12,7 +12,9 @@ mod publish_load;
 mod quality;
 mod stack;
 mod status;
+mod titled;
 mod uploads;
+mod vmaf;
 
 pub use extreme::extreme;
 pub use hotness::hotness;

@@ -5,96 +5,48 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use vtx_domain::{QualityTarget, Rung, plan_ladder};
-use vtx_media::per_title::{Search, choose_crfs};
-use vtx_media::{
-    Deadline, Limits, RenditionOutput, Tier, TranscodeRequest, VideoCodec, Window, probe,
-    transcode_ladder,
-};
+use vtx_media::{Deadline, Limits, Tier, VideoCodec, VideoInfo, probe};
 
 use super::bd_rate::bd_saving;
+use super::titled::{Encoding, Measured, Titled};
 use super::*;
 
 const CRFS: [f32; 5] = [17.0, 20.0, 23.0, 26.0, 29.0];
 
-/// One encode: bits/s, PSNR, SSIM, CPU seconds.
+/// One encode of a curve.
 #[derive(Clone, Copy)]
 struct Point {
     crf: f32,
-    rate: f64,
-    psnr: f64,
-    ssim: f64,
-    cpu: f64,
+    m: Measured,
 }
 
 struct Clip {
     name: String,
     path: PathBuf,
+    video: VideoInfo,
     rung: Rung,
-    window: Window,
-    frame_rate: (i32, i32),
-    rotation: u32,
 }
 
-fn encode(clip: &Clip, tier: Tier, crf: Option<f32>, dir: &Path) -> anyhow::Result<Point> {
-    let path = dir.join(format!("{}-{tier:?}-{crf:?}.mp4", clip.name));
-    let mut req = TranscodeRequest::new(
-        &clip.path,
-        vec![RenditionOutput {
-            rung: clip.rung.clone(),
-            codec: VideoCodec::H264,
-            path: path.clone(),
-            crf,
-        }],
-        tier,
-    );
-    req.audio = false;
-    req.rotation = clip.rotation;
-    req.threads = Some(1);
-    let (cost, report) = measure_cost(|| Ok(transcode_ladder(&req)?))?;
-    let q = vtx_media::measure(
-        &clip.path,
-        clip.rotation,
-        std::slice::from_ref(&path),
-        Deadline::none(),
-    )?;
-    let _ = std::fs::remove_file(&path);
+impl Clip {
+    fn encoding<'a>(&'a self, psychovisual: bool, dir: &'a Path) -> Encoding<'a> {
+        Encoding {
+            input: &self.path,
+            video: &self.video,
+            rung: &self.rung,
+            psychovisual,
+            threads: None,
+            dir,
+        }
+    }
+}
+
+fn encode(e: &Encoding, tier: Tier, crf: Option<f32>) -> anyhow::Result<Point> {
+    let name = format!("{tier:?}-{crf:?}-{}.mp4", e.psychovisual);
+    let m = e.run(&e.request(VideoCodec::H264, tier, crf, &name))?;
     Ok(Point {
         crf: crf.unwrap_or(VideoCodec::H264.default_crf(tier)),
-        rate: report[0].bitrate as f64,
-        psnr: q[0].psnr,
-        ssim: q[0].ssim,
-        cpu: cost.cpu,
+        m,
     })
-}
-
-/// Per-title on the whole clip (one slice), then the encode at the chosen rate factor; the CPU
-/// cost includes the search.
-fn per_title(clip: &Clip, target: QualityTarget, dir: &Path) -> anyhow::Result<Point> {
-    let scratch = dir.join("per-title");
-    let (search_cost, choice) = measure_cost(|| {
-        Ok(choose_crfs(
-            &Search {
-                input: &clip.path,
-                window: clip.window,
-                frame_rate: clip.frame_rate,
-                rotation: clip.rotation,
-                tier: Tier::High,
-                target,
-                threads: Some(1),
-                scratch: &scratch,
-                deadline: Deadline::none(),
-            },
-            &[RenditionOutput {
-                rung: clip.rung.clone(),
-                codec: VideoCodec::H264,
-                path: dir.join("unused"),
-                crf: None,
-            }],
-        )?)
-    })?;
-    let mut p = encode(clip, Tier::High, Some(choice[0].crf), dir)?;
-    p.cpu += search_cost.cpu;
-    Ok(p)
 }
 
 /// ln(bits/s) at rate factor `crf` on a curve (linear between the measured points).
@@ -104,7 +56,7 @@ fn rate_at(curve: &[Point], crf: f32) -> f64 {
         .clamp(1, curve.len() - 1);
     let (a, b) = (curve[i - 1], curve[i]);
     let t = f64::from((crf - a.crf) / (b.crf - a.crf));
-    (a.rate.ln() + t * (b.rate.ln() - a.rate.ln())).exp()
+    (a.m.rate.ln() + t * (b.m.rate.ln() - a.m.rate.ln())).exp()
 }
 
 /// CPU seconds of an encode at `crf` on a curve (the nearest point's).
@@ -112,23 +64,44 @@ fn rate_cpu(curve: &[Point], crf: f32) -> f64 {
     curve
         .iter()
         .min_by(|a, b| (a.crf - crf).abs().total_cmp(&(b.crf - crf).abs()))
-        .map_or(0.0, |p| p.cpu)
+        .map_or(0.0, |p| p.m.cpu)
 }
 
 /// The rate factor where a curve's PSNR reaches `target` (linear between the points).
 fn crf_for(curve: &[Point], target: f64) -> f32 {
     for w in curve.windows(2) {
         let (a, b) = (w[0], w[1]);
-        if (a.psnr >= target) && (b.psnr <= target) {
-            let t = (a.psnr - target) / (a.psnr - b.psnr).max(1e-9);
+        if (a.m.psnr >= target) && (b.m.psnr <= target) {
+            let t = (a.m.psnr - target) / (a.m.psnr - b.m.psnr).max(1e-9);
             return a.crf + t as f32 * (b.crf - a.crf);
         }
     }
-    if curve[0].psnr < target {
+    if curve[0].m.psnr < target {
         curve[0].crf
     } else {
         curve[curve.len() - 1].crf
     }
+}
+
+/// BD-rate savings of `test` against `anchor` at equal PSNR, SSIM and VMAF.
+fn savings(anchor: &[Point], test: &[Point]) -> String {
+    let on = |c: &[Point], q: fn(&Measured) -> Option<f64>| -> Option<Vec<(f64, f64)>> {
+        c.iter().map(|p| Some((p.m.rate, q(&p.m)?))).collect()
+    };
+    let metrics: [fn(&Measured) -> Option<f64>; 3] =
+        [|m| Some(m.psnr), |m| Some(m.ssim), |m| m.vmaf];
+    metrics
+        .iter()
+        .map(|&q| {
+            let saving = || bd_saving(&on(anchor, q)?, &on(test, q)?);
+            saving().map_or("n/a".into(), |s| format!("{:.1}%", s * 100.0))
+        })
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+fn vmaf_cell(m: &Measured) -> String {
+    m.vmaf.map_or("-".into(), |v| format!("{v:.2}"))
 }
 
 pub fn quality(inputs: Vec<PathBuf>, seconds: f64, target_psnr: f64) -> anyhow::Result<()> {
@@ -147,6 +120,9 @@ pub fn quality(inputs: Vec<PathBuf>, seconds: f64, target_psnr: f64) -> anyhow::
     } else {
         inputs
     };
+    if super::vmaf::tool().is_none() {
+        eprintln!("no vmaf tool (deploy/local/setup.sh builds it): VMAF is left out");
+    }
     let scratch = tempfile::tempdir()?;
     let mut clips = Vec::new();
     for input in inputs {
@@ -154,22 +130,15 @@ pub fn quality(inputs: Vec<PathBuf>, seconds: f64, target_psnr: f64) -> anyhow::
             .file_stem()
             .map_or("clip".into(), |n| n.to_string_lossy().into_owned());
         let path = first_seconds(&input, seconds, scratch.path())?;
-        let p = probe(&path, &Limits::default(), Deadline::none())?;
-        let v = &p.video;
-        let rung = plan_ladder(v.display_width, v.display_height)
+        let video = probe(&path, &Limits::default(), Deadline::none())?.video;
+        let rung = plan_ladder(video.display_width, video.display_height)
             .pop()
             .context("no rung")?;
         clips.push(Clip {
             name,
             path,
+            video,
             rung,
-            window: Window {
-                start: v.start_pts,
-                end: v.end_pts + 1,
-                time_base: v.time_base,
-            },
-            frame_rate: v.frame_rate_q,
-            rotation: v.rotation,
         });
     }
     let dir = scratch.path();
@@ -177,75 +146,83 @@ pub fn quality(inputs: Vec<PathBuf>, seconds: f64, target_psnr: f64) -> anyhow::
     println!("### The high tier (x264 slow) against the fast tier (x264 veryfast)");
     println!();
     println!(
-        "| clip | rung | fast: crf kbps PSNR SSIM | high: crf kbps PSNR SSIM | BD-rate at equal PSNR | at equal SSIM |"
+        "Points: crf kbps PSNR SSIM VMAF. Savings: BD-rate against the fast tier at equal PSNR / SSIM / VMAF."
     );
-    println!("| --- | --- | --- | --- | ---: | ---: |");
+    println!();
+    println!(
+        "| clip | rung | fast | high (psychovisual off, the default) | high, psychovisual on | saving, psy off | saving, psy on |"
+    );
+    println!("| --- | --- | --- | --- | --- | ---: | ---: |");
     let mut curves = Vec::new();
     for clip in &clips {
-        let mut fast = Vec::new();
-        let mut high = Vec::new();
+        let (off, on) = (clip.encoding(false, dir), clip.encoding(true, dir));
+        let (mut fast, mut high, mut psy) = (Vec::new(), Vec::new(), Vec::new());
         for crf in CRFS {
-            fast.push(encode(clip, Tier::Fast, Some(crf), dir)?);
-            high.push(encode(clip, Tier::High, Some(crf), dir)?);
+            fast.push(encode(&off, Tier::Fast, Some(crf))?);
+            high.push(encode(&off, Tier::High, Some(crf))?);
+            psy.push(encode(&on, Tier::High, Some(crf))?);
         }
-        let psnr = |c: &[Point]| c.iter().map(|p| (p.rate, p.psnr)).collect::<Vec<_>>();
-        let ssim = |c: &[Point]| c.iter().map(|p| (p.rate, p.ssim)).collect::<Vec<_>>();
         let pts = |c: &[Point]| {
             c.iter()
                 .map(|p| {
                     format!(
-                        "{}: {:.0} {:.2} {:.4}",
+                        "{}: {:.0} {:.2} {:.4} {}",
                         p.crf,
-                        p.rate / 1000.0,
-                        p.psnr,
-                        p.ssim
+                        p.m.rate / 1000.0,
+                        p.m.psnr,
+                        p.m.ssim,
+                        vmaf_cell(&p.m)
                     )
                 })
                 .collect::<Vec<_>>()
                 .join("; ")
         };
-        let pct = |s: Option<f64>| s.map_or("n/a".into(), |s| format!("{:.1}%", s * 100.0));
         println!(
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             clip.name,
             clip.rung.name,
             pts(&fast),
             pts(&high),
-            pct(bd_saving(&psnr(&fast), &psnr(&high))),
-            pct(bd_saving(&ssim(&fast), &ssim(&high))),
+            pts(&psy),
+            savings(&fast, &high),
+            savings(&fast, &psy),
         );
         curves.push((fast, high));
     }
 
     println!();
-    println!("### Operating points");
+    println!("### Operating points (kbps PSNR VMAF)");
     println!();
     println!(
-        "| clip | fast (crf 23): kbps PSNR | high, fixed crf 21 (quality first): kbps PSNR | high, per-title `fast`: crf kbps PSNR | per-title against fast: bits | CPU s: fast / fixed high / per-title high |"
+        "| clip | fast (crf 23) | high, quality first (`VTX_QUALITY_TARGET=off`, `VTX_PSYCHOVISUAL=true`): crf 21 | high, default (per-title `fast`, psychovisual off): crf | per-title against fast: bits | CPU s: fast / quality first / default |"
     );
     println!("| --- | --- | --- | --- | ---: | --- |");
-    let mut per_title_fast = Vec::new();
     for (clip, (fast, _)) in clips.iter().zip(&curves) {
-        let f = fast[2];
-        // Today's fixed setting (`VTX_QUALITY_TARGET=off`): the high tier's default rate factor.
-        let fixed = encode(clip, Tier::High, None, dir)?;
-        let pt = per_title(clip, QualityTarget::FastTier, dir)?;
+        let f = fast[2].m;
+        let first = encode(&clip.encoding(true, dir), Tier::High, None)?.m;
+        let pt = clip
+            .encoding(false, dir)
+            .per_title(VideoCodec::H264, Tier::High, QualityTarget::FastTier)?;
+        let cell = |m: &Measured| {
+            format!(
+                "{:.0} {:.2} {}",
+                m.rate / 1000.0,
+                m.psnr,
+                vmaf_cell(m)
+            )
+        };
         println!(
-            "| {} | {:.0} {:.2} | {:.0} {:.2} | {:.2} {:.0} {:.2} | {:+.1}% | {:.1} / {:.1} / {:.1} |",
+            "| {} | {} | {} | {:.2}: {} | {:+.1}% | {:.1} / {:.1} / {:.1} |",
             clip.name,
-            f.rate / 1000.0,
-            f.psnr,
-            fixed.rate / 1000.0,
-            fixed.psnr,
+            cell(&f),
+            cell(&first),
             pt.crf,
-            pt.rate / 1000.0,
-            pt.psnr,
-            (pt.rate / f.rate - 1.0) * 100.0,
+            cell(&pt.m),
+            (pt.m.rate / f.rate - 1.0) * 100.0,
             f.cpu,
-            fixed.cpu,
-            pt.cpu
+            first.cpu,
+            pt.m.cpu
         );
-        per_title_fast.push(pt);
     }
 
     println!();
@@ -257,9 +234,13 @@ pub fn quality(inputs: Vec<PathBuf>, seconds: f64, target_psnr: f64) -> anyhow::
         "| clip | per-title: crf kbps PSNR | fixed crf that reaches the target on every clip: kbps | fixed crf with the same mean PSNR: kbps | CPU s: per-title / fixed |"
     );
     println!("| --- | --- | ---: | ---: | --- |");
-    let mut titled = Vec::new();
+    let mut titled: Vec<Titled> = Vec::new();
     for clip in &clips {
-        titled.push(per_title(clip, QualityTarget::Psnr(target_psnr), dir)?);
+        titled.push(clip.encoding(false, dir).per_title(
+            VideoCodec::H264,
+            Tier::High,
+            QualityTarget::Psnr(target_psnr),
+        )?);
     }
     // Equal quality, first framing: the one rate factor that brings every clip to the target.
     let worst = curves
@@ -267,7 +248,7 @@ pub fn quality(inputs: Vec<PathBuf>, seconds: f64, target_psnr: f64) -> anyhow::
         .map(|(_, high)| crf_for(high, target_psnr))
         .fold(f32::MAX, f32::min);
     // Second framing: the one rate factor whose mean PSNR over the clips is per-title's mean.
-    let mean_psnr = titled.iter().map(|p| p.psnr).sum::<f64>() / titled.len() as f64;
+    let mean_psnr = titled.iter().map(|p| p.m.psnr).sum::<f64>() / titled.len() as f64;
     let mean_at = |crf: f32| {
         curves
             .iter()
@@ -276,7 +257,7 @@ pub fn quality(inputs: Vec<PathBuf>, seconds: f64, target_psnr: f64) -> anyhow::
                     .partition_point(|p| p.crf < crf)
                     .clamp(1, high.len() - 1);
                 let (a, b) = (high[i - 1], high[i]);
-                a.psnr + f64::from((crf - a.crf) / (b.crf - a.crf)) * (b.psnr - a.psnr)
+                a.m.psnr + f64::from((crf - a.crf) / (b.crf - a.crf)) * (b.m.psnr - a.m.psnr)
             })
             .sum::<f64>()
             / curves.len() as f64
@@ -288,20 +269,19 @@ pub fn quality(inputs: Vec<PathBuf>, seconds: f64, target_psnr: f64) -> anyhow::
     let (mut total_pt, mut total_worst, mut total_mean) = (0.0, 0.0, 0.0);
     for ((clip, (_, high)), pt) in clips.iter().zip(&curves).zip(&titled) {
         let (w, m) = (rate_at(high, worst), rate_at(high, same_mean));
-        total_pt += pt.rate;
+        total_pt += pt.m.rate;
         total_worst += w;
         total_mean += m;
-        let fixed_cpu = rate_cpu(high, worst);
         println!(
             "| {} | {:.2} {:.0} {:.2} | {:.0} | {:.0} | {:.1} / {:.1} |",
             clip.name,
             pt.crf,
-            pt.rate / 1000.0,
-            pt.psnr,
+            pt.m.rate / 1000.0,
+            pt.m.psnr,
             w / 1000.0,
             m / 1000.0,
-            pt.cpu,
-            fixed_cpu
+            pt.m.cpu,
+            rate_cpu(high, worst)
         );
     }
     println!(

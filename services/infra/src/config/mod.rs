@@ -209,6 +209,11 @@ pub struct WorkerConfig {
     /// (the fast tier's quality with fewer bits; the default), `psnr:DB`, `ssim:VALUE`, or `off`
     /// (each tier's fixed rate factor: quality first).
     pub quality_target: Option<vtx_domain::QualityTarget>,
+    /// `VTX_PSYCHOVISUAL` (false): x264's and x265's psychovisual rate-distortion in the high
+    /// and extreme tiers. Off, they aim at the look the fast tier has (x264 veryfast refines
+    /// too little for psy-rd to act) and spend fewer bits at equal PSNR/SSIM; on, detail looks
+    /// sharper at a cost in bits (docs/benchmarks.md).
+    pub psychovisual: bool,
 }
 
 impl Config {
@@ -290,6 +295,7 @@ impl Config {
                             .map_err(|e| anyhow::anyhow!("VTX_QUALITY_TARGET={e}"))?,
                     ),
                 },
+                psychovisual: env.parse("VTX_PSYCHOVISUAL", false)?,
             },
             pipeline: PipelineConfig {
                 tiers: env

@@ -7,7 +7,7 @@ use sqlx::postgres::PgPool;
 use sqlx::types::Json;
 use uuid::Uuid;
 use vtx_domain::VideoId;
-use vtx_domain::experiments::{Arm, ProfileTarget, Unit, assign};
+use vtx_domain::experiments::{Arm, EncoderProfile, Unit, assign};
 
 #[derive(Clone, Debug, FromRow)]
 pub struct ExperimentRow {
@@ -100,19 +100,14 @@ pub async fn stop_experiment(
 
 /// The encoder profile a new video gets: its arm's in the running video experiment (with the
 /// arm, to record), else the winner's of the last stopped one, else none (the workers'
-/// setting).
+/// settings).
 pub async fn profile_for(
     pool: &PgPool,
     video: VideoId,
-) -> sqlx::Result<(Option<ProfileTarget>, Option<(Uuid, String)>)> {
-    let target = |arm: &Arm| {
-        arm.quality_target
-            .as_deref()
-            .and_then(|t| ProfileTarget::parse(t).ok())
-    };
+) -> sqlx::Result<(EncoderProfile, Option<(Uuid, String)>)> {
     if let Some(e) = running_experiment(pool, Unit::Video).await? {
         let arm = e.arm_of(&video.to_string());
-        return Ok((target(arm), Some((e.id, arm.name.clone()))));
+        return Ok((arm.encoder_profile(), Some((e.id, arm.name.clone()))));
     }
     let kept: Option<ExperimentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM experiments WHERE unit = 'video' AND state = 'stopped'
@@ -123,8 +118,9 @@ pub async fn profile_for(
     Ok((
         kept.and_then(|e| {
             let w = e.winner.clone()?;
-            e.arms.0.iter().find(|a| a.name == w).and_then(target)
-        }),
+            e.arms.0.iter().find(|a| a.name == w).map(Arm::encoder_profile)
+        })
+        .unwrap_or_default(),
         None,
     ))
 }

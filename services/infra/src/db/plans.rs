@@ -177,6 +177,7 @@ mod tests {
             audio_lead: 0,
             ladder: Default::default(),
             profile: None,
+            psychovisual: None,
             slices: vec![
                 w(0, 0, 4000),
                 w(1, 4000, 10_000),

@@ -34,6 +34,7 @@ async fn planned_job(pool: &PgPool, slices: u32) -> JobId {
         audio_lead: 0,
         ladder: Default::default(),
         profile: None,
+        psychovisual: None,
         slices: (0..slices)
             .map(|i| SliceWindow {
                 index: i,

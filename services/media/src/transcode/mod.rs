@@ -48,6 +48,17 @@ pub struct Window {
     pub time_base: (i32, i32),
 }
 
+impl Window {
+    /// Every frame of the video `v` describes.
+    pub fn whole(v: &crate::probe::VideoInfo) -> Self {
+        Self {
+            start: v.start_pts,
+            end: v.end_pts + 1,
+            time_base: v.time_base,
+        }
+    }
+}
+
 /// Frames encoded so far, for progress reports.
 pub type FrameProgress = Arc<dyn Fn(u64) + Send + Sync>;
 
@@ -77,6 +88,9 @@ pub struct TranscodeRequest {
     pub h264_encoder: Option<String>,
     /// Constant-quality value instead of the tier's (software encoders; benchmarks sweep it).
     pub crf: Option<u32>,
+    /// x264's and x265's psychovisual rate-distortion in the high and extreme tiers (the fast
+    /// tier keeps x264's defaults, under which it barely acts).
+    pub psychovisual: bool,
     /// How much damage is concealed before the input is refused as corrupt.
     pub damage: DamagePolicy,
     pub deadline: Deadline,
@@ -111,6 +125,7 @@ impl TranscodeRequest {
             threads: None,
             h264_encoder: None,
             crf: None,
+            psychovisual: false,
             damage: DamagePolicy::default(),
             deadline: Deadline::none(),
             progress: None,

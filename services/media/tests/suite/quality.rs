@@ -121,18 +121,14 @@ fn per_title_gives_hard_content_a_lower_rate_factor_and_reaches_the_target() {
         let p = probe(input, &Limits::default(), Deadline::none()).unwrap();
         let v = &p.video;
         let dir = tempfile::tempdir().unwrap();
-        let window = Window {
-            start: v.start_pts,
-            end: v.end_pts + 1,
-            time_base: v.time_base,
-        };
         let search = Search {
             input,
-            window,
+            window: Window::whole(v),
             frame_rate: v.frame_rate_q,
             rotation: 0,
             tier: Tier::High,
             target: QualityTarget::Psnr(target),
+            psychovisual: false,
             threads: None,
             scratch: &dir.path().join("scratch"),
             deadline: Deadline::none(),
