@@ -12,11 +12,11 @@ use vtx_media::{
 use vtx_testkit::{derived, media};
 
 /// The `ffmpeg` command line's PSNR and SSIM of the luma plane ("PSNR y", "SSIM Y") of `dist`
-/// against `reference` scaled to its size, as the usual command measures them.
-fn cli_quality(dist: &Path, reference: &Path, width: u32, height: u32) -> (f64, f64) {
+/// against `reference` scaled to its size, both in `format`, as the usual command measures them.
+fn cli_quality(dist: &Path, reference: &Path, width: u32, height: u32, format: &str) -> (f64, f64) {
     let graph = format!(
-        "[0:v]format=yuv420p,split[d1][d2];\
-         [1:v]scale={width}:{height}:flags=bicubic,format=yuv420p,split[r1][r2];\
+        "[0:v]format={format},split[d1][d2];\
+         [1:v]scale={width}:{height}:flags=bicubic,format={format},split[r1][r2];\
          [d1][r1]psnr;[d2][r2]ssim"
     );
     let out = Command::new("ffmpeg")
@@ -40,11 +40,22 @@ fn cli_quality(dist: &Path, reference: &Path, width: u32, height: u32) -> (f64, 
 }
 
 fn encode(input: &Path, out: &Path, rung: &Rung, tier: Tier, crf: Option<f32>) -> u64 {
+    encode_with(input, out, rung, VideoCodec::H264, tier, crf)
+}
+
+fn encode_with(
+    input: &Path,
+    out: &Path,
+    rung: &Rung,
+    codec: VideoCodec,
+    tier: Tier,
+    crf: Option<f32>,
+) -> u64 {
     let mut req = TranscodeRequest::new(
         input,
         vec![RenditionOutput {
             rung: rung.clone(),
-            codec: VideoCodec::H264,
+            codec,
             path: out.to_path_buf(),
             crf,
         }],
@@ -73,7 +84,7 @@ fn quality_is_what_the_ffmpeg_command_line_measures() {
     let r = rung(320, 136);
     encode(&src, &out, &r, Tier::Fast, Some(32.0));
     let ours = measure(&src, 0, std::slice::from_ref(&out), Deadline::none()).unwrap()[0];
-    let (psnr, ssim) = cli_quality(&out, &src, r.width, r.height);
+    let (psnr, ssim) = cli_quality(&out, &src, r.width, r.height, "yuv420p");
     assert_eq!(ours.frames, 250);
     assert!(
         (ours.psnr - psnr).abs() < 0.01,
@@ -85,6 +96,23 @@ fn quality_is_what_the_ffmpeg_command_line_measures() {
         "{} vs the CLI's {ssim}",
         ours.ssim
     );
+    // A 10-bit output (the extreme tier's HEVC) is compared at 10 bits, undithered.
+    let deep = dir.path().join("small-10bit.mp4");
+    encode_with(&src, &deep, &r, VideoCodec::Hevc, Tier::Extreme, Some(30.0));
+    let ours = measure(&src, 0, std::slice::from_ref(&deep), Deadline::none()).unwrap()[0];
+    let (psnr, ssim) = cli_quality(&deep, &src, r.width, r.height, "yuv420p10le");
+    assert!(
+        (ours.psnr - psnr).abs() < 0.01,
+        "{} vs the CLI's {psnr}",
+        ours.psnr
+    );
+    assert!(
+        (ours.ssim - ssim).abs() < 1e-4,
+        "{} vs the CLI's {ssim}",
+        ours.ssim
+    );
+    let (_, dithered) = cli_quality(&deep, &src, r.width, r.height, "yuv420p");
+    assert!(ours.ssim > dithered, "{} vs {dithered} at 8 bits", ours.ssim);
     // Identical frames: the top of the scale.
     let same = measure(&src, 0, std::slice::from_ref(&src), Deadline::none()).unwrap()[0];
     assert_eq!((same.psnr, same.ssim), (100.0, 1.0));
