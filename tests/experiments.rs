@@ -317,7 +317,11 @@ async fn a_video_experiment_encodes_each_video_as_its_arm_and_the_winner_stays(p
         json!({"Target": {"metric": "psnr", "value": 42.0}})
     };
     assert_eq!(profile, want, "the plan carries the arm's profile");
-    let want = if arm == "fixed" { json!(true) } else { json!(null) };
+    let want = if arm == "fixed" {
+        json!(true)
+    } else {
+        json!(null)
+    };
     assert_eq!(psychovisual, want, "and its psychovisual setting");
     assert_eq!(a["psychovisual"], want);
     let r: Value = post(

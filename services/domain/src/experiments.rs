@@ -367,7 +367,7 @@ mod tests {
         assert!(check_arms(Unit::Video, &[arm("a", 1), b.clone()]).is_ok());
         assert!(check_arms(Unit::Viewer, &[arm("a", 1), b]).is_err());
         let mut c = arm("c", 1);
-        c.quality_target = Some("vmaf:90".into());
+        c.quality_target = Some("vmaf:100".into());
         assert!(check_arms(Unit::Video, &[arm("a", 1), c]).is_err());
         let mut d = arm("d", 1);
         d.psychovisual = Some(true);

@@ -25,6 +25,7 @@ mod remux;
 mod split;
 mod stages;
 mod transcode;
+mod vmaf;
 
 use std::sync::Once;
 use std::time::{Duration, Instant};
@@ -54,6 +55,7 @@ pub use transcode::{
     FrameProgress, RenditionOutput, RenditionReport, TranscodeRequest, Window, can_encode_tier,
     detect_h264_encoders, transcode_ladder,
 };
+pub use vmaf::vmaf_tool;
 pub use vtx_domain::live_ingest::InstantPolicy;
 
 /// Limits applied to untrusted input before and while decoding it.

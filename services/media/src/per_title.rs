@@ -34,6 +34,8 @@ pub struct Search<'a> {
     pub target: QualityTarget,
     /// The encodes' psychovisual setting (`TranscodeRequest::psychovisual`).
     pub psychovisual: bool,
+    /// The `vmaf` tool, for a VMAF target.
+    pub vmaf: Option<&'a Path>,
     pub threads: Option<usize>,
     /// Sample encodes and their measurements go here (removed afterwards).
     pub scratch: &'a Path,
@@ -63,6 +65,7 @@ fn score(target: QualityTarget, q: &Quality) -> f64 {
     match target {
         QualityTarget::FastTier | QualityTarget::Psnr(_) => q.psnr,
         QualityTarget::Ssim(_) => ssim_db(q.ssim),
+        QualityTarget::Vmaf(_) => q.vmaf.unwrap_or(f64::NAN),
     }
 }
 
@@ -75,6 +78,12 @@ pub fn choose_crfs(s: &Search, outputs: &[RenditionOutput]) -> Result<Vec<Choice
     std::fs::create_dir_all(s.scratch)?;
     let sample = sample_window(s.window, s.frame_rate);
     let targets: Vec<f64> = match s.target {
+        QualityTarget::Vmaf(_) if s.vmaf.is_none() => {
+            return Err(MediaError::UnsupportedCodec(
+                "a VMAF target needs the vmaf tool (VTX_VMAF_TOOL)".into(),
+            ));
+        }
+        QualityTarget::Vmaf(v) => vec![v; outputs.len()],
         QualityTarget::Psnr(db) => vec![db; outputs.len()],
         QualityTarget::Ssim(v) => vec![ssim_db(v); outputs.len()],
         QualityTarget::FastTier => {
@@ -221,7 +230,15 @@ fn encode_sample(
     req.threads = s.threads;
     req.deadline = s.deadline;
     let result = transcode_ladder(&req).and_then(|reports| {
-        let q = measure_window(s.input, Some(sample), s.rotation, &paths, s.deadline)?;
+        let q = measure_window(
+            s.input,
+            Some(sample),
+            s.rotation,
+            &paths,
+            s.vmaf
+                .filter(|_| matches!(s.target, QualityTarget::Vmaf(_))),
+            s.deadline,
+        )?;
         Ok((q, reports.iter().map(|r| r.bitrate).collect()))
     });
     for p in &paths {

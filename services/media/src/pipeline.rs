@@ -203,6 +203,7 @@ fn run_inner(
                         damage: req.damage,
                         quality_target: req.quality_target,
                         psychovisual: req.psychovisual,
+                        vmaf_tool: None,
                     };
                     match encode_slice(
                         &slice.path,

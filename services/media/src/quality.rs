@@ -11,6 +11,7 @@ use crate::conceal::{VideoConcealer, frame_ref};
 use crate::probe::is_discarded;
 use crate::probe::open_input;
 use crate::transcode::{PostDecode, Window};
+use crate::vmaf::VmafComparison;
 use crate::{Deadline, MediaError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -19,6 +20,9 @@ pub struct Quality {
     pub psnr: f64,
     /// Mean SSIM over all frames, 0..1.
     pub ssim: f64,
+    /// Mean VMAF (model `vmaf_v0.6.1`, 0..100), when it was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmaf: Option<f64>,
     pub frames: u64,
 }
 
@@ -157,28 +161,89 @@ struct Comparison {
     frames: u64,
 }
 
+/// A filter graph fed a pair of frames per step (sources `ref` and `dist`, as `reference` and
+/// `distorted` are), read from the sinks named in `sinks`.
+pub(crate) fn pair_graph(
+    reference: &frame::Video,
+    distorted: &frame::Video,
+    spec: &str,
+    sinks: &[&str],
+) -> Result<filter::Graph, MediaError> {
+    let buffer = |f: &frame::Video| {
+        format!(
+            "video_size={}x{}:pix_fmt={}:time_base=1/25:pixel_aspect=1/1",
+            f.width(),
+            f.height(),
+            ffmpeg_next::ffi::AVPixelFormat::from(f.format()) as i32,
+        )
+    };
+    let mut graph = filter::Graph::new();
+    let find =
+        |name| filter::find(name).ok_or(MediaError::UnsupportedCodec(format!("no {name} filter")));
+    let source = find("buffer")?;
+    graph
+        .add(&source, "dist", &buffer(distorted))
+        .and_then(|_| graph.add(&source, "ref", &buffer(reference)))
+        .map_err(MediaError::ffmpeg("creating the quality sources"))?;
+    let sink = find("buffersink")?;
+    for name in sinks {
+        graph
+            .add(&sink, name, "")
+            .map_err(MediaError::ffmpeg("creating the quality sink"))?;
+    }
+    let mut parser = graph
+        .output("dist", 0)
+        .and_then(|p| p.output("ref", 0))
+        .map_err(MediaError::ffmpeg("building the quality graph"))?;
+    for name in sinks {
+        parser = parser
+            .input(name, 0)
+            .map_err(MediaError::ffmpeg("building the quality graph"))?;
+    }
+    parser
+        .parse(spec)
+        .map_err(MediaError::ffmpeg("building the quality graph"))?;
+    graph
+        .validate()
+        .map_err(MediaError::ffmpeg("validating the quality graph"))?;
+    Ok(graph)
+}
+
+/// Feeds one pair, both stamped `pts`; the frames are left as they are (the graph takes new
+/// references to them).
+pub(crate) fn feed_pair(
+    graph: &mut filter::Graph,
+    reference: &frame::Video,
+    distorted: &frame::Video,
+    pts: i64,
+) -> Result<(), MediaError> {
+    for (name, f) in [("ref", reference), ("dist", distorted)] {
+        let mut f = frame_ref(f)?;
+        f.set_pts(Some(pts));
+        graph
+            .get(name)
+            .expect("a pair graph")
+            .source()
+            .add(&f)
+            .map_err(MediaError::ffmpeg("comparing frames"))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn flush_pair(graph: &mut filter::Graph) -> Result<(), MediaError> {
+    for name in ["ref", "dist"] {
+        graph
+            .get(name)
+            .expect("a pair graph")
+            .source()
+            .flush()
+            .map_err(MediaError::ffmpeg("flushing the quality graph"))?;
+    }
+    Ok(())
+}
+
 impl Comparison {
     fn new(reference: &frame::Video, distorted: &frame::Video) -> Result<Self, MediaError> {
-        let buffer = |f: &frame::Video| {
-            format!(
-                "video_size={}x{}:pix_fmt={}:time_base=1/25:pixel_aspect=1/1",
-                f.width(),
-                f.height(),
-                ffmpeg_next::ffi::AVPixelFormat::from(f.format()) as i32,
-            )
-        };
-        let mut graph = filter::Graph::new();
-        let find = |name| {
-            filter::find(name).ok_or(MediaError::UnsupportedCodec(format!("no {name} filter")))
-        };
-        let source = find("buffer")?;
-        graph
-            .add(&source, "dist", &buffer(distorted))
-            .and_then(|_| graph.add(&source, "ref", &buffer(reference)))
-            .map_err(MediaError::ffmpeg("creating the quality sources"))?;
-        graph
-            .add(&find("buffersink")?, "out", "")
-            .map_err(MediaError::ffmpeg("creating the quality sink"))?;
         let (format, peak) = if bit_depth(distorted) > 8 {
             ("yuv420p10le", 1023.0)
         } else {
@@ -191,17 +256,8 @@ impl Comparison {
             distorted.width(),
             distorted.height()
         );
-        graph
-            .output("dist", 0)
-            .and_then(|p| p.output("ref", 0))
-            .and_then(|p| p.input("out", 0))
-            .and_then(|p| p.parse(&spec))
-            .map_err(MediaError::ffmpeg("building the quality graph"))?;
-        graph
-            .validate()
-            .map_err(MediaError::ffmpeg("validating the quality graph"))?;
         Ok(Self {
-            graph,
+            graph: pair_graph(reference, distorted, &spec, &["out"])?,
             peak,
             pts: 0,
             mse_sum: 0.0,
@@ -210,25 +266,13 @@ impl Comparison {
         })
     }
 
-    /// Feeds one pair; `reference` is left as it is (the graph takes a new reference to it).
     fn push(
         &mut self,
         reference: &frame::Video,
-        mut distorted: frame::Video,
+        distorted: &frame::Video,
     ) -> Result<(), MediaError> {
-        // The graph takes ownership of what it is given; the source frame feeds every output's.
-        let mut reference = frame_ref(reference)?;
-        reference.set_pts(Some(self.pts));
-        distorted.set_pts(Some(self.pts));
+        feed_pair(&mut self.graph, reference, distorted, self.pts)?;
         self.pts += 1;
-        for (name, f) in [("ref", &reference), ("dist", &distorted)] {
-            self.graph
-                .get(name)
-                .expect("added in new")
-                .source()
-                .add(f)
-                .map_err(MediaError::ffmpeg("comparing frames"))?;
-        }
         self.drain()
     }
 
@@ -257,14 +301,7 @@ impl Comparison {
     }
 
     fn finish(mut self) -> Result<Quality, MediaError> {
-        for name in ["ref", "dist"] {
-            self.graph
-                .get(name)
-                .expect("added in new")
-                .source()
-                .flush()
-                .map_err(MediaError::ffmpeg("flushing the quality graph"))?;
-        }
+        flush_pair(&mut self.graph)?;
         self.drain()?;
         let n = self.frames.max(1) as f64;
         let m = self.mse_sum / n;
@@ -275,6 +312,7 @@ impl Comparison {
                 (10.0 * (self.peak * self.peak / m).log10()).min(100.0)
             },
             ssim: self.ssim_sum / n,
+            vmaf: None,
             frames: self.frames,
         })
     }
@@ -299,16 +337,17 @@ pub fn measure(
     outputs: &[PathBuf],
     deadline: Deadline,
 ) -> Result<Vec<Quality>, MediaError> {
-    measure_window(source, None, rotation, outputs, deadline)
+    measure_window(source, None, rotation, outputs, None, deadline)
 }
 
 /// As `measure`, against the frames of `source` shown inside `window` only (outputs of a
-/// windowed transcode).
+/// windowed transcode); with VMAF too when `vmaf` names the `vmaf` tool (`vmaf::vmaf_tool`).
 pub fn measure_window(
     source: &Path,
     window: Option<Window>,
     rotation: u32,
     outputs: &[PathBuf],
+    vmaf: Option<&Path>,
     deadline: Deadline,
 ) -> Result<Vec<Quality>, MediaError> {
     crate::init();
@@ -317,7 +356,8 @@ pub fn measure_window(
         .iter()
         .map(|p| DecodedFrames::open(p, 0, None))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut comparisons: Vec<Option<Comparison>> = outs.iter().map(|_| None).collect();
+    type Pair = (Comparison, Option<VmafComparison>);
+    let mut comparisons: Vec<Option<Pair>> = outs.iter().map(|_| None).collect();
     loop {
         deadline.check()?;
         let Some(reference) = src.next_raw()? else {
@@ -328,18 +368,31 @@ pub fn measure_window(
                 continue;
             };
             if c.is_none() {
-                *c = Some(Comparison::new(&reference, &dist)?);
+                let perceptual = match vmaf {
+                    Some(tool) => Some(VmafComparison::new(tool, &reference, &dist)?),
+                    None => None,
+                };
+                *c = Some((Comparison::new(&reference, &dist)?, perceptual));
             }
-            c.as_mut().expect("set above").push(&reference, dist)?;
+            let (objective, perceptual) = c.as_mut().expect("set above");
+            if let Some(p) = perceptual {
+                p.push(&reference, &dist)?;
+            }
+            objective.push(&reference, &dist)?;
         }
     }
     comparisons
         .into_iter()
         .map(|c| match c {
-            Some(c) => c.finish(),
+            Some((objective, perceptual)) => {
+                let mut q = objective.finish()?;
+                q.vmaf = perceptual.map(VmafComparison::finish).transpose()?;
+                Ok(q)
+            }
             None => Ok(Quality {
                 psnr: 0.0,
                 ssim: 0.0,
+                vmaf: None,
                 frames: 0,
             }),
         })

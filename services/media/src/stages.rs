@@ -183,6 +183,8 @@ pub struct EncodeOptions {
     pub quality_target: Option<QualityTarget>,
     /// `TranscodeRequest::psychovisual` (a plan's own setting, from an experiment, wins).
     pub psychovisual: bool,
+    /// The `vmaf` tool, for a VMAF quality target.
+    pub vmaf_tool: Option<PathBuf>,
 }
 
 impl EncodeOptions {
@@ -284,6 +286,7 @@ pub fn encode_slice(
                 tier,
                 target,
                 psychovisual,
+                vmaf: options.vmaf_tool.as_deref(),
                 threads: options.threads,
                 scratch: &scratch,
                 deadline,

@@ -49,6 +49,7 @@ impl Worker {
             damage: inner.cfg.damage,
             quality_target: inner.cfg.quality_target,
             psychovisual: inner.cfg.psychovisual,
+            vmaf_tool: inner.cfg.vmaf_tool.clone(),
             ..EncodeOptions::default()
         };
         let span = tracing::Span::current();

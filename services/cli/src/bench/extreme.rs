@@ -42,6 +42,7 @@ pub fn extreme(
     );
     println!("| --- | --- | --- | --- | ---: | ---: | ---: |");
     let mut per_title_rows = Vec::new();
+    let vmaf = vmaf_tool();
     for input in &inputs {
         let input = &first_seconds(input, seconds, scratch.path())?;
         let video = probe(input, &Limits::default(), Deadline::none())?.video;
@@ -57,6 +58,7 @@ pub fn extreme(
             rung: &rung,
             psychovisual: false,
             threads: None,
+            vmaf: vmaf.as_deref(),
             dir: scratch.path(),
         };
         let mut curves: Vec<(VideoCodec, Vec<(f32, Measured)>)> = Vec::new();
@@ -67,7 +69,12 @@ pub fn extreme(
         ] {
             let mut points = Vec::new();
             for crf in crfs {
-                let req = e.request(codec, tier, Some(crf), &format!("{}-{crf}.mp4", codec.label()));
+                let req = e.request(
+                    codec,
+                    tier,
+                    Some(crf),
+                    &format!("{}-{crf}.mp4", codec.label()),
+                );
                 points.push((crf, e.run(&req)?));
             }
             curves.push((codec, points));

@@ -14,7 +14,6 @@ mod stack;
 mod status;
 mod titled;
 mod uploads;
-mod vmaf;
 
 pub use extreme::extreme;
 pub use hotness::hotness;
@@ -82,6 +81,17 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Netflix's `vmaf` tool: `VTX_VMAF_TOOL`, else the one deploy/local/setup.sh builds under
+/// `.vtx/vmaf`; `None` (VMAF left out, with a word on stderr) when neither runs.
+fn vmaf_tool() -> Option<PathBuf> {
+    let path = std::env::var_os("VTX_VMAF_TOOL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.vtx/vmaf/bin/vmaf"));
+    vtx_media::vmaf_tool(&path)
+        .inspect_err(|e| eprintln!("no VMAF: {e}"))
+        .ok()
 }
 
 /// A clip from the shared media folder beside the checkout.

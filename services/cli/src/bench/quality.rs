@@ -28,13 +28,19 @@ struct Clip {
 }
 
 impl Clip {
-    fn encoding<'a>(&'a self, psychovisual: bool, dir: &'a Path) -> Encoding<'a> {
+    fn encoding<'a>(
+        &'a self,
+        psychovisual: bool,
+        vmaf: Option<&'a Path>,
+        dir: &'a Path,
+    ) -> Encoding<'a> {
         Encoding {
             input: &self.path,
             video: &self.video,
             rung: &self.rung,
             psychovisual,
             threads: None,
+            vmaf,
             dir,
         }
     }
@@ -120,9 +126,8 @@ pub fn quality(inputs: Vec<PathBuf>, seconds: f64, target_psnr: f64) -> anyhow::
     } else {
         inputs
     };
-    if super::vmaf::tool().is_none() {
-        eprintln!("no vmaf tool (deploy/local/setup.sh builds it): VMAF is left out");
-    }
+    let vmaf = vmaf_tool();
+    let vmaf = vmaf.as_deref();
     let scratch = tempfile::tempdir()?;
     let mut clips = Vec::new();
     for input in inputs {
@@ -155,7 +160,10 @@ pub fn quality(inputs: Vec<PathBuf>, seconds: f64, target_psnr: f64) -> anyhow::
     println!("| --- | --- | --- | --- | --- | ---: | ---: |");
     let mut curves = Vec::new();
     for clip in &clips {
-        let (off, on) = (clip.encoding(false, dir), clip.encoding(true, dir));
+        let (off, on) = (
+            clip.encoding(false, vmaf, dir),
+            clip.encoding(true, vmaf, dir),
+        );
         let (mut fast, mut high, mut psy) = (Vec::new(), Vec::new(), Vec::new());
         for crf in CRFS {
             fast.push(encode(&off, Tier::Fast, Some(crf))?);
@@ -199,18 +207,13 @@ pub fn quality(inputs: Vec<PathBuf>, seconds: f64, target_psnr: f64) -> anyhow::
     println!("| --- | --- | --- | --- | ---: | --- |");
     for (clip, (fast, _)) in clips.iter().zip(&curves) {
         let f = fast[2].m;
-        let first = encode(&clip.encoding(true, dir), Tier::High, None)?.m;
-        let pt = clip
-            .encoding(false, dir)
-            .per_title(VideoCodec::H264, Tier::High, QualityTarget::FastTier)?;
-        let cell = |m: &Measured| {
-            format!(
-                "{:.0} {:.2} {}",
-                m.rate / 1000.0,
-                m.psnr,
-                vmaf_cell(m)
-            )
-        };
+        let first = encode(&clip.encoding(true, vmaf, dir), Tier::High, None)?.m;
+        let pt = clip.encoding(false, vmaf, dir).per_title(
+            VideoCodec::H264,
+            Tier::High,
+            QualityTarget::FastTier,
+        )?;
+        let cell = |m: &Measured| format!("{:.0} {:.2} {}", m.rate / 1000.0, m.psnr, vmaf_cell(m));
         println!(
             "| {} | {} | {} | {:.2}: {} | {:+.1}% | {:.1} / {:.1} / {:.1} |",
             clip.name,
@@ -236,7 +239,7 @@ pub fn quality(inputs: Vec<PathBuf>, seconds: f64, target_psnr: f64) -> anyhow::
     println!("| --- | --- | ---: | ---: | --- |");
     let mut titled: Vec<Titled> = Vec::new();
     for clip in &clips {
-        titled.push(clip.encoding(false, dir).per_title(
+        titled.push(clip.encoding(false, vmaf, dir).per_title(
             VideoCodec::H264,
             Tier::High,
             QualityTarget::Psnr(target_psnr),

@@ -11,7 +11,6 @@ use vtx_media::{
 };
 
 use super::measure_cost;
-use super::vmaf::vmaf;
 
 /// One encode, measured against the source.
 #[derive(Clone, Copy, Debug)]
@@ -41,6 +40,8 @@ pub(super) struct Encoding<'a> {
     pub rung: &'a Rung,
     pub psychovisual: bool,
     pub threads: Option<usize>,
+    /// The `vmaf` tool: VMAF is measured too.
+    pub vmaf: Option<&'a Path>,
     pub dir: &'a Path,
 }
 
@@ -74,19 +75,20 @@ impl Encoding<'_> {
     pub fn run(&self, req: &TranscodeRequest) -> anyhow::Result<Measured> {
         let path = &req.outputs[0].path;
         let (cost, report) = measure_cost(|| Ok(transcode_ladder(req)?))?;
-        let q = vtx_media::measure(
+        let q = vtx_media::measure_window(
             self.input,
+            None,
             self.video.rotation,
             std::slice::from_ref(path),
+            self.vmaf,
             Deadline::none(),
         )?;
-        let vmaf = vmaf(self.input, path, (self.rung.width, self.rung.height))?;
         let _ = std::fs::remove_file(path);
         Ok(Measured {
             rate: report[0].bitrate as f64,
             psnr: q[0].psnr,
             ssim: q[0].ssim,
-            vmaf,
+            vmaf: q[0].vmaf,
             cpu: cost.cpu,
         })
     }
@@ -110,6 +112,7 @@ impl Encoding<'_> {
                     tier,
                     target,
                     psychovisual: self.psychovisual,
+                    vmaf: self.vmaf,
                     threads: self.threads,
                     scratch: &self.dir.join("per-title"),
                     deadline: Deadline::none(),

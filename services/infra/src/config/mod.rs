@@ -214,6 +214,10 @@ pub struct WorkerConfig {
     /// too little for psy-rd to act) and spend fewer bits at equal PSNR/SSIM; on, detail looks
     /// sharper at a cost in bits (docs/benchmarks.md).
     pub psychovisual: bool,
+    /// `VTX_VMAF_TOOL` (`.vtx/vmaf/bin/vmaf`, which deploy/local/setup.sh builds): Netflix's
+    /// `vmaf` tool, for `VTX_QUALITY_TARGET=vmaf:SCORE` and experiment arms with such a target.
+    /// `None` when the default is not there.
+    pub vmaf_tool: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -296,6 +300,12 @@ impl Config {
                     ),
                 },
                 psychovisual: env.parse("VTX_PSYCHOVISUAL", false)?,
+                vmaf_tool: match get("VTX_VMAF_TOOL").filter(|s| !s.is_empty()) {
+                    Some(path) => Some(path.into()),
+                    None => {
+                        Some(std::path::PathBuf::from(".vtx/vmaf/bin/vmaf")).filter(|p| p.is_file())
+                    }
+                },
             },
             pipeline: PipelineConfig {
                 tiers: env
@@ -418,6 +428,16 @@ impl Config {
         }
         if self.worker.concurrency == 0 || self.worker.max_attempts == 0 {
             bail!("VTX_WORKER_CONCURRENCY and VTX_MAX_ATTEMPTS must be positive");
+        }
+        match (&self.worker.vmaf_tool, self.worker.quality_target) {
+            (Some(tool), _) if !tool.is_file() => {
+                bail!("VTX_VMAF_TOOL={}: no such file", tool.display())
+            }
+            (None, Some(vtx_domain::QualityTarget::Vmaf(_))) => bail!(
+                "VTX_QUALITY_TARGET=vmaf:… needs Netflix's vmaf tool: set VTX_VMAF_TOOL \
+                 (deploy/local/setup.sh builds .vtx/vmaf/bin/vmaf)"
+            ),
+            _ => {}
         }
         Ok(())
     }

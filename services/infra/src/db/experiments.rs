@@ -118,7 +118,11 @@ pub async fn profile_for(
     Ok((
         kept.and_then(|e| {
             let w = e.winner.clone()?;
-            e.arms.0.iter().find(|a| a.name == w).map(Arm::encoder_profile)
+            e.arms
+                .0
+                .iter()
+                .find(|a| a.name == w)
+                .map(Arm::encoder_profile)
         })
         .unwrap_or_default(),
         None,

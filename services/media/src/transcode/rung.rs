@@ -71,7 +71,8 @@ impl VideoOut {
                 if let (Some(name), Some(Err(e))) = (preferred, other) {
                     tracing::warn!(encoder = name, error = %e, "encoder failed to open; falling back to {default_name}");
                 }
-                let mut opts = encoder_options(out.codec, req.tier, &out.rung, gop, req.psychovisual);
+                let mut opts =
+                    encoder_options(out.codec, req.tier, &out.rung, gop, req.psychovisual);
                 if let Some(crf) = out.crf.or(req.crf.map(|c| c as f32)) {
                     opts.set("crf", &format!("{crf:.2}"));
                 }

@@ -112,7 +112,11 @@ fn quality_is_what_the_ffmpeg_command_line_measures() {
         ours.ssim
     );
     let (_, dithered) = cli_quality(&deep, &src, r.width, r.height, "yuv420p");
-    assert!(ours.ssim > dithered, "{} vs {dithered} at 8 bits", ours.ssim);
+    assert!(
+        ours.ssim > dithered,
+        "{} vs {dithered} at 8 bits",
+        ours.ssim
+    );
     // Identical frames: the top of the scale.
     let same = measure(&src, 0, std::slice::from_ref(&src), Deadline::none()).unwrap()[0];
     assert_eq!((same.psnr, same.ssim), (100.0, 1.0));
@@ -157,6 +161,7 @@ fn per_title_gives_hard_content_a_lower_rate_factor_and_reaches_the_target() {
             tier: Tier::High,
             target: QualityTarget::Psnr(target),
             psychovisual: false,
+            vmaf: None,
             threads: None,
             scratch: &dir.path().join("scratch"),
             deadline: Deadline::none(),
@@ -192,4 +197,121 @@ fn per_title_gives_hard_content_a_lower_rate_factor_and_reaches_the_target() {
         chosen[0],
         chosen[1]
     );
+}
+
+/// The `vmaf` tool deploy/local/setup.sh builds.
+fn vmaf_tool() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.vtx/vmaf/bin/vmaf");
+    vtx_media::vmaf_tool(&path).expect("deploy/local/setup.sh builds the vmaf tool")
+}
+
+/// The `vmaf` tool's score of `dist` against `reference` scaled to its size, both decoded by the
+/// `ffmpeg` command line (at 10 bits, bicubic), as `vtx bench` and most scripts run it.
+fn cli_vmaf(dist: &Path, reference: &Path, width: u32, height: u32) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("vmaf.json");
+    let script = r#"exec "$1" -q --threads 2 --model version=vmaf_v0.6.1 --json -o "$5" \
+        -r <(ffmpeg -nostdin -loglevel error -i "$2" -vf "scale=$4:flags=bicubic,format=yuv420p10le" -strict -1 -f yuv4mpegpipe -) \
+        -d <(ffmpeg -nostdin -loglevel error -i "$3" -vf format=yuv420p10le -strict -1 -f yuv4mpegpipe -)"#;
+    let st = Command::new("bash")
+        .args(["-c", script, "vmaf"])
+        .arg(vmaf_tool())
+        .arg(reference)
+        .arg(dist)
+        .arg(format!("{width}:{height}"))
+        .arg(&json)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    report["pooled_metrics"]["vmaf"]["mean"].as_f64().unwrap()
+}
+
+#[test]
+fn vmaf_is_what_the_vmaf_tool_scores_from_the_ffmpeg_command_line() {
+    let src = media("bikes.mp4");
+    let tool = vmaf_tool();
+    let dir = tempfile::tempdir().unwrap();
+    let r = rung(320, 136);
+    let (eight, ten) = (dir.path().join("8.mp4"), dir.path().join("10.mp4"));
+    encode(&src, &eight, &r, Tier::Fast, Some(32.0));
+    encode_with(&src, &ten, &r, VideoCodec::Hevc, Tier::Extreme, Some(32.0));
+    let q = vtx_media::measure_window(
+        &src,
+        None,
+        0,
+        &[eight.clone(), ten.clone()],
+        Some(&tool),
+        Deadline::none(),
+    )
+    .unwrap();
+    for (q, out) in q.iter().zip([&eight, &ten]) {
+        let ours = q.vmaf.expect("asked for");
+        let theirs = cli_vmaf(out, &src, r.width, r.height);
+        assert!(
+            (ours - theirs).abs() < 0.05,
+            "{}: {ours} vs the tool's {theirs}",
+            out.display()
+        );
+        assert!((40.0..100.0).contains(&ours), "{ours}");
+    }
+    // Without the tool, no score.
+    assert_eq!(
+        measure(&src, 0, &[eight], Deadline::none()).unwrap()[0].vmaf,
+        None
+    );
+}
+
+#[test]
+fn per_title_reaches_a_vmaf_target() {
+    let src = derived(
+        "bikes-4s.mp4",
+        &[
+            "-i",
+            media("bikes.mp4").to_str().unwrap(),
+            "-t",
+            "4",
+            "-c",
+            "copy",
+        ],
+    );
+    let tool = vmaf_tool();
+    let p = probe(&src, &Limits::default(), Deadline::none()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let r = rung(640, 272);
+    let target = 90.0;
+    let search = Search {
+        input: &src,
+        window: Window::whole(&p.video),
+        frame_rate: p.video.frame_rate_q,
+        rotation: 0,
+        tier: Tier::High,
+        target: QualityTarget::Vmaf(target),
+        psychovisual: false,
+        vmaf: Some(&tool),
+        threads: None,
+        scratch: &dir.path().join("scratch"),
+        deadline: Deadline::none(),
+    };
+    let output = RenditionOutput {
+        rung: r.clone(),
+        codec: VideoCodec::H264,
+        path: dir.path().join("unused.mp4"),
+        crf: None,
+    };
+    let choice = choose_crfs(&search, &[output.clone()]).unwrap().remove(0);
+    let out = dir.path().join("full.mp4");
+    encode(&src, &out, &r, Tier::High, Some(choice.crf));
+    let vmaf = cli_vmaf(&out, &src, r.width, r.height);
+    assert!(
+        (vmaf - target).abs() < 2.0,
+        "crf {} gave VMAF {vmaf} for a target of {target} ({choice:?})",
+        choice.crf
+    );
+    // Without the tool a VMAF target is refused, not guessed.
+    let blind = Search {
+        vmaf: None,
+        ..search
+    };
+    assert!(choose_crfs(&blind, &[output]).is_err());
 }
