@@ -20,6 +20,9 @@ use crate::MediaError;
 /// Frames in flight per pipe.
 const QUEUE: usize = 4;
 
+/// A thread writing one YUV4MPEG stream, and the queue of frames it writes.
+type Writer = (SyncSender<Vec<u8>>, JoinHandle<std::io::Result<()>>);
+
 /// One output's VMAF, computed by the tool while frames are pushed.
 pub(crate) struct VmafComparison {
     graph: filter::Graph,
@@ -27,7 +30,7 @@ pub(crate) struct VmafComparison {
     /// What the tool says on stderr, read as it goes (a full pipe would stop it).
     stderr: Option<JoinHandle<String>>,
     json: tempfile::TempPath,
-    writers: Vec<(SyncSender<Vec<u8>>, JoinHandle<std::io::Result<()>>)>,
+    writers: Vec<Writer>,
     pts: i64,
     width: u32,
     height: u32,
