@@ -324,16 +324,19 @@ async fn a_video_experiment_encodes_each_video_as_its_arm_and_the_winner_stays(p
     };
     assert_eq!(psychovisual, want, "and its psychovisual setting");
     assert_eq!(a["psychovisual"], want);
-    let r: Value = post(
-        &app,
-        "/v1/playback-reports",
-        json!({"reports": [{"video_id": done.video_id.to_string(), "first_frame_ms": 300, "watched_seconds": 4.0, "bytes": 1000}]}),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
-    assert_eq!(r["counted"], 1);
+    // A player retrying its report (same play id) is counted once.
+    let report = json!({"reports": [{"video_id": done.video_id.to_string(), "play_id": "play-1", "first_frame_ms": 300, "watched_seconds": 4.0, "bytes": 1000}]});
+    for counted in [1, 0] {
+        let r: Value = post(&app, "/v1/playback-reports", report.clone())
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (r["accepted"].as_u64(), r["counted"].as_u64()),
+            (Some(1), Some(counted))
+        );
+    }
     let report: ExperimentReport = get(&app, &format!("/v1/experiments/{}", e.id))
         .await
         .json()

@@ -472,6 +472,10 @@ pub struct PlaybackReports {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlaybackReport {
     pub video_id: String,
+    /// The player's own id for this play (1-128 bytes): a report sent again with the same id
+    /// (a retry) counts once. Absent: every report counts.
+    #[serde(default)]
+    pub play_id: Option<String>,
     /// Counts the play in a running viewer experiment (at most 128 bytes).
     #[serde(default)]
     pub viewer_id: Option<String>,
@@ -495,6 +499,6 @@ pub struct PlaybackReport {
 pub struct PlaybackAccepted {
     pub accepted: u64,
     /// Reports counted towards a running experiment's arm (a report may count in both a video
-    /// and a viewer experiment).
+    /// and a viewer experiment; one whose `play_id` was counted before does not count again).
     pub counted: u64,
 }

@@ -348,6 +348,12 @@ pub async fn report_plays(
         {
             return Err(bad(i, "viewer_id is 1-128 bytes"));
         }
+        if r.play_id
+            .as_ref()
+            .is_some_and(|v| v.is_empty() || v.len() > 128)
+        {
+            return Err(bad(i, "play_id is 1-128 bytes"));
+        }
         if r.first_frame_ms.is_some_and(|ms| ms > 600_000) {
             return Err(bad(i, "first_frame_ms is at most 600000"));
         }
@@ -368,6 +374,7 @@ pub async fn report_plays(
             experiment: exp,
             arm,
             video: videos[i],
+            play_id: r.play_id.clone(),
             first_frame_ms: r.first_frame_ms.map(|ms| ms as i32),
             stalls: r.stalls as i32,
             failed: r.failed,
@@ -393,9 +400,9 @@ pub async fn report_plays(
             }
         }
     }
-    db::add_playback_reports(&state.pool, &rows).await?;
+    let counted = db::add_playback_reports(&state.pool, &rows).await?;
     Ok(Json(PlaybackAccepted {
         accepted: req.reports.len() as u64,
-        counted: rows.len() as u64,
+        counted,
     }))
 }

@@ -95,10 +95,13 @@ impl LeasedTask for PlanTask<'_> {
                 let pipeline = &self.scheduler.inner.pipeline;
                 planned.plan.ladder.factor = pipeline.max_bitrate_factor;
                 planned.plan.ladder.min_ratio = pipeline.rung_min_ratio;
-                let (profile, arm) =
-                    db::experiments::profile_for(&self.scheduler.inner.pool, claim.source.video)
-                        .await
-                        .map_err(|e| Failure::Retryable(e.to_string()))?;
+                let (profile, arm) = db::experiments::profile_for(
+                    &self.scheduler.inner.pool,
+                    claim.source.video,
+                    claim.source.kind != JobKind::Extreme,
+                )
+                .await
+                .map_err(|e| Failure::Retryable(e.to_string()))?;
                 planned.plan.profile = profile.target;
                 planned.plan.psychovisual = profile.psychovisual;
                 planned.arm = arm;
@@ -127,12 +130,12 @@ impl LeasedTask for PlanTask<'_> {
             planned.audio_key.as_deref(),
             planned.concealed_audio_frames,
             &claim.tiers,
+            planned
+                .arm
+                .as_ref()
+                .map(|(experiment, arm)| (*experiment, claim.source.video, arm.as_str())),
         )
         .await?;
-        if let Some((experiment, arm)) = &planned.arm {
-            db::experiments::assign_video(&inner.pool, *experiment, claim.source.video, arm)
-                .await?;
-        }
         if let Some((upload, _)) = &claim.chunks
             && let Err(e) = db::forget_chunks(&inner.pool, *upload).await
         {

@@ -98,16 +98,21 @@ pub async fn stop_experiment(
     .await
 }
 
-/// The encoder profile a new video gets: its arm's in the running video experiment (with the
-/// arm, to record), else the winner's of the last stopped one, else none (the workers'
-/// settings).
+/// The encoder profile a video's job gets: its arm's in the running video experiment (with
+/// the arm, to record), else the winner's of the last stopped one, else none (the workers'
+/// settings). Only a new video (`enrol`) joins the running experiment; a later job of an
+/// older video (an extreme re-encode) keeps the arm it was given, or stays out.
 pub async fn profile_for(
     pool: &PgPool,
     video: VideoId,
+    enrol: bool,
 ) -> sqlx::Result<(EncoderProfile, Option<(Uuid, String)>)> {
     if let Some(e) = running_experiment(pool, Unit::Video).await? {
-        let arm = e.arm_of(&video.to_string());
-        return Ok((arm.encoder_profile(), Some((e.id, arm.name.clone()))));
+        let enrolled = enrol || !video_arms(pool, e.id, &[video.as_uuid()]).await?.is_empty();
+        if enrolled {
+            let arm = e.arm_of(&video.to_string());
+            return Ok((arm.encoder_profile(), Some((e.id, arm.name.clone()))));
+        }
     }
     let kept: Option<ExperimentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM experiments WHERE unit = 'video' AND state = 'stopped'
@@ -131,7 +136,7 @@ pub async fn profile_for(
 
 /// Records that `video` was encoded as `arm` of `experiment` (once; a replanned job keeps it).
 pub async fn assign_video(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     experiment: Uuid,
     video: VideoId,
     arm: &str,
@@ -143,7 +148,7 @@ pub async fn assign_video(
     .bind(experiment)
     .bind(video.as_uuid())
     .bind(arm)
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }
@@ -169,6 +174,7 @@ pub struct PlaybackRow {
     pub experiment: Uuid,
     pub arm: String,
     pub video: Uuid,
+    pub play_id: Option<String>,
     pub first_frame_ms: Option<i32>,
     pub stalls: i32,
     pub failed: bool,
@@ -176,15 +182,18 @@ pub struct PlaybackRow {
     pub bytes: i64,
 }
 
-pub async fn add_playback_reports(pool: &PgPool, rows: &[PlaybackRow]) -> sqlx::Result<()> {
+/// Adds the reports not already there (by `play_id`); how many were added.
+pub async fn add_playback_reports(pool: &PgPool, rows: &[PlaybackRow]) -> sqlx::Result<u64> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
-    sqlx::query(
+    let added = sqlx::query(
         "INSERT INTO playback_reports
-             (experiment_id, arm, video_id, first_frame_ms, stalls, failed, watched_seconds, bytes)
+             (experiment_id, arm, video_id, first_frame_ms, stalls, failed, watched_seconds, bytes,
+              play_id)
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::int[], $5::int[],
-                              $6::bool[], $7::float8[], $8::int8[])",
+                              $6::bool[], $7::float8[], $8::int8[], $9::text[])
+         ON CONFLICT (experiment_id, play_id) WHERE play_id IS NOT NULL DO NOTHING",
     )
     .bind(rows.iter().map(|r| r.experiment).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.arm.clone()).collect::<Vec<_>>())
@@ -194,9 +203,10 @@ pub async fn add_playback_reports(pool: &PgPool, rows: &[PlaybackRow]) -> sqlx::
     .bind(rows.iter().map(|r| r.failed).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.watched_seconds).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.bytes).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.play_id.clone()).collect::<Vec<_>>())
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(added.rows_affected())
 }
 
 /// One arm's play aggregates.

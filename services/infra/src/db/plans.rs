@@ -60,6 +60,7 @@ pub async fn record_plan(
     audio_key: Option<&str>,
     concealed_audio_frames: u64,
     tiers: &[Tier],
+    assignment: Option<(Uuid, VideoId, &str)>,
 ) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
     let moved = sqlx::query(
@@ -77,6 +78,10 @@ pub async fn record_plan(
     .rows_affected();
     if moved == 0 {
         return Ok(false);
+    }
+    // The video's experiment arm is recorded with the plan that carries its profile.
+    if let Some((experiment, video, arm)) = assignment {
+        super::experiments::assign_video(&mut *tx, experiment, video, arm).await?;
     }
     sqlx::query("UPDATE extreme_requests SET state = $2 WHERE job_id = $1 AND state = ANY($3)")
         .bind(job.as_uuid())

@@ -44,12 +44,12 @@ async fn planned_job(pool: &PgPool, slices: u32) -> JobId {
             .collect(),
     };
     assert!(
-        db::record_plan(pool, job, &plan, None, 0, &[Tier::Fast, Tier::High])
+        db::record_plan(pool, job, &plan, None, 0, &[Tier::Fast, Tier::High], None)
             .await
             .unwrap()
     );
     assert!(
-        !db::record_plan(pool, job, &plan, None, 0, &[Tier::Fast])
+        !db::record_plan(pool, job, &plan, None, 0, &[Tier::Fast], None)
             .await
             .unwrap(),
         "planned once"

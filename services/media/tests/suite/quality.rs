@@ -299,7 +299,9 @@ fn per_title_reaches_a_vmaf_target() {
         path: dir.path().join("unused.mp4"),
         crf: None,
     };
-    let choice = choose_crfs(&search, std::slice::from_ref(&output)).unwrap().remove(0);
+    let choice = choose_crfs(&search, std::slice::from_ref(&output))
+        .unwrap()
+        .remove(0);
     let out = dir.path().join("full.mp4");
     encode(&src, &out, &r, Tier::High, Some(choice.crf));
     let vmaf = cli_vmaf(&out, &src, r.width, r.height);
