@@ -38,9 +38,9 @@ pub fn extreme(
         return fast_beside_extreme(&inputs[0], scratch.path());
     }
     println!(
-        "| clip | rung | codec | points: crf kbps PSNR SSIM VMAF | saving at equal PSNR | at equal SSIM | at equal VMAF |"
+        "| clip | rung | codec | points: crf kbps PSNR SSIM VMAF | saving at equal PSNR | at equal SSIM | at equal VMAF | CPU s, 4 points (x anchor) | extra CPU s per MB saved |"
     );
-    println!("| --- | --- | --- | --- | ---: | ---: | ---: |");
+    println!("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |");
     let mut per_title_rows = Vec::new();
     let vmaf = vmaf_tool();
     for input in &inputs {
@@ -89,7 +89,7 @@ pub fn extreme(
             };
             let metrics: [fn(&Measured) -> Option<f64>; 3] =
                 [|m| Some(m.psnr), |m| Some(m.ssim), |m| m.vmaf];
-            let cells: Vec<String> = metrics
+            let mut cells: Vec<String> = metrics
                 .iter()
                 .map(|&q| {
                     if *codec == VideoCodec::H264 {
@@ -99,6 +99,36 @@ pub fn extreme(
                     saving().map_or("n/a".into(), |s| format!("{:.1}%", s * 100.0))
                 })
                 .collect();
+            // Encode time per saved byte: the extra CPU of one encode of the clip, over the
+            // bytes one encode saves (the anchor's mean rate times the BD saving, at equal
+            // VMAF where measured, else PSNR).
+            let cpu = |c: &[(f32, Measured)]| c.iter().map(|(_, m)| m.cpu).sum::<f64>();
+            let (cpu_test, cpu_anchor) = (cpu(points), cpu(&anchor));
+            let per_mb = if *codec == VideoCodec::H264 {
+                "-".to_string()
+            } else {
+                let metric: fn(&Measured) -> Option<f64> = if anchor[0].1.vmaf.is_some() {
+                    |m| m.vmaf
+                } else {
+                    |m| Some(m.psnr)
+                };
+                let saving = on(&anchor, metric)
+                    .zip(on(points, metric))
+                    .and_then(|(a, t)| bd_saving(&a, &t))
+                    .filter(|s| *s > 0.0);
+                let mean_rate = anchor.iter().map(|(_, m)| m.rate).sum::<f64>() / 4.0;
+                match saving {
+                    Some(s) => format!(
+                        "{:.1}",
+                        (cpu_test - cpu_anchor)
+                            / 4.0
+                            / (s * mean_rate * video.duration_seconds / 8.0 / 1e6)
+                    ),
+                    None => "no saving".into(),
+                }
+            };
+            cells.push(format!("{cpu_test:.1} ({:.1}x)", cpu_test / cpu_anchor));
+            cells.push(per_mb);
             println!(
                 "| {name} | {} | {} | {} | {} |",
                 rung.name,
