@@ -18,8 +18,10 @@ use crate::quality::{Quality, measure_window};
 use crate::transcode::{RenditionOutput, TranscodeRequest, Window, transcode_ladder};
 use crate::{Deadline, MediaError};
 
-/// Seconds of the slice the sample encodes cover (its middle; the whole slice when shorter).
-pub const SAMPLE_SECONDS: f64 = 2.0;
+/// The sample: this many segments of the slice, spread over it (the whole slice when shorter).
+pub const SAMPLE_SEGMENTS: usize = 3;
+/// Seconds of each sample segment.
+pub const SEGMENT_SECONDS: f64 = 1.0;
 /// The second try's distance from the first, in rate-factor steps.
 const STEP: f32 = 6.0;
 
@@ -76,7 +78,7 @@ fn ssim_db(ssim: f64) -> f64 {
 /// Chooses a rate factor for each of `outputs` (their rungs and codecs; paths unused).
 pub fn choose_crfs(s: &Search, outputs: &[RenditionOutput]) -> Result<Vec<Choice>, MediaError> {
     std::fs::create_dir_all(s.scratch)?;
-    let sample = sample_window(s.window, s.frame_rate);
+    let sample = &sample_windows(s.window, s.frame_rate);
     let targets: Vec<f64> = match s.target {
         QualityTarget::Vmaf(_) if s.vmaf.is_none() => {
             return Err(MediaError::UnsupportedCodec(
@@ -159,28 +161,60 @@ pub fn choose_crfs(s: &Search, outputs: &[RenditionOutput]) -> Result<Vec<Choice
         .collect())
 }
 
-/// The middle `SAMPLE_SECONDS` of `w` (all of it when shorter).
-fn sample_window(w: Window, frame_rate: (i32, i32)) -> Window {
+/// `SAMPLE_SEGMENTS` windows of `SEGMENT_SECONDS`, centred at 1/6, 1/2 and 5/6 of `w` (for
+/// three): a calm start or a busy middle does not decide for the whole slice alone. All of `w`
+/// when it is not longer than the segments together.
+fn sample_windows(w: Window, frame_rate: (i32, i32)) -> Vec<Window> {
     let ticks_per_second = f64::from(w.time_base.1) / f64::from(w.time_base.0);
-    let len = (SAMPLE_SECONDS * ticks_per_second).round() as i64;
-    // At least a second's worth of frames beyond the sample, or it is not worth cutting.
+    let len = (SEGMENT_SECONDS * ticks_per_second).round() as i64;
     let frame = (f64::from(frame_rate.1) / f64::from(frame_rate.0).max(1.0) * ticks_per_second)
         .round() as i64;
-    if w.end - w.start <= len + frame.max(1) {
-        return w;
+    let n = SAMPLE_SEGMENTS as i64;
+    let total = w.end - w.start;
+    if total <= n * len + frame.max(1) {
+        return vec![w];
     }
-    let start = w.start + (w.end - w.start - len) / 2;
-    Window {
-        start,
-        end: start + len,
-        ..w
+    (0..n)
+        .map(|k| {
+            let centre = w.start + total * (2 * k + 1) / (2 * n);
+            let start = (centre - len / 2).max(w.start);
+            Window {
+                start,
+                end: (start + len).min(w.end),
+                ..w
+            }
+        })
+        .collect()
+}
+
+/// The quality of several sample segments as one: PSNR from their mean squared error, SSIM and
+/// VMAF as means, each weighted by frames.
+fn combine(parts: &[Quality]) -> Quality {
+    let frames: u64 = parts.iter().map(|q| q.frames).sum();
+    let w = |q: &Quality| q.frames as f64 / frames.max(1) as f64;
+    let mse: f64 = parts
+        .iter()
+        .map(|q| w(q) * 10f64.powf(-q.psnr / 10.0))
+        .sum();
+    Quality {
+        psnr: if mse > 0.0 {
+            (-10.0 * mse.log10()).min(100.0)
+        } else {
+            100.0
+        },
+        ssim: parts.iter().map(|q| w(q) * q.ssim).sum(),
+        vmaf: parts
+            .iter()
+            .map(|q| q.vmaf.map(|v| w(q) * v))
+            .sum::<Option<f64>>(),
+        frames,
     }
 }
 
 /// Encodes the sample into every output at `crfs`, measures, and adds one probe per output.
 fn try_crfs(
     s: &Search,
-    sample: Window,
+    sample: &[Window],
     outputs: &[RenditionOutput],
     crfs: &[f32],
     probes: &mut [Vec<Probe>],
@@ -205,46 +239,66 @@ fn try_crfs(
     Ok(())
 }
 
+/// Encodes every segment of the sample into every output and measures them: per output, the
+/// quality of all segments as one (`combine`) and their bits per second.
 fn encode_sample(
     s: &Search,
-    sample: Window,
+    sample: &[Window],
     tier: Tier,
     outputs: &[RenditionOutput],
     round: &str,
 ) -> Result<(Vec<Quality>, Vec<u64>), MediaError> {
-    let outputs: Vec<RenditionOutput> = outputs
-        .iter()
-        .enumerate()
-        .map(|(i, o)| RenditionOutput {
-            path: s.scratch.join(format!("sample-{round}-{i}.mp4")),
-            ..o.clone()
-        })
-        .collect();
-    let paths: Vec<PathBuf> = outputs.iter().map(|o| o.path.clone()).collect();
-    let mut req = TranscodeRequest::new(s.input, outputs, tier);
-    req.window = Some(sample);
-    req.frame_rate = Some(s.frame_rate);
-    req.rotation = s.rotation;
-    req.audio = false;
-    req.psychovisual = s.psychovisual;
-    req.threads = s.threads;
-    req.deadline = s.deadline;
-    let result = transcode_ladder(&req).and_then(|reports| {
-        let q = measure_window(
-            s.input,
-            Some(sample),
-            s.rotation,
-            &paths,
-            s.vmaf
-                .filter(|_| matches!(s.target, QualityTarget::Vmaf(_))),
-            s.deadline,
-        )?;
-        Ok((q, reports.iter().map(|r| r.bitrate).collect()))
-    });
-    for p in &paths {
-        let _ = std::fs::remove_file(p);
+    let mut parts: Vec<Vec<Quality>> = vec![Vec::new(); outputs.len()];
+    let mut bits = vec![0.0f64; outputs.len()];
+    let mut seconds = 0.0;
+    for (k, &segment) in sample.iter().enumerate() {
+        let outputs: Vec<RenditionOutput> = outputs
+            .iter()
+            .enumerate()
+            .map(|(i, o)| RenditionOutput {
+                path: s.scratch.join(format!("sample-{round}-{k}-{i}.mp4")),
+                ..o.clone()
+            })
+            .collect();
+        let paths: Vec<PathBuf> = outputs.iter().map(|o| o.path.clone()).collect();
+        let mut req = TranscodeRequest::new(s.input, outputs, tier);
+        req.window = Some(segment);
+        req.frame_rate = Some(s.frame_rate);
+        req.rotation = s.rotation;
+        req.audio = false;
+        req.psychovisual = s.psychovisual;
+        req.threads = s.threads;
+        req.deadline = s.deadline;
+        let result = transcode_ladder(&req).and_then(|reports| {
+            let q = measure_window(
+                s.input,
+                Some(segment),
+                s.rotation,
+                &paths,
+                s.vmaf
+                    .filter(|_| matches!(s.target, QualityTarget::Vmaf(_))),
+                s.deadline,
+            )?;
+            Ok((q, reports))
+        });
+        for p in &paths {
+            let _ = std::fs::remove_file(p);
+        }
+        let (q, reports) = result?;
+        let length = (segment.end - segment.start) as f64 * f64::from(segment.time_base.0)
+            / f64::from(segment.time_base.1);
+        seconds += length;
+        for (i, (q, r)) in q.into_iter().zip(reports).enumerate() {
+            parts[i].push(q);
+            bits[i] += r.bitrate as f64 * length;
+        }
     }
-    result
+    Ok((
+        parts.iter().map(|p| combine(p)).collect(),
+        bits.iter()
+            .map(|b| (b / seconds.max(1e-9)).round() as u64)
+            .collect(),
+    ))
 }
 
 fn clamp(codec: VideoCodec, crf: f32) -> f32 {
@@ -350,12 +404,39 @@ mod tests {
             end: 10 * 90_000,
             time_base: (1, 90_000),
         };
-        let s = sample_window(w, (30, 1));
-        assert_eq!((s.start, s.end), (4 * 90_000, 6 * 90_000));
+        // Three seconds, centred at 1/6, 1/2 and 5/6 of the slice.
+        let s = sample_windows(w, (30, 1));
+        let bounds: Vec<(i64, i64)> = s.iter().map(|s| (s.start, s.end)).collect();
+        assert_eq!(
+            bounds,
+            [(105_000, 195_000), (405_000, 495_000), (705_000, 795_000)]
+        );
         let short = Window {
-            end: 2 * 90_000,
+            end: 3 * 90_000,
             ..w
         };
-        assert_eq!(sample_window(short, (30, 1)), short);
+        assert_eq!(sample_windows(short, (30, 1)), [short]);
+    }
+
+    #[test]
+    fn segments_combine_by_frames_and_squared_error() {
+        let q = |psnr, ssim, frames| Quality {
+            psnr,
+            ssim,
+            vmaf: Some(ssim * 100.0),
+            frames,
+        };
+        // 30 dB is ten times the squared error of 40 dB: the mean error of equal parts is
+        // 5.5 times 40 dB's, 32.6 dB, far below the mean of the two PSNRs.
+        let c = combine(&[q(40.0, 0.9, 30), q(30.0, 0.7, 30)]);
+        assert!(
+            (c.psnr - (40.0 - 10.0 * 5.5f64.log10())).abs() < 1e-9,
+            "{c:?}"
+        );
+        assert!((c.ssim - 0.8).abs() < 1e-12);
+        assert!((c.vmaf.unwrap() - 80.0).abs() < 1e-9);
+        assert_eq!(c.frames, 60);
+        let c = combine(&[q(40.0, 0.9, 90), q(30.0, 0.7, 30)]);
+        assert!((c.ssim - 0.85).abs() < 1e-12);
     }
 }
