@@ -91,6 +91,21 @@ async fn an_experiment_reports_exactly_what_players_reported(pool: PgPool) {
             "invalid-experiment"
         );
     }
+    // A VMAF target where the deployment has no vmaf tool (this one has none): the arm would
+    // run at fixed rate factors, so it is refused.
+    let r = post(
+        &app,
+        "/v1/experiments",
+        json!({"name": "x", "unit": "video", "arms": [
+            {"name": "a", "weight": 1, "quality_target": "vmaf:93"}, {"name": "b", "weight": 1}]}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let e = r.json::<Value>().await.unwrap();
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("vmaf"),
+        "{e}"
+    );
     let created = post(
         &app,
         "/v1/experiments",

@@ -74,6 +74,22 @@ pub async fn create(
         return Err(invalid("name is 1-64 bytes, without control characters"));
     }
     ex::check_arms(req.unit, &req.arms).map_err(invalid)?;
+    // Workers without the tool would fall back to fixed rate factors: the arm would not be
+    // what it says.
+    if !state.vmaf
+        && req.arms.iter().any(|a| {
+            matches!(
+                a.encoder_profile().target,
+                Some(ex::ProfileTarget::Target(vtx_domain::QualityTarget::Vmaf(
+                    _
+                )))
+            )
+        })
+    {
+        return Err(invalid(
+            "vmaf: targets need Netflix's vmaf tool in this deployment (VTX_VMAF_TOOL)",
+        ));
+    }
     let effective = req.effective_play_seconds.unwrap_or(3.0);
     if !(1.0..=60.0).contains(&effective) {
         return Err(invalid("effective_play_seconds is 1-60"));

@@ -78,6 +78,9 @@ pub struct AppState {
     pub web_vendor_dir: Arc<std::path::Path>,
     /// Every video's playback URLs are signed.
     pub signed_playback: bool,
+    /// The deployment has Netflix's `vmaf` tool (`VTX_VMAF_TOOL`): experiment arms may aim at
+    /// a VMAF score.
+    pub vmaf: bool,
     /// Which videos play from signed URLs only (a video's flag never changes).
     pub signed_videos: Arc<std::sync::Mutex<std::collections::HashMap<vtx_domain::VideoId, bool>>>,
     pub playback_url_ttl: std::time::Duration,
@@ -167,6 +170,7 @@ impl Gateway {
             cors_origins: cfg.web.cors_origins.clone().into(),
             web_vendor_dir: cfg.web.vendor_dir.clone().into(),
             signed_playback: cfg.web.signed_playback,
+            vmaf: cfg.worker.vmaf_tool.is_some(),
             signed_videos: Arc::default(),
             playback_url_ttl: cfg.web.playback_url_ttl,
         };

@@ -99,6 +99,11 @@ pub fn choose_crfs(s: &Search, outputs: &[RenditionOutput]) -> Result<Vec<Choice
                 })
                 .collect();
             let (q, _) = encode_sample(s, sample, Tier::Fast, &fast, "fast")?;
+            if q.iter().any(|q| q.frames == 0) {
+                return Err(MediaError::CorruptStream(
+                    "the fast tier's sample measured nothing".into(),
+                ));
+            }
             q.iter().map(|q| score(s.target, q)).collect()
         }
     };
@@ -190,8 +195,18 @@ fn sample_windows(w: Window, frame_rate: (i32, i32)) -> Vec<Window> {
 /// The quality of several sample segments as one: PSNR from their mean squared error, SSIM and
 /// VMAF as means, each weighted by frames.
 fn combine(parts: &[Quality]) -> Quality {
+    let parts: Vec<&Quality> = parts.iter().filter(|q| q.frames > 0).collect();
     let frames: u64 = parts.iter().map(|q| q.frames).sum();
-    let w = |q: &Quality| q.frames as f64 / frames.max(1) as f64;
+    if frames == 0 {
+        // Nothing measured: the bottom of the scale, never a perfect score.
+        return Quality {
+            psnr: 0.0,
+            ssim: 0.0,
+            vmaf: None,
+            frames: 0,
+        };
+    }
+    let w = |q: &Quality| q.frames as f64 / frames as f64;
     let mse: f64 = parts
         .iter()
         .map(|q| w(q) * 10f64.powf(-q.psnr / 10.0))
@@ -230,9 +245,18 @@ fn try_crfs(
         .collect();
     let (quality, bitrates) = encode_sample(s, sample, s.tier, &with_crfs, round)?;
     for (((p, q), &crf), bitrate) in probes.iter_mut().zip(&quality).zip(crfs).zip(bitrates) {
+        let score = score(s.target, q);
+        if !score.is_finite() || q.frames == 0 {
+            // A sample that measured nothing must not steer the search (to the lowest, most
+            // expensive rate factor, say).
+            return Err(MediaError::CorruptStream(format!(
+                "the per-title sample at crf {crf} measured no {}",
+                s.target
+            )));
+        }
         p.push(Probe {
             crf,
-            score: score(s.target, q),
+            score,
             bitrate,
         });
     }

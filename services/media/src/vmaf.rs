@@ -1,6 +1,8 @@
 //! VMAF (Netflix's perceptual metric, model `vmaf_v0.6.1`) through Netflix's own `vmaf` tool,
-//! fed the frames `quality` already decodes: the source scaled (bicubic) to the output's size
-//! and the output, both at 10 bits, as YUV4MPEG streams on two pipes. Debian's FFmpeg has no
+//! fed the frames `quality` already decodes: the source, and the output scaled (bicubic) up to
+//! the source's size, as Netflix scores a rendition at the size it is shown; both at 10 bits,
+//! as YUV4MPEG streams on two pipes. (The model was made for 1080p viewing: a small rung
+//! scored at its own size would score high.) Debian's FFmpeg has no
 //! `libvmaf` filter; deploy/local/setup.sh builds the tool from the libvmaf source the crates.io
 //! crate `libvmaf-sys` vendors. Linking libvmaf instead would put meson, ninja and nasm into
 //! every build of the workers; the tool keeps them in setup.
@@ -52,13 +54,13 @@ impl VmafComparison {
         reference: &frame::Video,
         distorted: &frame::Video,
     ) -> Result<Self, MediaError> {
-        let (width, height) = (distorted.width(), distorted.height());
+        let (width, height) = (reference.width(), reference.height());
         let graph = crate::quality::pair_graph(
             reference,
             distorted,
             &format!(
-                "[dist]format=yuv420p10le[d];\
-                 [ref]scale={width}:{height}:flags=bicubic,format=yuv420p10le[r]"
+                "[dist]scale={width}:{height}:flags=bicubic,format=yuv420p10le[d];\
+                 [ref]format=yuv420p10le[r]"
             ),
             &["d", "r"],
         )?;
@@ -190,10 +192,11 @@ impl VmafComparison {
             .take()
             .and_then(|h| h.join().ok())
             .unwrap_or_default();
-        drained?;
+        // The tool's own word first: a failed write is usually its having stopped.
         if !status.success() {
             return Err(tool_error(format!("exited with {status}: {}", said.trim())));
         }
+        drained?;
         written.map_err(|e| tool_error(format!("writing frames: {e}")))?;
         let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&self.json)?)
             .map_err(|e| tool_error(format!("its report: {e}")))?;
