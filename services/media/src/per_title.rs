@@ -19,9 +19,13 @@ use crate::transcode::{RenditionOutput, TranscodeRequest, Window, transcode_ladd
 use crate::{Deadline, MediaError};
 
 /// The sample: this many segments of the slice, spread over it (the whole slice when shorter).
-pub const SAMPLE_SEGMENTS: usize = 3;
+///
+/// One segment of 2 s in the middle: three 1 s segments spread over the slice were tried and
+/// land further from the target on the whole slice (docs/benchmarks.md; likely because a 1 s
+/// encode keeps less of x264's macroblock-tree gains than a long one).
+pub const SAMPLE_SEGMENTS: usize = 1;
 /// Seconds of each sample segment.
-pub const SEGMENT_SECONDS: f64 = 1.0;
+pub const SEGMENT_SECONDS: f64 = 2.0;
 /// The second try's distance from the first, in rate-factor steps.
 const STEP: f32 = 6.0;
 
@@ -78,7 +82,7 @@ fn ssim_db(ssim: f64) -> f64 {
 /// Chooses a rate factor for each of `outputs` (their rungs and codecs; paths unused).
 pub fn choose_crfs(s: &Search, outputs: &[RenditionOutput]) -> Result<Vec<Choice>, MediaError> {
     std::fs::create_dir_all(s.scratch)?;
-    let sample = &sample_windows(s.window, s.frame_rate);
+    let sample = &sample_windows(s.window, s.frame_rate, SAMPLE_SEGMENTS, SEGMENT_SECONDS);
     let targets: Vec<f64> = match s.target {
         QualityTarget::Vmaf(_) if s.vmaf.is_none() => {
             return Err(MediaError::UnsupportedCodec(
@@ -166,15 +170,15 @@ pub fn choose_crfs(s: &Search, outputs: &[RenditionOutput]) -> Result<Vec<Choice
         .collect())
 }
 
-/// `SAMPLE_SEGMENTS` windows of `SEGMENT_SECONDS`, centred at 1/6, 1/2 and 5/6 of `w` (for
-/// three): a calm start or a busy middle does not decide for the whole slice alone. All of `w`
+/// `segments` windows of `seconds`, centred at 1/6, 1/2 and 5/6 of `w` for three, at its middle
+/// for one. All of `w`
 /// when it is not longer than the segments together.
-fn sample_windows(w: Window, frame_rate: (i32, i32)) -> Vec<Window> {
+fn sample_windows(w: Window, frame_rate: (i32, i32), segments: usize, seconds: f64) -> Vec<Window> {
     let ticks_per_second = f64::from(w.time_base.1) / f64::from(w.time_base.0);
-    let len = (SEGMENT_SECONDS * ticks_per_second).round() as i64;
+    let len = (seconds * ticks_per_second).round() as i64;
     let frame = (f64::from(frame_rate.1) / f64::from(frame_rate.0).max(1.0) * ticks_per_second)
         .round() as i64;
-    let n = SAMPLE_SEGMENTS as i64;
+    let n = segments.max(1) as i64;
     let total = w.end - w.start;
     if total <= n * len + frame.max(1) {
         return vec![w];
@@ -429,7 +433,7 @@ mod tests {
             time_base: (1, 90_000),
         };
         // Three seconds, centred at 1/6, 1/2 and 5/6 of the slice.
-        let s = sample_windows(w, (30, 1));
+        let s = sample_windows(w, (30, 1), 3, 1.0);
         let bounds: Vec<(i64, i64)> = s.iter().map(|s| (s.start, s.end)).collect();
         assert_eq!(
             bounds,
@@ -439,7 +443,13 @@ mod tests {
             end: 3 * 90_000,
             ..w
         };
-        assert_eq!(sample_windows(short, (30, 1)), [short]);
+        assert_eq!(sample_windows(short, (30, 1), 3, 1.0), [short]);
+        // The default: the middle 2 s.
+        let s = sample_windows(w, (30, 1), SAMPLE_SEGMENTS, SEGMENT_SECONDS);
+        assert_eq!(
+            s.iter().map(|s| (s.start, s.end)).collect::<Vec<_>>(),
+            [(4 * 90_000, 6 * 90_000)]
+        );
     }
 
     #[test]
