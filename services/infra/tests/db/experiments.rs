@@ -16,10 +16,10 @@ fn arm(name: &str, psychovisual: bool) -> Arm {
     }
 }
 
-#[sqlx::test(migrations = "../../migrations")]
-async fn only_new_videos_join_a_running_video_experiment(pool: PgPool) {
-    let e = db::create_experiment(
-        &pool,
+/// A running video experiment: psychovisual tuning off against on.
+async fn psy_experiment(pool: &PgPool) -> db::ExperimentRow {
+    db::create_experiment(
+        pool,
         "psy",
         Unit::Video,
         &[arm("off", false), arm("on", true)],
@@ -27,7 +27,12 @@ async fn only_new_videos_join_a_running_video_experiment(pool: PgPool) {
     )
     .await
     .unwrap()
-    .unwrap();
+    .expect("no experiment was running")
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn only_new_videos_join_a_running_video_experiment(pool: PgPool) {
+    let e = psy_experiment(&pool).await;
     let (old, new) = (VideoId::new(), VideoId::new());
     // An older video's extreme re-encode stays out, with the workers' settings.
     let (profile, joined) = db::profile_for(&pool, old, false).await.unwrap();
@@ -46,16 +51,7 @@ async fn only_new_videos_join_a_running_video_experiment(pool: PgPool) {
 
 #[sqlx::test(migrations = "../../migrations")]
 async fn a_retried_playback_report_counts_once(pool: PgPool) {
-    let e = db::create_experiment(
-        &pool,
-        "psy",
-        Unit::Video,
-        &[arm("off", false), arm("on", true)],
-        3.0,
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let e = psy_experiment(&pool).await;
     let row = |play_id: Option<&str>| db::PlaybackRow {
         experiment: e.id,
         arm: "off".into(),

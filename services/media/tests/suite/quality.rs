@@ -75,6 +75,20 @@ fn rung(width: u32, height: u32) -> Rung {
     }
 }
 
+/// Our PSNR within 0.01 dB and SSIM within 1e-4 of the command line's.
+fn assert_matches_cli(ours: &vtx_media::Quality, (psnr, ssim): (f64, f64)) {
+    assert!(
+        (ours.psnr - psnr).abs() < 0.01,
+        "{} vs the CLI's {psnr}",
+        ours.psnr
+    );
+    assert!(
+        (ours.ssim - ssim).abs() < 1e-4,
+        "{} vs the CLI's {ssim}",
+        ours.ssim
+    );
+}
+
 #[test]
 fn quality_is_what_the_ffmpeg_command_line_measures() {
     // A downscaled, coarse encode of a real clip: the reference is scaled to its size.
@@ -86,31 +100,13 @@ fn quality_is_what_the_ffmpeg_command_line_measures() {
     let ours = measure(&src, 0, std::slice::from_ref(&out), Deadline::none()).unwrap()[0];
     let (psnr, ssim) = cli_quality(&out, &src, r.width, r.height, "yuv420p");
     assert_eq!(ours.frames, 250);
-    assert!(
-        (ours.psnr - psnr).abs() < 0.01,
-        "{} vs the CLI's {psnr}",
-        ours.psnr
-    );
-    assert!(
-        (ours.ssim - ssim).abs() < 1e-4,
-        "{} vs the CLI's {ssim}",
-        ours.ssim
-    );
+    assert_matches_cli(&ours, (psnr, ssim));
     // A 10-bit output (the extreme tier's HEVC) is compared at 10 bits, undithered.
     let deep = dir.path().join("small-10bit.mp4");
     encode_with(&src, &deep, &r, VideoCodec::Hevc, Tier::Extreme, Some(30.0));
     let ours = measure(&src, 0, std::slice::from_ref(&deep), Deadline::none()).unwrap()[0];
     let (psnr, ssim) = cli_quality(&deep, &src, r.width, r.height, "yuv420p10le");
-    assert!(
-        (ours.psnr - psnr).abs() < 0.01,
-        "{} vs the CLI's {psnr}",
-        ours.psnr
-    );
-    assert!(
-        (ours.ssim - ssim).abs() < 1e-4,
-        "{} vs the CLI's {ssim}",
-        ours.ssim
-    );
+    assert_matches_cli(&ours, (psnr, ssim));
     let (_, dithered) = cli_quality(&deep, &src, r.width, r.height, "yuv420p");
     assert!(
         ours.ssim > dithered,
