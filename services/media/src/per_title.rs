@@ -171,8 +171,7 @@ pub fn choose_crfs(s: &Search, outputs: &[RenditionOutput]) -> Result<Vec<Choice
 }
 
 /// `segments` windows of `seconds`, centred at 1/6, 1/2 and 5/6 of `w` for three, at its middle
-/// for one. All of `w`
-/// when it is not longer than the segments together.
+/// for one; all of `w` when it is not longer than the segments together.
 fn sample_windows(w: Window, frame_rate: (i32, i32), segments: usize, seconds: f64) -> Vec<Window> {
     let ticks_per_second = f64::from(w.time_base.1) / f64::from(w.time_base.0);
     let len = (seconds * ticks_per_second).round() as i64;
